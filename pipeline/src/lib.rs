@@ -1,0 +1,1 @@
+//! recon streaming job (placeholder).

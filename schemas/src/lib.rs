@@ -1,0 +1,1 @@
+//! recon event model (placeholder).
