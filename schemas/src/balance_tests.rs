@@ -1,0 +1,3 @@
+//! Hand-computed fold cases and permutation/duplication properties.
+
+use super::*;

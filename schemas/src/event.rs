@@ -1,0 +1,256 @@
+//! The event envelope: one money movement of one trip, as it travels on Kafka.
+//!
+//! The wire form is JSON (see `schemas/event.schema.json`); [`Event::to_json`] writes its
+//! canonical form and [`crate::decode::decode`] reads and validates any conforming form.
+//! [`Event::fingerprint`] hashes the canonical form, so it tells an exact duplicate (same
+//! `event_id`, same content) from a conflicting one (same `event_id`, different content).
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::currency::Currency;
+
+/// The envelope version this crate writes and the only one it accepts.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Envelope field names, in canonical order. Tests check them against the schema files.
+pub const FIELDS: [&str; 11] = [
+    "event_id",
+    "event_type",
+    "trip_id",
+    "amount",
+    "currency",
+    "occurred_at",
+    "rider_id",
+    "driver_id",
+    "payment_id",
+    "payout_id",
+    "schema_version",
+];
+
+/// Fields every event must carry; the others are optional (absent or `null`).
+pub const REQUIRED_FIELDS: [&str; 7] = [
+    "event_id",
+    "event_type",
+    "trip_id",
+    "amount",
+    "currency",
+    "occurred_at",
+    "schema_version",
+];
+
+/// What kind of money movement an event records. All amounts are non-negative; the type says
+/// which way the money moves (see [`crate::balance`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// The rider is charged the fare.
+    TripCharge,
+    /// The rider's payment is captured (money collected from the rider).
+    RiderPayment,
+    /// The driver is paid out.
+    DriverPayout,
+    /// The platform keeps its fee.
+    PlatformFee,
+    /// Part of the fare is given back to the rider.
+    Refund,
+    /// A post-trip amount added to the fare, e.g. a toll or a tip: it raises what the rider owes
+    /// and what is split between driver and platform, exactly like a charge.
+    Adjustment,
+}
+
+impl EventType {
+    /// Every event type, in declaration order.
+    pub const ALL: [EventType; 6] = [
+        EventType::TripCharge,
+        EventType::RiderPayment,
+        EventType::DriverPayout,
+        EventType::PlatformFee,
+        EventType::Refund,
+        EventType::Adjustment,
+    ];
+
+    /// The wire name, e.g. `"trip_charge"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventType::TripCharge => "trip_charge",
+            EventType::RiderPayment => "rider_payment",
+            EventType::DriverPayout => "driver_payout",
+            EventType::PlatformFee => "platform_fee",
+            EventType::Refund => "refund",
+            EventType::Adjustment => "adjustment",
+        }
+    }
+
+    /// Parses a wire name; `None` for anything else (names are case-sensitive).
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One money event. Build valid ones through [`crate::decode::decode`]; code that builds them
+/// directly (generators, tests) must keep the invariants the decoder checks: non-negative
+/// `amount` with no more decimals than `currency` allows, `occurred_at` at microsecond precision
+/// within 2000-01-01..2100-01-01, non-empty ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Idempotency key of the business event: the same id twice is one event.
+    pub event_id: Uuid,
+    /// Kind of money movement.
+    pub event_type: EventType,
+    /// The trip; also the Kafka message key.
+    pub trip_id: String,
+    /// Non-negative amount in `currency`, at most `currency.minor_units()` decimals.
+    pub amount: Decimal,
+    /// Currency of `amount`; all events of a trip share it.
+    pub currency: Currency,
+    /// Business time; the business day is taken from it.
+    pub occurred_at: DateTime<Utc>,
+    /// The rider, where the event concerns one.
+    pub rider_id: Option<String>,
+    /// The driver, where the event concerns one.
+    pub driver_id: Option<String>,
+    /// The payment-processor reference of a rider payment or refund.
+    pub payment_id: Option<String>,
+    /// The payout reference of a driver payout.
+    pub payout_id: Option<String>,
+    /// Envelope version; [`SCHEMA_VERSION`] is the only one accepted.
+    pub schema_version: i32,
+}
+
+impl Event {
+    /// The canonical JSON form: fields in [`FIELDS`] order, no whitespace, absent optional
+    /// fields omitted, `event_id` as lower-case hyphenated UUID, `amount` as a decimal string
+    /// with exactly the currency's minor-unit scale (`"12.30"`, `"1200"`, `"1.500"`), and
+    /// `occurred_at` as RFC 3339 in UTC with a `Z` and microseconds
+    /// (`"2024-05-01T12:00:00.000000Z"`). [`crate::decode::decode`] reads it back to an equal event.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut amount = self.amount;
+        amount.rescale(self.currency.minor_units());
+        let mut out = String::with_capacity(320);
+        out.push('{');
+        push_field(&mut out, "event_id", &self.event_id.hyphenated().to_string());
+        push_field(&mut out, "event_type", self.event_type.as_str());
+        push_field(&mut out, "trip_id", &self.trip_id);
+        push_field(&mut out, "amount", &amount.to_string());
+        push_field(&mut out, "currency", self.currency.code());
+        push_field(
+            &mut out,
+            "occurred_at",
+            &self
+                .occurred_at
+                .to_rfc3339_opts(SecondsFormat::Micros, true),
+        );
+        for (name, value) in [
+            ("rider_id", &self.rider_id),
+            ("driver_id", &self.driver_id),
+            ("payment_id", &self.payment_id),
+            ("payout_id", &self.payout_id),
+        ] {
+            if let Some(v) = value {
+                push_field(&mut out, name, v);
+            }
+        }
+        out.push_str(&format!("\"schema_version\":{}}}", self.schema_version));
+        out.into_bytes()
+    }
+
+    /// A 64-bit FNV-1a hash of [`Event::to_json`]: the same on every run and platform, equal for
+    /// equal events, so the dedup state can compare a replayed event with the one it saw.
+    pub fn fingerprint(&self) -> u64 {
+        fnv1a64(&self.to_json())
+    }
+}
+
+/// Appends `"name":"value",` with JSON string escaping.
+fn push_field(out: &mut String, name: &str, value: &str) {
+    out.push('"');
+    out.push_str(name);
+    out.push_str("\":");
+    // Serializing a &str cannot fail.
+    out.push_str(&serde_json::to_string(value).unwrap_or_default());
+    out.push(',');
+}
+
+/// FNV-1a, 64-bit (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    pub(crate) fn sample() -> Event {
+        Event {
+            event_id: Uuid::from_str("6f1c1b5e-8a43-4f0e-9d6b-2a7c6f0b9e11").unwrap(),
+            event_type: EventType::TripCharge,
+            trip_id: "trip-1".into(),
+            amount: Decimal::from_str("12.3").unwrap(),
+            currency: Currency::USD,
+            occurred_at: DateTime::parse_from_rfc3339("2024-05-01T12:00:00.5Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            rider_id: Some("rider-\"7\"".into()),
+            driver_id: None,
+            payment_id: None,
+            payout_id: None,
+            schema_version: SCHEMA_VERSION,
+        }
+    }
+
+    #[test]
+    fn event_type_names() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
+        }
+        assert_eq!(EventType::parse("TRIP_CHARGE"), None);
+    }
+
+    #[test]
+    fn canonical_json() {
+        let json = String::from_utf8(sample().to_json()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"event_id":"6f1c1b5e-8a43-4f0e-9d6b-2a7c6f0b9e11","event_type":"trip_charge","trip_id":"trip-1","amount":"12.30","currency":"USD","occurred_at":"2024-05-01T12:00:00.500000Z","rider_id":"rider-\"7\"","schema_version":1}"#
+        );
+        let mut jpy = sample();
+        jpy.currency = Currency::JPY;
+        jpy.amount = Decimal::from(1200);
+        assert!(String::from_utf8(jpy.to_json()).unwrap().contains(r#""amount":"1200""#));
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_sensitive() {
+        let a = sample();
+        // Pinned: changing the canonical form or the hash changes every stored fingerprint.
+        assert_eq!(a.fingerprint(), fnv1a64(&a.to_json()));
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let mut b = a.clone();
+        b.amount = Decimal::from_str("12.30").unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint(), "scale does not change the value");
+        b.amount = Decimal::from_str("12.31").unwrap();
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        let mut c = a.clone();
+        c.driver_id = Some("d".into());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+}
