@@ -185,7 +185,10 @@ impl TripBalance {
             TripStatus::Discrepancy(DiscrepancyReason::RiderOverpaid)
         } else if settlement < Decimal::ZERO {
             TripStatus::Discrepancy(DiscrepancyReason::DriverOverpaid)
-        } else if rider.is_zero() && settlement.is_zero() && self.events > 0 && self.charged > Decimal::ZERO
+        } else if rider.is_zero()
+            && settlement.is_zero()
+            && self.events > 0
+            && self.charged > Decimal::ZERO
         {
             TripStatus::Balanced
         } else {

@@ -139,7 +139,11 @@ impl Event {
         amount.rescale(self.currency.minor_units());
         let mut out = String::with_capacity(320);
         out.push('{');
-        push_field(&mut out, "event_id", &self.event_id.hyphenated().to_string());
+        push_field(
+            &mut out,
+            "event_id",
+            &self.event_id.hyphenated().to_string(),
+        );
         push_field(&mut out, "event_type", self.event_type.as_str());
         push_field(&mut out, "trip_id", &self.trip_id);
         push_field(&mut out, "amount", &amount.to_string());
@@ -234,7 +238,11 @@ mod tests {
         let mut jpy = sample();
         jpy.currency = Currency::JPY;
         jpy.amount = Decimal::from(1200);
-        assert!(String::from_utf8(jpy.to_json()).unwrap().contains(r#""amount":"1200""#));
+        assert!(
+            String::from_utf8(jpy.to_json())
+                .unwrap()
+                .contains(r#""amount":"1200""#)
+        );
     }
 
     #[test]
@@ -246,7 +254,11 @@ mod tests {
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         let mut b = a.clone();
         b.amount = Decimal::from_str("12.30").unwrap();
-        assert_eq!(a.fingerprint(), b.fingerprint(), "scale does not change the value");
+        assert_eq!(
+            a.fingerprint(),
+            b.fingerprint(),
+            "scale does not change the value"
+        );
         b.amount = Decimal::from_str("12.31").unwrap();
         assert_ne!(a.fingerprint(), b.fingerprint());
         let mut c = a.clone();

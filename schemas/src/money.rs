@@ -63,7 +63,10 @@ mod tests {
     #[test]
     fn scale_covers_every_currency() {
         let widest = TABLE.iter().map(|(_, u)| *u).max().unwrap();
-        assert_eq!(widest, SCALE, "money scale must equal the widest minor units");
+        assert_eq!(
+            widest, SCALE,
+            "money scale must equal the widest minor units"
+        );
     }
 
     #[test]

@@ -104,7 +104,10 @@ fn load(name: &'static str) -> TableDef {
         .unwrap_or_else(|| panic!("no table file for {name}"));
     let file: TableFile = serde_json::from_str(text)
         .unwrap_or_else(|e| panic!("schemas/tables/{name}.json is invalid: {e}"));
-    assert_eq!(file.name, name, "schemas/tables/{name}.json names another table");
+    assert_eq!(
+        file.name, name,
+        "schemas/tables/{name}.json names another table"
+    );
     assert_eq!(file.format_version, 2, "recon tables are format v2");
     TableDef {
         name,

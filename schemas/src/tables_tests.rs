@@ -83,10 +83,17 @@ fn money_columns_are_the_one_money_type() {
 fn ledger_events_holds_every_envelope_field() {
     let def = ledger_events();
     let cols = columns(&def);
-    assert_eq!(&cols[..FIELDS.len()], FIELDS, "envelope fields first, in order");
+    assert_eq!(
+        &cols[..FIELDS.len()],
+        FIELDS,
+        "envelope fields first, in order"
+    );
     let id = def.schema.field_by_name(col::EVENT_ID).unwrap();
     assert!(id.required);
-    assert_eq!(def.schema.identifier_field_ids().collect::<Vec<_>>(), [id.id]);
+    assert_eq!(
+        def.schema.identifier_field_ids().collect::<Vec<_>>(),
+        [id.id]
+    );
     // Required-ness follows the envelope.
     for f in FIELDS {
         let field = def.schema.field_by_name(f).unwrap();
@@ -135,7 +142,18 @@ fn col_constants_are_exactly_the_columns() {
 #[test]
 fn field_ids_unique_per_table() {
     for def in all() {
-        let ids: BTreeSet<i32> = def.schema.as_struct().fields().iter().map(|f| f.id).collect();
-        assert_eq!(ids.len(), def.schema.as_struct().fields().len(), "{}", def.name);
+        let ids: BTreeSet<i32> = def
+            .schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| f.id)
+            .collect();
+        assert_eq!(
+            ids.len(),
+            def.schema.as_struct().fields().len(),
+            "{}",
+            def.name
+        );
     }
 }
