@@ -14,6 +14,12 @@ use uuid::Uuid;
 
 use crate::currency::Currency;
 
+/// `schemas/event.schema.json`: the envelope as JSON Schema (draft 2020-12).
+pub const JSON_SCHEMA: &str = include_str!("../event.schema.json");
+
+/// `schemas/event.avsc`: the envelope as an Avro record schema.
+pub const AVRO_SCHEMA: &str = include_str!("../event.avsc");
+
 /// The envelope version this crate writes and the only one it accepts.
 pub const SCHEMA_VERSION: i32 = 1;
 
