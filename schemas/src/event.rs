@@ -140,6 +140,8 @@ impl Event {
     /// with exactly the currency's minor-unit scale (`"12.30"`, `"1200"`, `"1.500"`), and
     /// `occurred_at` as RFC 3339 in UTC with a `Z` and microseconds
     /// (`"2024-05-01T12:00:00.000000Z"`). [`crate::decode::decode`] reads it back to an equal event.
+    /// For an event that breaks the invariants (more decimals than the currency allows,
+    /// sub-microsecond time), which the decoder never produces, the extra digits are rounded away.
     pub fn to_json(&self) -> Vec<u8> {
         let mut amount = self.amount;
         amount.rescale(self.currency.minor_units());

@@ -4,7 +4,7 @@
 //!
 //! - [`currency`]: the ISO 4217 codes recon accepts and their minor units.
 //! - [`event`]: the event envelope ([`event::Event`]), its canonical JSON and fingerprint.
-//! - [`decode`]: the validating decoder from Kafka key + payload to an [`event::Event`], with one
+//! - [`mod@decode`]: the validating decoder from Kafka key + payload to an [`event::Event`], with one
 //!   typed error per class of bad input ([`decode::DecodeError`], [`decode::RejectReason`]).
 //! - [`balance`]: per-trip balance arithmetic ([`balance::TripBalance`], [`balance::fold`]).
 //! - [`money`]: the one decimal type money is stored as in Iceberg.

@@ -7,7 +7,7 @@ use thiserror::Error;
 /// Why a payload was rejected. Every variant carries the offending value or field.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum DecodeError {
-    /// Payload larger than [`Limits::payload_bytes_max`]; checked before parsing.
+    /// Payload larger than [`super::Limits::payload_bytes_max`]; checked before parsing.
     #[error("payload is {size_bytes} bytes, over the limit of {limit_bytes} bytes")]
     PayloadTooLarge {
         /// Payload size.
@@ -73,7 +73,7 @@ pub enum DecodeError {
         /// The field.
         field: &'static str,
     },
-    /// An id field is longer than [`Limits::id_bytes_max`].
+    /// An id field is longer than [`super::Limits::id_bytes_max`].
     #[error("field {field:?} is {size_bytes} bytes, over the limit of {limit_bytes} bytes")]
     IdTooLong {
         /// The field.
