@@ -1,1 +1,20 @@
-//! recon streaming job (placeholder).
+//! recon's streaming job: Kafka -> per-trip balances in checkpointed state -> Parquet files
+//! pre-committed during each checkpoint -> Iceberg snapshots committed once the checkpoint is
+//! durable -> exact recovery after any crash.
+//!
+//! Read in the order the data flows: [`source`] -> (`recon_schemas::decode`) -> [`state`] ->
+//! [`sink`] -> [`checkpoint`]; [`job`] ties them together.
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod config;
+pub mod crash;
+pub mod demo;
+pub mod generate;
+pub mod ids;
+pub mod job;
+pub mod lakehouse;
+pub mod reconcile;
+pub mod sink;
+pub mod source;
+pub mod state;

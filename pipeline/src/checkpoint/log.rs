@@ -1,0 +1,393 @@
+//! The checkpoint log of one job, read and extended through a [`CheckpointStore`].
+//!
+//! Caller sequence: [`CheckpointLog::claim`] once at start (new generation), then per barrier
+//! [`CheckpointLog::write_state`] -> [`CheckpointLog::write_manifest`] ->
+//! [`CheckpointLog::complete`]. Only a completed entry counts; everything else is garbage that
+//! [`CheckpointLog::prune`] may remove once nothing refers to it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+
+use crate::checkpoint::manifest::{
+    self, EntryKind, FORMAT_VERSION, LogEntry, Manifest, checkpoint_dir, log_path,
+};
+use crate::checkpoint::protocol::{self, Completion};
+use crate::checkpoint::store::{CheckpointStore, Created, StoreError};
+use crate::ids::{CheckpointId, Generation, JobId};
+
+/// Attempts to claim a generation when other processes keep winning the race.
+pub const CLAIM_ATTEMPTS_MAX: u32 = 16;
+
+/// Errors of the checkpoint log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A record is unreadable or inconsistent: never guess, stop.
+    #[error("checkpoint log of job {job}: {message}")]
+    Corrupt {
+        /// Job.
+        job: JobId,
+        /// What is wrong, with the path.
+        message: String,
+    },
+    /// A newer generation took over: this process must stop.
+    #[error(
+        "job {job}: generation {by} has taken over checkpoint {at}; this process (generation {ours}) stops"
+    )]
+    Fenced {
+        /// Job.
+        job: JobId,
+        /// Our generation.
+        ours: Generation,
+        /// The newer one.
+        by: Generation,
+        /// The id we tried to complete.
+        at: CheckpointId,
+    },
+    /// Too many processes raced for a generation.
+    #[error(
+        "job {job}: could not claim a generation after {CLAIM_ATTEMPTS_MAX} attempts; is another instance restarting in a loop?"
+    )]
+    ClaimRace {
+        /// Job.
+        job: JobId,
+    },
+}
+
+/// A completed checkpoint as read back: its entry and verified manifest.
+#[derive(Clone, Debug)]
+pub struct Completed {
+    /// The log entry.
+    pub entry: LogEntry,
+    /// Its manifest (checksum verified).
+    pub manifest: Manifest,
+}
+
+/// The log of one job.
+#[derive(Clone)]
+pub struct CheckpointLog {
+    store: Arc<dyn CheckpointStore>,
+    root: String,
+    job: JobId,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl CheckpointLog {
+    /// The log of `job` under `<prefix>/<job>/` in `store`.
+    pub fn new(store: Arc<dyn CheckpointStore>, prefix: &str, job: JobId) -> CheckpointLog {
+        let prefix = prefix.trim_matches('/');
+        let root = if prefix.is_empty() {
+            job.to_string()
+        } else {
+            format!("{prefix}/{job}")
+        };
+        CheckpointLog { store, root, job }
+    }
+
+    /// The job.
+    pub fn job(&self) -> &JobId {
+        &self.job
+    }
+
+    fn path(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.root)
+    }
+
+    fn corrupt(&self, message: String) -> LogError {
+        LogError::Corrupt {
+            job: self.job.clone(),
+            message,
+        }
+    }
+
+    /// Ids of every entry in the log after `after` (all when `None`), ascending.
+    pub async fn ids_after(
+        &self,
+        after: Option<CheckpointId>,
+    ) -> Result<Vec<CheckpointId>, LogError> {
+        let from = after.map(|a| self.path(&log_path(a)));
+        let paths = self
+            .store
+            .list_after(&self.path("log"), from.as_deref())
+            .await?;
+        let mut ids = Vec::with_capacity(paths.len());
+        for p in paths {
+            let id = manifest::parse_log_path(&p)
+                .ok_or_else(|| self.corrupt(format!("unexpected object {p} in the log")))?;
+            ids.push(id);
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Reads one entry, `None` when absent.
+    pub async fn entry(&self, id: CheckpointId) -> Result<Option<LogEntry>, LogError> {
+        let path = self.path(&log_path(id));
+        let Some(bytes) = self.store.get(&path).await? else {
+            return Ok(None);
+        };
+        self.parse_entry(&path, &bytes).map(Some)
+    }
+
+    fn parse_entry(&self, path: &str, bytes: &[u8]) -> Result<LogEntry, LogError> {
+        let e: LogEntry =
+            serde_json::from_slice(bytes).map_err(|err| self.corrupt(format!("{path}: {err}")))?;
+        if e.format != FORMAT_VERSION {
+            return Err(self.corrupt(format!(
+                "{path}: format {} is not {FORMAT_VERSION}",
+                e.format
+            )));
+        }
+        if e.job_id != self.job {
+            return Err(self.corrupt(format!("{path} belongs to job {}", e.job_id)));
+        }
+        Ok(e)
+    }
+
+    /// Reads and verifies the manifest of an entry.
+    pub async fn manifest(&self, entry: &LogEntry) -> Result<Manifest, LogError> {
+        let path = self.path(&entry.manifest);
+        let bytes = self.store.get(&path).await?.ok_or_else(|| {
+            self.corrupt(format!(
+                "manifest {path} of checkpoint {} is missing",
+                entry.checkpoint_id
+            ))
+        })?;
+        let sum = sha256_hex(&bytes);
+        if sum != entry.manifest_sha256 {
+            return Err(self.corrupt(format!(
+                "manifest {path} has checksum {sum}, the log says {}",
+                entry.manifest_sha256
+            )));
+        }
+        let m: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| self.corrupt(format!("{path}: {e}")))?;
+        if m.checkpoint_id != entry.checkpoint_id || m.generation != entry.generation {
+            return Err(self.corrupt(format!("manifest {path} does not match its log entry")));
+        }
+        Ok(m)
+    }
+
+    /// A completed checkpoint by id.
+    pub async fn completed(&self, id: CheckpointId) -> Result<Option<Completed>, LogError> {
+        let Some(entry) = self.entry(id).await? else {
+            return Ok(None);
+        };
+        let manifest = self.manifest(&entry).await?;
+        Ok(Some(Completed { entry, manifest }))
+    }
+
+    /// The newest completed checkpoint.
+    pub async fn head(&self) -> Result<Option<Completed>, LogError> {
+        match self.ids_after(None).await?.last() {
+            Some(id) => self.completed(*id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a state file of checkpoint `id`; returns its path relative to the job root.
+    pub async fn write_state(
+        &self,
+        id: CheckpointId,
+        generation: Generation,
+        bytes: Vec<u8>,
+    ) -> Result<String, LogError> {
+        let rel = format!("{}/state.bin", checkpoint_dir(id, generation));
+        self.store.put(&self.path(&rel), Bytes::from(bytes)).await?;
+        Ok(rel)
+    }
+
+    /// Reads a state file by its path relative to the job root.
+    pub async fn read_state(&self, rel: &str) -> Result<Bytes, LogError> {
+        self.store
+            .get(&self.path(rel))
+            .await?
+            .ok_or_else(|| self.corrupt(format!("state file {rel} is missing")))
+    }
+
+    /// Writes a manifest and returns the entry that would complete it.
+    pub async fn write_manifest(
+        &self,
+        m: &Manifest,
+        kind: EntryKind,
+    ) -> Result<LogEntry, LogError> {
+        let rel = format!(
+            "{}/manifest.json",
+            checkpoint_dir(m.checkpoint_id, m.generation)
+        );
+        let bytes = serde_json::to_vec_pretty(m).expect("manifest serializes");
+        let entry = LogEntry {
+            format: FORMAT_VERSION,
+            job_id: self.job.clone(),
+            checkpoint_id: m.checkpoint_id,
+            generation: m.generation,
+            kind,
+            manifest: rel.clone(),
+            manifest_sha256: sha256_hex(&bytes),
+            completed_at: Utc::now(),
+        };
+        self.store.put(&self.path(&rel), Bytes::from(bytes)).await?;
+        Ok(entry)
+    }
+
+    /// Completes a checkpoint: the single atomic, conditional write that makes it count.
+    pub async fn complete(&self, entry: &LogEntry) -> Result<(), LogError> {
+        let id = entry.checkpoint_id;
+        let prev = CheckpointId(id.0.checked_sub(1).expect("checkpoint ids start at 1"));
+        let mut later = Vec::new();
+        for l in self.ids_after(Some(prev)).await? {
+            match self.entry(l).await? {
+                Some(e) => later.push(e),
+                None => continue,
+            }
+        }
+        let existing = if later.iter().any(|e| e.checkpoint_id == id) {
+            later.iter().find(|e| e.checkpoint_id == id).cloned()
+        } else {
+            let bytes = serde_json::to_vec(entry).expect("entry serializes");
+            match self
+                .store
+                .create(&self.path(&log_path(id)), Bytes::from(bytes))
+                .await?
+            {
+                Created::Created => None,
+                Created::AlreadyExists(b) => Some(self.parse_entry(&log_path(id), &b)?),
+            }
+        };
+        let later: Vec<LogEntry> = later
+            .into_iter()
+            .filter(|e| e.checkpoint_id != id)
+            .collect();
+        match protocol::judge_completion(entry, &later, existing.as_ref()) {
+            Completion::Completed | Completion::AlreadyOurs => Ok(()),
+            Completion::Fenced { by } => Err(LogError::Fenced {
+                job: self.job.clone(),
+                ours: entry.generation,
+                by,
+                at: id,
+            }),
+        }
+    }
+
+    /// Claims a new generation after the current head, writing a `GenerationStart` (or
+    /// `Rewind`) entry. Returns the completed entry and its manifest.
+    ///
+    /// `rewind_to`: restart from that older checkpoint's state and offsets instead of the head.
+    pub async fn claim(
+        &self,
+        rewind_to: Option<(CheckpointId, String)>,
+    ) -> Result<Completed, LogError> {
+        for _ in 0..CLAIM_ATTEMPTS_MAX {
+            let head = self.head().await?;
+            let (id, generation) = protocol::claim(head.as_ref().map(|c| &c.entry));
+            let (base, kind) = match (&rewind_to, &head) {
+                (Some((to, reason)), _) => {
+                    let target = self.completed(*to).await?.ok_or_else(|| {
+                        self.corrupt(format!(
+                            "cannot rewind to checkpoint {to}: it is not in the log (pruned?)"
+                        ))
+                    })?;
+                    (
+                        Some(target.manifest),
+                        EntryKind::Rewind {
+                            to: *to,
+                            reason: reason.clone(),
+                        },
+                    )
+                }
+                (None, Some(h)) => (
+                    Some(h.manifest.clone()),
+                    EntryKind::GenerationStart {
+                        resumes: Some(h.entry.checkpoint_id),
+                    },
+                ),
+                (None, None) => (None, EntryKind::GenerationStart { resumes: None }),
+            };
+            let manifest = match base {
+                Some(b) => b.continuation(id, generation),
+                None => Manifest {
+                    format: FORMAT_VERSION,
+                    job_id: self.job.clone(),
+                    checkpoint_id: id,
+                    generation,
+                    partitions: Default::default(),
+                    pending: Default::default(),
+                    state_chain: Vec::new(),
+                    counts: Default::default(),
+                },
+            };
+            let entry = self.write_manifest(&manifest, kind).await?;
+            match self.complete(&entry).await {
+                Ok(()) => return Ok(Completed { entry, manifest }),
+                Err(LogError::Fenced { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(LogError::ClaimRace {
+            job: self.job.clone(),
+        })
+    }
+
+    /// Records, informatively, that every table holds checkpoints through `through`
+    /// (`commits/latest.json`). Recovery never trusts it: the tables' markers decide. It
+    /// survives snapshot expiration, for operators and `checkpoints list`.
+    pub async fn record_commit(
+        &self,
+        through: CheckpointId,
+        generation: Generation,
+    ) -> Result<(), LogError> {
+        let body = serde_json::json!({
+            "job_id": self.job.as_str(),
+            "committed_through": through.0,
+            "generation": generation.0,
+            "recorded_at": Utc::now().to_rfc3339(),
+        });
+        self.store
+            .put(
+                &self.path("commits/latest.json"),
+                Bytes::from(body.to_string()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the files and entries of `ids` (as decided by [`protocol::prunable`]).
+    pub async fn prune(&self, ids: &[CheckpointId]) -> Result<usize, LogError> {
+        let mut removed = 0;
+        for id in ids {
+            let Some(entry) = self.entry(*id).await? else {
+                continue;
+            };
+            // The manifest and state first, the entry last: a crash in between leaves an entry
+            // whose manifest is missing, which only an already-committed, unreferenced
+            // checkpoint can have, and the next prune finishes it.
+            let dir = checkpoint_dir(entry.checkpoint_id, entry.generation);
+            self.store
+                .delete(&self.path(&format!("{dir}/state.bin")))
+                .await?;
+            self.store.delete(&self.path(&entry.manifest)).await?;
+            self.store.delete(&self.path(&log_path(*id))).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+/// Checkpoint ids referenced by a state chain (paths `ckpt/<id>-g<gen>/state.bin`).
+pub fn chain_ids(chain: &[String]) -> Vec<CheckpointId> {
+    chain
+        .iter()
+        .filter_map(|p| {
+            let dir = p.strip_prefix("ckpt/")?.split('/').next()?;
+            dir.split('-').next()?.parse().ok().map(CheckpointId)
+        })
+        .collect()
+}

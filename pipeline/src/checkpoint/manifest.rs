@@ -1,0 +1,213 @@
+//! On-disk records of the checkpoint log. These formats are a compatibility promise: a newer
+//! build must restore checkpoints an older build wrote (`format` is checked on read).
+//!
+//! Layout under `<root>/<job>/`:
+//! - `log/<id:020>.json`: a [`LogEntry`], created with create-if-absent. Its existence is what
+//!   makes checkpoint `<id>` complete; the log is a total order of completed checkpoints.
+//! - `ckpt/<id:020>-g<gen>/manifest.json`: the [`Manifest`] the entry points to (offsets,
+//!   pending files, state chain), written before the entry.
+//! - `ckpt/<id:020>-g<gen>/state.bin`: a state file (full or delta) of that checkpoint.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{CheckpointId, Generation, JobId, Offset, PartitionId};
+
+/// Version of the manifest and log-entry formats this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Why a log entry exists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum EntryKind {
+    /// A barrier cut: new offsets, state and pending files.
+    Checkpoint,
+    /// A process claimed a new generation; state and offsets are those of `resumes`.
+    GenerationStart {
+        /// The checkpoint this generation resumes from (`None` on a fresh start).
+        resumes: Option<CheckpointId>,
+    },
+    /// An operator rewound the job on purpose to an older checkpoint.
+    Rewind {
+        /// The checkpoint whose state and offsets the job restarts from.
+        to: CheckpointId,
+        /// Why, as the operator said it.
+        reason: String,
+    },
+}
+
+/// The completion marker of a checkpoint (`log/<id>.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Format version, [`FORMAT_VERSION`].
+    pub format: u32,
+    /// The job this log belongs to.
+    pub job_id: JobId,
+    /// Position in the log.
+    pub checkpoint_id: CheckpointId,
+    /// Generation of the process that completed it.
+    pub generation: Generation,
+    /// Why the entry exists.
+    #[serde(flatten)]
+    pub kind: EntryKind,
+    /// Path of the manifest, relative to the job's root.
+    pub manifest: String,
+    /// SHA-256 of the manifest bytes, checked on read.
+    pub manifest_sha256: String,
+    /// When it was completed (wall clock, informative only).
+    pub completed_at: DateTime<Utc>,
+}
+
+/// What one checkpoint consumed from one Kafka partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionCut {
+    /// Next offset to read at the previous cut (first offset this checkpoint could consume).
+    pub start: Offset,
+    /// Next offset to read at this cut.
+    pub end: Offset,
+    /// Records consumed in `[start, end)`; offsets have gaps, so this is counted, not computed.
+    pub records: u64,
+}
+
+/// Data files of one table, written and closed (pre-committed) but not yet committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingFiles {
+    /// Partition spec id the files were written with.
+    pub spec_id: i32,
+    /// Schema id the files were written with.
+    pub schema_id: i32,
+    /// Each `DataFile` as `iceberg::spec::serialize_data_file_to_json` wrote it.
+    pub files: Vec<String>,
+    /// Rows across the files.
+    pub rows: u64,
+    /// Bytes across the files.
+    pub bytes: u64,
+}
+
+/// Record counts of one checkpoint, for logs, metrics and `checkpoints show`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Records consumed.
+    pub records: u64,
+    /// Events accepted into `ledger_events`.
+    pub events: u64,
+    /// Exact duplicates dropped (same event id, same content).
+    pub duplicates: u64,
+    /// Records sent to `rejected_events`.
+    pub rejected: u64,
+    /// Rows written to `trip_balances`.
+    pub balance_rows: u64,
+}
+
+/// The durable content of one checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version, [`FORMAT_VERSION`].
+    pub format: u32,
+    /// The job.
+    pub job_id: JobId,
+    /// The checkpoint.
+    pub checkpoint_id: CheckpointId,
+    /// Generation of the writer.
+    pub generation: Generation,
+    /// Per-partition cut. A partition absent here has never been read.
+    pub partitions: BTreeMap<PartitionId, PartitionCut>,
+    /// Pending files per table name.
+    pub pending: BTreeMap<String, PendingFiles>,
+    /// State files to read in order (a full file first, then deltas), relative to the job root.
+    pub state_chain: Vec<String>,
+    /// Counts of this checkpoint.
+    pub counts: Counts,
+}
+
+impl Manifest {
+    /// Next offset to read per partition after this checkpoint.
+    pub fn resume_offsets(&self) -> BTreeMap<PartitionId, Offset> {
+        self.partitions.iter().map(|(p, c)| (*p, c.end)).collect()
+    }
+
+    /// A manifest that continues `self` with nothing new: same offsets and state, no files.
+    /// Used for generation starts and rewinds.
+    pub fn continuation(&self, checkpoint_id: CheckpointId, generation: Generation) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            job_id: self.job_id.clone(),
+            checkpoint_id,
+            generation,
+            partitions: self
+                .partitions
+                .iter()
+                .map(|(p, c)| {
+                    (
+                        *p,
+                        PartitionCut {
+                            start: c.end,
+                            end: c.end,
+                            records: 0,
+                        },
+                    )
+                })
+                .collect(),
+            pending: BTreeMap::new(),
+            state_chain: self.state_chain.clone(),
+            counts: Counts::default(),
+        }
+    }
+}
+
+/// Path of the log entry of `id`, relative to the job root.
+pub fn log_path(id: CheckpointId) -> String {
+    format!("log/{:020}.json", id.0)
+}
+
+/// Parses the checkpoint id back out of a log path (any prefix before `log/`).
+pub fn parse_log_path(path: &str) -> Option<CheckpointId> {
+    let name = path.rsplit('/').next()?;
+    let digits = name.strip_suffix(".json")?;
+    (digits.len() == 20).then_some(())?;
+    digits.parse().ok().map(CheckpointId)
+}
+
+/// Directory of the files of checkpoint `id` written by generation `generation`.
+pub fn checkpoint_dir(id: CheckpointId, generation: Generation) -> String {
+    format!("ckpt/{:020}-g{}", id.0, generation.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_paths_sort_numerically_and_parse_back() {
+        let a = log_path(CheckpointId(9));
+        let b = log_path(CheckpointId(10));
+        assert!(a < b);
+        assert_eq!(
+            parse_log_path(&format!("root/job/{b}")),
+            Some(CheckpointId(10))
+        );
+        assert_eq!(parse_log_path("root/job/log/12.json"), None);
+    }
+
+    #[test]
+    fn entry_round_trips_through_json() {
+        let e = LogEntry {
+            format: FORMAT_VERSION,
+            job_id: JobId::new("j").unwrap(),
+            checkpoint_id: CheckpointId(3),
+            generation: Generation(2),
+            kind: EntryKind::Rewind {
+                to: CheckpointId(1),
+                reason: "bad deploy".into(),
+            },
+            manifest: "ckpt/x/manifest.json".into(),
+            manifest_sha256: "00".into(),
+            completed_at: DateTime::from_timestamp(0, 0).unwrap(),
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains("\"kind\":\"rewind\""), "{json}");
+        assert_eq!(serde_json::from_str::<LogEntry>(&json).unwrap(), e);
+    }
+}

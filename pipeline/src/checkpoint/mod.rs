@@ -1,0 +1,15 @@
+//! Checkpoints: the durable half of the exactly-once protocol.
+//!
+//! - [`protocol`]: the decisions, pure functions (no I/O);
+//! - [`manifest`]: the on-disk records;
+//! - [`store`]: the storage contract (create-if-absent) and its `object_store` implementation;
+//! - [`log`]: reading and extending the checkpoint log through that contract;
+//! - [`commit`]: publishing completed checkpoints to Iceberg through a guarded catalog.
+
+pub mod commit;
+pub mod log;
+pub mod manifest;
+pub mod protocol;
+#[cfg(test)]
+mod simulation;
+pub mod store;

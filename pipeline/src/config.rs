@@ -1,0 +1,459 @@
+//! Job configuration: a TOML file, every key overridable by environment variable.
+//!
+//! Two stages, as ripgrep does it: [`RawConfig`] is the file's form (serde, unknown keys
+//! refused, `_ms` units at the edge); [`Config`] is the resolved form (durations, validated
+//! ids, parsed URLs) and is the only one runtime code sees.
+//!
+//! Environment: `RECON__<SECTION>__<KEY>=value` overrides `[section] key`, e.g.
+//! `RECON__SOURCE__BROKERS=127.0.0.1:19092` or `RECON__JOB_ID=payments-eu`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::JobId;
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "RECON__";
+
+/// A configuration problem, naming the key and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Delivery guarantee of the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// Checkpoint first, then commit with markers; replay never duplicates (default).
+    ExactlyOnce,
+    /// Commit files first, then checkpoint offsets: a crash in between replays and duplicates.
+    AtLeastOnce,
+    /// Checkpoint offsets first, then commit: a crash in between loses the interval.
+    AtMostOnce,
+}
+
+/// Where a partition without a checkpointed offset starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// The oldest retained record.
+    Earliest,
+    /// Only records produced after the job starts.
+    Latest,
+}
+
+/// `[source]`: the Kafka topic to read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// Bootstrap servers, `host:port[,host:port]`, or `mock` for librdkafka's in-process
+    /// mock cluster (demo only: it does not honour transactions).
+    pub brokers: String,
+    /// Topic of trip money events, keyed by trip id.
+    pub topic: String,
+    /// Partitions this instance owns; empty means every partition of the topic.
+    pub partitions: Vec<i32>,
+    /// Where a partition with no checkpointed offset starts: `earliest` or `latest`.
+    pub start_from: StartFrom,
+    /// Most records handed from the consumer thread to the job in one batch.
+    pub poll_batch_records_max: usize,
+    /// Batches buffered between the consumer thread and the job (back-pressure bound).
+    pub queue_batches_max: usize,
+    /// Extra librdkafka properties (TLS, SASL...). Values are never logged.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// `[catalog]`: the Iceberg catalog and warehouse.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatalog {
+    /// Catalog name shared with Spark/Trino/pyiceberg (`catalog_name` column of the SQL catalog).
+    pub name: String,
+    /// SQL catalog database: `sqlite://path?mode=rwc` or `postgres://user:pass@host:port/db`.
+    pub uri: String,
+    /// Warehouse root: `file:///abs/path` or `s3://bucket/prefix`. A relative path is allowed.
+    pub warehouse: String,
+    /// Extra catalog/FileIO properties, e.g. `s3.endpoint`, `s3.access-key-id`, `s3.region`.
+    pub properties: BTreeMap<String, String>,
+    /// Namespace of the tables.
+    pub namespace: String,
+}
+
+/// `[checkpoint]`: the checkpoint store and cadence.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheckpoint {
+    /// Store root: a directory path, `file:///abs/path` or `s3://bucket/prefix`.
+    pub store: String,
+    /// Options for an S3 store (`aws_endpoint`, `aws_allow_http`, `aws_region`...); credentials
+    /// come from the standard AWS environment when not given here.
+    pub store_options: BTreeMap<String, String>,
+    /// Time between barriers.
+    pub interval_ms: u64,
+    /// Write a full state file every this many checkpoints; deltas in between.
+    pub full_state_every: u32,
+    /// Completed checkpoints kept beyond what recovery needs (for operators and rewinds).
+    pub keep_last: usize,
+}
+
+/// `[commit]`: when checkpoints are published to Iceberg.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommit {
+    /// Commit after this many completed checkpoints...
+    pub every_checkpoints: u32,
+    /// ...or as soon as pending files reach this many bytes...
+    pub pending_bytes_max: u64,
+    /// ...or when the oldest uncommitted checkpoint is this old.
+    pub interval_ms_max: u64,
+    /// Attempts per table commit before the job stops (conflicts and unknown outcomes).
+    pub attempts_max: u32,
+    /// Time allowed for one catalog call before its outcome is treated as unknown.
+    pub timeout_ms: u64,
+}
+
+/// `[sink]`: Parquet writers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    /// Rows buffered per table before an Arrow batch goes to the Parquet writer.
+    pub batch_rows: usize,
+    /// Target size of a data file; larger files roll over.
+    pub file_size_bytes_target: usize,
+    /// ZSTD level of Parquet pages (1 is as small as 3 and faster on this data).
+    pub zstd_level: i32,
+}
+
+/// `[state]`: per-trip state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// Largest accepted payload; larger records are dead-lettered.
+    pub payload_bytes_max: usize,
+}
+
+/// The configuration file's form.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Job identity: names the checkpoint log and stamps commits. Two jobs never share one.
+    pub job_id: String,
+    /// `exactly-once` (default), `at-least-once` or `at-most-once`.
+    pub delivery: DeliveryMode,
+    /// Kafka source.
+    pub source: RawSource,
+    /// Iceberg catalog.
+    pub catalog: RawCatalog,
+    /// Checkpoints.
+    pub checkpoint: RawCheckpoint,
+    /// Commits.
+    pub commit: RawCommit,
+    /// Writers.
+    pub sink: RawSink,
+    /// State.
+    pub state: RawState,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            job_id: "recon".into(),
+            delivery: DeliveryMode::ExactlyOnce,
+            source: RawSource {
+                brokers: "127.0.0.1:19092".into(),
+                topic: "recon.trip-events".into(),
+                partitions: Vec::new(),
+                start_from: StartFrom::Earliest,
+                poll_batch_records_max: 4096,
+                queue_batches_max: 16,
+                properties: BTreeMap::new(),
+            },
+            catalog: RawCatalog {
+                name: "recon".into(),
+                uri: "sqlite://lakehouse/catalog.db?mode=rwc".into(),
+                warehouse: "lakehouse/warehouse".into(),
+                properties: BTreeMap::new(),
+                namespace: recon_schemas::tables::NAMESPACE.into(),
+            },
+            checkpoint: RawCheckpoint {
+                store: "lakehouse/checkpoints".into(),
+                store_options: BTreeMap::new(),
+                interval_ms: 10_000,
+                full_state_every: 50,
+                keep_last: 10,
+            },
+            commit: RawCommit {
+                every_checkpoints: 1,
+                pending_bytes_max: 512 * 1024 * 1024,
+                interval_ms_max: 60_000,
+                attempts_max: 10,
+                timeout_ms: 30_000,
+            },
+            sink: RawSink {
+                batch_rows: 8192,
+                file_size_bytes_target: 128 * 1024 * 1024,
+                zstd_level: 1,
+            },
+            state: RawState {
+                payload_bytes_max: 64 * 1024,
+            },
+        }
+    }
+}
+
+/// Resolved configuration: what runtime code reads.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Job identity.
+    pub job_id: JobId,
+    /// Delivery guarantee.
+    pub delivery: DeliveryMode,
+    /// Kafka source (validated).
+    pub source: RawSource,
+    /// Catalog with absolute warehouse URL.
+    pub catalog: RawCatalog,
+    /// Checkpoint store root, resolved: a local directory or an URL.
+    pub checkpoint_store: StoreLocation,
+    /// Options of an S3 checkpoint store.
+    pub checkpoint_store_options: BTreeMap<String, String>,
+    /// Time between barriers.
+    pub checkpoint_interval: Duration,
+    /// Full state file cadence.
+    pub full_state_every: u32,
+    /// Extra checkpoints retained.
+    pub keep_last: usize,
+    /// Commit cadence and limits.
+    pub commit: RawCommit,
+    /// Writers.
+    pub sink: RawSink,
+    /// State.
+    pub state: RawState,
+}
+
+/// Where checkpoints live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A local directory (created if missing).
+    Local(PathBuf),
+    /// An object-store URL such as `s3://bucket/prefix`.
+    Url(String),
+}
+
+impl Config {
+    /// Reads `path` (if given), applies `RECON__*` environment overrides, and resolves.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError(format!(
+                    "file {} does not exist; pass an existing --config FILE",
+                    p.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(p));
+        }
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__").lowercase(true));
+        let raw: RawConfig = fig.extract().map_err(|e| ConfigError(figment_message(e)))?;
+        Config::resolve(raw)
+    }
+
+    /// Validates and resolves the raw form.
+    pub fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        let job_id = JobId::new(&raw.job_id).map_err(|e| ConfigError(format!("job_id: {e}")))?;
+        if raw.source.brokers.trim().is_empty() {
+            return err(
+                "source.brokers is empty; set host:port of a Kafka broker, or `mock`".into(),
+            );
+        }
+        if raw.source.topic.trim().is_empty() {
+            return err("source.topic is empty; name the topic of trip events".into());
+        }
+        if raw.source.poll_batch_records_max == 0 || raw.source.queue_batches_max == 0 {
+            return err(
+                "source.poll_batch_records_max and source.queue_batches_max must be at least 1"
+                    .into(),
+            );
+        }
+        if raw.checkpoint.interval_ms < 10 {
+            return err(format!(
+                "checkpoint.interval_ms = {} is below 10 ms; use 10000 for production",
+                raw.checkpoint.interval_ms
+            ));
+        }
+        if raw.commit.every_checkpoints == 0 || raw.commit.attempts_max == 0 {
+            return err(
+                "commit.every_checkpoints and commit.attempts_max must be at least 1".into(),
+            );
+        }
+        if raw.checkpoint.full_state_every == 0 {
+            return err("checkpoint.full_state_every must be at least 1".into());
+        }
+        if !(1..=22).contains(&raw.sink.zstd_level) {
+            return err(format!(
+                "sink.zstd_level = {} must be within 1..=22",
+                raw.sink.zstd_level
+            ));
+        }
+        if raw.sink.batch_rows == 0 {
+            return err("sink.batch_rows must be at least 1".into());
+        }
+        let uri = &raw.catalog.uri;
+        if !(uri.starts_with("sqlite:")
+            || uri.starts_with("postgres://")
+            || uri.starts_with("postgresql://"))
+        {
+            return err(format!(
+                "catalog.uri {:?} is not a SQL catalog URL; use sqlite://PATH?mode=rwc or postgres://USER:PASS@HOST:PORT/DB",
+                redact_url(uri)
+            ));
+        }
+        let mut catalog = raw.catalog.clone();
+        catalog.warehouse = absolute_location(&catalog.warehouse, "catalog.warehouse")?;
+        let checkpoint_store = match raw.checkpoint.store.split_once("://") {
+            Some(("file", rest)) => StoreLocation::Local(PathBuf::from(rest)),
+            Some(("s3" | "memory", _)) => StoreLocation::Url(raw.checkpoint.store.clone()),
+            Some((scheme, _)) => {
+                return err(format!(
+                    "checkpoint.store scheme {scheme:?} is not supported; use a directory, file:///abs/path or s3://bucket/prefix"
+                ));
+            }
+            None => StoreLocation::Local(PathBuf::from(&raw.checkpoint.store)),
+        };
+        Ok(Config {
+            job_id,
+            delivery: raw.delivery,
+            source: raw.source,
+            catalog,
+            checkpoint_store,
+            checkpoint_store_options: raw.checkpoint.store_options,
+            checkpoint_interval: Duration::from_millis(raw.checkpoint.interval_ms),
+            full_state_every: raw.checkpoint.full_state_every,
+            keep_last: raw.checkpoint.keep_last,
+            commit: raw.commit,
+            sink: raw.sink,
+            state: raw.state,
+        })
+    }
+
+    /// Whether the catalog database is PostgreSQL (else SQLite).
+    pub fn catalog_is_postgres(&self) -> bool {
+        self.catalog.uri.starts_with("postgres")
+    }
+}
+
+/// Turns a relative warehouse path into a `file://` URL; leaves URLs alone.
+fn absolute_location(value: &str, key: &str) -> Result<String, ConfigError> {
+    if value.contains("://") {
+        return Ok(value.trim_end_matches('/').to_string());
+    }
+    let p = Path::new(value);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| ConfigError(format!("{key}: cannot resolve {value:?}: {e}")))?
+            .join(p)
+    };
+    Ok(format!("file://{}", abs.display())
+        .trim_end_matches('/')
+        .to_string())
+}
+
+/// Hides the password of a URL such as `postgres://user:secret@host/db`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// One line per problem, naming the key, without figment's multi-line noise.
+fn figment_message(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let what = e.kind.to_string();
+            if key.is_empty() {
+                what
+            } else {
+                format!("key `{key}`: {what}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, toml).unwrap();
+        Config::load(Some(&p))
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let c = load_str("").unwrap();
+        assert_eq!(c.checkpoint_interval, Duration::from_secs(10));
+        assert_eq!(c.delivery, DeliveryMode::ExactlyOnce);
+        assert!(
+            c.catalog.warehouse.starts_with("file:///"),
+            "{}",
+            c.catalog.warehouse
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load_str("[source]\nbrokerz = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("brokerz"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_say_what_to_fix() {
+        let e = load_str("[catalog]\nuri = \"mysql://u:pw@h/db\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("catalog.uri") && !e.contains("pw"), "{e}");
+        let e = load_str("job_id = \"a b\"\n").unwrap_err().to_string();
+        assert!(e.contains("job_id"), "{e}");
+        let e = load_str("delivery = \"twice\"\n").unwrap_err().to_string();
+        assert!(e.contains("delivery"), "{e}");
+        let e = load_str("[checkpoint]\nstore = \"ftp://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checkpoint.store"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/recon.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/recon.toml"));
+    }
+
+    #[test]
+    fn redaction_hides_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,161 @@
+//! The barrier: turn what the job has consumed since the last cut into a complete checkpoint.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::checkpoint::manifest::{Counts, EntryKind, FORMAT_VERSION, Manifest, PartitionCut};
+use crate::config::DeliveryMode;
+use crate::crash::CrashPoint;
+use crate::state::codec;
+
+use super::{Job, JobError};
+
+impl Job {
+    /// Completes checkpoint `last + 1`, then publishes if the commit cadence says so.
+    pub(super) async fn barrier(&mut self) -> Result<(), JobError> {
+        let started = Instant::now();
+        let id = self.last.next();
+        // Balance changelog rows for every trip changed since the last cut.
+        let changed: Vec<String> = {
+            let changed = self.state.take_changed();
+            let mut ids = Vec::with_capacity(changed.len());
+            for (trip_id, t) in changed {
+                self.sink
+                    .balances
+                    .push(trip_id.clone(), t.balance.clone(), t.partition);
+                ids.push(trip_id);
+            }
+            ids
+        };
+        self.counts.balance_rows = changed.len() as u64;
+        let closed = self.sink.close(id).await?;
+        self.crash.hit(CrashPoint::AfterFilesWritten)?;
+
+        // State: a full file every `full_state_every` checkpoints, else the changed trips only.
+        let full = self.state_chain.is_empty() || self.since_full + 1 >= self.cfg.full_state_every;
+        let bytes = if full {
+            codec::encode_full(&self.state)
+        } else {
+            codec::encode_delta(
+                changed
+                    .iter()
+                    .filter_map(|t| self.state.get(t).map(|s| (t.as_str(), s))),
+            )
+        };
+        let state_bytes = bytes.len();
+        let path = self.log.write_state(id, self.generation, bytes).await?;
+        let chain = if full {
+            vec![path]
+        } else {
+            let mut c = self.state_chain.clone();
+            c.push(path);
+            c
+        };
+
+        let mut pending = BTreeMap::new();
+        let mut files = BTreeMap::new();
+        let mut pending_bytes = 0;
+        for (table, (p, data_files)) in closed {
+            pending_bytes += p.bytes;
+            pending.insert(table.clone(), p);
+            files.insert(table, data_files);
+        }
+        let exactly_once = self.cfg.delivery == DeliveryMode::ExactlyOnce;
+        if self.cfg.delivery == DeliveryMode::AtLeastOnce {
+            // Files first, offsets after: a crash in between replays the interval (duplicates).
+            self.publish_plain(id, files.clone()).await?;
+        }
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            job_id: self.cfg.job_id.clone(),
+            checkpoint_id: id,
+            generation: self.generation,
+            partitions: self.cuts.clone(),
+            // Only exactly-once keeps files pending for the marker-guarded commit.
+            pending: if exactly_once {
+                pending
+            } else {
+                BTreeMap::new()
+            },
+            state_chain: chain.clone(),
+            counts: self.counts,
+        };
+        let entry = self
+            .log
+            .write_manifest(&manifest, EntryKind::Checkpoint)
+            .await?;
+        self.crash.hit(CrashPoint::BeforeCheckpointComplete)?;
+        self.log.complete(&entry).await?;
+        self.crash.hit(CrashPoint::AfterCheckpointDurable)?;
+
+        // The checkpoint counts from here on.
+        self.last = id;
+        self.state_chain = chain;
+        self.since_full = if full { 0 } else { self.since_full + 1 };
+        self.report.checkpoints += 1;
+        add_counts(&mut self.report.counts, &self.counts);
+        tracing::info!(
+            checkpoint = %id,
+            generation = %self.generation,
+            records = self.counts.records,
+            events = self.counts.events,
+            rejected = self.counts.rejected,
+            duplicates = self.counts.duplicates,
+            changed_trips = changed.len(),
+            state_bytes,
+            full_state = full,
+            pending_bytes,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "checkpoint complete"
+        );
+        self.counts = Counts::default();
+        for cut in self.cuts.values_mut() {
+            *cut = PartitionCut {
+                start: cut.end,
+                end: cut.end,
+                records: 0,
+            };
+        }
+        if self.cfg.delivery == DeliveryMode::AtMostOnce {
+            // Offsets first, files after: a crash in between loses the interval.
+            return self.publish_plain(id, files).await;
+        }
+        if exactly_once {
+            self.uncommitted.insert(id, manifest);
+            self.since_commit += 1;
+            self.oldest_uncommitted.get_or_insert_with(Instant::now);
+            if self.commit_due() {
+                self.publish().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_due(&self) -> bool {
+        let c = &self.cfg.commit;
+        let bytes: u64 = self
+            .uncommitted
+            .values()
+            .flat_map(|m| m.pending.values())
+            .map(|p| p.bytes)
+            .sum();
+        let records: u64 = self.uncommitted.values().map(|m| m.counts.records).sum();
+        let aged = self
+            .oldest_uncommitted
+            .is_some_and(|t| t.elapsed().as_millis() as u64 >= c.interval_ms_max);
+        if bytes == 0 && records == 0 {
+            // Nothing new: stamp the tables only now and then, so an idle job keeps its
+            // markers fresh without a snapshot per checkpoint.
+            return aged;
+        }
+        self.since_commit >= c.every_checkpoints || bytes >= c.pending_bytes_max || aged
+    }
+}
+
+fn add_counts(total: &mut Counts, c: &Counts) {
+    total.records += c.records;
+    total.events += c.events;
+    total.duplicates += c.duplicates;
+    total.rejected += c.rejected;
+    total.balance_rows += c.balance_rows;
+}

@@ -1,0 +1,303 @@
+//! The streaming job: recovery, then the loop `source -> decode -> state -> sink`, with a
+//! barrier every `checkpoint.interval` that pre-commits files, completes a checkpoint, and
+//! commits to Iceberg when the commit cadence says so.
+//!
+//! Commit sequence of one barrier (exactly-once mode), with the named crash points:
+//! 1. stop taking input (the loop is single-threaded, so the cut is where it stands)
+//!    — `mid-batch` fires while processing input;
+//! 2. close every open Parquet file -> `DataFile`s — `after-files-written`;
+//! 3. write the state (delta or full) and the manifest — `before-checkpoint-complete`;
+//! 4. create the log entry (create-if-absent): the checkpoint is now durable —
+//!    `after-checkpoint-durable`;
+//! 5. per table, one guarded `fast_append` of the files of every checkpoint the table lacks —
+//!    `during-commit` fires between the first table and the others;
+//! 6. record the commit and prune — `after-commit-before-record`.
+//!
+//! A crash anywhere resumes from the newest complete checkpoint: files of an incomplete one are
+//! orphans (never referenced), and a complete one is committed by whoever runs next, exactly
+//! once thanks to the markers.
+
+mod barrier;
+mod publish;
+mod recovery;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iceberg::Catalog;
+use recon_schemas::decode::{self, Limits};
+use tokio::sync::watch;
+
+use crate::checkpoint::commit::{CommitError, Committer};
+use crate::checkpoint::log::{CheckpointLog, LogError};
+use crate::checkpoint::manifest::{Counts, Manifest, PartitionCut};
+use crate::checkpoint::store::CheckpointStore;
+use crate::config::Config;
+use crate::crash::{self, CrashPoint};
+use crate::ids::{CheckpointId, Generation, Offset, PartitionId};
+use crate::lakehouse::LakehouseError;
+use crate::sink::rows::Rejected;
+use crate::sink::{Sink, SinkError};
+use crate::source::{Record, Source, SourceError};
+use crate::state::{Outcome, State};
+
+/// How a test or the demo injects a crash without killing the process.
+#[derive(Clone, Debug, Default)]
+pub struct CrashPlan {
+    /// Point and 1-based visit at which the job returns [`JobError::SimulatedCrash`].
+    pub at: Option<(CrashPoint, u64)>,
+    hits: u64,
+}
+
+impl CrashPlan {
+    /// Crash at the `nth` visit of `point`.
+    pub fn at(point: CrashPoint, nth: u64) -> CrashPlan {
+        CrashPlan {
+            at: Some((point, nth.max(1))),
+            hits: 0,
+        }
+    }
+
+    fn hit(&mut self, point: CrashPoint) -> Result<(), JobError> {
+        crash::maybe_crash(point);
+        if let Some((p, nth)) = self.at
+            && p == point
+        {
+            self.hits += 1;
+            if self.hits == nth {
+                return Err(JobError::SimulatedCrash(point));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why the job stopped with an error. Every variant says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Configuration or connection problem at start.
+    #[error(transparent)]
+    Lakehouse(#[from] LakehouseError),
+    /// Checkpoint log problem (store down, corrupt record, fenced).
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Commit problem (fenced, exhausted, table ahead of the log).
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    /// Kafka problem.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Writing data files failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The protocol refuses to continue (e.g. the table is ahead of the log).
+    #[error("{0}")]
+    Protocol(String),
+    /// A simulated crash (tests and demo only).
+    #[error("simulated crash at {}", .0.name())]
+    SimulatedCrash(CrashPoint),
+}
+
+/// What a run did, for the CLI summary, the demo and tests.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    /// Generation this run claimed.
+    pub generation: Generation,
+    /// Checkpoint it resumed from (the claim entry).
+    pub resumed_at: CheckpointId,
+    /// Checkpoints completed by this run (the claim entry excluded).
+    pub checkpoints: u64,
+    /// Table commits that landed.
+    pub commits: u64,
+    /// Totals of this run.
+    pub counts: Counts,
+    /// Trips in state at the end.
+    pub trips: usize,
+    /// Last completed checkpoint.
+    pub last_checkpoint: CheckpointId,
+    /// Time from start to the end of recovery.
+    pub recovery: Duration,
+}
+
+/// External parts and knobs of one run.
+pub struct JobEnv {
+    /// Iceberg catalog.
+    pub catalog: Arc<dyn Catalog>,
+    /// Checkpoint store.
+    pub store: Arc<dyn CheckpointStore>,
+    /// Prefix inside the store (the job's log lives under `<prefix>/<job>/`).
+    pub store_prefix: String,
+    /// Crash injection.
+    pub crash: CrashPlan,
+    /// Set to `true` to stop gracefully (final checkpoint and commit).
+    pub shutdown: watch::Receiver<bool>,
+    /// Stop gracefully after this long without input (tests, demo, batch backfills).
+    pub idle_exit: Option<Duration>,
+}
+
+/// A running job: everything between recovery and stop.
+pub(crate) struct Job {
+    cfg: Config,
+    log: CheckpointLog,
+    committer: Committer,
+    generation: Generation,
+    sink: Sink,
+    state: State,
+    limits: Limits,
+    crash: CrashPlan,
+    /// Last completed checkpoint.
+    last: CheckpointId,
+    /// Manifests of completed checkpoints not yet known committed everywhere.
+    uncommitted: BTreeMap<CheckpointId, Manifest>,
+    /// State files the next checkpoint extends.
+    state_chain: Vec<String>,
+    /// Current cut: per partition, offsets since the last checkpoint.
+    cuts: BTreeMap<PartitionId, PartitionCut>,
+    /// Counts since the last checkpoint.
+    counts: Counts,
+    report: RunReport,
+    since_full: u32,
+    since_commit: u32,
+    oldest_uncommitted: Option<Instant>,
+}
+
+/// Runs the job until shutdown, idle exit, or an error.
+pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
+    let started = Instant::now();
+    let mut job = recovery::recover(cfg, &env).await?;
+    job.report.recovery = started.elapsed();
+    tracing::info!(
+        generation = %job.generation,
+        resumed_at = %job.last,
+        trips = job.state.trips(),
+        recovery_ms = job.report.recovery.as_millis() as u64,
+        "recovered"
+    );
+    let partitions = recovery::owned_partitions(cfg)?;
+    let saved: BTreeMap<PartitionId, Offset> = job.cuts.iter().map(|(p, c)| (*p, c.end)).collect();
+    let group = format!("recon-{}", cfg.job_id);
+    let mut source = Source::start(&cfg.source, &group, &partitions, &saved)?;
+    let result = job.main_loop(&mut source, &mut env).await;
+    source.stop();
+    result?;
+    job.report.trips = job.state.trips();
+    job.report.last_checkpoint = job.last;
+    Ok(job.report)
+}
+
+impl Job {
+    async fn main_loop(&mut self, source: &mut Source, env: &mut JobEnv) -> Result<(), JobError> {
+        let interval = self.cfg.checkpoint_interval;
+        let mut next_barrier = tokio::time::Instant::now() + interval;
+        let mut last_input = Instant::now();
+        let idle_tick = Duration::from_millis(50);
+        loop {
+            tokio::select! {
+                biased;
+                _ = env.shutdown.changed() => {
+                    tracing::info!("shutdown requested: final checkpoint and commit");
+                    return self.finish().await;
+                }
+                _ = tokio::time::sleep_until(next_barrier) => {
+                    self.barrier().await?;
+                    next_barrier = tokio::time::Instant::now() + interval;
+                }
+                batch = source.next() => {
+                    match batch {
+                        Some(Ok(records)) => {
+                            last_input = Instant::now();
+                            self.process(records).await?;
+                        }
+                        Some(Err(e)) => return Err(e.into()),
+                        None => return Err(JobError::Protocol("the Kafka consumer thread stopped".into())),
+                    }
+                }
+                _ = tokio::time::sleep(idle_tick), if env.idle_exit.is_some() => {
+                    if let Some(idle) = env.idle_exit
+                        && last_input.elapsed() >= idle
+                    {
+                        tracing::info!(idle_ms = idle.as_millis() as u64, "no input: final checkpoint and commit");
+                        return self.finish().await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn finish(&mut self) -> Result<(), JobError> {
+        self.barrier().await?;
+        self.publish().await
+    }
+
+    /// Decodes and applies a batch of records; routes each to a table or the dead-letter table.
+    async fn process(&mut self, records: Vec<Record>) -> Result<(), JobError> {
+        let next_id = self.last.next();
+        let half = records.len() / 2;
+        for (i, r) in records.into_iter().enumerate() {
+            if i == half {
+                self.crash.hit(CrashPoint::MidBatch)?;
+            }
+            let pid = PartitionId(r.partition);
+            let cut = self.cuts.entry(pid).or_insert(PartitionCut {
+                start: Offset(r.offset),
+                end: Offset(r.offset),
+                records: 0,
+            });
+            if r.offset < cut.end.0 {
+                return Err(JobError::Protocol(format!(
+                    "partition {pid}: offset {} is before the expected {}; offsets moved backwards (topic recreated or reset?). Stopping rather than double-counting",
+                    r.offset, cut.end
+                )));
+            }
+            cut.end = Offset(r.offset + 1);
+            cut.records += 1;
+            self.counts.records += 1;
+            let payload = r.payload.as_deref().unwrap_or(&[]);
+            match decode::decode(r.key.as_deref(), payload, &self.limits) {
+                Ok(ev) => match self.state.apply(&ev, r.partition) {
+                    Outcome::Accepted => {
+                        self.counts.events += 1;
+                        self.sink
+                            .ledger
+                            .push(ev, r.partition, r.offset)
+                            .map_err(SinkError::from)?;
+                    }
+                    Outcome::ExactDuplicate => self.counts.duplicates += 1,
+                    Outcome::ConflictingDuplicate => {
+                        self.counts.rejected += 1;
+                        self.sink.rejected.push(Rejected {
+                            partition: r.partition,
+                            offset: r.offset,
+                            key: r.key,
+                            payload: payload.to_vec(),
+                            reason: "conflicting_duplicate",
+                            error: format!(
+                                "event_id {} was seen before with different content; the first version stands and trip {} is flagged",
+                                ev.event_id, ev.trip_id
+                            ),
+                            event_id: Some(ev.event_id.hyphenated().to_string()),
+                            trip_id: Some(ev.trip_id.clone()),
+                        });
+                    }
+                },
+                Err(e) => {
+                    self.counts.rejected += 1;
+                    let (event_id, trip_id) = decode::salvage_ids(payload, &self.limits);
+                    self.sink.rejected.push(Rejected {
+                        partition: r.partition,
+                        offset: r.offset,
+                        key: r.key.clone(),
+                        payload: payload.to_vec(),
+                        reason: e.reason().as_str(),
+                        error: e.to_string(),
+                        event_id,
+                        trip_id,
+                    });
+                }
+            }
+        }
+        self.sink.flush_full(next_id).await?;
+        Ok(())
+    }
+}

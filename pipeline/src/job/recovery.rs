@@ -1,0 +1,117 @@
+//! Recovery: claim a generation, publish what the newest checkpoint left pending, restore
+//! state and offsets.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use recon_schemas::decode::Limits;
+
+use crate::checkpoint::commit::Committer;
+use crate::checkpoint::log::CheckpointLog;
+use crate::config::Config;
+use crate::ids::PartitionId;
+use crate::lakehouse::{self, LakehouseError};
+use crate::sink::writer::TableTarget;
+use crate::sink::{Output, Sink};
+use crate::source;
+use crate::state::{State, codec};
+
+use super::{Job, JobEnv, JobError, RunReport};
+
+/// Partitions this instance owns: the configured ones, or every partition of the topic.
+pub(super) fn owned_partitions(cfg: &Config) -> Result<Vec<PartitionId>, JobError> {
+    let all = source::topic_partitions(&cfg.source)?;
+    if cfg.source.partitions.is_empty() {
+        return Ok(all);
+    }
+    let mut owned = Vec::new();
+    for p in &cfg.source.partitions {
+        if !all.contains(&PartitionId(*p)) {
+            return Err(JobError::Protocol(format!(
+                "source.partitions names partition {p}, but topic {} has partitions {:?}",
+                cfg.source.topic,
+                all.iter().map(|p| p.0).collect::<Vec<_>>()
+            )));
+        }
+        owned.push(PartitionId(*p));
+    }
+    Ok(owned)
+}
+
+/// Claims a generation and brings tables, state and offsets to the newest checkpoint.
+pub(super) async fn recover(cfg: &Config, env: &JobEnv) -> Result<Job, JobError> {
+    lakehouse::ensure_tables(env.catalog.as_ref(), &cfg.catalog.namespace).await?;
+    let log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
+    let claimed = log.claim(None).await?;
+    let generation = claimed.entry.generation;
+    tracing::info!(generation = %generation, checkpoint = %claimed.entry.checkpoint_id, kind = ?claimed.entry.kind, "generation claimed");
+    let committer = Committer::new(
+        env.catalog.clone(),
+        cfg.job_id.clone(),
+        generation,
+        cfg.commit.attempts_max,
+        Duration::from_millis(cfg.commit.timeout_ms),
+    );
+    let mut targets = BTreeMap::new();
+    for (output, name) in [
+        (Output::Ledger, "ledger_events"),
+        (Output::Balances, "trip_balances"),
+        (Output::Rejected, "rejected_events"),
+    ] {
+        let ident = lakehouse::table_ident(cfg, name);
+        let table =
+            env.catalog
+                .load_table(&ident)
+                .await
+                .map_err(|source| LakehouseError::Catalog {
+                    op: "load_table",
+                    what: ident.to_string(),
+                    source,
+                })?;
+        let target = TableTarget::new(table, cfg.sink.zstd_level, cfg.sink.file_size_bytes_target)
+            .map_err(|source| LakehouseError::Catalog {
+                op: "prepare writers",
+                what: ident.to_string(),
+                source,
+            })?;
+        targets.insert(output, target);
+    }
+    let sink = Sink::new(cfg.job_id.clone(), generation, cfg.sink.batch_rows, targets);
+
+    let mut state = State::default();
+    for (i, rel) in claimed.manifest.state_chain.iter().enumerate() {
+        let bytes = log.read_state(rel).await?;
+        codec::apply_file(&mut state, rel, &bytes, i == 0)
+            .map_err(|e| JobError::Protocol(e.to_string()))?;
+    }
+
+    let mut job = Job {
+        cfg: cfg.clone(),
+        log,
+        committer,
+        generation,
+        sink,
+        state,
+        limits: Limits {
+            payload_bytes_max: cfg.state.payload_bytes_max,
+            ..Limits::default()
+        },
+        crash: env.crash.clone(),
+        last: claimed.entry.checkpoint_id,
+        uncommitted: BTreeMap::new(),
+        state_chain: claimed.manifest.state_chain.clone(),
+        cuts: claimed.manifest.partitions.clone(),
+        counts: Default::default(),
+        report: RunReport {
+            generation,
+            resumed_at: claimed.entry.checkpoint_id,
+            ..RunReport::default()
+        },
+        since_full: 0,
+        since_commit: 0,
+        oldest_uncommitted: None,
+    };
+    // Whatever the previous generation completed but did not publish, publish now.
+    job.publish().await?;
+    Ok(job)
+}

@@ -1,0 +1,184 @@
+//! The Iceberg side: opening the SQL catalog and creating the product's tables.
+//!
+//! The catalog tables are created by this side (schema V1, the one Spark's JdbcCatalog, Trino
+//! and pyiceberg read), so one `catalog_name` works across every engine.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
+use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
+use recon_schemas::tables::{self, TableDef};
+
+use crate::config::{Config, redact_url};
+
+/// Attempts to open the catalog: two processes creating the catalog tables at once on an empty
+/// PostgreSQL database can collide (`pg_type_typname_nsp_index`); a retry settles it.
+const OPEN_ATTEMPTS_MAX: u32 = 5;
+
+/// Errors of the lakehouse side.
+#[derive(Debug, thiserror::Error)]
+pub enum LakehouseError {
+    /// The catalog could not be opened.
+    #[error(
+        "cannot open the Iceberg catalog at {uri}: {source}; check catalog.uri and that the database is up"
+    )]
+    Open {
+        /// The catalog URI, password redacted.
+        uri: String,
+        /// Cause.
+        #[source]
+        source: iceberg::Error,
+    },
+    /// A catalog call failed.
+    #[error("catalog {op} {what}: {source}")]
+    Catalog {
+        /// The operation.
+        op: &'static str,
+        /// What it was about.
+        what: String,
+        /// Cause.
+        #[source]
+        source: iceberg::Error,
+    },
+}
+
+/// Opens the SQL catalog named in the configuration, with file and S3 storage.
+pub async fn open_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakehouseError> {
+    let uri = cfg.catalog.uri.clone();
+    if let Some(path) = uri.strip_prefix("sqlite://") {
+        let file = path.split('?').next().unwrap_or(path);
+        if let Some(parent) = std::path::Path::new(file).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        if let Some(dir) = cfg.catalog.warehouse.strip_prefix("file://") {
+            let _ = std::fs::create_dir_all(dir);
+        }
+    }
+    let is_pg = cfg.catalog_is_postgres();
+    let mut props: HashMap<String, String> = cfg.catalog.properties.clone().into_iter().collect();
+    props.insert("uri".into(), uri.clone());
+    props.insert("warehouse".into(), cfg.catalog.warehouse.clone());
+    let mut last = None;
+    for attempt in 1..=OPEN_ATTEMPTS_MAX {
+        let builder = SqlCatalogBuilder::default()
+            .sql_bind_style(if is_pg {
+                SqlBindStyle::DollarNumeric
+            } else {
+                SqlBindStyle::QMark
+            })
+            .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()));
+        match builder.load(cfg.catalog.name.clone(), props.clone()).await {
+            Ok(c) => return Ok(Arc::new(c)),
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "opening the catalog failed");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+        }
+    }
+    Err(LakehouseError::Open {
+        uri: redact_url(&uri),
+        source: last.expect("at least one attempt"),
+    })
+}
+
+/// Identifier of a product table in the configured namespace.
+pub fn table_ident(cfg: &Config, name: &str) -> TableIdent {
+    TableIdent::new(
+        NamespaceIdent::new(cfg.catalog.namespace.clone()),
+        name.to_string(),
+    )
+}
+
+/// Creates the namespace and every product table that does not exist yet; leaves existing
+/// tables alone. Safe to run concurrently (a lost creation race counts as success).
+pub async fn ensure_tables(catalog: &dyn Catalog, namespace: &str) -> Result<(), LakehouseError> {
+    let ns = NamespaceIdent::new(namespace.to_string());
+    let cat_err = |op, what: String| move |source| LakehouseError::Catalog { op, what, source };
+    if !catalog
+        .namespace_exists(&ns)
+        .await
+        .map_err(cat_err("namespace_exists", namespace.into()))?
+        && let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await
+        && e.kind() != iceberg::ErrorKind::NamespaceAlreadyExists
+    {
+        return Err(cat_err("create_namespace", namespace.into())(e));
+    }
+    for def in tables::all() {
+        create_if_missing(catalog, &ns, def).await?;
+    }
+    Ok(())
+}
+
+async fn create_if_missing(
+    catalog: &dyn Catalog,
+    ns: &NamespaceIdent,
+    def: TableDef,
+) -> Result<(), LakehouseError> {
+    let ident = TableIdent::new(ns.clone(), def.name.to_string());
+    let what = ident.to_string();
+    let exists = catalog
+        .table_exists(&ident)
+        .await
+        .map_err(|source| LakehouseError::Catalog {
+            op: "table_exists",
+            what: what.clone(),
+            source,
+        })?;
+    if exists {
+        return Ok(());
+    }
+    let creation = TableCreation::builder()
+        .name(def.name.to_string())
+        .schema(def.schema)
+        .partition_spec(def.partition)
+        .properties([
+            ("write.format.default".to_string(), "parquet".to_string()),
+            (
+                "write.parquet.compression-codec".to_string(),
+                "zstd".to_string(),
+            ),
+        ])
+        .build();
+    match catalog.create_table(ns, creation).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == iceberg::ErrorKind::TableAlreadyExists => Ok(()),
+        Err(source) => Err(LakehouseError::Catalog {
+            op: "create_table",
+            what,
+            source,
+        }),
+    }
+}
+
+/// Reads the named columns of a table's current snapshot (all rows). For tests, the demo and
+/// small tables; batch-verify scans with partition filters instead.
+pub async fn scan(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    columns: &[&str],
+) -> Result<Vec<arrow_array::RecordBatch>, LakehouseError> {
+    use futures::TryStreamExt;
+    let err = |op: &'static str| {
+        let what = ident.to_string();
+        move |source| LakehouseError::Catalog { op, what, source }
+    };
+    let table = catalog.load_table(ident).await.map_err(err("load_table"))?;
+    if table.metadata().current_snapshot().is_none() {
+        return Ok(Vec::new());
+    }
+    let stream = table
+        .scan()
+        .select(columns.iter().copied())
+        .build()
+        .map_err(err("scan"))?
+        .to_arrow()
+        .await
+        .map_err(err("scan"))?;
+    stream.try_collect().await.map_err(err("scan"))
+}

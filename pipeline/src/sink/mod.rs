@@ -1,0 +1,203 @@
+//! The sink: buffers rows for `ledger_events`, `trip_balances` and `rejected_events`, writes
+//! them as Parquet into each table's data location, and at a barrier closes the files and hands
+//! back their `DataFile`s, serialized, for the checkpoint manifest (pre-commit).
+
+pub mod rows;
+pub mod writer;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use iceberg::spec::{DataFile, FormatVersion, serialize_data_file_to_json};
+use iceberg::table::Table;
+
+use crate::checkpoint::manifest::PendingFiles;
+use crate::ids::{CheckpointId, Generation, JobId};
+use rows::{BalanceRows, LedgerRows, RejectedRows};
+use writer::{TableTarget, TableWriter};
+
+/// Errors of the sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Writing or closing a data file failed.
+    #[error("writing table {table}: {source}")]
+    Write {
+        /// Table.
+        table: String,
+        /// Cause.
+        #[source]
+        source: iceberg::Error,
+    },
+    /// Rows did not fit the table definition.
+    #[error(transparent)]
+    Rows(#[from] rows::RowsError),
+}
+
+/// The three tables the job writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Output {
+    /// `ledger_events`.
+    Ledger,
+    /// `trip_balances`.
+    Balances,
+    /// `rejected_events`.
+    Rejected,
+}
+
+impl Output {
+    /// All outputs, in commit order.
+    pub const ALL: [Output; 3] = [Output::Ledger, Output::Balances, Output::Rejected];
+}
+
+struct Slot {
+    target: TableTarget,
+    writer: Option<TableWriter>,
+}
+
+/// Row buffers and open writers for the current checkpoint interval.
+pub struct Sink {
+    job: JobId,
+    generation: Generation,
+    batch_rows: usize,
+    slots: BTreeMap<Output, Slot>,
+    /// Accepted events waiting for a batch.
+    pub ledger: LedgerRows,
+    /// Dead-lettered records waiting for a batch.
+    pub rejected: RejectedRows,
+    /// Balance changelog rows waiting for a batch.
+    pub balances: BalanceRows,
+}
+
+impl Sink {
+    /// A sink writing to the given tables.
+    pub fn new(
+        job: JobId,
+        generation: Generation,
+        batch_rows: usize,
+        targets: BTreeMap<Output, TableTarget>,
+    ) -> Sink {
+        let slots = targets
+            .into_iter()
+            .map(|(o, target)| {
+                (
+                    o,
+                    Slot {
+                        target,
+                        writer: None,
+                    },
+                )
+            })
+            .collect();
+        Sink {
+            job,
+            generation,
+            batch_rows,
+            slots,
+            ledger: LedgerRows::default(),
+            rejected: RejectedRows::default(),
+            balances: BalanceRows::default(),
+        }
+    }
+
+    /// The loaded table behind an output.
+    pub fn table(&self, output: Output) -> &Table {
+        &self.slots[&output].target.table
+    }
+
+    /// Writes full buffers out as batches for checkpoint `id`.
+    pub async fn flush_full(&mut self, id: CheckpointId) -> Result<(), SinkError> {
+        if self.ledger.len() >= self.batch_rows {
+            self.flush(Output::Ledger, id).await?;
+        }
+        if self.rejected.len() >= self.batch_rows {
+            self.flush(Output::Rejected, id).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes whatever an output has buffered as one batch for checkpoint `id`.
+    pub async fn flush(&mut self, output: Output, id: CheckpointId) -> Result<(), SinkError> {
+        let now: DateTime<Utc> = Utc::now();
+        let slot = self
+            .slots
+            .get_mut(&output)
+            .expect("every output has a slot");
+        let cid = i64::try_from(id.0).expect("checkpoint id fits i64");
+        let batch = match output {
+            Output::Ledger if !self.ledger.is_empty() => {
+                self.ledger.take_batch(&slot.target.arrow, cid, now)?
+            }
+            Output::Rejected if !self.rejected.is_empty() => {
+                self.rejected.take_batch(&slot.target.arrow, cid, now)?
+            }
+            Output::Balances if !self.balances.is_empty() => {
+                self.balances.take_batch(&slot.target.arrow, cid, now)?
+            }
+            _ => return Ok(()),
+        };
+        let table = slot.target.name().to_string();
+        let werr = |source| SinkError::Write {
+            table: table.clone(),
+            source,
+        };
+        if slot.writer.is_none() {
+            let prefix = format!(
+                "{}-g{}-c{:020}-{}",
+                self.job,
+                self.generation,
+                id.0,
+                uuid::Uuid::new_v4().simple()
+            );
+            slot.writer = Some(
+                TableWriter::open(&slot.target, prefix)
+                    .await
+                    .map_err(werr)?,
+            );
+        }
+        let w = slot.writer.as_mut().expect("writer just opened");
+        w.write(batch).await.map_err(werr)
+    }
+
+    /// Flushes every buffer and closes every file of checkpoint `id`; returns the pending
+    /// files per table name (empty tables included, with no files).
+    pub async fn close(
+        &mut self,
+        id: CheckpointId,
+    ) -> Result<BTreeMap<String, (PendingFiles, Vec<DataFile>)>, SinkError> {
+        for o in Output::ALL {
+            self.flush(o, id).await?;
+        }
+        let mut out = BTreeMap::new();
+        for slot in self.slots.values_mut() {
+            let table = slot.target.name().to_string();
+            let werr = |source| SinkError::Write {
+                table: table.clone(),
+                source,
+            };
+            let files = match slot.writer.take() {
+                Some(w) => w.close().await.map_err(werr)?,
+                None => Vec::new(),
+            };
+            let partition_type = slot
+                .target
+                .spec
+                .partition_type(&slot.target.schema)
+                .map_err(werr)?;
+            let mut pending = PendingFiles {
+                spec_id: slot.target.spec.spec_id(),
+                schema_id: slot.target.schema.schema_id(),
+                ..PendingFiles::default()
+            };
+            for f in &files {
+                pending.rows += f.record_count();
+                pending.bytes += f.file_size_in_bytes();
+                pending.files.push(
+                    serialize_data_file_to_json(f.clone(), &partition_type, FormatVersion::V2)
+                        .map_err(werr)?,
+                );
+            }
+            out.insert(table, (pending, files));
+        }
+        Ok(out)
+    }
+}

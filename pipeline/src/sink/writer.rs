@@ -1,0 +1,148 @@
+//! Parquet writers into one Iceberg table, opened per checkpoint and closed at its barrier.
+//!
+//! File names are `<job>-g<generation>-c<checkpoint>-<random>-NNNNN.parquet`: unique per
+//! attempt, so a restarted attempt can never overwrite a file an earlier attempt may have
+//! committed (apache/iceberg#7890), and orphans are recognisable by name.
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use iceberg::arrow::RecordBatchPartitionSplitter;
+use iceberg::spec::{DataFile, DataFileFormat, PartitionSpecRef, SchemaRef as IcebergSchemaRef};
+use iceberg::table::Table;
+use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::partitioning::PartitioningWriter;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+type Builder =
+    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+enum Inner {
+    Partitioned {
+        splitter: RecordBatchPartitionSplitter,
+        writer: FanoutWriter<Builder>,
+    },
+    Unpartitioned(
+        DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
+    ),
+}
+
+/// What the writers of one table need to know, loaded once per process.
+#[derive(Clone)]
+pub struct TableTarget {
+    /// The table as loaded at start (schema, spec, location, FileIO).
+    pub table: Table,
+    /// Arrow schema with Iceberg field ids.
+    pub arrow: SchemaRef,
+    /// Current Iceberg schema.
+    pub schema: IcebergSchemaRef,
+    /// Default partition spec.
+    pub spec: PartitionSpecRef,
+    /// Parquet properties (ZSTD level set explicitly: parquet-rs defaults to uncompressed).
+    pub props: WriterProperties,
+    /// Target file size.
+    pub file_size_bytes_target: usize,
+}
+
+impl TableTarget {
+    /// Prepares writers for `table` with ZSTD at `zstd_level`.
+    pub fn new(
+        table: Table,
+        zstd_level: i32,
+        file_size_bytes_target: usize,
+    ) -> iceberg::Result<TableTarget> {
+        let schema = table.metadata().current_schema().clone();
+        let arrow = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema)?);
+        let spec = table.metadata().default_partition_spec().clone();
+        let level = ZstdLevel::try_new(zstd_level).map_err(|e| {
+            iceberg::Error::new(iceberg::ErrorKind::DataInvalid, format!("zstd level: {e}"))
+        })?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .build();
+        Ok(TableTarget {
+            table,
+            arrow,
+            schema,
+            spec,
+            props,
+            file_size_bytes_target,
+        })
+    }
+
+    /// Name of the table.
+    pub fn name(&self) -> &str {
+        self.table.identifier().name()
+    }
+}
+
+/// An open writer for one table and one checkpoint attempt.
+pub struct TableWriter {
+    inner: Inner,
+    rows: u64,
+}
+
+impl TableWriter {
+    /// Opens writers whose files are named with `file_prefix` (must be unique per attempt).
+    pub async fn open(target: &TableTarget, file_prefix: String) -> iceberg::Result<TableWriter> {
+        let location = DefaultLocationGenerator::new(target.table.metadata())?;
+        let names = DefaultFileNameGenerator::new(file_prefix, None, DataFileFormat::Parquet);
+        let parquet = ParquetWriterBuilder::new(target.props.clone(), target.schema.clone());
+        let rolling = RollingFileWriterBuilder::new(
+            parquet,
+            target.file_size_bytes_target,
+            target.table.file_io().clone(),
+            location,
+            names,
+        );
+        let builder = DataFileWriterBuilder::new(rolling);
+        let inner = if target.spec.is_unpartitioned() {
+            Inner::Unpartitioned(builder.build(None).await?)
+        } else {
+            Inner::Partitioned {
+                splitter: RecordBatchPartitionSplitter::try_new_with_computed_values(
+                    target.schema.clone(),
+                    target.spec.clone(),
+                )?,
+                writer: FanoutWriter::new(builder),
+            }
+        };
+        Ok(TableWriter { inner, rows: 0 })
+    }
+
+    /// Writes one batch (split by partition where the table is partitioned).
+    pub async fn write(&mut self, batch: RecordBatch) -> iceberg::Result<()> {
+        self.rows += batch.num_rows() as u64;
+        match &mut self.inner {
+            Inner::Unpartitioned(w) => w.write(batch).await,
+            Inner::Partitioned { splitter, writer } => {
+                for (key, part) in splitter.split(&batch)? {
+                    writer.write(key, part).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Closes every file: the returned `DataFile`s are pre-committed, not yet visible.
+    pub async fn close(self) -> iceberg::Result<Vec<DataFile>> {
+        match self.inner {
+            Inner::Unpartitioned(mut w) => w.close().await,
+            Inner::Partitioned { writer, .. } => writer.close().await,
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The Kafka source: a consumer thread that reads the assigned partitions from the offsets the
+//! checkpoint gives, and hands batches of records to the job over a bounded channel.
+//!
+//! Partitions are *assigned* (no consumer-group rebalancing): the job's checkpoint, not Kafka,
+//! owns the offsets, and `enable.auto.commit` is off. Reads are `read_committed`, so records of
+//! aborted upstream transactions never reach the job. A saved offset that is no longer in the
+//! log (retention) is an error, never a silent reset (`auto.offset.reset=error`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::config::{RawSource, StartFrom};
+use crate::ids::{Offset, PartitionId};
+
+/// How long metadata lookups may take before the broker counts as unreachable.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One Kafka record, owned.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes (`None` for a tombstone).
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Errors of the source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The consumer could not be created (bad property).
+    #[error("Kafka consumer configuration: {0}")]
+    Config(String),
+    /// The brokers did not answer.
+    #[error(
+        "cannot reach Kafka at {brokers} within {timeout:?}: {message}; check source.brokers and that the broker is up"
+    )]
+    Unreachable {
+        /// Bootstrap servers.
+        brokers: String,
+        /// Wait.
+        timeout: Duration,
+        /// Cause.
+        message: String,
+    },
+    /// The topic does not exist.
+    #[error("topic {topic:?} does not exist on {brokers}; create it or fix source.topic")]
+    NoTopic {
+        /// Topic.
+        topic: String,
+        /// Brokers.
+        brokers: String,
+    },
+    /// Reading failed in a way that needs an operator (offset out of range, fatal client error).
+    #[error("reading {topic}: {message}")]
+    Read {
+        /// Topic.
+        topic: String,
+        /// Cause.
+        message: String,
+    },
+}
+
+fn client_config(cfg: &RawSource, group: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "error")
+        .set("enable.partition.eof", "false")
+        .set("fetch.min.bytes", "1")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "65536");
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Lists the topic's partitions, failing within [`METADATA_TIMEOUT`] if no broker answers.
+pub fn topic_partitions(cfg: &RawSource) -> Result<Vec<PartitionId>, SourceError> {
+    let consumer: BaseConsumer = client_config(cfg, "recon-metadata")
+        .create()
+        .map_err(|e| SourceError::Config(e.to_string()))?;
+    let md = consumer
+        .fetch_metadata(Some(&cfg.topic), METADATA_TIMEOUT)
+        .map_err(|e| SourceError::Unreachable {
+            brokers: cfg.brokers.clone(),
+            timeout: METADATA_TIMEOUT,
+            message: e.to_string(),
+        })?;
+    let topic = md.topics().iter().find(|t| t.name() == cfg.topic);
+    match topic {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            let mut ps: Vec<_> = t.partitions().iter().map(|p| PartitionId(p.id())).collect();
+            ps.sort();
+            Ok(ps)
+        }
+        _ => Err(SourceError::NoTopic {
+            topic: cfg.topic.clone(),
+            brokers: cfg.brokers.clone(),
+        }),
+    }
+}
+
+/// The running consumer thread.
+pub struct Source {
+    rx: mpsc::Receiver<Result<Vec<Record>, SourceError>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Source {
+    /// Starts reading `partitions`, each from its saved offset or `start_from`.
+    pub fn start(
+        cfg: &RawSource,
+        group: &str,
+        partitions: &[PartitionId],
+        saved: &BTreeMap<PartitionId, Offset>,
+    ) -> Result<Source, SourceError> {
+        let consumer: BaseConsumer = client_config(cfg, group)
+            .create()
+            .map_err(|e| SourceError::Config(e.to_string()))?;
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            let off = match saved.get(p) {
+                Some(o) => KafkaOffset::Offset(o.0),
+                None => match cfg.start_from {
+                    StartFrom::Earliest => KafkaOffset::Beginning,
+                    StartFrom::Latest => KafkaOffset::End,
+                },
+            };
+            tpl.add_partition_offset(&cfg.topic, p.0, off)
+                .map_err(|e| SourceError::Config(e.to_string()))?;
+        }
+        consumer.assign(&tpl).map_err(|e| SourceError::Read {
+            topic: cfg.topic.clone(),
+            message: format!("assign: {e}"),
+        })?;
+        let (tx, rx) = mpsc::channel(cfg.queue_batches_max);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let batch_max = cfg.poll_batch_records_max;
+        let topic = cfg.topic.clone();
+        let thread = std::thread::Builder::new()
+            .name("recon-source".into())
+            .spawn(move || poll_loop(consumer, tx, stop2, batch_max, topic))
+            .map_err(|e| SourceError::Config(format!("cannot start the consumer thread: {e}")))?;
+        Ok(Source {
+            rx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The next batch; `None` once the thread has stopped.
+    pub async fn next(&mut self) -> Option<Result<Vec<Record>, SourceError>> {
+        self.rx.recv().await
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.rx.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn poll_loop(
+    consumer: BaseConsumer,
+    tx: mpsc::Sender<Result<Vec<Record>, SourceError>>,
+    stop: Arc<AtomicBool>,
+    batch_max: usize,
+    topic: String,
+) {
+    let mut batch = Vec::with_capacity(batch_max);
+    while !stop.load(Ordering::Relaxed) {
+        // Block briefly for the first record, then drain what is already fetched.
+        let mut wait = Duration::from_millis(50);
+        while batch.len() < batch_max {
+            match consumer.poll(wait) {
+                None => break,
+                Some(Ok(m)) => batch.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                }),
+                Some(Err(e)) => {
+                    let fatal = matches!(
+                        e.rdkafka_error_code(),
+                        Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange)
+                            | Some(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset)
+                            | Some(rdkafka::types::RDKafkaErrorCode::Fatal)
+                    );
+                    if fatal {
+                        let _ = tx.blocking_send(Err(SourceError::Read {
+                            topic: topic.clone(),
+                            message: format!(
+                                "{e}; a saved offset is no longer in the topic (retention?) — stopping rather than skipping data"
+                            ),
+                        }));
+                        return;
+                    }
+                    tracing::warn!(error = %e, "Kafka consumer error (librdkafka retries)");
+                    break;
+                }
+            }
+            wait = Duration::ZERO;
+        }
+        if !batch.is_empty() {
+            let out = std::mem::replace(&mut batch, Vec::with_capacity(batch_max));
+            if tx.blocking_send(Ok(out)).is_err() {
+                return;
+            }
+        }
+    }
+}
