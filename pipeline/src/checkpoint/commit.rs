@@ -261,6 +261,16 @@ impl Committer {
         }
     }
 
+    /// The job this committer commits for.
+    pub fn job(&self) -> &JobId {
+        &self.job
+    }
+
+    /// The generation it commits as.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
     /// The catalog commits go to.
     pub fn catalog(&self) -> &Arc<dyn Catalog> {
         &self.catalog

@@ -10,6 +10,7 @@ pub mod commit;
 pub mod log;
 pub mod manifest;
 pub mod protocol;
+pub mod publish;
 #[cfg(test)]
 mod simulation;
 pub mod store;

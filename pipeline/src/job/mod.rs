@@ -85,6 +85,9 @@ pub enum JobError {
     /// Commit problem (fenced, exhausted, table ahead of the log).
     #[error(transparent)]
     Commit(#[from] CommitError),
+    /// Publishing problem.
+    #[error(transparent)]
+    Publish(#[from] crate::checkpoint::publish::PublishError),
     /// Kafka problem.
     #[error(transparent)]
     Source(#[from] SourceError),

@@ -1,0 +1,204 @@
+//! Publishing completed checkpoints to one table: plan, build the append from the manifests
+//! of the checkpoints the table lacks, commit through the guard, re-plan if the table moved.
+//!
+//! Shared by the job and by the seeded simulation, so the simulation proves the code that runs.
+
+use std::collections::BTreeMap;
+
+use iceberg::spec::{DataFile, deserialize_data_file_from_json};
+use iceberg::table::Table;
+
+use crate::checkpoint::commit::{CommitError, CommitOutcome, CommitRequest, Committer};
+use crate::checkpoint::log::{CheckpointLog, LogError};
+use crate::checkpoint::manifest::Manifest;
+use crate::checkpoint::protocol::{self, CommitPlan};
+use crate::ids::CheckpointId;
+
+/// Re-plans allowed when the table keeps moving under a commit (another process of the job).
+pub const REPLANS_MAX: u32 = 10;
+
+/// Errors of publishing.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The commit failed or this process is fenced.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    /// The checkpoint log could not be read.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The protocol refuses to continue; the message says why and what to do.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// What publishing did to one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The table already held the head.
+    UpToDate,
+    /// An append by this call landed (verified).
+    Committed,
+    /// The append had landed before (a lost reply or another process); verified.
+    AlreadyCommitted,
+}
+
+/// Everything publishing reads.
+pub struct Publisher<'a> {
+    /// Commits for this process.
+    pub committer: &'a Committer,
+    /// The job's checkpoint log (for manifests not in memory).
+    pub log: &'a CheckpointLog,
+    /// Manifests of recent completed checkpoints, to spare reads.
+    pub uncommitted: &'a BTreeMap<CheckpointId, Manifest>,
+}
+
+impl Publisher<'_> {
+    /// Brings one table up to checkpoint `head`: plan, commit through the guard, re-plan when
+    /// the table moved, until the table holds `head`.
+    pub async fn table(
+        &self,
+        table: &Table,
+        head: CheckpointId,
+    ) -> Result<Published, PublishError> {
+        let ident = table.identifier().clone();
+        for _ in 0..=REPLANS_MAX {
+            let marks = self.committer.marks(&ident).await?;
+            match protocol::plan_commit(self.committer.generation(), head, &marks) {
+                CommitPlan::UpToDate => return Ok(Published::UpToDate),
+                CommitPlan::Fenced { ours, theirs } => {
+                    return Err(CommitError::Fenced {
+                        table: ident.to_string(),
+                        job: self.committer.job().clone(),
+                        ours,
+                        theirs,
+                    }
+                    .into());
+                }
+                CommitPlan::TableAhead { committed, head } => {
+                    return Err(PublishError::Protocol(format!(
+                        "table {ident} holds checkpoint {committed} of job {} but the checkpoint log ends at {head}: \
+                         the log was lost or replaced. Committing now could duplicate data; restore the checkpoint \
+                         store or start under a new job_id",
+                        self.committer.job()
+                    )));
+                }
+                CommitPlan::Commit { after, through } => {
+                    let req = self.request(table, after, through).await?;
+                    let started = std::time::Instant::now();
+                    match self.committer.commit(&req).await? {
+                        CommitOutcome::Committed => {
+                            tracing::info!(table = %ident, first = %req.first, through = %through,
+                                files = req.files.len(), duration_ms = started.elapsed().as_millis() as u64,
+                                "commit landed");
+                            return Ok(Published::Committed);
+                        }
+                        CommitOutcome::AlreadyCommitted => {
+                            tracing::info!(table = %ident, through = %through, "already committed (verified)");
+                            return Ok(Published::AlreadyCommitted);
+                        }
+                        CommitOutcome::Stale { committed } => {
+                            tracing::warn!(table = %ident, ?committed, "table moved under the commit; re-planning");
+                        }
+                    }
+                }
+            }
+        }
+        Err(PublishError::Protocol(format!(
+            "table {ident}: the table kept moving under {REPLANS_MAX} commit plans; is another instance of job {} running?",
+            self.committer.job()
+        )))
+    }
+
+    /// The manifest of a completed checkpoint, from memory or the log.
+    async fn manifest_of(&self, id: CheckpointId) -> Result<Manifest, PublishError> {
+        if let Some(m) = self.uncommitted.get(&id) {
+            return Ok(m.clone());
+        }
+        match self.log.completed(id).await? {
+            Some(c) => Ok(c.manifest),
+            None => Err(PublishError::Protocol(format!(
+                "checkpoint {id} must be committed but its log entry is gone (pruned?); the tables lack it"
+            ))),
+        }
+    }
+
+    /// Builds the commit of checkpoints `(after, through]` for one table.
+    pub async fn request(
+        &self,
+        table: &Table,
+        after: Option<CheckpointId>,
+        through: CheckpointId,
+    ) -> Result<CommitRequest, PublishError> {
+        let name = table.identifier().name();
+        let first = after.map(CheckpointId::next).unwrap_or(CheckpointId(1));
+        let mut files = Vec::new();
+        let mut offsets: BTreeMap<i32, (i64, i64, u64)> = BTreeMap::new();
+        let mut id = first;
+        while id <= through {
+            let m = self.manifest_of(id).await?;
+            if let Some(p) = m.pending.get(name) {
+                files.extend(decode_files(table, p.spec_id, p.schema_id, &p.files)?);
+            }
+            for (pid, cut) in &m.partitions {
+                let e = offsets.entry(pid.0).or_insert((cut.start.0, cut.end.0, 0));
+                e.0 = e.0.min(cut.start.0);
+                e.1 = e.1.max(cut.end.0);
+                e.2 += cut.records;
+            }
+            id = id.next();
+        }
+        let offsets_json = serde_json::to_string(
+            &offsets
+                .iter()
+                .map(|(p, (s, e, n))| {
+                    (
+                        p.to_string(),
+                        serde_json::json!({"start": s, "end": e, "records": n}),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>(),
+        )
+        .expect("offsets serialize");
+        Ok(CommitRequest {
+            table: table.identifier().clone(),
+            after,
+            first,
+            through,
+            files,
+            offsets_json,
+        })
+    }
+}
+
+/// Turns serialized pending files back into `DataFile`s with the spec and schema they were
+/// written with.
+pub fn decode_files(
+    table: &Table,
+    spec_id: i32,
+    schema_id: i32,
+    files: &[String],
+) -> Result<Vec<DataFile>, PublishError> {
+    let md = table.metadata();
+    let name = table.identifier();
+    let spec = md.partition_spec_by_id(spec_id).ok_or_else(|| {
+        PublishError::Protocol(format!(
+            "{name}: partition spec {spec_id} of pending files is gone"
+        ))
+    })?;
+    let schema = md.schema_by_id(schema_id).ok_or_else(|| {
+        PublishError::Protocol(format!(
+            "{name}: schema {schema_id} of pending files is gone"
+        ))
+    })?;
+    let ptype = spec
+        .partition_type(schema)
+        .map_err(|e| PublishError::Protocol(format!("{name}: {e}")))?;
+    files
+        .iter()
+        .map(|json| {
+            deserialize_data_file_from_json(json, spec_id, &ptype, schema).map_err(|e| {
+                PublishError::Protocol(format!("{name}: pending file unreadable: {e}"))
+            })
+        })
+        .collect()
+}
