@@ -1,1 +1,40 @@
-//! batch-verify (placeholder).
+//! # batch-verify
+//!
+//! The end-of-day proof: for one business day, against a source of truth (the Kafka topic, the
+//! upstream ledger in PostgreSQL, or exported files), prove that the lakehouse holds every event
+//! exactly once and that every trip's balance equals the fold of its events; report each
+//! failure with its keys, write the run to Iceberg, and exit non-zero on any discrepancy.
+//!
+//! Read in the order the data flows: [`options`] and [`day`] (what to verify) -> [`truth`] and
+//! [`lakehouse`] (both sides, read into [`spill`] files of [`row`]s) -> [`checks`],
+//! [`balances`], [`offsets`] (the proof, one bucket at a time) -> [`report`] and [`record`]
+//! (the outcome). [`run::verify`] ties them together; [`fixture`] builds test lakehouses.
+//!
+//! Architecture invariant: the checks ([`checks`], [`balances`], [`offsets::check`]) do no
+//! I/O; they take rows and return findings, so tests drive them with plain data.
+//! Architecture invariant: no step holds a whole day in memory: both sides stream into
+//! hash-partitioned spill files, and the checks load one bucket at a time.
+#![deny(missing_docs)]
+
+pub mod balances;
+pub mod checks;
+pub mod day;
+pub mod error;
+pub mod fixture;
+pub mod lakehouse;
+pub mod memory;
+pub mod offsets;
+pub mod options;
+pub mod progress;
+pub mod record;
+pub mod report;
+pub mod row;
+pub mod run;
+pub mod spill;
+pub mod truth;
+
+pub use day::BusinessDay;
+pub use error::VerifyError;
+pub use options::{Options, TruthSpec};
+pub use report::{Kind, Report, Status};
+pub use run::verify;

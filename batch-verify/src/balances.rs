@@ -1,0 +1,195 @@
+//! Check (e): for every trip touched on the day, the latest `trip_balances` row (highest
+//! `checkpoint_id`) equals [`recon_schemas::balance::fold`] of the trip's `ledger_events` rows
+//! in Kafka log order: the same reference function the pipeline's state must agree with.
+//!
+//! A trip whose events reach beyond the day (a late refund, a trip over midnight) shows a
+//! latest row with more events than the day holds; such trips are returned as *incomplete* and
+//! checked again once the neighbouring days' rows of just those trips are read.
+
+use std::collections::HashMap;
+
+use recon_schemas::balance::{self, TripBalance};
+use recon_schemas::money;
+
+use crate::day::BusinessDay;
+use crate::report::{Discrepancy, Findings, Kind};
+use crate::row::{BalanceRow, EventRow, Position, SUM_NAMES, TripItem};
+
+/// A trip whose fold needs events outside the day.
+#[derive(Clone, Debug)]
+pub struct Incomplete {
+    /// The latest balance row.
+    pub latest: BalanceRow,
+    /// The trip's rows read so far.
+    pub events: Vec<(EventRow, Position)>,
+}
+
+/// Result of one bucket.
+#[derive(Debug, Default)]
+pub struct BalanceOutcome {
+    /// Discrepancies.
+    pub findings: Findings,
+    /// Trips checked.
+    pub checked: u64,
+    /// Trips to check again with more events, by trip id.
+    pub incomplete: HashMap<String, Incomplete>,
+}
+
+impl BalanceOutcome {
+    /// Keeps at most `keep_max` discrepancies.
+    pub fn new(keep_max: usize) -> BalanceOutcome {
+        BalanceOutcome {
+            findings: Findings::new(keep_max),
+            ..BalanceOutcome::default()
+        }
+    }
+}
+
+/// Checks the trips of one bucket.
+pub fn check_trips(items: Vec<TripItem>, day: &BusinessDay, out: &mut BalanceOutcome) {
+    let mut trips: HashMap<String, (Vec<(EventRow, Position)>, Option<BalanceRow>, bool)> = HashMap::new();
+    for item in items {
+        match item {
+            TripItem::Ledger { row, position } => trips.entry(row.trip_id.clone()).or_default().0.push((row, position)),
+            TripItem::Balance(b) => {
+                let slot = trips.entry(b.trip_id.clone()).or_default();
+                match &slot.1 {
+                    Some(cur) if cur.checkpoint_id > b.checkpoint_id => {}
+                    Some(cur) if cur.checkpoint_id == b.checkpoint_id => {
+                        // Two rows of one trip in one checkpoint: ambiguous unless identical.
+                        slot.2 |= *cur != b;
+                    }
+                    _ => {
+                        slot.1 = Some(b);
+                        slot.2 = false;
+                    }
+                }
+            }
+        }
+    }
+    for (trip, (events, latest, ambiguous)) in trips {
+        if events.is_empty() {
+            // Only a trip the day touched is checked; but a latest row dated on the day with no
+            // event of the day is wrong in itself.
+            if let Some(b) = latest
+                && day.contains_micros(b.last_occurred_at_us)
+            {
+                out.checked += 1;
+                out.findings.add(
+                    Discrepancy::new(Kind::BalanceMismatch, format!("latest row (checkpoint {}) has last_occurred_at on the day but ledger_events has no event of the trip on the day", b.checkpoint_id))
+                        .trip(&trip),
+                );
+            }
+            continue;
+        }
+        out.checked += 1;
+        let Some(latest) = latest else {
+            out.findings.add(Discrepancy::new(Kind::BalanceMismatch, format!("no trip_balances row for a trip with {} events on the day", events.len())).trip(&trip));
+            continue;
+        };
+        if ambiguous {
+            out.findings.add(
+                Discrepancy::new(Kind::BalanceMismatch, format!("two different trip_balances rows at checkpoint {}", latest.checkpoint_id)).trip(&trip),
+            );
+            continue;
+        }
+        match compare(&events, &latest) {
+            Verdict::Equal => {}
+            Verdict::NeedsMore => {
+                out.incomplete.insert(trip, Incomplete { latest, events });
+            }
+            Verdict::Differs(what) => out.findings.add(Discrepancy::new(Kind::BalanceMismatch, what).trip(&trip)),
+        }
+    }
+}
+
+/// How a fold compares with a balance row.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Identical.
+    Equal,
+    /// The row counts more events than were folded: read more of the trip's events.
+    NeedsMore,
+    /// A real difference, described.
+    Differs(String),
+}
+
+/// Folds `events` (any order; sorted here by Kafka position) and compares with `latest`.
+pub fn compare(events: &[(EventRow, Position)], latest: &BalanceRow) -> Verdict {
+    let mut sorted: Vec<&(EventRow, Position)> = events.iter().collect();
+    sorted.sort_by_key(|(_, p)| *p);
+    let parsed: Vec<_> = sorted.iter().filter_map(|(r, _)| r.to_event()).collect();
+    let unreadable = sorted.len() - parsed.len();
+    let Some(fold) = balance::fold(parsed.iter()) else {
+        return Verdict::Differs(format!("{unreadable} ledger rows of the trip hold values no event can have"));
+    };
+    if i64::from(latest.event_count) > i64::from(fold.events) {
+        return Verdict::NeedsMore;
+    }
+    let diffs = differences(&fold, latest);
+    if diffs.is_empty() {
+        Verdict::Equal
+    } else {
+        Verdict::Differs(format!("latest row (checkpoint {}) vs fold of {} ledger rows: {}", latest.checkpoint_id, events.len(), diffs.join("; ")))
+    }
+}
+
+fn differences(fold: &TripBalance, row: &BalanceRow) -> Vec<String> {
+    let mut out = Vec::new();
+    if fold.currency.code() != row.currency {
+        out.push(format!("currency {} vs fold {}", row.currency, fold.currency.code()));
+    }
+    let sums = [fold.charged, fold.collected, fold.refunded, fold.paid_out, fold.fees, fold.adjusted];
+    for (k, want) in sums.iter().enumerate() {
+        let want_unscaled = money::to_unscaled(*want).and_then(|u| i64::try_from(u).ok());
+        if want_unscaled != Some(row.sums[k]) {
+            let got = money::from_unscaled(i128::from(row.sums[k])).map_or_else(|| "?".into(), |d| d.to_string());
+            out.push(format!("{} {got} vs fold {want}", SUM_NAMES[k]));
+        }
+    }
+    if i64::from(row.event_count) != i64::from(fold.events) {
+        out.push(format!("event_count {} vs fold {}", row.event_count, fold.events));
+    }
+    if let Some(last) = fold.last_occurred_at
+        && last.timestamp_micros() != row.last_occurred_at_us
+    {
+        out.push(format!("last_occurred_at differs (fold {last})"));
+    }
+    let status = fold.status();
+    // The ledger holds first versions only, so a conflicting duplicate (dead-lettered) is
+    // invisible to the fold: the row's flag is accepted when everything else agrees.
+    let conflict_flagged = row.reason.as_deref() == Some("conflicting_duplicate") && row.status == "DISCREPANCY";
+    if !conflict_flagged
+        && (row.status != status.as_str() || row.reason.as_deref() != status.reason().map(|r| r.as_str()))
+    {
+        out.push(format!(
+            "status {} {} vs fold {} {}",
+            row.status,
+            row.reason.as_deref().unwrap_or(""),
+            status.as_str(),
+            status.reason().map_or("", |r| r.as_str())
+        ));
+    }
+    out
+}
+
+/// Checks the incomplete trips again after their neighbouring rows were added; a trip still
+/// short of events is a mismatch.
+pub fn recheck(incomplete: HashMap<String, Incomplete>, span_days: u32, findings: &mut Findings) {
+    for (trip, inc) in incomplete {
+        match compare(&inc.events, &inc.latest) {
+            Verdict::Equal => {}
+            Verdict::NeedsMore => findings.add(
+                Discrepancy::new(
+                    Kind::BalanceMismatch,
+                    format!(
+                        "latest row (checkpoint {}) counts {} events, ledger_events holds fewer within ±{span_days} days of the day",
+                        inc.latest.checkpoint_id, inc.latest.event_count
+                    ),
+                )
+                .trip(&trip),
+            ),
+            Verdict::Differs(what) => findings.add(Discrepancy::new(Kind::BalanceMismatch, what).trip(&trip)),
+        }
+    }
+}

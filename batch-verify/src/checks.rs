@@ -1,0 +1,363 @@
+//! Checks (a) to (d), one bucket at a time: every truth event in `ledger_events` exactly once
+//! and identical, nothing there without a truth event, no duplicate ids or positions, the
+//! dead letters in `rejected_events`, and the totals per event type and currency.
+//!
+//! Each function takes the items of one bucket and adds to an [`Outcome`]; they do no I/O, so
+//! the tests drive them with plain rows.
+
+use std::collections::{BTreeMap, HashMap};
+
+use uuid::Uuid;
+
+use crate::day::BusinessDay;
+use crate::report::{Discrepancy, Findings, Kind, TotalLine};
+use crate::row::{EventItem, EventRow, MatchKey, Position, PositionItem, RejectRow, Scope, Side};
+use crate::truth::kafka::Windows;
+
+/// Count and unscaled sum per (event type code, currency).
+pub type Totals = BTreeMap<(u8, String), (u64, i128)>;
+
+/// Adds `row` to `totals`.
+pub fn add_total(totals: &mut Totals, row: &EventRow) {
+    let e = totals.entry((row.event_type, row.currency.clone())).or_default();
+    e.0 += 1;
+    e.1 += i128::from(row.amount);
+}
+
+/// What the bucket checks add up to.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Discrepancies.
+    pub findings: Findings,
+    /// Distinct truth events of the day.
+    pub truth_events: u64,
+    /// Truth exact re-sends.
+    pub truth_resends: u64,
+    /// Truth dead letters of the day.
+    pub truth_rejects: u64,
+    /// `rejected_events` rows of the day.
+    pub lake_rejects: u64,
+    /// Dead letters that could not be dated.
+    pub rejects_undated: u64,
+    /// Truth totals.
+    pub truth_totals: Totals,
+}
+
+impl Outcome {
+    /// An outcome keeping at most `keep_max` discrepancies.
+    pub fn new(keep_max: usize) -> Outcome {
+        Outcome {
+            findings: Findings::new(keep_max),
+            ..Outcome::default()
+        }
+    }
+
+    /// Adds another bucket's outcome.
+    pub fn merge(&mut self, o: Outcome) {
+        self.findings.merge(o.findings);
+        self.truth_events += o.truth_events;
+        self.truth_resends += o.truth_resends;
+        self.truth_rejects += o.truth_rejects;
+        self.lake_rejects += o.lake_rejects;
+        self.rejects_undated += o.rejects_undated;
+        for (k, (n, s)) in o.truth_totals {
+            let e = self.truth_totals.entry(k).or_default();
+            e.0 += n;
+            e.1 += s;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Group {
+    truth: Vec<(EventRow, Option<Position>, (i32, i64))>,
+    ledger: Vec<(EventRow, Position)>,
+    conflicts: Vec<RejectRow>,
+}
+
+/// (a), (b), (c) for event ids, and the Kafka truth's conflicting versions against the
+/// lakehouse's `conflicting_duplicate` dead letters.
+pub fn check_events(items: Vec<EventItem>, day: &BusinessDay, out: &mut Outcome) {
+    let mut groups: HashMap<Uuid, Group> = HashMap::new();
+    for item in items {
+        match item {
+            EventItem::Truth { row, position, order } => groups.entry(row.event_id).or_default().truth.push((row, position, order)),
+            EventItem::Ledger { row, position, .. } => groups.entry(row.event_id).or_default().ledger.push((row, position)),
+            EventItem::Conflict(r) => {
+                let id = r.event_id.as_deref().and_then(|s| Uuid::parse_str(s).ok()).unwrap_or_default();
+                groups.entry(id).or_default().conflicts.push(r);
+            }
+        }
+    }
+    for (id, mut g) in groups {
+        g.truth.sort_by_key(|t| t.2);
+        g.ledger.sort_by_key(|l| l.1);
+        let mut expected_conflicts: Vec<(EventRow, Option<Position>)> = Vec::new();
+        if let Some((first, rest)) = g.truth.split_first() {
+            for (v, pos, _) in rest {
+                if v == &first.0 {
+                    out.truth_resends += 1;
+                } else {
+                    expected_conflicts.push((v.clone(), *pos));
+                }
+            }
+        }
+        match g.truth.first() {
+            Some((t, tpos, _)) if day.contains_micros(t.occurred_at_us) => {
+                out.truth_events += 1;
+                add_total(&mut out.truth_totals, t);
+                match g.ledger.first() {
+                    None => {
+                        let mut d = Discrepancy::new(Kind::Missing, format!("{} {} {} not in ledger_events", t.type_name(), t.amount_text(), t.currency))
+                            .event(id)
+                            .trip(&t.trip_id);
+                        if let Some(p) = tpos {
+                            d = d.at(p.partition, p.offset);
+                        }
+                        out.findings.add(d);
+                    }
+                    Some((l, lpos)) => compare(t, *tpos, l, *lpos, &mut out.findings),
+                }
+                duplicates(id, &g.ledger, &mut out.findings);
+            }
+            Some((t, _, _)) => {
+                for (l, lpos) in &g.ledger {
+                    out.findings.add(
+                        Discrepancy::new(Kind::ContentMismatch, format!("occurred_at: truth {} (outside the day), ledger {}", micros_text(t.occurred_at_us), micros_text(l.occurred_at_us)))
+                            .event(id)
+                            .trip(&l.trip_id)
+                            .at(lpos.partition, lpos.offset),
+                    );
+                }
+                duplicates(id, &g.ledger, &mut out.findings);
+            }
+            None => {
+                for (l, lpos) in &g.ledger {
+                    out.findings.add(
+                        Discrepancy::new(Kind::Phantom, format!("{} {} {} in ledger_events has no truth event", l.type_name(), l.amount_text(), l.currency))
+                            .event(id)
+                            .trip(&l.trip_id)
+                            .at(lpos.partition, lpos.offset),
+                    );
+                }
+            }
+        }
+        conflicts(id, expected_conflicts, g.conflicts, day, out);
+    }
+}
+
+fn duplicates(id: Uuid, ledger: &[(EventRow, Position)], findings: &mut Findings) {
+    if let Some(((first, fpos), rest)) = ledger.split_first() {
+        for (_, pos) in rest {
+            findings.add(
+                Discrepancy::new(Kind::DuplicateEventId, format!("event id also at {fpos} in ledger_events"))
+                    .event(id)
+                    .trip(&first.trip_id)
+                    .at(pos.partition, pos.offset),
+            );
+        }
+    }
+}
+
+fn conflicts(id: Uuid, expected: Vec<(EventRow, Option<Position>)>, mut lake: Vec<RejectRow>, day: &BusinessDay, out: &mut Outcome) {
+    for r in &lake {
+        if r.scope == Scope::InDay {
+            out.lake_rejects += 1;
+        }
+    }
+    for (v, pos) in expected {
+        let in_day = day.contains_micros(v.occurred_at_us);
+        if in_day {
+            out.truth_rejects += 1;
+        }
+        if let Some(i) = lake.iter().position(|r| r.position == pos) {
+            lake.swap_remove(i);
+        } else if in_day {
+            let mut d = Discrepancy::new(Kind::MissingReject, format!("conflicting version ({} {} {}) not in rejected_events", v.type_name(), v.amount_text(), v.currency))
+                .event(id)
+                .trip(&v.trip_id);
+            if let Some(p) = pos {
+                d = d.at(p.partition, p.offset);
+            }
+            out.findings.add(d);
+        }
+    }
+    for r in lake.into_iter().filter(|r| r.scope == Scope::InDay) {
+        out.findings.add(phantom_reject(&r, "no conflicting version of this event in the truth"));
+    }
+}
+
+fn phantom_reject(r: &RejectRow, why: &str) -> Discrepancy {
+    let mut d = Discrepancy::new(Kind::PhantomReject, format!("rejected_events row ({}): {why}", r.reason));
+    if let Some(e) = &r.event_id {
+        d = d.event(e);
+    }
+    if let Some(t) = &r.trip_id {
+        d = d.trip(t);
+    }
+    if let Some(p) = r.position {
+        d = d.at(p.partition, p.offset);
+    }
+    d
+}
+
+fn micros_text(us: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us).map_or_else(|| us.to_string(), |t| t.to_rfc3339())
+}
+
+/// Compares a truth event with its ledger row.
+fn compare(t: &EventRow, tpos: Option<Position>, l: &EventRow, lpos: Position, findings: &mut Findings) {
+    let key = |kind, detail: String| Discrepancy::new(kind, detail).event(t.event_id).trip(&t.trip_id).at(lpos.partition, lpos.offset);
+    if t.amount != l.amount {
+        findings.add(key(Kind::AmountMismatch, format!("amount: truth {}, ledger {}", t.amount_text(), l.amount_text())));
+    }
+    if t.currency != l.currency {
+        findings.add(key(Kind::CurrencyMismatch, format!("currency: truth {}, ledger {}", t.currency, l.currency)));
+    }
+    let mut fields = Vec::new();
+    if t.event_type != l.event_type {
+        fields.push(format!("event_type: truth {}, ledger {}", t.type_name(), l.type_name()));
+    }
+    if t.trip_id != l.trip_id {
+        fields.push(format!("trip_id: truth {}, ledger {}", t.trip_id, l.trip_id));
+    }
+    if t.occurred_at_us != l.occurred_at_us {
+        fields.push(format!("occurred_at: truth {}, ledger {}", micros_text(t.occurred_at_us), micros_text(l.occurred_at_us)));
+    }
+    if t.ids != l.ids || t.schema_version != l.schema_version {
+        fields.push("rider/driver/payment/payout id or schema_version differ".into());
+    }
+    if let Some(tp) = tpos
+        && tp != lpos
+    {
+        fields.push(format!("Kafka position: truth {tp}, ledger {lpos}"));
+    }
+    if !fields.is_empty() {
+        findings.add(key(Kind::ContentMismatch, fields.join("; ")));
+    }
+}
+
+/// (a), (b) for dead letters paired by match key. `windows` is the Kafka truth's window (empty
+/// for other truths): an undated lakehouse dead letter inside it must match a truth one.
+pub fn check_rejects(items: Vec<RejectRow>, windows: &Windows, out: &mut Outcome) {
+    let mut groups: HashMap<MatchKey, (Vec<RejectRow>, Vec<RejectRow>)> = HashMap::new();
+    for r in items {
+        let g = groups.entry(r.key).or_default();
+        match r.side {
+            Side::Truth => g.0.push(r),
+            Side::Lake => g.1.push(r),
+        }
+    }
+    for (_, (truth, lake)) in groups {
+        let paired = truth.len().min(lake.len());
+        for (i, t) in truth.iter().enumerate() {
+            if t.scope == Scope::Undated {
+                out.rejects_undated += 1;
+            }
+            let in_day = t.scope == Scope::InDay;
+            if in_day {
+                out.truth_rejects += 1;
+            }
+            if i < paired {
+                let l = &lake[i];
+                if in_day {
+                    out.lake_rejects += 1;
+                    if l.reason != t.reason || l.digest != t.digest {
+                        let what = if l.reason != t.reason {
+                            format!("reason: truth {}, rejected_events {}", t.reason, l.reason)
+                        } else {
+                            "key or payload bytes differ from the truth's".to_string()
+                        };
+                        let mut d = Discrepancy::new(Kind::RejectMismatch, what);
+                        if let Some(p) = l.position {
+                            d = d.at(p.partition, p.offset);
+                        }
+                        if let Some(e) = &t.event_id {
+                            d = d.event(e);
+                        }
+                        out.findings.add(d);
+                    }
+                }
+            } else if in_day {
+                let mut d = Discrepancy::new(Kind::MissingReject, format!("dead letter ({}) not in rejected_events", t.reason));
+                if let Some(p) = t.position {
+                    d = d.at(p.partition, p.offset);
+                }
+                if let Some(e) = &t.event_id {
+                    d = d.event(e);
+                }
+                if let Some(tr) = &t.trip_id {
+                    d = d.trip(tr);
+                }
+                out.findings.add(d);
+            }
+        }
+        for l in lake.iter().skip(paired) {
+            let in_window = l.position.is_some_and(|p| windows.get(&p.partition).is_some_and(|(s, e)| *s <= p.offset && p.offset < *e));
+            let phantom = match l.scope {
+                Scope::InDay => true,
+                Scope::Undated => in_window,
+                Scope::OutOfDay => false,
+            };
+            if phantom {
+                out.lake_rejects += 1;
+                out.findings.add(phantom_reject(l, "no such dead letter in the truth"));
+            } else if l.scope == Scope::Undated {
+                out.rejects_undated += 1;
+            }
+        }
+    }
+}
+
+/// (c) for positions: two different rows must never claim one Kafka position. Rows of one
+/// event id at one position are [`Kind::DuplicateEventId`] already.
+pub fn check_positions(items: Vec<PositionItem>, findings: &mut Findings) {
+    let mut by_pos: HashMap<Position, Vec<Option<Uuid>>> = HashMap::new();
+    for i in items {
+        by_pos.entry(i.position).or_default().push(i.event_id);
+    }
+    for (pos, claims) in by_pos {
+        if claims.len() < 2 {
+            continue;
+        }
+        let same_event = claims[0].is_some() && claims.iter().all(|c| *c == claims[0]);
+        if same_event {
+            continue;
+        }
+        let who: Vec<String> = claims.iter().map(|c| c.map_or_else(|| "a rejected_events row".to_string(), |u| u.to_string())).collect();
+        let mut d = Discrepancy::new(Kind::DuplicatePosition, format!("claimed by {}", who.join(", "))).at(pos.partition, pos.offset);
+        if let Some(Some(e)) = claims.first() {
+            d = d.event(e);
+        }
+        findings.add(d);
+    }
+}
+
+/// (d): totals per event type and currency, truth against ledger.
+pub fn check_totals(truth: &Totals, ledger: &Totals, findings: &mut Findings) -> Vec<TotalLine> {
+    let mut keys: Vec<&(u8, String)> = truth.keys().chain(ledger.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut lines = Vec::new();
+    for k in keys {
+        let t = truth.get(k).copied().unwrap_or_default();
+        let l = ledger.get(k).copied().unwrap_or_default();
+        let name = recon_schemas::event::EventType::ALL.get(usize::from(k.0)).map_or("?", |t| t.as_str());
+        let amount = |u: i128| recon_schemas::money::from_unscaled(u).map_or_else(|| u.to_string(), |d| d.to_string());
+        if t != l {
+            findings.add(Discrepancy::new(
+                Kind::TotalMismatch,
+                format!("{name} {}: truth {} events {} , ledger {} events {}", k.1, t.0, amount(t.1), l.0, amount(l.1)),
+            ));
+        }
+        lines.push(TotalLine {
+            event_type: name.to_string(),
+            currency: k.1.clone(),
+            truth_count: t.0,
+            truth_amount: amount(t.1),
+            ledger_count: l.0,
+            ledger_amount: amount(l.1),
+        });
+    }
+    lines
+}

@@ -1,0 +1,161 @@
+//! Check (f): per Kafka partition, the offset ranges the pipeline's commits claim are
+//! contiguous and do not overlap.
+//!
+//! Each commit's snapshot summary carries `recon.offsets` = `{"<partition>": {"start", "end",
+//! "records"}}` for the checkpoints it includes. Offsets have gaps (transaction markers), so
+//! contiguity is never computed by subtraction: along a job's commits, oldest first, each
+//! commit's `start` must equal the previous commit's `end` on that partition.
+
+use std::collections::BTreeMap;
+
+use iceberg::table::Table;
+use recon_pipeline::checkpoint::protocol::{PROP_CHECKPOINT_ID, PROP_JOB_ID, PROP_OFFSETS};
+use serde::Deserialize;
+
+use crate::error::{Result, VerifyError};
+use crate::report::{Discrepancy, Findings, Kind};
+use crate::truth::kafka::Windows;
+
+/// Most snapshots read from one table's ancestry.
+const SNAPSHOTS_MAX: usize = 10_000_000;
+
+/// One partition's range in a commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct Range {
+    /// Next offset at the previous cut.
+    pub start: i64,
+    /// Next offset after this commit.
+    pub end: i64,
+    /// Records consumed.
+    #[serde(default)]
+    pub records: u64,
+}
+
+/// One commit of the pipeline, as its snapshot summary states it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// Snapshot id.
+    pub snapshot_id: i64,
+    /// `recon.job-id`.
+    pub job: String,
+    /// `recon.checkpoint-id`.
+    pub checkpoint: String,
+    /// Ranges per partition.
+    pub ranges: BTreeMap<i32, Range>,
+}
+
+/// The pipeline's commits on `table`'s current ancestry, oldest first.
+pub fn commits(table: &Table) -> Result<Vec<Commit>> {
+    let name = table.identifier().to_string();
+    let md = table.metadata_ref();
+    let Some(current) = md.current_snapshot() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for snap in iceberg::util::snapshot::ancestors_of(&md, current.snapshot_id()).take(SNAPSHOTS_MAX) {
+        let props = &snap.summary().additional_properties;
+        let (Some(job), Some(offsets)) = (props.get(PROP_JOB_ID), props.get(PROP_OFFSETS)) else {
+            continue;
+        };
+        let raw: BTreeMap<String, Range> = serde_json::from_str(offsets).map_err(|e| {
+            VerifyError::lakehouse("read recon.offsets of snapshot", &name, format!("{}: {e}: {offsets}", snap.snapshot_id()))
+        })?;
+        let mut ranges = BTreeMap::new();
+        for (p, r) in raw {
+            let p: i32 = p.parse().map_err(|_| {
+                VerifyError::lakehouse("read recon.offsets of snapshot", &name, format!("{}: partition {p:?}", snap.snapshot_id()))
+            })?;
+            ranges.insert(p, r);
+        }
+        out.push(Commit {
+            snapshot_id: snap.snapshot_id(),
+            job: job.clone(),
+            checkpoint: props.get(PROP_CHECKPOINT_ID).cloned().unwrap_or_default(),
+            ranges,
+        });
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Checks `commits` (oldest first) of one table. A gap or overlap is reported when it touches
+/// the day's offsets `windows` on its partition (closed at both ends), or when the day has no
+/// window on that partition (a day with nothing there may be a day whose data was lost).
+pub fn check(table: &str, commits: &[Commit], windows: &Windows, findings: &mut Findings) {
+    let mut last: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
+    for c in commits {
+        for (p, r) in &c.ranges {
+            let relevant = |lo: i64, hi: i64| windows.get(p).is_none_or(|(ws, we)| lo <= *we && hi >= *ws);
+            if r.end < r.start {
+                if relevant(r.end, r.start) {
+                    findings.add(
+                        Discrepancy::new(Kind::OffsetOverlap, format!("{table}: commit of checkpoint {} (snapshot {}) has end {} before start {}", c.checkpoint, c.snapshot_id, r.end, r.start))
+                            .at(*p, r.end),
+                    );
+                }
+            } else if let Some((_, prev_end)) = last.get(&(c.job.as_str(), *p)).copied() {
+                if r.start > prev_end && relevant(prev_end, r.start) {
+                    findings.add(
+                        Discrepancy::new(
+                            Kind::OffsetGap,
+                            format!("{table}: offsets [{prev_end}, {}) of partition {p} are in no commit of job {} (gap before checkpoint {}, snapshot {})", r.start, c.job, c.checkpoint, c.snapshot_id),
+                        )
+                        .at(*p, prev_end),
+                    );
+                } else if r.start < prev_end && relevant(r.start, prev_end) {
+                    findings.add(
+                        Discrepancy::new(
+                            Kind::OffsetOverlap,
+                            format!("{table}: offsets [{}, {prev_end}) of partition {p} are committed twice by job {} (checkpoint {}, snapshot {})", r.start, c.job, c.checkpoint, c.snapshot_id),
+                        )
+                        .at(*p, r.start),
+                    );
+                }
+            }
+            last.insert((c.job.as_str(), *p), (r.start, r.end));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(id: i64, ranges: &[(i32, i64, i64)]) -> Commit {
+        Commit {
+            snapshot_id: id,
+            job: "j".into(),
+            checkpoint: id.to_string(),
+            ranges: ranges.iter().map(|(p, s, e)| (*p, Range { start: *s, end: *e, records: 0 })).collect(),
+        }
+    }
+
+    fn kinds(commits: &[Commit], windows: &Windows) -> Vec<(Kind, Option<i32>, Option<i64>)> {
+        let mut f = Findings::new(100);
+        check("t", commits, windows, &mut f);
+        f.kept.iter().map(|d| (d.kind, d.kafka_partition, d.kafka_offset)).collect()
+    }
+
+    #[test]
+    fn contiguous_ranges_with_marker_gaps_are_clean() {
+        // Offsets 10 and 21 are transaction markers: `end` is still the next offset to read.
+        let c = [commit(1, &[(0, 0, 11), (1, 0, 5)]), commit(2, &[(0, 11, 22)]), commit(3, &[(0, 22, 30), (1, 5, 9)])];
+        assert!(kinds(&c, &Windows::new()).is_empty());
+    }
+
+    #[test]
+    fn gap_and_overlap_are_found_with_their_offsets() {
+        let c = [commit(1, &[(0, 0, 10)]), commit(2, &[(0, 12, 20)]), commit(3, &[(0, 18, 25)])];
+        assert_eq!(
+            kinds(&c, &Windows::new()),
+            vec![(Kind::OffsetGap, Some(0), Some(10)), (Kind::OffsetOverlap, Some(0), Some(18))]
+        );
+    }
+
+    #[test]
+    fn gaps_away_from_the_day_are_not_the_days_business() {
+        let c = [commit(1, &[(0, 0, 10)]), commit(2, &[(0, 12, 20)]), commit(3, &[(0, 20, 900)])];
+        assert!(kinds(&c, &Windows::from([(0, (500, 800))])).is_empty());
+        assert_eq!(kinds(&c, &Windows::from([(0, (5, 800))])).len(), 1);
+    }
+}

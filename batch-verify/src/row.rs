@@ -1,0 +1,303 @@
+//! The compact rows that travel through the spill files: events, dead letters, balances and
+//! positions, as both the truth and the lakehouse describe them.
+//!
+//! Fields a corrupted lakehouse row could hold wrongly (currency, event type) are kept in a
+//! form that can represent any value, so a bad row becomes a finding, never a crash. Money is
+//! the unscaled integer of `decimal(18, 3)` ([`recon_schemas::money`]): exact, and small.
+
+use chrono::{DateTime, Utc};
+use recon_schemas::currency::Currency;
+use recon_schemas::event::{Event, EventType};
+use recon_schemas::money;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Where a record sits on Kafka.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Position {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.partition, self.offset)
+    }
+}
+
+/// Code of an unknown event type in [`EventRow::event_type`].
+pub const UNKNOWN_TYPE: u8 = u8::MAX;
+
+/// One event, as a truth source or a `ledger_events` row states it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRow {
+    /// Idempotency key.
+    pub event_id: Uuid,
+    /// Index into [`EventType::ALL`], or [`UNKNOWN_TYPE`].
+    pub event_type: u8,
+    /// Trip.
+    pub trip_id: String,
+    /// Amount, unscaled at [`money::SCALE`].
+    pub amount: i64,
+    /// Currency code as stored (may be invalid on a corrupted row).
+    pub currency: String,
+    /// Business time, microseconds since the epoch (UTC).
+    pub occurred_at_us: i64,
+    /// Rider, driver, payment and payout ids.
+    pub ids: [Option<String>; 4],
+    /// Envelope version.
+    pub schema_version: i32,
+}
+
+impl EventRow {
+    /// The row of a valid event. `None` if the amount does not fit the money column.
+    pub fn from_event(e: &Event) -> Option<EventRow> {
+        let amount = i64::try_from(money::to_unscaled(e.amount)?).ok()?;
+        Some(EventRow {
+            event_id: e.event_id,
+            event_type: type_code(e.event_type),
+            trip_id: e.trip_id.clone(),
+            amount,
+            currency: e.currency.code().to_string(),
+            occurred_at_us: e.occurred_at.timestamp_micros(),
+            ids: [
+                e.rider_id.clone(),
+                e.driver_id.clone(),
+                e.payment_id.clone(),
+                e.payout_id.clone(),
+            ],
+            schema_version: e.schema_version,
+        })
+    }
+
+    /// Back to an [`Event`]; `None` when a field holds a value no valid event can have.
+    pub fn to_event(&self) -> Option<Event> {
+        let [rider_id, driver_id, payment_id, payout_id] = self.ids.clone();
+        Some(Event {
+            event_id: self.event_id,
+            event_type: *EventType::ALL.get(usize::from(self.event_type))?,
+            trip_id: self.trip_id.clone(),
+            amount: money::from_unscaled(i128::from(self.amount))?,
+            currency: Currency::parse(&self.currency)?,
+            occurred_at: DateTime::<Utc>::from_timestamp_micros(self.occurred_at_us)?,
+            rider_id,
+            driver_id,
+            payment_id,
+            payout_id,
+            schema_version: self.schema_version,
+        })
+    }
+
+    /// The event type's wire name, or `"?"`.
+    pub fn type_name(&self) -> &'static str {
+        EventType::ALL
+            .get(usize::from(self.event_type))
+            .map_or("?", EventType::as_str)
+    }
+
+    /// The amount as a decimal string at scale 3.
+    pub fn amount_text(&self) -> String {
+        money::from_unscaled(i128::from(self.amount)).map_or_else(|| "?".into(), |d| d.to_string())
+    }
+}
+
+/// Index of `t` in [`EventType::ALL`].
+pub fn type_code(t: EventType) -> u8 {
+    EventType::ALL
+        .iter()
+        .position(|x| *x == t)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(UNKNOWN_TYPE)
+}
+
+/// The code of a wire name, or [`UNKNOWN_TYPE`].
+pub fn type_code_of(name: &str) -> u8 {
+    EventType::parse(name).map_or(UNKNOWN_TYPE, type_code)
+}
+
+/// Whether a dead letter belongs to the business day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scope {
+    /// Dated inside the day.
+    InDay,
+    /// Dated outside the day.
+    OutOfDay,
+    /// No readable date; only a Kafka truth (record timestamps) can place it.
+    Undated,
+}
+
+/// How a truth dead letter and a lakehouse dead letter are paired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MatchKey {
+    /// By Kafka position (the truth knows it: Kafka).
+    Position(Position),
+    /// By digest of key and payload (the truth does not know positions: files, PostgreSQL).
+    Digest([u8; 16]),
+}
+
+/// Which side a row comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Side {
+    /// The source of truth.
+    Truth,
+    /// The lakehouse.
+    Lake,
+}
+
+/// One dead letter (a bad record, or the second version of a conflicting duplicate).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectRow {
+    /// Truth or lakehouse.
+    pub side: Side,
+    /// Pairing key.
+    pub key: MatchKey,
+    /// Reason code (`RejectReason::as_str`, or `conflicting_duplicate`).
+    pub reason: String,
+    /// Event id, where one could be read.
+    pub event_id: Option<String>,
+    /// Trip id, where one could be read.
+    pub trip_id: Option<String>,
+    /// Kafka position, where known.
+    pub position: Option<Position>,
+    /// Digest of key and payload.
+    pub digest: [u8; 16],
+    /// Whether it belongs to the day.
+    pub scope: Scope,
+}
+
+/// The digest that pairs dead letters by content: SHA-256 of the key (with its presence) and
+/// the payload, cut to 128 bits.
+pub fn reject_digest(key: Option<&[u8]>, payload: &[u8]) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    match key {
+        None => h.update([0u8]),
+        Some(k) => {
+            h.update([1u8]);
+            h.update((k.len() as u64).to_le_bytes());
+            h.update(k);
+        }
+    }
+    h.update(payload);
+    let full = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+/// One `trip_balances` row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceRow {
+    /// Trip.
+    pub trip_id: String,
+    /// Currency code.
+    pub currency: String,
+    /// charged, collected, refunded, paid_out, fees, adjusted (unscaled).
+    pub sums: [i64; 6],
+    /// `status`.
+    pub status: String,
+    /// `discrepancy_reason`.
+    pub reason: Option<String>,
+    /// `event_count`.
+    pub event_count: i32,
+    /// `last_occurred_at` in microseconds.
+    pub last_occurred_at_us: i64,
+    /// `checkpoint_id`: the latest per trip is current.
+    pub checkpoint_id: i64,
+}
+
+/// Names of [`BalanceRow::sums`], in order.
+pub const SUM_NAMES: [&str; 6] = [
+    "charged",
+    "collected",
+    "refunded",
+    "paid_out",
+    "fees",
+    "adjusted",
+];
+
+/// Items of the event-id spill: every version of an event id from both sides.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum EventItem {
+    /// A truth version; `order` is its place in the truth (Kafka position, or seq).
+    Truth {
+        /// The event.
+        row: EventRow,
+        /// Kafka position, when the truth knows it.
+        position: Option<Position>,
+        /// Order among versions: first seen wins.
+        order: (i32, i64),
+    },
+    /// A `ledger_events` row of the day.
+    Ledger {
+        /// The event.
+        row: EventRow,
+        /// Its Kafka position.
+        position: Position,
+        /// The checkpoint that committed it.
+        checkpoint_id: i64,
+    },
+    /// A conflicting-duplicate dead letter from the lakehouse (Kafka mode: paired here with the
+    /// truth's later versions).
+    Conflict(RejectRow),
+}
+
+/// Items of the trip spill.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum TripItem {
+    /// A ledger row of a trip.
+    Ledger {
+        /// The event.
+        row: EventRow,
+        /// Its Kafka position (log order for the fold).
+        position: Position,
+    },
+    /// A balance row.
+    Balance(BalanceRow),
+}
+
+/// Items of the position spill: who claims a Kafka position in the lakehouse.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PositionItem {
+    /// The position.
+    pub position: Position,
+    /// The ledger row's event id, or `None` for a dead letter.
+    pub event_id: Option<Uuid>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn event_row_round_trip() {
+        let e = Event {
+            event_id: Uuid::from_str("6f1c1b5e-8a43-4f0e-9d6b-2a7c6f0b9e11").unwrap(),
+            event_type: EventType::Refund,
+            trip_id: "t".into(),
+            amount: rust_decimal::Decimal::from_str("12.3").unwrap(),
+            currency: Currency::KWD,
+            occurred_at: DateTime::from_timestamp_micros(1_741_000_000_123_456).unwrap(),
+            rider_id: Some("r".into()),
+            driver_id: None,
+            payment_id: None,
+            payout_id: Some("p".into()),
+            schema_version: 1,
+        };
+        let row = EventRow::from_event(&e).unwrap();
+        assert_eq!(row.amount, 12_300);
+        assert_eq!(row.type_name(), "refund");
+        assert_eq!(row.to_event().unwrap(), e);
+        let bytes = postcard::to_stdvec(&row).unwrap();
+        assert_eq!(postcard::from_bytes::<EventRow>(&bytes).unwrap(), row);
+    }
+
+    #[test]
+    fn digest_tells_missing_key_from_empty_key() {
+        assert_ne!(reject_digest(None, b"x"), reject_digest(Some(b""), b"x"));
+        assert_ne!(reject_digest(Some(b"a"), b"bc"), reject_digest(Some(b"ab"), b"c"));
+    }
+}

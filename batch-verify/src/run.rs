@@ -1,0 +1,406 @@
+//! One verification run, in the order the data flows:
+//!
+//! 1. **Read** both sides at once: the truth into its spill files; the lakehouse's day
+//!    (`ledger_events` by `occurred_at`, `rejected_events` by `rejected_at`, `trip_balances` by
+//!    `last_occurred_at`) into its own, with the ledger totals on the way.
+//! 2. **Widen** a Kafka truth's window to every position the day's lakehouse rows claim.
+//! 3. **Check** bucket by bucket on `threads` threads: (a)-(c) per event id, dead letters per
+//!    key, positions, (e) per trip; then trips that cross the day with their neighbouring rows.
+//! 4. **Totals** (d) and **offsets** (f) from small in-memory maps and snapshot summaries.
+//! 5. **Report**, and append the run to `verification_runs` / `verification_discrepancies`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use chrono::{SecondsFormat, Utc};
+use iceberg::Catalog;
+use iceberg::table::Table;
+use recon_pipeline::config::Config;
+use recon_pipeline::lakehouse::table_ident;
+
+use crate::balances::{self, BalanceOutcome, Incomplete};
+use crate::checks::{self, Outcome, Totals};
+use crate::error::{Result, VerifyError};
+use crate::lakehouse;
+use crate::options::{Options, TruthSpec};
+use crate::record;
+use crate::report::{Findings, Report, Status};
+use crate::row::{EventItem, MatchKey, Position, PositionItem, RejectRow, Side, TripItem, reject_digest};
+use crate::spill::{SpillFiles, SpillWriter, hash_bytes};
+use crate::truth::kafka::{KafkaTruth, Windows, uncovered};
+use crate::truth::{self, TruthSink, match_hash, position_hash, scope_of};
+
+/// The lakehouse side's spill files and counts.
+struct LakeSide {
+    events: SpillWriter<EventItem>,
+    rejects: SpillWriter<RejectRow>,
+    trips: SpillWriter<TripItem>,
+    positions: SpillWriter<PositionItem>,
+    totals: Totals,
+    ledger_rows: u64,
+    windows: Windows,
+    findings: Findings,
+}
+
+fn widen(windows: &mut Windows, p: Position) {
+    let w = windows.entry(p.partition).or_insert((p.offset, p.offset + 1));
+    w.0 = w.0.min(p.offset);
+    w.1 = w.1.max(p.offset + 1);
+}
+
+async fn load(catalog: &dyn Catalog, cfg: &Config, name: &str) -> Result<Table> {
+    let ident = table_ident(cfg, name);
+    catalog.load_table(&ident).await.map_err(|e| VerifyError::lakehouse("load_table", ident, e))
+}
+
+/// Runs the whole verification; a returned error means "could not verify" (exit 2).
+pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> Result<Report> {
+    let clock = Instant::now();
+    let started_at = Utc::now();
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let day = opts.day;
+    let margin = chrono::Duration::from_std(opts.margin).unwrap_or(chrono::Duration::hours(1));
+    let kafka_mode = matches!(opts.truth, TruthSpec::Kafka { .. });
+    let scratch = match &opts.spill_dir {
+        Some(d) => tempfile::Builder::new().prefix("batch-verify-").tempdir_in(d),
+        None => tempfile::Builder::new().prefix("batch-verify-").tempdir(),
+    }
+    .map_err(|e| VerifyError::Spill { path: opts.spill_dir.clone().unwrap_or_default(), message: e.to_string() })?;
+    let dir = scratch.path().to_path_buf();
+    let n = opts.buckets.max(1);
+    let ledger = load(catalog.as_ref(), cfg, "ledger_events").await?;
+    let rejected = load(catalog.as_ref(), cfg, "rejected_events").await?;
+    let balances = load(catalog.as_ref(), cfg, "trip_balances").await?;
+
+    // 1. Read both sides at once.
+    let mut sink = TruthSink {
+        events: SpillWriter::create(&dir, "truth-events", n)?,
+        rejects: SpillWriter::create(&dir, "truth-rejects", n)?,
+        day,
+        stats: Default::default(),
+        records_max: opts.truth_records_max,
+        source_name: opts.truth.name(),
+    };
+    let kafka = KafkaTruth {
+        brokers: cfg.source.brokers.clone(),
+        topic: cfg.source.topic.clone(),
+        properties: cfg.source.properties.clone(),
+        payload_bytes_max: cfg.state.payload_bytes_max,
+        scan: match opts.truth {
+            TruthSpec::Kafka { scan } => scan,
+            _ => crate::truth::kafka::KafkaScan::Full,
+        },
+        timeout: opts.kafka_timeout,
+    };
+    let truth_spec = opts.truth.clone();
+    let (k2, dir2) = (kafka.clone(), dir.clone());
+    let truth_task = tokio::spawn(async move {
+        let mut windows = Windows::new();
+        match truth_spec {
+            TruthSpec::Kafka { .. } => {
+                let (from, to) = day.widened(margin, margin);
+                let res = tokio::task::spawn_blocking(move || -> Result<(TruthSink, Windows)> {
+                    let w = k2.window(from, to)?;
+                    k2.read_ranges(&w, &mut sink)?;
+                    Ok((sink, w))
+                })
+                .await
+                .map_err(|e| VerifyError::truth("kafka", format!("reader thread: {e}")))??;
+                return Ok(res);
+            }
+            TruthSpec::Postgres { url, events_query, rejects_query } => {
+                truth::postgres::read(&url, &events_query, &rejects_query, &mut sink).await?;
+            }
+            TruthSpec::Files { url } => truth::files::read(&url, &dir2, &mut sink).await?,
+        }
+        windows.clear();
+        Ok::<_, VerifyError>((sink, windows))
+    });
+    let bar = crate::progress::spinner(opts.progress, "reading the lakehouse");
+    let lake = read_lake(&ledger, &rejected, &balances, opts, &dir, kafka_mode, &bar).await;
+    let truth_result = truth_task.await.map_err(|e| VerifyError::truth(opts.truth.name(), format!("reader task: {e}")))?;
+    let lake = lake?;
+    let (mut sink, mut windows) = truth_result?;
+    bar.finish_and_clear();
+
+    // 2. A Kafka truth must cover every position the lakehouse claims for the day.
+    if kafka_mode {
+        let (before, after) = uncovered(&windows, &lake.windows);
+        let k3 = kafka.clone();
+        sink = tokio::task::spawn_blocking(move || -> Result<TruthSink> {
+            k3.read_ranges(&before, &mut sink)?;
+            k3.read_ranges(&after, &mut sink)?;
+            Ok(sink)
+        })
+        .await
+        .map_err(|e| VerifyError::truth("kafka", format!("reader thread: {e}")))??;
+        for (p, (s, e)) in &lake.windows {
+            let w = windows.entry(*p).or_insert((*s, *e));
+            w.0 = w.0.min(*s);
+            w.1 = w.1.max(*e);
+        }
+    }
+    let truth_stats = sink.stats;
+    let truth_files = (sink.events.finish()?, sink.rejects.finish()?);
+    let lake_files = (lake.events.finish()?, lake.rejects.finish()?, lake.trips.finish()?, lake.positions.finish()?);
+
+    // 3. Bucket by bucket.
+    let keep = opts.discrepancies_max;
+    let (threads, show) = (opts.threads.max(1), opts.progress);
+    let kafka_windows = if kafka_mode { windows.clone() } else { Windows::new() };
+    let (outcome, trips) = tokio::task::spawn_blocking(move || check_buckets(&truth_files, &lake_files, &day, &kafka_windows, threads, keep, show))
+        .await
+        .map_err(|e| VerifyError::Spill { path: dir.clone(), message: format!("checking thread: {e}") })??;
+    let mut findings = lake.findings;
+    findings.merge(outcome.findings.clone());
+    findings.merge(trips.findings);
+    let incomplete = trips.incomplete;
+    if incomplete.len() > opts.incomplete_trips_max {
+        return Err(VerifyError::Limit {
+            limit: "--incomplete-trips-max",
+            value: opts.incomplete_trips_max as u64,
+            message: format!("{} trips have events outside the day; raise the limit", incomplete.len()),
+        });
+    }
+    let incomplete = neighbours(&ledger, opts, incomplete).await?;
+    balances::recheck(incomplete, opts.trip_span_days, &mut findings);
+
+    // 4. Totals and offsets.
+    let totals = checks::check_totals(&outcome.truth_totals, &lake.totals, &mut findings);
+    for (p, (s, e)) in &lake.windows {
+        let w = windows.entry(*p).or_insert((*s, *e));
+        w.0 = w.0.min(*s);
+        w.1 = w.1.max(*e);
+    }
+    let mut commits_checked = 0;
+    for table in [&ledger, &rejected, &balances] {
+        let commits = crate::offsets::commits(table)?;
+        commits_checked += commits.len() as u64;
+        crate::offsets::check(table.identifier().name(), &commits, &windows, &mut findings);
+    }
+
+    // 5. Report.
+    let elapsed = clock.elapsed();
+    let mut report = Report {
+        run_id: run_id.clone(),
+        status: Status::Clean,
+        business_date: day.date.to_string(),
+        time_zone: day.tz.name().to_string(),
+        window_start: day.start.to_rfc3339_opts(SecondsFormat::Secs, true),
+        window_end: day.end.to_rfc3339_opts(SecondsFormat::Secs, true),
+        truth_source: opts.truth.name().to_string(),
+        truth_events: outcome.truth_events,
+        truth_rejects: outcome.truth_rejects,
+        truth_resends: outcome.truth_resends,
+        ledger_events: lake.ledger_rows,
+        rejected_events: outcome.lake_rejects,
+        rejects_undated: outcome.rejects_undated,
+        duplicates: 0,
+        missing: 0,
+        phantom: 0,
+        amount_mismatches: 0,
+        content_mismatches: 0,
+        totals_mismatches: 0,
+        balance_mismatches: 0,
+        balances_checked: trips.checked,
+        offset_gaps: 0,
+        commits_checked,
+        discrepancies_by_kind: BTreeMap::new(),
+        totals,
+        discrepancies: Vec::new(),
+        discrepancies_truncated: false,
+        started_at: started_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        finished_at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+        elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        events_per_s: (truth_stats.events + lake.ledger_rows) as f64 / elapsed.as_secs_f64().max(1e-9),
+        peak_rss_bytes: crate::memory::peak_rss_bytes(),
+        error: None,
+    };
+    report.apply(&findings);
+    if opts.record {
+        record_run(catalog.as_ref(), cfg, &report, opts).await?;
+    }
+    drop(scratch);
+    Ok(report)
+}
+
+/// Appends the run's rows: discrepancies first, the run row last.
+pub async fn record_run(catalog: &dyn Catalog, cfg: &Config, report: &Report, opts: &Options) -> Result<()> {
+    recon_pipeline::lakehouse::ensure_tables(catalog, &cfg.catalog.namespace)
+        .await
+        .map_err(|e| VerifyError::lakehouse("ensure_tables", &cfg.catalog.namespace, e))?;
+    let date = opts.day.date;
+    if !report.discrepancies.is_empty() {
+        let table = load(catalog, cfg, "verification_discrepancies").await?;
+        let schema = record::arrow_of(&table)?;
+        let batches = report
+            .discrepancies
+            .chunks(8192)
+            .map(|rows| record::discrepancy_batch(&report.run_id, date, rows, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        record::append(catalog, &table, &report.run_id, batches).await?;
+    }
+    let table = load(catalog, cfg, "verification_runs").await?;
+    let schema = record::arrow_of(&table)?;
+    let batch = record::run_batch(report, date, &schema)?;
+    record::append(catalog, &table, &report.run_id, vec![batch]).await
+}
+
+async fn read_lake(
+    ledger: &Table,
+    rejected: &Table,
+    balances: &Table,
+    opts: &Options,
+    dir: &std::path::Path,
+    kafka_mode: bool,
+    bar: &indicatif::ProgressBar,
+) -> Result<LakeSide> {
+    let n = opts.buckets.max(1);
+    let day = opts.day;
+    let mut lake = LakeSide {
+        events: SpillWriter::create(dir, "lake-events", n)?,
+        rejects: SpillWriter::create(dir, "lake-rejects", n)?,
+        trips: SpillWriter::create(dir, "lake-trips", n)?,
+        positions: SpillWriter::create(dir, "lake-positions", n)?,
+        totals: Totals::new(),
+        ledger_rows: 0,
+        windows: Windows::new(),
+        findings: Findings::new(opts.discrepancies_max),
+    };
+    let mut findings = Findings::new(opts.discrepancies_max);
+    lakehouse::scan_ledger(ledger, day.start, day.end, &mut findings, |r| {
+        lake.ledger_rows += 1;
+        if lake.ledger_rows.is_multiple_of(65_536) {
+            bar.set_position(lake.ledger_rows);
+        }
+        checks::add_total(&mut lake.totals, &r.row);
+        widen(&mut lake.windows, r.position);
+        lake.positions.push(position_hash(r.position), &PositionItem { position: r.position, event_id: Some(r.row.event_id) })?;
+        lake.trips.push(hash_bytes(r.row.trip_id.as_bytes()), &TripItem::Ledger { row: r.row.clone(), position: r.position })?;
+        let hash = hash_bytes(r.row.event_id.as_bytes());
+        lake.events.push(hash, &EventItem::Ledger { row: r.row, position: r.position, checkpoint_id: r.checkpoint_id })
+    })
+    .await?;
+    lake.ledger_rows += findings.total();
+    let from = day.start - chrono::Duration::from_std(opts.margin).unwrap_or_default();
+    lakehouse::scan_rejected(rejected, from, |r| {
+        let scope = scope_of(&day, r.payload, None);
+        let digest = reject_digest(r.key, r.payload);
+        let key = if kafka_mode { MatchKey::Position(r.position) } else { MatchKey::Digest(digest) };
+        if scope == crate::row::Scope::InDay {
+            widen(&mut lake.windows, r.position);
+        }
+        lake.positions.push(position_hash(r.position), &PositionItem { position: r.position, event_id: None })?;
+        let row = RejectRow {
+            side: Side::Lake,
+            key,
+            reason: r.reason.to_string(),
+            event_id: r.event_id.map(str::to_string),
+            trip_id: r.trip_id.map(str::to_string),
+            position: Some(r.position),
+            digest,
+            scope,
+        };
+        let conflict_id = r.event_id.and_then(|s| uuid::Uuid::parse_str(s).ok());
+        match conflict_id {
+            Some(id) if kafka_mode && r.reason == truth_conflict_reason() => lake.events.push(hash_bytes(id.as_bytes()), &EventItem::Conflict(row)),
+            _ => lake.rejects.push(match_hash(&key), &row),
+        }
+    })
+    .await?;
+    lakehouse::scan_balances(balances, day.start, |b| lake.trips.push(hash_bytes(b.trip_id.as_bytes()), &TripItem::Balance(b))).await?;
+    lake.findings = findings;
+    Ok(lake)
+}
+
+/// The reason code of a conflicting duplicate in `rejected_events`.
+fn truth_conflict_reason() -> &'static str {
+    "conflicting_duplicate"
+}
+
+type LakeFiles = (SpillFiles<EventItem>, SpillFiles<RejectRow>, SpillFiles<TripItem>, SpillFiles<PositionItem>);
+
+fn check_buckets(
+    truth: &(SpillFiles<EventItem>, SpillFiles<RejectRow>),
+    lake: &LakeFiles,
+    day: &crate::day::BusinessDay,
+    windows: &Windows,
+    threads: usize,
+    keep: usize,
+    show: bool,
+) -> Result<(Outcome, BalanceOutcome)> {
+    let next = AtomicUsize::new(0);
+    let buckets = truth.0.buckets();
+    let bar = crate::progress::buckets(show, buckets as u64);
+    let results: Mutex<Vec<Result<(Outcome, BalanceOutcome)>>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut out = Outcome::new(keep);
+                let mut trips = BalanceOutcome::new(keep);
+                let run = |out: &mut Outcome, trips: &mut BalanceOutcome| -> Result<()> {
+                    loop {
+                        let b = next.fetch_add(1, Ordering::Relaxed);
+                        if b >= buckets {
+                            return Ok(());
+                        }
+                        let mut events = Vec::new();
+                        truth.0.read(b, |i| Ok(events.push(i)))?;
+                        lake.0.read(b, |i| Ok(events.push(i)))?;
+                        checks::check_events(events, day, out);
+                        let mut rejects = Vec::new();
+                        truth.1.read(b, |i| Ok(rejects.push(i)))?;
+                        lake.1.read(b, |i| Ok(rejects.push(i)))?;
+                        checks::check_rejects(rejects, windows, out);
+                        let mut positions = Vec::new();
+                        lake.3.read(b, |i| Ok(positions.push(i)))?;
+                        checks::check_positions(positions, &mut out.findings);
+                        let mut items = Vec::new();
+                        lake.2.read(b, |i| Ok(items.push(i)))?;
+                        balances::check_trips(items, day, trips);
+                        bar.inc(1);
+                    }
+                };
+                let r = run(&mut out, &mut trips).map(|()| (out, trips));
+                results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut total = Outcome::new(keep);
+    let mut trips_total = BalanceOutcome::new(keep);
+    for r in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        let (o, t) = r?;
+        total.merge(o);
+        trips_total.findings.merge(t.findings);
+        trips_total.checked += t.checked;
+        trips_total.incomplete.extend(t.incomplete);
+    }
+    Ok((total, trips_total))
+}
+
+/// Adds the neighbouring days' ledger rows of the incomplete trips.
+async fn neighbours(ledger: &Table, opts: &Options, mut incomplete: HashMap<String, Incomplete>) -> Result<HashMap<String, Incomplete>> {
+    if incomplete.is_empty() || opts.trip_span_days == 0 {
+        return Ok(incomplete);
+    }
+    let span = chrono::Duration::days(i64::from(opts.trip_span_days));
+    let day = opts.day;
+    let mut seen: HashSet<Position> = incomplete.values().flat_map(|i| i.events.iter().map(|(_, p)| *p)).collect();
+    let mut findings = Findings::new(0);
+    for (from, to) in [(day.start - span, day.start), (day.end, day.end + span)] {
+        lakehouse::scan_ledger(ledger, from, to, &mut findings, |r| {
+            if let Some(inc) = incomplete.get_mut(&r.row.trip_id)
+                && seen.insert(r.position)
+            {
+                inc.events.push((r.row, r.position));
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(incomplete)
+}

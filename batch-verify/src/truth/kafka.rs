@@ -1,0 +1,239 @@
+//! The Kafka truth: re-read the topic's committed records of the day.
+//!
+//! The offset window per partition is `[offset_for_time(start - margin),
+//! offset_for_time(end + margin))` (a time past the last record maps to the high watermark), or
+//! the whole retained log with [`KafkaScan::Full`] (needed where the broker cannot look offsets
+//! up by time, e.g. librdkafka's mock cluster). After the lakehouse scan the window is widened
+//! to cover every position the day's lakehouse rows claim, so a row can never look phantom
+//! merely because it lies outside the window ([`read_ranges`]).
+//!
+//! Reads are `read_committed`: records of aborted transactions are not truth. Each record is
+//! decoded with the pipeline's own decoder and limits; whether a decoded version is the event,
+//! an exact re-send or a conflicting version is decided per event id in the bucket phase.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use recon_schemas::decode::{self, Limits};
+
+use super::TruthSink;
+use crate::error::{Result, VerifyError};
+use crate::row::{EventRow, Position};
+
+/// Time allowed for one metadata or offset lookup.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait of one poll.
+const POLL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How the offset window is found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaScan {
+    /// By record timestamp, with the safety margin (default).
+    Timestamps,
+    /// The whole retained log (brokers without time lookup; small topics).
+    Full,
+}
+
+/// Where and how to read.
+#[derive(Clone, Debug)]
+pub struct KafkaTruth {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topic.
+    pub topic: String,
+    /// Extra librdkafka properties (TLS, SASL), from the pipeline's `[source] properties`.
+    pub properties: BTreeMap<String, String>,
+    /// The pipeline's payload limit, so decoding agrees with it.
+    pub payload_bytes_max: usize,
+    /// Window mode.
+    pub scan: KafkaScan,
+    /// Most time the whole read may take.
+    pub timeout: Duration,
+}
+
+/// Per partition, `[start, end)` offsets.
+pub type Windows = BTreeMap<i32, (i64, i64)>;
+
+fn err(message: impl ToString) -> VerifyError {
+    VerifyError::truth("kafka", message)
+}
+
+impl KafkaTruth {
+    fn consumer(&self) -> Result<BaseConsumer> {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c.set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("batch-verify-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "error");
+        c.create().map_err(|e| err(format!("creating the consumer: {e}")))
+    }
+
+    /// Finds the day's window per partition (`start - margin`, `end + margin`).
+    pub fn window(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Windows> {
+        let consumer = self.consumer()?;
+        let md = consumer
+            .fetch_metadata(Some(&self.topic), LOOKUP_TIMEOUT)
+            .map_err(|e| err(format!("cannot reach {} within {LOOKUP_TIMEOUT:?}: {e}; check source.brokers", self.brokers)))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if partitions.is_empty() {
+            return Err(err(format!("topic {:?} has no partitions on {}; check source.topic", self.topic, self.brokers)));
+        }
+        let mut windows = Windows::new();
+        let mut marks = BTreeMap::new();
+        for p in &partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&self.topic, *p, LOOKUP_TIMEOUT)
+                .map_err(|e| err(format!("watermarks of partition {p}: {e}")))?;
+            marks.insert(*p, (low, high));
+        }
+        if self.scan == KafkaScan::Full {
+            return Ok(marks);
+        }
+        let lookup = |t: DateTime<Utc>| -> Result<BTreeMap<i32, Offset>> {
+            let mut tpl = TopicPartitionList::new();
+            for p in &partitions {
+                tpl.add_partition_offset(&self.topic, *p, Offset::Offset(t.timestamp_millis()))
+                    .map_err(|e| err(e.to_string()))?;
+            }
+            let found = consumer
+                .offsets_for_times(tpl, LOOKUP_TIMEOUT)
+                .map_err(|e| err(format!("looking offsets up by time {t}: {e}")))?;
+            Ok(found.elements().iter().map(|e| (e.partition(), e.offset())).collect())
+        };
+        let starts = lookup(from)?;
+        let ends = lookup(to)?;
+        for p in partitions {
+            let (low, high) = marks[&p];
+            let resolve = |o: Option<&Offset>| match o {
+                Some(Offset::Offset(o)) => (*o).clamp(low, high),
+                // No record at or after the time: the window ends at the log's end.
+                _ => high,
+            };
+            let start = resolve(starts.get(&p));
+            let end = resolve(ends.get(&p)).max(start);
+            windows.insert(p, (start, end));
+        }
+        Ok(windows)
+    }
+
+    /// Reads the committed records in `ranges` into `sink`; returns what was read.
+    pub fn read_ranges(&self, ranges: &Windows, sink: &mut TruthSink) -> Result<u64> {
+        let live: BTreeMap<i32, (i64, i64)> = ranges.iter().filter(|(_, (s, e))| s < e).map(|(p, r)| (*p, *r)).collect();
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let consumer = self.consumer()?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, (start, _)) in &live {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*start))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        consumer.assign(&tpl).map_err(|e| err(format!("assigning partitions: {e}")))?;
+        let limits = Limits {
+            payload_bytes_max: self.payload_bytes_max,
+            ..Limits::default()
+        };
+        let deadline = Instant::now() + self.timeout;
+        let mut open: BTreeSet<i32> = live.keys().copied().collect();
+        let mut read = 0u64;
+        while !open.is_empty() {
+            if Instant::now() > deadline {
+                return Err(VerifyError::Limit {
+                    limit: "--kafka-timeout-s",
+                    value: self.timeout.as_secs(),
+                    message: format!("partitions {open:?} not read to their window end in time"),
+                });
+            }
+            let Some(polled) = consumer.poll(POLL_TIMEOUT) else { continue };
+            let msg = match polled {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(p)) => {
+                    // Committed records end here (high watermark or last stable offset).
+                    open.remove(&p);
+                    continue;
+                }
+                Err(e) => return Err(err(format!("reading {}: {e}", self.topic))),
+            };
+            let p = msg.partition();
+            let Some(&(_, end)) = live.get(&p) else { continue };
+            if msg.offset() >= end {
+                open.remove(&p);
+                continue;
+            }
+            if msg.offset() + 1 >= end {
+                open.remove(&p);
+            }
+            sink.record()?;
+            read += 1;
+            let position = Position { partition: p, offset: msg.offset() };
+            let payload = msg.payload().unwrap_or(&[]);
+            let time = msg.timestamp().to_millis().and_then(DateTime::<Utc>::from_timestamp_millis);
+            match decode::decode(msg.key(), payload, &limits) {
+                Ok(ev) => match EventRow::from_event(&ev) {
+                    Some(row) => sink.event(row, Some(position), (p, msg.offset()))?,
+                    None => return Err(err(format!("record at {position}: amount {} does not fit decimal(18, 3)", ev.amount))),
+                },
+                Err(e) => {
+                    let (event_id, trip_id) = decode::salvage_ids(payload, &limits);
+                    sink.reject(e.reason().as_str(), event_id, trip_id, msg.key(), payload, Some(position), time)?;
+                }
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// The parts of `wanted` not covered by `have`, per partition: the ranges before the covered
+/// window and the ranges after it (two maps, each with at most one range per partition).
+pub fn uncovered(have: &Windows, wanted: &Windows) -> (Windows, Windows) {
+    let (mut before, mut after) = (Windows::new(), Windows::new());
+    for (p, (ws, we)) in wanted {
+        match have.get(p).copied().filter(|(hs, he)| hs < he) {
+            None => {
+                before.insert(*p, (*ws, *we));
+            }
+            Some((hs, he)) => {
+                if *ws < hs {
+                    before.insert(*p, (*ws, hs));
+                }
+                if *we > he {
+                    after.insert(*p, (he, *we));
+                }
+            }
+        }
+    }
+    (before, after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncovered_ranges() {
+        let have = Windows::from([(0, (10, 20)), (1, (5, 5))]);
+        let wanted = Windows::from([(0, (8, 25)), (1, (3, 9)), (2, (0, 4))]);
+        let (before, after) = uncovered(&have, &wanted);
+        assert_eq!(before, Windows::from([(0, (8, 10)), (1, (3, 9)), (2, (0, 4))]));
+        assert_eq!(after, Windows::from([(0, (20, 25))]));
+        let (b, a) = uncovered(&have, &Windows::from([(0, (12, 18))]));
+        assert!(b.is_empty() && a.is_empty());
+    }
+}
