@@ -189,8 +189,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     })
 }
 
-/// Publishes records to the mock cluster and adds them to what the tables must hold.
-fn publish(
+/// Publishes planned records to a Kafka topic (idempotent producer, keyed by trip) and adds
+/// them to what the tables must hold. Used by the demo and the end-to-end tests.
+pub fn publish(
     brokers: &str,
     topic: &str,
     records: &[generate::Record],

@@ -14,6 +14,7 @@ pub mod generate;
 pub mod ids;
 pub mod job;
 pub mod lakehouse;
+pub mod orphans;
 pub mod reconcile;
 pub mod sink;
 pub mod source;

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 
+pub mod pipeline;
+
 /// Set to `1` by `infra/local/env`: the real services are up and the variables below are set.
 pub const ENV_SERVICES: &str = "RECON_SERVICES";
 /// Set to `1` to make a missing service environment fail the test instead of skipping it.

@@ -8,9 +8,11 @@ use recon_schemas::decode::Limits;
 
 use crate::checkpoint::commit::Committer;
 use crate::checkpoint::log::CheckpointLog;
+use crate::checkpoint::manifest::EntryKind;
 use crate::config::Config;
 use crate::ids::PartitionId;
 use crate::lakehouse::{self, LakehouseError};
+use crate::orphans;
 use crate::sink::writer::TableTarget;
 use crate::sink::{Output, Sink};
 use crate::source;
@@ -113,5 +115,27 @@ pub(super) async fn recover(cfg: &Config, env: &JobEnv) -> Result<Job, JobError>
     };
     // Whatever the previous generation completed but did not publish, publish now.
     job.publish().await?;
+    // Then remove the files of attempts that never completed (best effort: a failure here
+    // leaves garbage, never wrong data).
+    let resumed = match claimed.entry.kind {
+        EntryKind::GenerationStart { resumes: Some(h) } => h,
+        _ => claimed.entry.checkpoint_id,
+    };
+    match orphans::warehouse_store(cfg) {
+        Ok(store) => {
+            let tables: Vec<_> = Output::ALL
+                .iter()
+                .map(|o| job.sink.table(*o).clone())
+                .collect();
+            match orphans::clean(store.as_ref(), &job.log, &tables, generation, resumed).await {
+                Ok(n) if n > 0 => tracing::info!(deleted = n, "orphan data files removed"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "orphan cleanup failed; garbage stays until the next start")
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot open the warehouse for orphan cleanup"),
+    }
     Ok(job)
 }

@@ -1,0 +1,147 @@
+//! Running the real `recon-pipeline` binary against the local services, for crash tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Services;
+
+/// Locates the `recon-pipeline` binary of this workspace build, building it if missing.
+pub fn binary() -> PathBuf {
+    // target/<profile>/deps/<test-binary> -> target/<profile>/recon-pipeline
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let bin = profile_dir.join("recon-pipeline");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "recon-pipeline", "--bin", "recon-pipeline"])
+            .status()
+            .expect("cargo build recon-pipeline");
+        assert!(status.success(), "building recon-pipeline failed");
+    }
+    assert!(bin.exists(), "{} not found after build", bin.display());
+    bin
+}
+
+/// A job configuration on the real services, isolated by `name` (topic, namespace, buckets' prefixes).
+pub struct JobSetup {
+    /// Unique name of this test's job, topic and namespace.
+    pub name: String,
+    /// Kafka topic.
+    pub topic: String,
+    /// The config file.
+    pub config: PathBuf,
+    /// Keeps the config directory alive.
+    pub _dir: tempfile::TempDir,
+}
+
+impl JobSetup {
+    /// Writes a config for a job reading `topic`, with the PostgreSQL catalog and S3 warehouse and checkpoints.
+    pub fn new(s: &Services, prefix: &str, checkpoint_interval_ms: u64) -> JobSetup {
+        let name = crate::unique_name(prefix);
+        let topic = format!("{name}.events");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("recon.toml");
+        let s3 = &s.s3;
+        let toml = format!(
+            r#"job_id = "{name}"
+
+[source]
+brokers = "{brokers}"
+topic = "{topic}"
+poll_batch_records_max = 500
+
+[catalog]
+uri = "{catalog}"
+warehouse = "s3://{wh}/{name}"
+namespace = "{name}"
+
+[catalog.properties]
+"s3.endpoint" = "{endpoint}"
+"s3.access-key-id" = "{key}"
+"s3.secret-access-key" = "{secret}"
+"s3.region" = "{region}"
+"s3.path-style-access" = "true"
+"s3.disable-config-load" = "true"
+"s3.disable-ec2-metadata" = "true"
+
+[checkpoint]
+store = "s3://{ck}/{name}"
+interval_ms = {checkpoint_interval_ms}
+
+[checkpoint.store_options]
+aws_endpoint = "{endpoint}"
+aws_allow_http = "true"
+aws_access_key_id = "{key}"
+aws_secret_access_key = "{secret}"
+aws_region = "{region}"
+aws_virtual_hosted_style_request = "false"
+"#,
+            brokers = s.kafka_bootstrap,
+            catalog = s.pg_catalog_url,
+            wh = s3.warehouse_bucket,
+            ck = s3.checkpoint_bucket,
+            endpoint = s3.endpoint,
+            key = s3.access_key_id,
+            secret = s3.secret_access_key,
+            region = s3.region,
+        );
+        std::fs::write(&config, toml).expect("write config");
+        JobSetup {
+            name,
+            topic,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// Starts `recon-pipeline run` with extra environment; output goes to `log` (a file, so a
+    /// chatty child never blocks on a full pipe).
+    pub fn spawn(
+        &self,
+        idle_exit_ms: u64,
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> std::process::Child {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(binary());
+        cmd.args(["run", "--config"])
+            .arg(&self.config)
+            .args(["--exit-when-idle-ms", &idle_exit_ms.to_string()])
+            .env("RUST_LOG", "warn,recon_pipeline=info")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("spawn recon-pipeline")
+    }
+}
+
+/// Waits for a child with a deadline (polling its status); kills it and panics when the
+/// deadline passes. Returns the status and the log.
+pub fn wait_with_deadline(
+    mut child: std::process::Child,
+    log: &Path,
+    deadline: Duration,
+) -> (ExitStatus, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return (status, std::fs::read_to_string(log).unwrap_or_default());
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "recon-pipeline did not exit within {deadline:?}; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
