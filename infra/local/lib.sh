@@ -94,7 +94,7 @@ pg_bindir() {
 # The server runs as the `postgres` user, so its data directory must be reachable by that user. A clone under
 # a private folder (e.g. /root) is not: then the data directory moves to /var/tmp, keyed by the repo path.
 pg_datadir() {
-  if runuser -u postgres -- test -x "$STATE_DIR" 2>/dev/null; then
+  if (cd / && runuser -u postgres -- test -x "$STATE_DIR") 2>/dev/null; then
     printf '%s\n' "$PG_STATE/data"
   else
     printf '/var/tmp/recon-pg-%s/data\n' "$(printf '%s' "$RECON_ROOT" | sha256sum | cut -c1-12)"

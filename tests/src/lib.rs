@@ -91,7 +91,7 @@ pub fn services() -> Option<Services> {
 /// terminal (bypassing the harness's output capture) and the test should `return`. With
 /// `RECON_REQUIRE_SERVICES=1` it panics instead.
 ///
-/// ```ignore
+/// ```text
 /// let Some(svc) = recon_tests::services_or_skip("kafka_transactions") else { return };
 /// ```
 pub fn services_or_skip(test: &str) -> Option<Services> {
