@@ -11,11 +11,13 @@ RECON_CACHE="${RECON_CACHE:-$RECON_ROOT/.cache}"
 KAFKA_VERSION="${RECON_KAFKA_VERSION:-4.1.2}"
 MOTO_REQUIREMENT="moto[server]==5.2.5"
 
-# --- ports (chosen away from every service's default) -----------------------------
-KAFKA_PORT=19092            # PLAINTEXT listener (clients)
-KAFKA_CONTROLLER_PORT=19093 # KRaft controller listener
-PG_PORT=15432
-S3_PORT=19000
+# --- ports (chosen away from every service's default; overridable to run a second set beside the first,
+# together with RECON_STATE_DIR) --------------------------------------------------------------------------
+KAFKA_PORT="${RECON_LOCAL_KAFKA_PORT:-19092}"                 # PLAINTEXT listener (clients)
+KAFKA_CONTROLLER_PORT="${RECON_LOCAL_KAFKA_CONTROLLER_PORT:-19093}" # KRaft controller listener
+PG_PORT="${RECON_LOCAL_PG_PORT:-15432}"
+S3_PORT="${RECON_LOCAL_S3_PORT:-19000}"
+KAFKA_HEAP="${RECON_KAFKA_HEAP:-1g}"                          # -Xmx of the broker JVM
 
 # --- credentials and names (local only) ---------------------------------------------
 PG_USER=recon
@@ -63,22 +65,31 @@ KAFKA_MARKER="kafka.Kafka"
 S3_MARKER="infra/local/s3/server.py"
 PG_MARKER="postgres"
 
-# wait_for NAME SECONDS LOGFILE PIDFILE CMD...: poll CMD every 0.2s until it succeeds or the deadline passes.
-# Fails early (with the log's tail) when the process named by PIDFILE dies. PIDFILE may be "-".
+# wait_for NAME SECONDS LOGFILES PIDFILE CMD...: poll CMD every 0.2s until it succeeds or the deadline passes.
+# Fails early (with the logs' tails) when the process named by PIDFILE dies. PIDFILE may be "-". LOGFILES is one
+# path or several separated by spaces.
+show_logs() {
+  local f
+  for f in $1; do
+    [[ -s "$f" ]] || continue
+    printf -- '--- last lines of %s:\n' "$f" >&2
+    tail -n 25 "$f" >&2 || true
+  done
+}
 wait_for() {
   local name="$1" secs="$2" logfile="$3" pidfile="$4"; shift 4
   local deadline=$(( $(date +%s) + secs ))
   while true; do
     if "$@" >/dev/null 2>&1; then return 0; fi
     if [[ "$pidfile" != "-" ]] && ! pid_alive "$pidfile"; then
-      log "$name: process exited before it was ready; last lines of $logfile:"
-      tail -n 30 "$logfile" >&2 2>/dev/null || true
-      die "$name failed to start (log: $logfile)"
+      log "$name: process exited before it was ready"
+      show_logs "$logfile"
+      die "$name failed to start (log: ${logfile// / and })"
     fi
     if (( $(date +%s) >= deadline )); then
-      log "$name: not ready after ${secs}s; last lines of $logfile:"
-      tail -n 30 "$logfile" >&2 2>/dev/null || true
-      die "$name did not become ready within ${secs}s (log: $logfile)"
+      log "$name: not ready after ${secs}s"
+      show_logs "$logfile"
+      die "$name did not become ready within ${secs}s (log: ${logfile// / and })"
     fi
     sleep 0.2
   done
