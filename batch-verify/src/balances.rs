@@ -47,10 +47,15 @@ impl BalanceOutcome {
 
 /// Checks the trips of one bucket.
 pub fn check_trips(items: Vec<TripItem>, day: &BusinessDay, out: &mut BalanceOutcome) {
-    let mut trips: HashMap<String, (Vec<(EventRow, Position)>, Option<BalanceRow>, bool)> = HashMap::new();
+    let mut trips: HashMap<String, (Vec<(EventRow, Position)>, Option<BalanceRow>, bool)> =
+        HashMap::new();
     for item in items {
         match item {
-            TripItem::Ledger { row, position } => trips.entry(row.trip_id.clone()).or_default().0.push((row, position)),
+            TripItem::Ledger { row, position } => trips
+                .entry(row.trip_id.clone())
+                .or_default()
+                .0
+                .push((row, position)),
             TripItem::Balance(b) => {
                 let slot = trips.entry(b.trip_id.clone()).or_default();
                 match &slot.1 {
@@ -84,12 +89,28 @@ pub fn check_trips(items: Vec<TripItem>, day: &BusinessDay, out: &mut BalanceOut
         }
         out.checked += 1;
         let Some(latest) = latest else {
-            out.findings.add(Discrepancy::new(Kind::BalanceMismatch, format!("no trip_balances row for a trip with {} events on the day", events.len())).trip(&trip));
+            out.findings.add(
+                Discrepancy::new(
+                    Kind::BalanceMismatch,
+                    format!(
+                        "no trip_balances row for a trip with {} events on the day",
+                        events.len()
+                    ),
+                )
+                .trip(&trip),
+            );
             continue;
         };
         if ambiguous {
             out.findings.add(
-                Discrepancy::new(Kind::BalanceMismatch, format!("two different trip_balances rows at checkpoint {}", latest.checkpoint_id)).trip(&trip),
+                Discrepancy::new(
+                    Kind::BalanceMismatch,
+                    format!(
+                        "two different trip_balances rows at checkpoint {}",
+                        latest.checkpoint_id
+                    ),
+                )
+                .trip(&trip),
             );
             continue;
         }
@@ -98,7 +119,9 @@ pub fn check_trips(items: Vec<TripItem>, day: &BusinessDay, out: &mut BalanceOut
             Verdict::NeedsMore => {
                 out.incomplete.insert(trip, Incomplete { latest, events });
             }
-            Verdict::Differs(what) => out.findings.add(Discrepancy::new(Kind::BalanceMismatch, what).trip(&trip)),
+            Verdict::Differs(what) => out
+                .findings
+                .add(Discrepancy::new(Kind::BalanceMismatch, what).trip(&trip)),
         }
     }
 }
@@ -121,7 +144,9 @@ pub fn compare(events: &[(EventRow, Position)], latest: &BalanceRow) -> Verdict 
     let parsed: Vec<_> = sorted.iter().filter_map(|(r, _)| r.to_event()).collect();
     let unreadable = sorted.len() - parsed.len();
     let Some(fold) = balance::fold(parsed.iter()) else {
-        return Verdict::Differs(format!("{unreadable} ledger rows of the trip hold values no event can have"));
+        return Verdict::Differs(format!(
+            "{unreadable} ledger rows of the trip hold values no event can have"
+        ));
     };
     if i64::from(latest.event_count) > i64::from(fold.events) {
         return Verdict::NeedsMore;
@@ -130,25 +155,45 @@ pub fn compare(events: &[(EventRow, Position)], latest: &BalanceRow) -> Verdict 
     if diffs.is_empty() {
         Verdict::Equal
     } else {
-        Verdict::Differs(format!("latest row (checkpoint {}) vs fold of {} ledger rows: {}", latest.checkpoint_id, events.len(), diffs.join("; ")))
+        Verdict::Differs(format!(
+            "latest row (checkpoint {}) vs fold of {} ledger rows: {}",
+            latest.checkpoint_id,
+            events.len(),
+            diffs.join("; ")
+        ))
     }
 }
 
 fn differences(fold: &TripBalance, row: &BalanceRow) -> Vec<String> {
     let mut out = Vec::new();
     if fold.currency.code() != row.currency {
-        out.push(format!("currency {} vs fold {}", row.currency, fold.currency.code()));
+        out.push(format!(
+            "currency {} vs fold {}",
+            row.currency,
+            fold.currency.code()
+        ));
     }
-    let sums = [fold.charged, fold.collected, fold.refunded, fold.paid_out, fold.fees, fold.adjusted];
+    let sums = [
+        fold.charged,
+        fold.collected,
+        fold.refunded,
+        fold.paid_out,
+        fold.fees,
+        fold.adjusted,
+    ];
     for (k, want) in sums.iter().enumerate() {
         let want_unscaled = money::to_unscaled(*want).and_then(|u| i64::try_from(u).ok());
         if want_unscaled != Some(row.sums[k]) {
-            let got = money::from_unscaled(i128::from(row.sums[k])).map_or_else(|| "?".into(), |d| d.to_string());
+            let got = money::from_unscaled(i128::from(row.sums[k]))
+                .map_or_else(|| "?".into(), |d| d.to_string());
             out.push(format!("{} {got} vs fold {want}", SUM_NAMES[k]));
         }
     }
     if i64::from(row.event_count) != i64::from(fold.events) {
-        out.push(format!("event_count {} vs fold {}", row.event_count, fold.events));
+        out.push(format!(
+            "event_count {} vs fold {}",
+            row.event_count, fold.events
+        ));
     }
     if let Some(last) = fold.last_occurred_at
         && last.timestamp_micros() != row.last_occurred_at_us
@@ -158,9 +203,11 @@ fn differences(fold: &TripBalance, row: &BalanceRow) -> Vec<String> {
     let status = fold.status();
     // The ledger holds first versions only, so a conflicting duplicate (dead-lettered) is
     // invisible to the fold: the row's flag is accepted when everything else agrees.
-    let conflict_flagged = row.reason.as_deref() == Some("conflicting_duplicate") && row.status == "DISCREPANCY";
+    let conflict_flagged =
+        row.reason.as_deref() == Some("conflicting_duplicate") && row.status == "DISCREPANCY";
     if !conflict_flagged
-        && (row.status != status.as_str() || row.reason.as_deref() != status.reason().map(|r| r.as_str()))
+        && (row.status != status.as_str()
+            || row.reason.as_deref() != status.reason().map(|r| r.as_str()))
     {
         out.push(format!(
             "status {} {} vs fold {} {}",

@@ -19,7 +19,9 @@ pub type Totals = BTreeMap<(u8, String), (u64, i128)>;
 
 /// Adds `row` to `totals`.
 pub fn add_total(totals: &mut Totals, row: &EventRow) {
-    let e = totals.entry((row.event_type, row.currency.clone())).or_default();
+    let e = totals
+        .entry((row.event_type, row.currency.clone()))
+        .or_default();
     e.0 += 1;
     e.1 += i128::from(row.amount);
 }
@@ -81,10 +83,26 @@ pub fn check_events(items: Vec<EventItem>, day: &BusinessDay, out: &mut Outcome)
     let mut groups: HashMap<Uuid, Group> = HashMap::new();
     for item in items {
         match item {
-            EventItem::Truth { row, position, order } => groups.entry(row.event_id).or_default().truth.push((row, position, order)),
-            EventItem::Ledger { row, position, .. } => groups.entry(row.event_id).or_default().ledger.push((row, position)),
+            EventItem::Truth {
+                row,
+                position,
+                order,
+            } => groups
+                .entry(row.event_id)
+                .or_default()
+                .truth
+                .push((row, position, order)),
+            EventItem::Ledger { row, position, .. } => groups
+                .entry(row.event_id)
+                .or_default()
+                .ledger
+                .push((row, position)),
             EventItem::Conflict(r) => {
-                let id = r.event_id.as_deref().and_then(|s| Uuid::parse_str(s).ok()).unwrap_or_default();
+                let id = r
+                    .event_id
+                    .as_deref()
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .unwrap_or_default();
                 groups.entry(id).or_default().conflicts.push(r);
             }
         }
@@ -108,9 +126,17 @@ pub fn check_events(items: Vec<EventItem>, day: &BusinessDay, out: &mut Outcome)
                 add_total(&mut out.truth_totals, t);
                 match g.ledger.first() {
                     None => {
-                        let mut d = Discrepancy::new(Kind::Missing, format!("{} {} {} not in ledger_events", t.type_name(), t.amount_text(), t.currency))
-                            .event(id)
-                            .trip(&t.trip_id);
+                        let mut d = Discrepancy::new(
+                            Kind::Missing,
+                            format!(
+                                "{} {} {} not in ledger_events",
+                                t.type_name(),
+                                t.amount_text(),
+                                t.currency
+                            ),
+                        )
+                        .event(id)
+                        .trip(&t.trip_id);
                         if let Some(p) = tpos {
                             d = d.at(p.partition, p.offset);
                         }
@@ -123,10 +149,17 @@ pub fn check_events(items: Vec<EventItem>, day: &BusinessDay, out: &mut Outcome)
             Some((t, _, _)) => {
                 for (l, lpos) in &g.ledger {
                     out.findings.add(
-                        Discrepancy::new(Kind::ContentMismatch, format!("occurred_at: truth {} (outside the day), ledger {}", micros_text(t.occurred_at_us), micros_text(l.occurred_at_us)))
-                            .event(id)
-                            .trip(&l.trip_id)
-                            .at(lpos.partition, lpos.offset),
+                        Discrepancy::new(
+                            Kind::ContentMismatch,
+                            format!(
+                                "occurred_at: truth {} (outside the day), ledger {}",
+                                micros_text(t.occurred_at_us),
+                                micros_text(l.occurred_at_us)
+                            ),
+                        )
+                        .event(id)
+                        .trip(&l.trip_id)
+                        .at(lpos.partition, lpos.offset),
                     );
                 }
                 duplicates(id, &g.ledger, &mut out.findings);
@@ -134,10 +167,18 @@ pub fn check_events(items: Vec<EventItem>, day: &BusinessDay, out: &mut Outcome)
             None => {
                 for (l, lpos) in &g.ledger {
                     out.findings.add(
-                        Discrepancy::new(Kind::Phantom, format!("{} {} {} in ledger_events has no truth event", l.type_name(), l.amount_text(), l.currency))
-                            .event(id)
-                            .trip(&l.trip_id)
-                            .at(lpos.partition, lpos.offset),
+                        Discrepancy::new(
+                            Kind::Phantom,
+                            format!(
+                                "{} {} {} in ledger_events has no truth event",
+                                l.type_name(),
+                                l.amount_text(),
+                                l.currency
+                            ),
+                        )
+                        .event(id)
+                        .trip(&l.trip_id)
+                        .at(lpos.partition, lpos.offset),
                     );
                 }
             }
@@ -150,16 +191,25 @@ fn duplicates(id: Uuid, ledger: &[(EventRow, Position)], findings: &mut Findings
     if let Some(((first, fpos), rest)) = ledger.split_first() {
         for (_, pos) in rest {
             findings.add(
-                Discrepancy::new(Kind::DuplicateEventId, format!("event id also at {fpos} in ledger_events"))
-                    .event(id)
-                    .trip(&first.trip_id)
-                    .at(pos.partition, pos.offset),
+                Discrepancy::new(
+                    Kind::DuplicateEventId,
+                    format!("event id also at {fpos} in ledger_events"),
+                )
+                .event(id)
+                .trip(&first.trip_id)
+                .at(pos.partition, pos.offset),
             );
         }
     }
 }
 
-fn conflicts(id: Uuid, expected: Vec<(EventRow, Option<Position>)>, mut lake: Vec<RejectRow>, day: &BusinessDay, out: &mut Outcome) {
+fn conflicts(
+    id: Uuid,
+    expected: Vec<(EventRow, Option<Position>)>,
+    mut lake: Vec<RejectRow>,
+    day: &BusinessDay,
+    out: &mut Outcome,
+) {
     for r in &lake {
         if r.scope == Scope::InDay {
             out.lake_rejects += 1;
@@ -173,9 +223,17 @@ fn conflicts(id: Uuid, expected: Vec<(EventRow, Option<Position>)>, mut lake: Ve
         if let Some(i) = lake.iter().position(|r| r.position == pos) {
             lake.swap_remove(i);
         } else if in_day {
-            let mut d = Discrepancy::new(Kind::MissingReject, format!("conflicting version ({} {} {}) not in rejected_events", v.type_name(), v.amount_text(), v.currency))
-                .event(id)
-                .trip(&v.trip_id);
+            let mut d = Discrepancy::new(
+                Kind::MissingReject,
+                format!(
+                    "conflicting version ({} {} {}) not in rejected_events",
+                    v.type_name(),
+                    v.amount_text(),
+                    v.currency
+                ),
+            )
+            .event(id)
+            .trip(&v.trip_id);
             if let Some(p) = pos {
                 d = d.at(p.partition, p.offset);
             }
@@ -183,12 +241,18 @@ fn conflicts(id: Uuid, expected: Vec<(EventRow, Option<Position>)>, mut lake: Ve
         }
     }
     for r in lake.into_iter().filter(|r| r.scope == Scope::InDay) {
-        out.findings.add(phantom_reject(&r, "no conflicting version of this event in the truth"));
+        out.findings.add(phantom_reject(
+            &r,
+            "no conflicting version of this event in the truth",
+        ));
     }
 }
 
 fn phantom_reject(r: &RejectRow, why: &str) -> Discrepancy {
-    let mut d = Discrepancy::new(Kind::PhantomReject, format!("rejected_events row ({}): {why}", r.reason));
+    let mut d = Discrepancy::new(
+        Kind::PhantomReject,
+        format!("rejected_events row ({}): {why}", r.reason),
+    );
     if let Some(e) = &r.event_id {
         d = d.event(e);
     }
@@ -202,27 +266,60 @@ fn phantom_reject(r: &RejectRow, why: &str) -> Discrepancy {
 }
 
 fn micros_text(us: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us).map_or_else(|| us.to_string(), |t| t.to_rfc3339())
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us)
+        .map_or_else(|| us.to_string(), |t| t.to_rfc3339())
 }
 
 /// Compares a truth event with its ledger row.
-fn compare(t: &EventRow, tpos: Option<Position>, l: &EventRow, lpos: Position, findings: &mut Findings) {
-    let key = |kind, detail: String| Discrepancy::new(kind, detail).event(t.event_id).trip(&t.trip_id).at(lpos.partition, lpos.offset);
+fn compare(
+    t: &EventRow,
+    tpos: Option<Position>,
+    l: &EventRow,
+    lpos: Position,
+    findings: &mut Findings,
+) {
+    let key = |kind, detail: String| {
+        Discrepancy::new(kind, detail)
+            .event(t.event_id)
+            .trip(&t.trip_id)
+            .at(lpos.partition, lpos.offset)
+    };
     if t.amount != l.amount {
-        findings.add(key(Kind::AmountMismatch, format!("amount: truth {}, ledger {}", t.amount_text(), l.amount_text())));
+        findings.add(key(
+            Kind::AmountMismatch,
+            format!(
+                "amount: truth {}, ledger {}",
+                t.amount_text(),
+                l.amount_text()
+            ),
+        ));
     }
     if t.currency != l.currency {
-        findings.add(key(Kind::CurrencyMismatch, format!("currency: truth {}, ledger {}", t.currency, l.currency)));
+        findings.add(key(
+            Kind::CurrencyMismatch,
+            format!("currency: truth {}, ledger {}", t.currency, l.currency),
+        ));
     }
     let mut fields = Vec::new();
     if t.event_type != l.event_type {
-        fields.push(format!("event_type: truth {}, ledger {}", t.type_name(), l.type_name()));
+        fields.push(format!(
+            "event_type: truth {}, ledger {}",
+            t.type_name(),
+            l.type_name()
+        ));
     }
     if t.trip_id != l.trip_id {
-        fields.push(format!("trip_id: truth {}, ledger {}", t.trip_id, l.trip_id));
+        fields.push(format!(
+            "trip_id: truth {}, ledger {}",
+            t.trip_id, l.trip_id
+        ));
     }
     if t.occurred_at_us != l.occurred_at_us {
-        fields.push(format!("occurred_at: truth {}, ledger {}", micros_text(t.occurred_at_us), micros_text(l.occurred_at_us)));
+        fields.push(format!(
+            "occurred_at: truth {}, ledger {}",
+            micros_text(t.occurred_at_us),
+            micros_text(l.occurred_at_us)
+        ));
     }
     if t.ids != l.ids || t.schema_version != l.schema_version {
         fields.push("rider/driver/payment/payout id or schema_version differ".into());
@@ -279,7 +376,10 @@ pub fn check_rejects(items: Vec<RejectRow>, windows: &Windows, out: &mut Outcome
                     }
                 }
             } else if in_day {
-                let mut d = Discrepancy::new(Kind::MissingReject, format!("dead letter ({}) not in rejected_events", t.reason));
+                let mut d = Discrepancy::new(
+                    Kind::MissingReject,
+                    format!("dead letter ({}) not in rejected_events", t.reason),
+                );
                 if let Some(p) = t.position {
                     d = d.at(p.partition, p.offset);
                 }
@@ -293,7 +393,11 @@ pub fn check_rejects(items: Vec<RejectRow>, windows: &Windows, out: &mut Outcome
             }
         }
         for l in lake.iter().skip(paired) {
-            let in_window = l.position.is_some_and(|p| windows.get(&p.partition).is_some_and(|(s, e)| *s <= p.offset && p.offset < *e));
+            let in_window = l.position.is_some_and(|p| {
+                windows
+                    .get(&p.partition)
+                    .is_some_and(|(s, e)| *s <= p.offset && p.offset < *e)
+            });
             let phantom = match l.scope {
                 Scope::InDay => true,
                 Scope::Undated => in_window,
@@ -301,7 +405,8 @@ pub fn check_rejects(items: Vec<RejectRow>, windows: &Windows, out: &mut Outcome
             };
             if phantom {
                 out.lake_rejects += 1;
-                out.findings.add(phantom_reject(l, "no such dead letter in the truth"));
+                out.findings
+                    .add(phantom_reject(l, "no such dead letter in the truth"));
             } else if l.scope == Scope::Undated {
                 out.rejects_undated += 1;
             }
@@ -324,8 +429,15 @@ pub fn check_positions(items: Vec<PositionItem>, findings: &mut Findings) {
         if same_event {
             continue;
         }
-        let who: Vec<String> = claims.iter().map(|c| c.map_or_else(|| "a rejected_events row".to_string(), |u| u.to_string())).collect();
-        let mut d = Discrepancy::new(Kind::DuplicatePosition, format!("claimed by {}", who.join(", "))).at(pos.partition, pos.offset);
+        let who: Vec<String> = claims
+            .iter()
+            .map(|c| c.map_or_else(|| "a rejected_events row".to_string(), |u| u.to_string()))
+            .collect();
+        let mut d = Discrepancy::new(
+            Kind::DuplicatePosition,
+            format!("claimed by {}", who.join(", ")),
+        )
+        .at(pos.partition, pos.offset);
         if let Some(Some(e)) = claims.first() {
             d = d.event(e);
         }
@@ -342,12 +454,23 @@ pub fn check_totals(truth: &Totals, ledger: &Totals, findings: &mut Findings) ->
     for k in keys {
         let t = truth.get(k).copied().unwrap_or_default();
         let l = ledger.get(k).copied().unwrap_or_default();
-        let name = recon_schemas::event::EventType::ALL.get(usize::from(k.0)).map_or("?", |t| t.as_str());
-        let amount = |u: i128| recon_schemas::money::from_unscaled(u).map_or_else(|| u.to_string(), |d| d.to_string());
+        let name = recon_schemas::event::EventType::ALL
+            .get(usize::from(k.0))
+            .map_or("?", |t| t.as_str());
+        let amount = |u: i128| {
+            recon_schemas::money::from_unscaled(u).map_or_else(|| u.to_string(), |d| d.to_string())
+        };
         if t != l {
             findings.add(Discrepancy::new(
                 Kind::TotalMismatch,
-                format!("{name} {}: truth {} events {} , ledger {} events {}", k.1, t.0, amount(t.1), l.0, amount(l.1)),
+                format!(
+                    "{name} {}: truth {} events {} , ledger {} events {}",
+                    k.1,
+                    t.0,
+                    amount(t.1),
+                    l.0,
+                    amount(l.1)
+                ),
             ));
         }
         lines.push(TotalLine {

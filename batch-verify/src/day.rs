@@ -149,8 +149,14 @@ mod tests {
         let t = |p: &[u8]| payload_time(p).map(|t| t.to_rfc3339());
         let want = Some("2025-03-03T08:30:00+00:00".to_string());
         assert_eq!(t(br#"{"a":1,"occurred_at":"2025-03-03T08:30:00Z"}"#), want);
-        assert_eq!(t(b"{\"occurred_at\" : \"2025-03-03T09:30:00+01:00\"}"), want);
-        assert_eq!(t(b"{\"x\":\"J\xf6rg\",\"occurred_at\":\"2025-03-03T08:30:00Z\""), want);
+        assert_eq!(
+            t(b"{\"occurred_at\" : \"2025-03-03T09:30:00+01:00\"}"),
+            want
+        );
+        assert_eq!(
+            t(b"{\"x\":\"J\xf6rg\",\"occurred_at\":\"2025-03-03T08:30:00Z\""),
+            want
+        );
         assert_eq!(t(br#"{"occurred_at":1741000000}"#), None);
         assert_eq!(t(br#"{"occurred_at":"03/03/2025 12:00"}"#), None);
         assert_eq!(t(br#"{"occurred_at":"2025-03-0"#), None);

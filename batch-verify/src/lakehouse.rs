@@ -7,9 +7,7 @@
 //! nothing here holds more than one Arrow batch.
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{
-    Decimal128Type, Int32Type, Int64Type, TimestampMicrosecondType,
-};
+use arrow_array::types::{Decimal128Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use chrono::{DateTime, Utc};
@@ -31,7 +29,9 @@ pub fn time_range(column: &str, from: DateTime<Utc>, to: Option<DateTime<Utc>>) 
     let lower = Reference::new(column)
         .greater_than_or_equal_to(Datum::timestamptz_micros(from.timestamp_micros()));
     match to {
-        Some(to) => lower.and(Reference::new(column).less_than(Datum::timestamptz_micros(to.timestamp_micros()))),
+        Some(to) => lower.and(
+            Reference::new(column).less_than(Datum::timestamptz_micros(to.timestamp_micros())),
+        ),
         None => lower,
     }
 }
@@ -99,22 +99,34 @@ impl<'a> Columns<'a> {
     /// A string column, `None` for nulls.
     pub fn strings(&self, name: &'static str) -> Result<Vec<Option<&'a str>>> {
         let a = self.col(name)?;
-        let s = a.as_string_opt::<i32>().ok_or_else(|| self.wrong(name, a.data_type()))?;
-        Ok((0..s.len()).map(|i| s.is_valid(i).then(|| s.value(i))).collect())
+        let s = a
+            .as_string_opt::<i32>()
+            .ok_or_else(|| self.wrong(name, a.data_type()))?;
+        Ok((0..s.len())
+            .map(|i| s.is_valid(i).then(|| s.value(i)))
+            .collect())
     }
 
     /// An `int` column (nulls read as `None`).
     pub fn ints(&self, name: &'static str) -> Result<Vec<Option<i32>>> {
         let a = self.col(name)?;
-        let p = a.as_primitive_opt::<Int32Type>().ok_or_else(|| self.wrong(name, a.data_type()))?;
-        Ok((0..p.len()).map(|i| p.is_valid(i).then(|| p.value(i))).collect())
+        let p = a
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| self.wrong(name, a.data_type()))?;
+        Ok((0..p.len())
+            .map(|i| p.is_valid(i).then(|| p.value(i)))
+            .collect())
     }
 
     /// A `long` column.
     pub fn longs(&self, name: &'static str) -> Result<Vec<Option<i64>>> {
         let a = self.col(name)?;
-        let p = a.as_primitive_opt::<Int64Type>().ok_or_else(|| self.wrong(name, a.data_type()))?;
-        Ok((0..p.len()).map(|i| p.is_valid(i).then(|| p.value(i))).collect())
+        let p = a
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| self.wrong(name, a.data_type()))?;
+        Ok((0..p.len())
+            .map(|i| p.is_valid(i).then(|| p.value(i)))
+            .collect())
     }
 
     /// A `timestamptz` column, microseconds.
@@ -123,18 +135,26 @@ impl<'a> Columns<'a> {
         let p = a
             .as_primitive_opt::<TimestampMicrosecondType>()
             .ok_or_else(|| self.wrong(name, a.data_type()))?;
-        Ok((0..p.len()).map(|i| p.is_valid(i).then(|| p.value(i))).collect())
+        Ok((0..p.len())
+            .map(|i| p.is_valid(i).then(|| p.value(i)))
+            .collect())
     }
 
     /// A `decimal(18, 3)` column, unscaled.
     pub fn money(&self, name: &'static str) -> Result<Vec<Option<i64>>> {
         let a = self.col(name)?;
-        let p = a.as_primitive_opt::<Decimal128Type>().ok_or_else(|| self.wrong(name, a.data_type()))?;
+        let p = a
+            .as_primitive_opt::<Decimal128Type>()
+            .ok_or_else(|| self.wrong(name, a.data_type()))?;
         if p.scale() != recon_schemas::money::SCALE as i8 {
             return Err(self.wrong(name, a.data_type()));
         }
         Ok((0..p.len())
-            .map(|i| p.is_valid(i).then(|| i64::try_from(p.value(i)).ok()).flatten())
+            .map(|i| {
+                p.is_valid(i)
+                    .then(|| i64::try_from(p.value(i)).ok())
+                    .flatten()
+            })
             .collect())
     }
 
@@ -142,10 +162,14 @@ impl<'a> Columns<'a> {
     pub fn binaries(&self, name: &'static str) -> Result<Vec<Option<&'a [u8]>>> {
         let a = self.col(name)?;
         if let Some(b) = a.as_binary_opt::<i64>() {
-            return Ok((0..b.len()).map(|i| b.is_valid(i).then(|| b.value(i))).collect());
+            return Ok((0..b.len())
+                .map(|i| b.is_valid(i).then(|| b.value(i)))
+                .collect());
         }
         if let Some(b) = a.as_binary_opt::<i32>() {
-            return Ok((0..b.len()).map(|i| b.is_valid(i).then(|| b.value(i))).collect());
+            return Ok((0..b.len())
+                .map(|i| b.is_valid(i).then(|| b.value(i)))
+                .collect());
         }
         Err(self.wrong(name, a.data_type()))
     }
@@ -198,45 +222,70 @@ pub async fn scan_ledger(
     findings: &mut Findings,
     mut f: impl FnMut(LedgerRow) -> Result<()>,
 ) -> Result<()> {
-    scan(table, &LEDGER_COLUMNS, time_range("occurred_at", from, Some(to)), |b| {
-        let c = Columns::new(b, "ledger_events");
-        let (ids, types, trips) = (c.strings("event_id")?, c.strings("event_type")?, c.strings("trip_id")?);
-        let (amounts, currencies, times) = (c.money("amount")?, c.strings("currency")?, c.micros("occurred_at")?);
-        let opt = [c.strings("rider_id")?, c.strings("driver_id")?, c.strings("payment_id")?, c.strings("payout_id")?];
-        let (versions, parts, offsets, checkpoints) =
-            (c.ints("schema_version")?, c.ints("kafka_partition")?, c.longs("kafka_offset")?, c.longs("checkpoint_id")?);
-        for i in 0..b.num_rows() {
-            let position = Position {
-                partition: c.required("kafka_partition", parts[i])?,
-                offset: c.required("kafka_offset", offsets[i])?,
-            };
-            let id_text = c.required("event_id", ids[i])?;
-            let Ok(event_id) = Uuid::parse_str(id_text) else {
-                findings.add(
-                    Discrepancy::new(Kind::Phantom, format!("ledger row with event_id {id_text:?}, not a UUID"))
+    scan(
+        table,
+        &LEDGER_COLUMNS,
+        time_range("occurred_at", from, Some(to)),
+        |b| {
+            let c = Columns::new(b, "ledger_events");
+            let (ids, types, trips) = (
+                c.strings("event_id")?,
+                c.strings("event_type")?,
+                c.strings("trip_id")?,
+            );
+            let (amounts, currencies, times) = (
+                c.money("amount")?,
+                c.strings("currency")?,
+                c.micros("occurred_at")?,
+            );
+            let opt = [
+                c.strings("rider_id")?,
+                c.strings("driver_id")?,
+                c.strings("payment_id")?,
+                c.strings("payout_id")?,
+            ];
+            let (versions, parts, offsets, checkpoints) = (
+                c.ints("schema_version")?,
+                c.ints("kafka_partition")?,
+                c.longs("kafka_offset")?,
+                c.longs("checkpoint_id")?,
+            );
+            for i in 0..b.num_rows() {
+                let position = Position {
+                    partition: c.required("kafka_partition", parts[i])?,
+                    offset: c.required("kafka_offset", offsets[i])?,
+                };
+                let id_text = c.required("event_id", ids[i])?;
+                let Ok(event_id) = Uuid::parse_str(id_text) else {
+                    findings.add(
+                        Discrepancy::new(
+                            Kind::Phantom,
+                            format!("ledger row with event_id {id_text:?}, not a UUID"),
+                        )
                         .event(id_text)
                         .at(position.partition, position.offset),
-                );
-                continue;
-            };
-            let row = EventRow {
-                event_id,
-                event_type: type_code_of(c.required("event_type", types[i])?),
-                trip_id: c.required("trip_id", trips[i])?.to_string(),
-                amount: c.required("amount", amounts[i])?,
-                currency: c.required("currency", currencies[i])?.to_string(),
-                occurred_at_us: c.required("occurred_at", times[i])?,
-                ids: std::array::from_fn(|k| opt[k][i].map(str::to_string)),
-                schema_version: c.required("schema_version", versions[i])?,
-            };
-            f(LedgerRow {
-                row,
-                position,
-                checkpoint_id: c.required("checkpoint_id", checkpoints[i])?,
-            })?;
-        }
-        Ok(())
-    })
+                    );
+                    continue;
+                };
+                let row = EventRow {
+                    event_id,
+                    event_type: type_code_of(c.required("event_type", types[i])?),
+                    trip_id: c.required("trip_id", trips[i])?.to_string(),
+                    amount: c.required("amount", amounts[i])?,
+                    currency: c.required("currency", currencies[i])?.to_string(),
+                    occurred_at_us: c.required("occurred_at", times[i])?,
+                    ids: std::array::from_fn(|k| opt[k][i].map(str::to_string)),
+                    schema_version: c.required("schema_version", versions[i])?,
+                };
+                f(LedgerRow {
+                    row,
+                    position,
+                    checkpoint_id: c.required("checkpoint_id", checkpoints[i])?,
+                })?;
+            }
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -263,27 +312,44 @@ pub async fn scan_rejected(
     from: DateTime<Utc>,
     mut f: impl FnMut(LakeReject<'_>) -> Result<()>,
 ) -> Result<()> {
-    let columns = ["kafka_partition", "kafka_offset", "kafka_key", "payload", "reason", "event_id", "trip_id"];
-    scan(table, &columns, time_range("rejected_at", from, None), |b| {
-        let c = Columns::new(b, "rejected_events");
-        let (parts, offsets) = (c.ints("kafka_partition")?, c.longs("kafka_offset")?);
-        let (keys, payloads, reasons) = (c.binaries("kafka_key")?, c.binaries("payload")?, c.strings("reason")?);
-        let (ids, trips) = (c.strings("event_id")?, c.strings("trip_id")?);
-        for i in 0..b.num_rows() {
-            f(LakeReject {
-                position: Position {
-                    partition: c.required("kafka_partition", parts[i])?,
-                    offset: c.required("kafka_offset", offsets[i])?,
-                },
-                key: keys[i],
-                payload: c.required("payload", payloads[i])?,
-                reason: c.required("reason", reasons[i])?,
-                event_id: ids[i],
-                trip_id: trips[i],
-            })?;
-        }
-        Ok(())
-    })
+    let columns = [
+        "kafka_partition",
+        "kafka_offset",
+        "kafka_key",
+        "payload",
+        "reason",
+        "event_id",
+        "trip_id",
+    ];
+    scan(
+        table,
+        &columns,
+        time_range("rejected_at", from, None),
+        |b| {
+            let c = Columns::new(b, "rejected_events");
+            let (parts, offsets) = (c.ints("kafka_partition")?, c.longs("kafka_offset")?);
+            let (keys, payloads, reasons) = (
+                c.binaries("kafka_key")?,
+                c.binaries("payload")?,
+                c.strings("reason")?,
+            );
+            let (ids, trips) = (c.strings("event_id")?, c.strings("trip_id")?);
+            for i in 0..b.num_rows() {
+                f(LakeReject {
+                    position: Position {
+                        partition: c.required("kafka_partition", parts[i])?,
+                        offset: c.required("kafka_offset", offsets[i])?,
+                    },
+                    key: keys[i],
+                    payload: c.required("payload", payloads[i])?,
+                    reason: c.required("reason", reasons[i])?,
+                    event_id: ids[i],
+                    trip_id: trips[i],
+                })?;
+            }
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -295,35 +361,63 @@ pub async fn scan_balances(
     mut f: impl FnMut(BalanceRow) -> Result<()>,
 ) -> Result<()> {
     let columns = [
-        "trip_id", "currency", "charged", "collected", "refunded", "paid_out", "fees", "adjusted",
-        "status", "discrepancy_reason", "event_count", "last_occurred_at", "checkpoint_id",
+        "trip_id",
+        "currency",
+        "charged",
+        "collected",
+        "refunded",
+        "paid_out",
+        "fees",
+        "adjusted",
+        "status",
+        "discrepancy_reason",
+        "event_count",
+        "last_occurred_at",
+        "checkpoint_id",
     ];
-    scan(table, &columns, time_range("last_occurred_at", from, None), |b| {
-        let c = Columns::new(b, "trip_balances");
-        let (trips, currencies, statuses, reasons) =
-            (c.strings("trip_id")?, c.strings("currency")?, c.strings("status")?, c.strings("discrepancy_reason")?);
-        let sums = [
-            c.money("charged")?, c.money("collected")?, c.money("refunded")?,
-            c.money("paid_out")?, c.money("fees")?, c.money("adjusted")?,
-        ];
-        let (counts, lasts, checkpoints) = (c.ints("event_count")?, c.micros("last_occurred_at")?, c.longs("checkpoint_id")?);
-        for i in 0..b.num_rows() {
-            let mut s = [0i64; 6];
-            for (k, col) in sums.iter().enumerate() {
-                s[k] = c.required(crate::row::SUM_NAMES[k], col[i])?;
+    scan(
+        table,
+        &columns,
+        time_range("last_occurred_at", from, None),
+        |b| {
+            let c = Columns::new(b, "trip_balances");
+            let (trips, currencies, statuses, reasons) = (
+                c.strings("trip_id")?,
+                c.strings("currency")?,
+                c.strings("status")?,
+                c.strings("discrepancy_reason")?,
+            );
+            let sums = [
+                c.money("charged")?,
+                c.money("collected")?,
+                c.money("refunded")?,
+                c.money("paid_out")?,
+                c.money("fees")?,
+                c.money("adjusted")?,
+            ];
+            let (counts, lasts, checkpoints) = (
+                c.ints("event_count")?,
+                c.micros("last_occurred_at")?,
+                c.longs("checkpoint_id")?,
+            );
+            for i in 0..b.num_rows() {
+                let mut s = [0i64; 6];
+                for (k, col) in sums.iter().enumerate() {
+                    s[k] = c.required(crate::row::SUM_NAMES[k], col[i])?;
+                }
+                f(BalanceRow {
+                    trip_id: c.required("trip_id", trips[i])?.to_string(),
+                    currency: c.required("currency", currencies[i])?.to_string(),
+                    sums: s,
+                    status: c.required("status", statuses[i])?.to_string(),
+                    reason: reasons[i].map(str::to_string),
+                    event_count: c.required("event_count", counts[i])?,
+                    last_occurred_at_us: c.required("last_occurred_at", lasts[i])?,
+                    checkpoint_id: c.required("checkpoint_id", checkpoints[i])?,
+                })?;
             }
-            f(BalanceRow {
-                trip_id: c.required("trip_id", trips[i])?.to_string(),
-                currency: c.required("currency", currencies[i])?.to_string(),
-                sums: s,
-                status: c.required("status", statuses[i])?.to_string(),
-                reason: reasons[i].map(str::to_string),
-                event_count: c.required("event_count", counts[i])?,
-                last_occurred_at_us: c.required("last_occurred_at", lasts[i])?,
-                checkpoint_id: c.required("checkpoint_id", checkpoints[i])?,
-            })?;
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await
 }

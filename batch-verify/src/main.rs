@@ -1,1 +1,204 @@
-fn main() {}
+//! `batch-verify`: the nightly end-of-day proof. Exit codes are the contract with alerting:
+//! 0 clean, 1 discrepancies found, 2 could not verify (the reason is printed and, with
+//! `--report`, written as `status: "error"`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use batch_verify::options::{Options, TruthSpec};
+use batch_verify::report::{Report, Status};
+use batch_verify::truth::kafka::KafkaScan;
+use batch_verify::truth::postgres::{EVENTS_QUERY, REJECTS_QUERY};
+use batch_verify::{BusinessDay, verify};
+use chrono::NaiveDate;
+use clap::{Parser, ValueEnum};
+use recon_pipeline::config::Config;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Truth {
+    Kafka,
+    Postgres,
+    Files,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Window {
+    Timestamps,
+    Full,
+}
+
+/// Prove, for one business day, that the lakehouse holds every event exactly once and every
+/// trip's balance equals the fold of its events. Exit 0 clean, 1 discrepancies, 2 could not verify.
+#[derive(Parser, Debug)]
+#[command(name = "batch-verify", version)]
+struct Cli {
+    /// The pipeline's configuration (TOML; `RECON__SECTION__KEY` environment overrides apply).
+    #[arg(long)]
+    config: PathBuf,
+    /// The business day, YYYY-MM-DD.
+    #[arg(long)]
+    date: NaiveDate,
+    /// IANA time zone the business day is taken in.
+    #[arg(long, default_value = "UTC")]
+    tz: String,
+    /// Source of truth.
+    #[arg(long, value_enum)]
+    truth: Truth,
+    /// PostgreSQL URL (`--truth postgres`) or files location: directory, file:// or s3:// URL (`--truth files`).
+    #[arg(long, env = "BATCH_VERIFY_TRUTH_URL")]
+    truth_url: Option<String>,
+    /// Events query for `--truth postgres` ($1, $2 = the day's UTC window as RFC 3339 text).
+    #[arg(long, default_value = EVENTS_QUERY)]
+    truth_events_query: String,
+    /// Dead-letters query for `--truth postgres`.
+    #[arg(long, default_value = REJECTS_QUERY)]
+    truth_rejects_query: String,
+    /// How the Kafka window is found: by timestamps with the margin, or the whole retained log.
+    #[arg(long, value_enum, default_value = "timestamps")]
+    kafka_window: Window,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Safety margin around the day, in minutes (Kafka window, dead-letter scan).
+    #[arg(long, default_value_t = 60)]
+    margin_minutes: u64,
+    /// Days either side searched for the events of trips that cross the day.
+    #[arg(long, default_value_t = 2)]
+    trip_span_days: u32,
+    /// Spill buckets (memory is about rows / buckets).
+    #[arg(long, default_value_t = 64)]
+    buckets: usize,
+    /// Directory for spill files (default: the system temporary directory).
+    #[arg(long)]
+    spill_dir: Option<PathBuf>,
+    /// Threads checking buckets (default: the CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Discrepancies kept in the report and the table (all are counted).
+    #[arg(long, default_value_t = 100_000)]
+    discrepancies_max: usize,
+    /// Most time reading Kafka may take, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    kafka_timeout_s: u64,
+    /// Most truth records read.
+    #[arg(long, default_value_t = 2_000_000_000)]
+    truth_records_max: u64,
+    /// Most trips re-checked with neighbouring days.
+    #[arg(long, default_value_t = 1_000_000)]
+    incomplete_trips_max: usize,
+    /// Do not append the run to verification_runs / verification_discrepancies.
+    #[arg(long)]
+    no_record: bool,
+    /// Never draw a progress bar (hidden anyway when stderr is not a terminal).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn options(cli: &Cli) -> anyhow::Result<Options> {
+    let day = BusinessDay::new(cli.date, &cli.tz)?;
+    let url = || {
+        cli.truth_url
+            .clone()
+            .context("--truth-url is required for this truth source")
+    };
+    let truth = match cli.truth {
+        Truth::Kafka => TruthSpec::Kafka {
+            scan: match cli.kafka_window {
+                Window::Timestamps => KafkaScan::Timestamps,
+                Window::Full => KafkaScan::Full,
+            },
+        },
+        Truth::Postgres => TruthSpec::Postgres {
+            url: url()?,
+            events_query: cli.truth_events_query.clone(),
+            rejects_query: cli.truth_rejects_query.clone(),
+        },
+        Truth::Files => TruthSpec::Files { url: url()? },
+    };
+    let mut o = Options::new(day, truth);
+    o.margin = Duration::from_secs(cli.margin_minutes * 60);
+    o.trip_span_days = cli.trip_span_days;
+    o.buckets = cli.buckets.clamp(1, 4096);
+    o.spill_dir = cli.spill_dir.clone();
+    if let Some(t) = cli.threads {
+        o.threads = t.max(1);
+    }
+    o.discrepancies_max = cli.discrepancies_max;
+    o.kafka_timeout = Duration::from_secs(cli.kafka_timeout_s);
+    o.truth_records_max = cli.truth_records_max;
+    o.incomplete_trips_max = cli.incomplete_trips_max;
+    o.record = !cli.no_record;
+    o.progress = !cli.no_progress;
+    Ok(o)
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<Report> {
+    let cfg = Config::load(Some(&cli.config)).context("loading --config")?;
+    let opts = options(cli)?;
+    let catalog = recon_pipeline::lakehouse::open_catalog(&cfg)
+        .await
+        .context("opening the Iceberg catalog")?;
+    let report = verify(&cfg, catalog, &opts).await?;
+    Ok(report)
+}
+
+/// The report of a run that could not verify.
+fn error_report(cli: &Cli, e: &anyhow::Error) -> serde_json::Value {
+    serde_json::json!({
+        "status": Status::Error.as_str(),
+        "business_date": cli.date.to_string(),
+        "time_zone": cli.tz,
+        "truth_source": format!("{:?}", cli.truth).to_lowercase(),
+        "error": format!("{e:#}"),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,batch_verify=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("batch-verify: could not verify: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = runtime.block_on(run(&cli));
+    let (code, json) = match &outcome {
+        Ok(report) => {
+            println!("{report}");
+            (report.status.exit_code(), report.to_json())
+        }
+        Err(e) => {
+            println!(
+                "batch-verify {} ({}) against {:?}: COULD NOT VERIFY\n  why: {e:#}",
+                cli.date, cli.tz, cli.truth
+            );
+            (
+                2,
+                serde_json::to_string_pretty(&error_report(&cli, e)).unwrap_or_default(),
+            )
+        }
+    };
+    if let Some(path) = &cli.report
+        && let Err(e) = std::fs::write(path, json + "\n")
+    {
+        eprintln!(
+            "batch-verify: cannot write the report to {}: {e}",
+            path.display()
+        );
+        return ExitCode::from(2);
+    }
+    ExitCode::from(u8::try_from(code).unwrap_or(2))
+}

@@ -52,18 +52,28 @@ pub fn commits(table: &Table) -> Result<Vec<Commit>> {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
-    for snap in iceberg::util::snapshot::ancestors_of(&md, current.snapshot_id()).take(SNAPSHOTS_MAX) {
+    for snap in
+        iceberg::util::snapshot::ancestors_of(&md, current.snapshot_id()).take(SNAPSHOTS_MAX)
+    {
         let props = &snap.summary().additional_properties;
         let (Some(job), Some(offsets)) = (props.get(PROP_JOB_ID), props.get(PROP_OFFSETS)) else {
             continue;
         };
         let raw: BTreeMap<String, Range> = serde_json::from_str(offsets).map_err(|e| {
-            VerifyError::lakehouse("read recon.offsets of snapshot", &name, format!("{}: {e}: {offsets}", snap.snapshot_id()))
+            VerifyError::lakehouse(
+                "read recon.offsets of snapshot",
+                &name,
+                format!("{}: {e}: {offsets}", snap.snapshot_id()),
+            )
         })?;
         let mut ranges = BTreeMap::new();
         for (p, r) in raw {
             let p: i32 = p.parse().map_err(|_| {
-                VerifyError::lakehouse("read recon.offsets of snapshot", &name, format!("{}: partition {p:?}", snap.snapshot_id()))
+                VerifyError::lakehouse(
+                    "read recon.offsets of snapshot",
+                    &name,
+                    format!("{}: partition {p:?}", snap.snapshot_id()),
+                )
             })?;
             ranges.insert(p, r);
         }
@@ -78,14 +88,15 @@ pub fn commits(table: &Table) -> Result<Vec<Commit>> {
     Ok(out)
 }
 
-/// Checks `commits` (oldest first) of one table. A gap or overlap is reported when it touches
-/// the day's offsets `windows` on its partition (closed at both ends), or when the day has no
-/// window on that partition (a day with nothing there may be a day whose data was lost).
+/// Checks `commits` (oldest first) of one table. A gap or overlap is reported unless it lies
+/// wholly before the day's offsets on its partition (`windows`): one inside or after the day
+/// may hide the day's records, and a partition where the day has no offsets at all may be one
+/// whose day was lost.
 pub fn check(table: &str, commits: &[Commit], windows: &Windows, findings: &mut Findings) {
     let mut last: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
     for c in commits {
         for (p, r) in &c.ranges {
-            let relevant = |lo: i64, hi: i64| windows.get(p).is_none_or(|(ws, we)| lo <= *we && hi >= *ws);
+            let relevant = |_lo: i64, hi: i64| windows.get(p).is_none_or(|(ws, _)| hi > *ws);
             if r.end < r.start {
                 if relevant(r.end, r.start) {
                     findings.add(
@@ -126,36 +137,67 @@ mod tests {
             snapshot_id: id,
             job: "j".into(),
             checkpoint: id.to_string(),
-            ranges: ranges.iter().map(|(p, s, e)| (*p, Range { start: *s, end: *e, records: 0 })).collect(),
+            ranges: ranges
+                .iter()
+                .map(|(p, s, e)| {
+                    (
+                        *p,
+                        Range {
+                            start: *s,
+                            end: *e,
+                            records: 0,
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 
     fn kinds(commits: &[Commit], windows: &Windows) -> Vec<(Kind, Option<i32>, Option<i64>)> {
         let mut f = Findings::new(100);
         check("t", commits, windows, &mut f);
-        f.kept.iter().map(|d| (d.kind, d.kafka_partition, d.kafka_offset)).collect()
+        f.kept
+            .iter()
+            .map(|d| (d.kind, d.kafka_partition, d.kafka_offset))
+            .collect()
     }
 
     #[test]
     fn contiguous_ranges_with_marker_gaps_are_clean() {
         // Offsets 10 and 21 are transaction markers: `end` is still the next offset to read.
-        let c = [commit(1, &[(0, 0, 11), (1, 0, 5)]), commit(2, &[(0, 11, 22)]), commit(3, &[(0, 22, 30), (1, 5, 9)])];
+        let c = [
+            commit(1, &[(0, 0, 11), (1, 0, 5)]),
+            commit(2, &[(0, 11, 22)]),
+            commit(3, &[(0, 22, 30), (1, 5, 9)]),
+        ];
         assert!(kinds(&c, &Windows::new()).is_empty());
     }
 
     #[test]
     fn gap_and_overlap_are_found_with_their_offsets() {
-        let c = [commit(1, &[(0, 0, 10)]), commit(2, &[(0, 12, 20)]), commit(3, &[(0, 18, 25)])];
+        let c = [
+            commit(1, &[(0, 0, 10)]),
+            commit(2, &[(0, 12, 20)]),
+            commit(3, &[(0, 18, 25)]),
+        ];
         assert_eq!(
             kinds(&c, &Windows::new()),
-            vec![(Kind::OffsetGap, Some(0), Some(10)), (Kind::OffsetOverlap, Some(0), Some(18))]
+            vec![
+                (Kind::OffsetGap, Some(0), Some(10)),
+                (Kind::OffsetOverlap, Some(0), Some(18))
+            ]
         );
     }
 
     #[test]
     fn gaps_away_from_the_day_are_not_the_days_business() {
-        let c = [commit(1, &[(0, 0, 10)]), commit(2, &[(0, 12, 20)]), commit(3, &[(0, 20, 900)])];
+        let c = [
+            commit(1, &[(0, 0, 10)]),
+            commit(2, &[(0, 12, 20)]),
+            commit(3, &[(0, 20, 900)]),
+        ];
         assert!(kinds(&c, &Windows::from([(0, (500, 800))])).is_empty());
         assert_eq!(kinds(&c, &Windows::from([(0, (5, 800))])).len(), 1);
+        assert_eq!(kinds(&c, &Windows::from([(0, (0, 5))])).len(), 1, "a gap after the day counts");
     }
 }

@@ -11,7 +11,9 @@ pub fn spinner(show: bool, message: &'static str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {human_pos} rows {per_sec} {elapsed}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} {msg} {human_pos} rows {per_sec} {elapsed}")
+    {
         bar.set_style(style);
     }
     bar.set_message(message);
@@ -24,7 +26,9 @@ pub fn buckets(show: bool, len: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("checking {bar:40} {pos}/{len} buckets eta {eta}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("checking {bar:40} {pos}/{len} buckets eta {eta}")
+    {
         bar.set_style(style);
     }
     bar

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{Date32Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::builder::{
+    Date32Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, SchemaRef};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -38,16 +40,26 @@ fn micros(t: &str) -> i64 {
 
 /// Builds a batch column by column in the schema's order; a column this code does not know is
 /// an error (the table definition moved ahead of this binary).
-fn assemble(table: &'static str, schema: &SchemaRef, mut column: impl FnMut(&str, &DataType) -> Option<ArrayRef>) -> Result<RecordBatch> {
+fn assemble(
+    table: &'static str,
+    schema: &SchemaRef,
+    mut column: impl FnMut(&str, &DataType) -> Option<ArrayRef>,
+) -> Result<RecordBatch> {
     let mut arrays = Vec::new();
     for f in schema.fields() {
-        arrays.push(column(f.name(), f.data_type()).ok_or_else(|| VerifyError::Column {
-            table,
-            column: "?",
-            message: format!("column {} is not written by this version of batch-verify", f.name()),
-        })?);
+        arrays.push(
+            column(f.name(), f.data_type()).ok_or_else(|| VerifyError::Column {
+                table,
+                column: "?",
+                message: format!(
+                    "column {} is not written by this version of batch-verify",
+                    f.name()
+                ),
+            })?,
+        );
     }
-    RecordBatch::try_new(schema.clone(), arrays).map_err(|e| VerifyError::lakehouse("build batch", table, e))
+    RecordBatch::try_new(schema.clone(), arrays)
+        .map_err(|e| VerifyError::lakehouse("build batch", table, e))
 }
 
 fn strings<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
@@ -84,7 +96,11 @@ fn timestamps(value: i64, dt: &DataType) -> ArrayRef {
 pub fn run_batch(report: &Report, date: NaiveDate, schema: &SchemaRef) -> Result<RecordBatch> {
     let json = report.to_json();
     assemble("verification_runs", schema, |name, dt| {
-        let long = |v: u64| Some(longs(std::iter::once(Some(i64::try_from(v).unwrap_or(i64::MAX)))));
+        let long = |v: u64| {
+            Some(longs(std::iter::once(Some(
+                i64::try_from(v).unwrap_or(i64::MAX),
+            ))))
+        };
         let text = |v: &str| Some(strings(std::iter::once(Some(v))));
         match name {
             "run_id" => text(&report.run_id),
@@ -110,7 +126,12 @@ pub fn run_batch(report: &Report, date: NaiveDate, schema: &SchemaRef) -> Result
 }
 
 /// The `verification_discrepancies` rows of a run.
-pub fn discrepancy_batch(run_id: &str, date: NaiveDate, rows: &[Discrepancy], schema: &SchemaRef) -> Result<RecordBatch> {
+pub fn discrepancy_batch(
+    run_id: &str,
+    date: NaiveDate,
+    rows: &[Discrepancy],
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
     let n = rows.len();
     assemble("verification_discrepancies", schema, |name, _| match name {
         "run_id" => Some(strings(std::iter::repeat_n(Some(run_id), n))),
@@ -132,24 +153,41 @@ pub fn discrepancy_batch(run_id: &str, date: NaiveDate, rows: &[Discrepancy], sc
 }
 
 /// Appends `batches` to `table` in one commit stamped with `run_id`.
-pub async fn append(catalog: &dyn Catalog, table: &Table, run_id: &str, batches: Vec<RecordBatch>) -> Result<()> {
+pub async fn append(
+    catalog: &dyn Catalog,
+    table: &Table,
+    run_id: &str,
+    batches: Vec<RecordBatch>,
+) -> Result<()> {
     let name = table.identifier().to_string();
-    let target = TableTarget::new(table.clone(), ZSTD_LEVEL, FILE_BYTES_TARGET).map_err(|e| VerifyError::lakehouse("prepare writer", &name, e))?;
+    let target = TableTarget::new(table.clone(), ZSTD_LEVEL, FILE_BYTES_TARGET)
+        .map_err(|e| VerifyError::lakehouse("prepare writer", &name, e))?;
     let mut writer = TableWriter::open(&target, format!("verify-{run_id}"))
         .await
         .map_err(|e| VerifyError::lakehouse("open writer", &name, e))?;
     for b in batches {
-        writer.write(b).await.map_err(|e| VerifyError::lakehouse("write", &name, e))?;
+        writer
+            .write(b)
+            .await
+            .map_err(|e| VerifyError::lakehouse("write", &name, e))?;
     }
-    let files = writer.close().await.map_err(|e| VerifyError::lakehouse("close writer", &name, e))?;
+    let files = writer
+        .close()
+        .await
+        .map_err(|e| VerifyError::lakehouse("close writer", &name, e))?;
     let tx = Transaction::new(table);
     let tx = tx
         .fast_append()
         .add_data_files(files)
-        .set_snapshot_properties(HashMap::from([(PROP_RUN_ID.to_string(), run_id.to_string())]))
+        .set_snapshot_properties(HashMap::from([(
+            PROP_RUN_ID.to_string(),
+            run_id.to_string(),
+        )]))
         .apply(tx)
         .map_err(|e| VerifyError::lakehouse("commit", &name, e))?;
-    tx.commit(catalog).await.map_err(|e| VerifyError::lakehouse("commit", &name, e))?;
+    tx.commit(catalog)
+        .await
+        .map_err(|e| VerifyError::lakehouse("commit", &name, e))?;
     Ok(())
 }
 

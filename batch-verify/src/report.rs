@@ -346,7 +346,11 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "batch-verify {} ({}, {} .. {}) against {}: {verdict}",
-            self.business_date, self.time_zone, self.window_start, self.window_end, self.truth_source
+            self.business_date,
+            self.time_zone,
+            self.window_start,
+            self.window_end,
+            self.truth_source
         )?;
         if let Some(e) = &self.error {
             writeln!(f, "  why: {e}")?;
@@ -387,7 +391,11 @@ impl fmt::Display for Report {
         }
         let total: u64 = self.discrepancies_by_kind.values().sum();
         if total > SUMMARY_EXAMPLES_MAX as u64 {
-            writeln!(f, "  ... {} more in the JSON report and verification_discrepancies", total - SUMMARY_EXAMPLES_MAX as u64)?;
+            writeln!(
+                f,
+                "  ... {} more in the JSON report and verification_discrepancies",
+                total - SUMMARY_EXAMPLES_MAX as u64
+            )?;
         }
         write!(
             f,

@@ -298,6 +298,9 @@ mod tests {
     #[test]
     fn digest_tells_missing_key_from_empty_key() {
         assert_ne!(reject_digest(None, b"x"), reject_digest(Some(b""), b"x"));
-        assert_ne!(reject_digest(Some(b"a"), b"bc"), reject_digest(Some(b"ab"), b"c"));
+        assert_ne!(
+            reject_digest(Some(b"a"), b"bc"),
+            reject_digest(Some(b"ab"), b"c")
+        );
     }
 }

@@ -11,8 +11,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::{SecondsFormat, Utc};
@@ -28,7 +28,9 @@ use crate::lakehouse;
 use crate::options::{Options, TruthSpec};
 use crate::record;
 use crate::report::{Findings, Report, Status};
-use crate::row::{EventItem, MatchKey, Position, PositionItem, RejectRow, Side, TripItem, reject_digest};
+use crate::row::{
+    EventItem, MatchKey, Position, PositionItem, RejectRow, Side, TripItem, reject_digest,
+};
 use crate::spill::{SpillFiles, SpillWriter, hash_bytes};
 use crate::truth::kafka::{KafkaTruth, Windows, uncovered};
 use crate::truth::{self, TruthSink, match_hash, position_hash, scope_of};
@@ -46,14 +48,19 @@ struct LakeSide {
 }
 
 fn widen(windows: &mut Windows, p: Position) {
-    let w = windows.entry(p.partition).or_insert((p.offset, p.offset + 1));
+    let w = windows
+        .entry(p.partition)
+        .or_insert((p.offset, p.offset + 1));
     w.0 = w.0.min(p.offset);
     w.1 = w.1.max(p.offset + 1);
 }
 
 async fn load(catalog: &dyn Catalog, cfg: &Config, name: &str) -> Result<Table> {
     let ident = table_ident(cfg, name);
-    catalog.load_table(&ident).await.map_err(|e| VerifyError::lakehouse("load_table", ident, e))
+    catalog
+        .load_table(&ident)
+        .await
+        .map_err(|e| VerifyError::lakehouse("load_table", ident, e))
 }
 
 /// Runs the whole verification; a returned error means "could not verify" (exit 2).
@@ -65,10 +72,15 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     let margin = chrono::Duration::from_std(opts.margin).unwrap_or(chrono::Duration::hours(1));
     let kafka_mode = matches!(opts.truth, TruthSpec::Kafka { .. });
     let scratch = match &opts.spill_dir {
-        Some(d) => tempfile::Builder::new().prefix("batch-verify-").tempdir_in(d),
+        Some(d) => tempfile::Builder::new()
+            .prefix("batch-verify-")
+            .tempdir_in(d),
         None => tempfile::Builder::new().prefix("batch-verify-").tempdir(),
     }
-    .map_err(|e| VerifyError::Spill { path: opts.spill_dir.clone().unwrap_or_default(), message: e.to_string() })?;
+    .map_err(|e| VerifyError::Spill {
+        path: opts.spill_dir.clone().unwrap_or_default(),
+        message: e.to_string(),
+    })?;
     let dir = scratch.path().to_path_buf();
     let n = opts.buckets.max(1);
     let ledger = load(catalog.as_ref(), cfg, "ledger_events").await?;
@@ -111,7 +123,11 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
                 .map_err(|e| VerifyError::truth("kafka", format!("reader thread: {e}")))??;
                 return Ok(res);
             }
-            TruthSpec::Postgres { url, events_query, rejects_query } => {
+            TruthSpec::Postgres {
+                url,
+                events_query,
+                rejects_query,
+            } => {
                 truth::postgres::read(&url, &events_query, &rejects_query, &mut sink).await?;
             }
             TruthSpec::Files { url } => truth::files::read(&url, &dir2, &mut sink).await?,
@@ -121,7 +137,9 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     });
     let bar = crate::progress::spinner(opts.progress, "reading the lakehouse");
     let lake = read_lake(&ledger, &rejected, &balances, opts, &dir, kafka_mode, &bar).await;
-    let truth_result = truth_task.await.map_err(|e| VerifyError::truth(opts.truth.name(), format!("reader task: {e}")))?;
+    let truth_result = truth_task
+        .await
+        .map_err(|e| VerifyError::truth(opts.truth.name(), format!("reader task: {e}")))?;
     let lake = lake?;
     let (mut sink, mut windows) = truth_result?;
     bar.finish_and_clear();
@@ -145,15 +163,37 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     }
     let truth_stats = sink.stats;
     let truth_files = (sink.events.finish()?, sink.rejects.finish()?);
-    let lake_files = (lake.events.finish()?, lake.rejects.finish()?, lake.trips.finish()?, lake.positions.finish()?);
+    let lake_files = (
+        lake.events.finish()?,
+        lake.rejects.finish()?,
+        lake.trips.finish()?,
+        lake.positions.finish()?,
+    );
 
     // 3. Bucket by bucket.
     let keep = opts.discrepancies_max;
     let (threads, show) = (opts.threads.max(1), opts.progress);
-    let kafka_windows = if kafka_mode { windows.clone() } else { Windows::new() };
-    let (outcome, trips) = tokio::task::spawn_blocking(move || check_buckets(&truth_files, &lake_files, &day, &kafka_windows, threads, keep, show))
-        .await
-        .map_err(|e| VerifyError::Spill { path: dir.clone(), message: format!("checking thread: {e}") })??;
+    let kafka_windows = if kafka_mode {
+        windows.clone()
+    } else {
+        Windows::new()
+    };
+    let (outcome, trips) = tokio::task::spawn_blocking(move || {
+        check_buckets(
+            &truth_files,
+            &lake_files,
+            &day,
+            &kafka_windows,
+            threads,
+            keep,
+            show,
+        )
+    })
+    .await
+    .map_err(|e| VerifyError::Spill {
+        path: dir.clone(),
+        message: format!("checking thread: {e}"),
+    })??;
     let mut findings = lake.findings;
     findings.merge(outcome.findings.clone());
     findings.merge(trips.findings);
@@ -162,7 +202,10 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         return Err(VerifyError::Limit {
             limit: "--incomplete-trips-max",
             value: opts.incomplete_trips_max as u64,
-            message: format!("{} trips have events outside the day; raise the limit", incomplete.len()),
+            message: format!(
+                "{} trips have events outside the day; raise the limit",
+                incomplete.len()
+            ),
         });
     }
     let incomplete = neighbours(&ledger, opts, incomplete).await?;
@@ -215,7 +258,8 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         started_at: started_at.to_rfc3339_opts(SecondsFormat::Micros, true),
         finished_at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
         elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-        events_per_s: (truth_stats.events + lake.ledger_rows) as f64 / elapsed.as_secs_f64().max(1e-9),
+        events_per_s: (truth_stats.events + lake.ledger_rows) as f64
+            / elapsed.as_secs_f64().max(1e-9),
         peak_rss_bytes: crate::memory::peak_rss_bytes(),
         error: None,
     };
@@ -228,7 +272,12 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
 }
 
 /// Appends the run's rows: discrepancies first, the run row last.
-pub async fn record_run(catalog: &dyn Catalog, cfg: &Config, report: &Report, opts: &Options) -> Result<()> {
+pub async fn record_run(
+    catalog: &dyn Catalog,
+    cfg: &Config,
+    report: &Report,
+    opts: &Options,
+) -> Result<()> {
     recon_pipeline::lakehouse::ensure_tables(catalog, &cfg.catalog.namespace)
         .await
         .map_err(|e| VerifyError::lakehouse("ensure_tables", &cfg.catalog.namespace, e))?;
@@ -278,10 +327,29 @@ async fn read_lake(
         }
         checks::add_total(&mut lake.totals, &r.row);
         widen(&mut lake.windows, r.position);
-        lake.positions.push(position_hash(r.position), &PositionItem { position: r.position, event_id: Some(r.row.event_id) })?;
-        lake.trips.push(hash_bytes(r.row.trip_id.as_bytes()), &TripItem::Ledger { row: r.row.clone(), position: r.position })?;
+        lake.positions.push(
+            position_hash(r.position),
+            &PositionItem {
+                position: r.position,
+                event_id: Some(r.row.event_id),
+            },
+        )?;
+        lake.trips.push(
+            hash_bytes(r.row.trip_id.as_bytes()),
+            &TripItem::Ledger {
+                row: r.row.clone(),
+                position: r.position,
+            },
+        )?;
         let hash = hash_bytes(r.row.event_id.as_bytes());
-        lake.events.push(hash, &EventItem::Ledger { row: r.row, position: r.position, checkpoint_id: r.checkpoint_id })
+        lake.events.push(
+            hash,
+            &EventItem::Ledger {
+                row: r.row,
+                position: r.position,
+                checkpoint_id: r.checkpoint_id,
+            },
+        )
     })
     .await?;
     lake.ledger_rows += findings.total();
@@ -289,11 +357,21 @@ async fn read_lake(
     lakehouse::scan_rejected(rejected, from, |r| {
         let scope = scope_of(&day, r.payload, None);
         let digest = reject_digest(r.key, r.payload);
-        let key = if kafka_mode { MatchKey::Position(r.position) } else { MatchKey::Digest(digest) };
+        let key = if kafka_mode {
+            MatchKey::Position(r.position)
+        } else {
+            MatchKey::Digest(digest)
+        };
         if scope == crate::row::Scope::InDay {
             widen(&mut lake.windows, r.position);
         }
-        lake.positions.push(position_hash(r.position), &PositionItem { position: r.position, event_id: None })?;
+        lake.positions.push(
+            position_hash(r.position),
+            &PositionItem {
+                position: r.position,
+                event_id: None,
+            },
+        )?;
         let row = RejectRow {
             side: Side::Lake,
             key,
@@ -306,12 +384,18 @@ async fn read_lake(
         };
         let conflict_id = r.event_id.and_then(|s| uuid::Uuid::parse_str(s).ok());
         match conflict_id {
-            Some(id) if kafka_mode && r.reason == truth_conflict_reason() => lake.events.push(hash_bytes(id.as_bytes()), &EventItem::Conflict(row)),
+            Some(id) if kafka_mode && r.reason == truth_conflict_reason() => lake
+                .events
+                .push(hash_bytes(id.as_bytes()), &EventItem::Conflict(row)),
             _ => lake.rejects.push(match_hash(&key), &row),
         }
     })
     .await?;
-    lakehouse::scan_balances(balances, day.start, |b| lake.trips.push(hash_bytes(b.trip_id.as_bytes()), &TripItem::Balance(b))).await?;
+    lakehouse::scan_balances(balances, day.start, |b| {
+        lake.trips
+            .push(hash_bytes(b.trip_id.as_bytes()), &TripItem::Balance(b))
+    })
+    .await?;
     lake.findings = findings;
     Ok(lake)
 }
@@ -321,7 +405,12 @@ fn truth_conflict_reason() -> &'static str {
     "conflicting_duplicate"
 }
 
-type LakeFiles = (SpillFiles<EventItem>, SpillFiles<RejectRow>, SpillFiles<TripItem>, SpillFiles<PositionItem>);
+type LakeFiles = (
+    SpillFiles<EventItem>,
+    SpillFiles<RejectRow>,
+    SpillFiles<TripItem>,
+    SpillFiles<PositionItem>,
+);
 
 fn check_buckets(
     truth: &(SpillFiles<EventItem>, SpillFiles<RejectRow>),
@@ -383,13 +472,20 @@ fn check_buckets(
 }
 
 /// Adds the neighbouring days' ledger rows of the incomplete trips.
-async fn neighbours(ledger: &Table, opts: &Options, mut incomplete: HashMap<String, Incomplete>) -> Result<HashMap<String, Incomplete>> {
+async fn neighbours(
+    ledger: &Table,
+    opts: &Options,
+    mut incomplete: HashMap<String, Incomplete>,
+) -> Result<HashMap<String, Incomplete>> {
     if incomplete.is_empty() || opts.trip_span_days == 0 {
         return Ok(incomplete);
     }
     let span = chrono::Duration::days(i64::from(opts.trip_span_days));
     let day = opts.day;
-    let mut seen: HashSet<Position> = incomplete.values().flat_map(|i| i.events.iter().map(|(_, p)| *p)).collect();
+    let mut seen: HashSet<Position> = incomplete
+        .values()
+        .flat_map(|i| i.events.iter().map(|(_, p)| *p))
+        .collect();
     let mut findings = Findings::new(0);
     for (from, to) in [(day.start - span, day.start), (day.end, day.end + span)] {
         lakehouse::scan_ledger(ledger, from, to, &mut findings, |r| {

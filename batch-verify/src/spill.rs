@@ -144,7 +144,10 @@ impl<T: DeserializeOwned> SpillFiles<T> {
             }
             let len = u32::from_le_bytes(len);
             if len > FRAME_BYTES_MAX {
-                return Err(spill_err(path, format!("frame of {len} bytes (corrupt file)")));
+                return Err(spill_err(
+                    path,
+                    format!("frame of {len} bytes (corrupt file)"),
+                ));
             }
             buf.resize(len as usize, 0);
             r.read_exact(&mut buf).map_err(|e| spill_err(path, e))?;

@@ -41,7 +41,11 @@ pub async fn read(url: &str, scratch: &Path, sink: &mut TruthSink) -> Result<()>
         return Err(err(format!("no *.parquet or *.jsonl truth files at {url}")));
     }
     for f in files {
-        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         if name.ends_with(".jsonl") {
             read_jsonl(&f, sink)?;
         } else if name.contains("reject") {
@@ -56,14 +60,17 @@ pub async fn read(url: &str, scratch: &Path, sink: &mut TruthSink) -> Result<()>
 /// Local paths of the truth files, copying remote objects into `scratch`.
 async fn locate(url: &str, scratch: &Path) -> Result<Vec<PathBuf>> {
     let is_truth = |n: &str| n.ends_with(".parquet") || n.ends_with(".jsonl");
-    let local = url.strip_prefix("file://").or((!url.contains("://")).then_some(url));
+    let local = url
+        .strip_prefix("file://")
+        .or((!url.contains("://")).then_some(url));
     if let Some(path) = local {
         let path = Path::new(path);
         if path.is_file() {
             return Ok(vec![path.to_path_buf()]);
         }
         let mut out = Vec::new();
-        let entries = std::fs::read_dir(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let entries =
+            std::fs::read_dir(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         for entry in entries.take(FILES_MAX) {
             let p = entry.map_err(|e| err(e.to_string()))?.path();
             if p.file_name().and_then(|n| n.to_str()).is_some_and(is_truth) {
@@ -74,8 +81,11 @@ async fn locate(url: &str, scratch: &Path) -> Result<Vec<PathBuf>> {
         return Ok(out);
     }
     let parsed = url::Url::parse(url).map_err(|e| err(format!("{url}: {e}")))?;
-    let options = std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).map(|(k, v)| (k.to_ascii_lowercase(), v));
-    let (store, prefix) = object_store::parse_url_opts(&parsed, options).map_err(|e| err(format!("{url}: {e}")))?;
+    let options = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v));
+    let (store, prefix) =
+        object_store::parse_url_opts(&parsed, options).map_err(|e| err(format!("{url}: {e}")))?;
     let store: Arc<dyn ObjectStore> = Arc::from(store);
     let listed: Vec<_> = futures::StreamExt::take(store.list(Some(&prefix)), FILES_MAX)
         .try_collect()
@@ -83,19 +93,29 @@ async fn locate(url: &str, scratch: &Path) -> Result<Vec<PathBuf>> {
         .map_err(|e| err(format!("listing {url}: {e}")))?;
     let mut out = Vec::new();
     for meta in listed {
-        let Some(name) = meta.location.filename().map(|n| n.to_string()) else { continue };
+        let Some(name) = meta.location.filename().map(|n| n.to_string()) else {
+            continue;
+        };
         if !is_truth(&name) {
             continue;
         }
         let target = scratch.join(format!("truth-{}-{name}", out.len()));
-        let mut file = tokio::fs::File::create(&target).await.map_err(|e| err(format!("{}: {e}", target.display())))?;
+        let mut file = tokio::fs::File::create(&target)
+            .await
+            .map_err(|e| err(format!("{}: {e}", target.display())))?;
         let mut body = store
             .get(&meta.location)
             .await
             .map_err(|e| err(format!("{}: {e}", meta.location)))?
             .into_stream();
-        while let Some(chunk) = body.try_next().await.map_err(|e| err(format!("{}: {e}", meta.location)))? {
-            file.write_all(&chunk).await.map_err(|e| err(e.to_string()))?;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| err(format!("{}: {e}", meta.location)))?
+        {
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| err(e.to_string()))?;
         }
         file.flush().await.map_err(|e| err(e.to_string()))?;
         out.push(target);
@@ -104,7 +124,11 @@ async fn locate(url: &str, scratch: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn read_parquet(path: &Path, sink: &mut TruthSink, f: fn(&RecordBatch, &mut TruthSink) -> Result<()>) -> Result<()> {
+fn read_parquet(
+    path: &Path,
+    sink: &mut TruthSink,
+    f: fn(&RecordBatch, &mut TruthSink) -> Result<()>,
+) -> Result<()> {
     let file = File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.with_batch_size(16 * 1024).build())
@@ -117,44 +141,73 @@ fn read_parquet(path: &Path, sink: &mut TruthSink, f: fn(&RecordBatch, &mut Trut
 }
 
 fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a Arc<dyn Array>> {
-    b.column_by_name(name).ok_or_else(|| err(format!("column {name} is missing")))
+    b.column_by_name(name)
+        .ok_or_else(|| err(format!("column {name} is missing")))
 }
 
 fn strings(b: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
-    let a = column(b, name)?.as_string_opt::<i32>().ok_or_else(|| err(format!("column {name} is not a string")))?;
-    Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_string())).collect())
+    let a = column(b, name)?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| err(format!("column {name} is not a string")))?;
+    Ok((0..a.len())
+        .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
+        .collect())
 }
 
 fn binaries(b: &RecordBatch, name: &str) -> Result<Vec<Option<Vec<u8>>>> {
     let c = column(b, name)?;
     if let Some(a) = c.as_binary_opt::<i32>() {
-        return Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_vec())).collect());
+        return Ok((0..a.len())
+            .map(|i| a.is_valid(i).then(|| a.value(i).to_vec()))
+            .collect());
     }
-    let a = c.as_binary_opt::<i64>().ok_or_else(|| err(format!("column {name} is not binary")))?;
-    Ok((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_vec())).collect())
+    let a = c
+        .as_binary_opt::<i64>()
+        .ok_or_else(|| err(format!("column {name} is not binary")))?;
+    Ok((0..a.len())
+        .map(|i| a.is_valid(i).then(|| a.value(i).to_vec()))
+        .collect())
 }
 
 fn events_batch(b: &RecordBatch, sink: &mut TruthSink) -> Result<()> {
-    let seq = column(b, "seq")?.as_primitive_opt::<Int64Type>().ok_or_else(|| err("seq is not int64"))?;
-    let amount = column(b, "amount")?.as_primitive_opt::<Decimal128Type>().ok_or_else(|| err("amount is not decimal"))?;
+    let seq = column(b, "seq")?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| err("seq is not int64"))?;
+    let amount = column(b, "amount")?
+        .as_primitive_opt::<Decimal128Type>()
+        .ok_or_else(|| err("amount is not decimal"))?;
     let time = column(b, "occurred_at")?
         .as_primitive_opt::<TimestampMicrosecondType>()
         .ok_or_else(|| err("occurred_at is not a microsecond timestamp"))?;
-    let version = column(b, "schema_version")?.as_primitive_opt::<Int32Type>().ok_or_else(|| err("schema_version is not int32"))?;
-    let (ids, types, trips, currencies) = (strings(b, "event_id")?, strings(b, "event_type")?, strings(b, "trip_id")?, strings(b, "currency")?);
-    let opt = [strings(b, "rider_id")?, strings(b, "driver_id")?, strings(b, "payment_id")?, strings(b, "payout_id")?];
+    let version = column(b, "schema_version")?
+        .as_primitive_opt::<Int32Type>()
+        .ok_or_else(|| err("schema_version is not int32"))?;
+    let (ids, types, trips, currencies) = (
+        strings(b, "event_id")?,
+        strings(b, "event_type")?,
+        strings(b, "trip_id")?,
+        strings(b, "currency")?,
+    );
+    let opt = [
+        strings(b, "rider_id")?,
+        strings(b, "driver_id")?,
+        strings(b, "payment_id")?,
+        strings(b, "payout_id")?,
+    ];
     for i in 0..b.num_rows() {
         sink.record()?;
         if !sink.day.contains_micros(time.value(i)) {
             continue;
         }
         let id = ids[i].as_deref().unwrap_or_default();
-        let event_id = Uuid::parse_str(id).map_err(|_| err(format!("row {i}: event_id {id:?} is not a UUID")))?;
+        let event_id = Uuid::parse_str(id)
+            .map_err(|_| err(format!("row {i}: event_id {id:?} is not a UUID")))?;
         let row = EventRow {
             event_id,
             event_type: type_code_of(types[i].as_deref().unwrap_or_default()),
             trip_id: trips[i].clone().unwrap_or_default(),
-            amount: i64::try_from(amount.value(i)).map_err(|_| err(format!("event {id}: amount out of range")))?,
+            amount: i64::try_from(amount.value(i))
+                .map_err(|_| err(format!("event {id}: amount out of range")))?,
             currency: currencies[i].clone().unwrap_or_default(),
             occurred_at_us: time.value(i),
             ids: std::array::from_fn(|k| opt[k][i].clone()),
@@ -166,13 +219,25 @@ fn events_batch(b: &RecordBatch, sink: &mut TruthSink) -> Result<()> {
 }
 
 fn rejects_batch(b: &RecordBatch, sink: &mut TruthSink) -> Result<()> {
-    let (classes, ids, trips) = (strings(b, "class")?, strings(b, "event_id")?, strings(b, "trip_id")?);
+    let (classes, ids, trips) = (
+        strings(b, "class")?,
+        strings(b, "event_id")?,
+        strings(b, "trip_id")?,
+    );
     let (keys, payloads) = (binaries(b, "record_key")?, binaries(b, "payload")?);
     for i in 0..b.num_rows() {
         sink.record()?;
         let payload = payloads[i].as_deref().unwrap_or_default();
         let class = classes[i].as_deref().unwrap_or_default();
-        sink.reject(class, ids[i].clone(), trips[i].clone(), keys[i].as_deref(), payload, None, None)?;
+        sink.reject(
+            class,
+            ids[i].clone(),
+            trips[i].clone(),
+            keys[i].as_deref(),
+            payload,
+            None,
+            None,
+        )?;
     }
     Ok(())
 }
@@ -184,12 +249,18 @@ fn read_jsonl(path: &Path, sink: &mut TruthSink) -> Result<()> {
     let limits = Limits::default();
     for n in 1.. {
         line.clear();
-        let read = reader.read_until(b'\n', &mut line).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| err(format!("{}: {e}", path.display())))?;
         if read == 0 {
             return Ok(());
         }
         if line.len() > LINE_BYTES_MAX {
-            return Err(err(format!("{}:{n}: line of {} bytes, over {LINE_BYTES_MAX}", path.display(), line.len())));
+            return Err(err(format!(
+                "{}:{n}: line of {} bytes, over {LINE_BYTES_MAX}",
+                path.display(),
+                line.len()
+            )));
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -201,18 +272,22 @@ fn read_jsonl(path: &Path, sink: &mut TruthSink) -> Result<()> {
         match v["truth"].as_str() {
             Some("event") => {
                 let bytes = serde_json::to_vec(&v["event"]).map_err(|e| bad(e.to_string()))?;
-                let ev = decode::decode(None, &bytes, &limits).map_err(|e| bad(format!("truth event invalid: {e}")))?;
+                let ev = decode::decode(None, &bytes, &limits)
+                    .map_err(|e| bad(format!("truth event invalid: {e}")))?;
                 if !sink.day.contains(ev.occurred_at) {
                     continue;
                 }
-                let row = EventRow::from_event(&ev).ok_or_else(|| bad("amount out of range".into()))?;
+                let row =
+                    EventRow::from_event(&ev).ok_or_else(|| bad("amount out of range".into()))?;
                 sink.event(row, None, (0, seq))?;
             }
             Some("reject") => {
                 let hex_field = |name: &str| -> Result<Option<Vec<u8>>> {
                     match v[name].as_str() {
                         None => Ok(None),
-                        Some(h) => hex::decode(h).map(Some).map_err(|e| bad(format!("{name}: {e}"))),
+                        Some(h) => hex::decode(h)
+                            .map(Some)
+                            .map_err(|e| bad(format!("{name}: {e}"))),
                     }
                 };
                 let key = hex_field("key_hex")?;
@@ -220,7 +295,15 @@ fn read_jsonl(path: &Path, sink: &mut TruthSink) -> Result<()> {
                 let class = v["class"].as_str().unwrap_or_default().to_string();
                 let event_id = v["event_id"].as_str().map(str::to_string);
                 let (_, trip_id) = decode::salvage_ids(&payload, &limits);
-                sink.reject(&class, event_id, trip_id, key.as_deref(), &payload, None, None)?;
+                sink.reject(
+                    &class,
+                    event_id,
+                    trip_id,
+                    key.as_deref(),
+                    &payload,
+                    None,
+                    None,
+                )?;
             }
             other => return Err(bad(format!("unknown truth kind {other:?}"))),
         }

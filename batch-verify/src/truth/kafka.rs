@@ -77,7 +77,8 @@ impl KafkaTruth {
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error");
-        c.create().map_err(|e| err(format!("creating the consumer: {e}")))
+        c.create()
+            .map_err(|e| err(format!("creating the consumer: {e}")))
     }
 
     /// Finds the day's window per partition (`start - margin`, `end + margin`).
@@ -85,7 +86,12 @@ impl KafkaTruth {
         let consumer = self.consumer()?;
         let md = consumer
             .fetch_metadata(Some(&self.topic), LOOKUP_TIMEOUT)
-            .map_err(|e| err(format!("cannot reach {} within {LOOKUP_TIMEOUT:?}: {e}; check source.brokers", self.brokers)))?;
+            .map_err(|e| {
+                err(format!(
+                    "cannot reach {} within {LOOKUP_TIMEOUT:?}: {e}; check source.brokers",
+                    self.brokers
+                ))
+            })?;
         let partitions: Vec<i32> = md
             .topics()
             .iter()
@@ -93,7 +99,10 @@ impl KafkaTruth {
             .map(|t| t.partitions().iter().map(|p| p.id()).collect())
             .unwrap_or_default();
         if partitions.is_empty() {
-            return Err(err(format!("topic {:?} has no partitions on {}; check source.topic", self.topic, self.brokers)));
+            return Err(err(format!(
+                "topic {:?} has no partitions on {}; check source.topic",
+                self.topic, self.brokers
+            )));
         }
         let mut windows = Windows::new();
         let mut marks = BTreeMap::new();
@@ -115,7 +124,11 @@ impl KafkaTruth {
             let found = consumer
                 .offsets_for_times(tpl, LOOKUP_TIMEOUT)
                 .map_err(|e| err(format!("looking offsets up by time {t}: {e}")))?;
-            Ok(found.elements().iter().map(|e| (e.partition(), e.offset())).collect())
+            Ok(found
+                .elements()
+                .iter()
+                .map(|e| (e.partition(), e.offset()))
+                .collect())
         };
         let starts = lookup(from)?;
         let ends = lookup(to)?;
@@ -135,7 +148,11 @@ impl KafkaTruth {
 
     /// Reads the committed records in `ranges` into `sink`; returns what was read.
     pub fn read_ranges(&self, ranges: &Windows, sink: &mut TruthSink) -> Result<u64> {
-        let live: BTreeMap<i32, (i64, i64)> = ranges.iter().filter(|(_, (s, e))| s < e).map(|(p, r)| (*p, *r)).collect();
+        let live: BTreeMap<i32, (i64, i64)> = ranges
+            .iter()
+            .filter(|(_, (s, e))| s < e)
+            .map(|(p, r)| (*p, *r))
+            .collect();
         if live.is_empty() {
             return Ok(0);
         }
@@ -145,7 +162,9 @@ impl KafkaTruth {
             tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*start))
                 .map_err(|e| err(e.to_string()))?;
         }
-        consumer.assign(&tpl).map_err(|e| err(format!("assigning partitions: {e}")))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| err(format!("assigning partitions: {e}")))?;
         let limits = Limits {
             payload_bytes_max: self.payload_bytes_max,
             ..Limits::default()
@@ -161,7 +180,9 @@ impl KafkaTruth {
                     message: format!("partitions {open:?} not read to their window end in time"),
                 });
             }
-            let Some(polled) = consumer.poll(POLL_TIMEOUT) else { continue };
+            let Some(polled) = consumer.poll(POLL_TIMEOUT) else {
+                continue;
+            };
             let msg = match polled {
                 Ok(m) => m,
                 Err(KafkaError::PartitionEOF(p)) => {
@@ -172,7 +193,9 @@ impl KafkaTruth {
                 Err(e) => return Err(err(format!("reading {}: {e}", self.topic))),
             };
             let p = msg.partition();
-            let Some(&(_, end)) = live.get(&p) else { continue };
+            let Some(&(_, end)) = live.get(&p) else {
+                continue;
+            };
             if msg.offset() >= end {
                 open.remove(&p);
                 continue;
@@ -182,17 +205,36 @@ impl KafkaTruth {
             }
             sink.record()?;
             read += 1;
-            let position = Position { partition: p, offset: msg.offset() };
+            let position = Position {
+                partition: p,
+                offset: msg.offset(),
+            };
             let payload = msg.payload().unwrap_or(&[]);
-            let time = msg.timestamp().to_millis().and_then(DateTime::<Utc>::from_timestamp_millis);
+            let time = msg
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::<Utc>::from_timestamp_millis);
             match decode::decode(msg.key(), payload, &limits) {
                 Ok(ev) => match EventRow::from_event(&ev) {
                     Some(row) => sink.event(row, Some(position), (p, msg.offset()))?,
-                    None => return Err(err(format!("record at {position}: amount {} does not fit decimal(18, 3)", ev.amount))),
+                    None => {
+                        return Err(err(format!(
+                            "record at {position}: amount {} does not fit decimal(18, 3)",
+                            ev.amount
+                        )));
+                    }
                 },
                 Err(e) => {
                     let (event_id, trip_id) = decode::salvage_ids(payload, &limits);
-                    sink.reject(e.reason().as_str(), event_id, trip_id, msg.key(), payload, Some(position), time)?;
+                    sink.reject(
+                        e.reason().as_str(),
+                        event_id,
+                        trip_id,
+                        msg.key(),
+                        payload,
+                        Some(position),
+                        time,
+                    )?;
                 }
             }
         }
@@ -231,7 +273,10 @@ mod tests {
         let have = Windows::from([(0, (10, 20)), (1, (5, 5))]);
         let wanted = Windows::from([(0, (8, 25)), (1, (3, 9)), (2, (0, 4))]);
         let (before, after) = uncovered(&have, &wanted);
-        assert_eq!(before, Windows::from([(0, (8, 10)), (1, (3, 9)), (2, (0, 4))]));
+        assert_eq!(
+            before,
+            Windows::from([(0, (8, 10)), (1, (3, 9)), (2, (0, 4))])
+        );
         assert_eq!(after, Windows::from([(0, (20, 25))]));
         let (b, a) = uncovered(&have, &Windows::from([(0, (12, 18))]));
         assert!(b.is_empty() && a.is_empty());

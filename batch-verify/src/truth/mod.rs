@@ -67,10 +67,22 @@ impl TruthSink {
     }
 
     /// Pushes one event version. `order` ranks versions of one id: first seen wins.
-    pub fn event(&mut self, row: EventRow, position: Option<Position>, order: (i32, i64)) -> Result<()> {
+    pub fn event(
+        &mut self,
+        row: EventRow,
+        position: Option<Position>,
+        order: (i32, i64),
+    ) -> Result<()> {
         self.stats.events += 1;
         let hash = hash_bytes(row.event_id.as_bytes());
-        self.events.push(hash, &EventItem::Truth { row, position, order })
+        self.events.push(
+            hash,
+            &EventItem::Truth {
+                row,
+                position,
+                order,
+            },
+        )
     }
 
     /// Pushes one dead letter. `record_time` is the Kafka timestamp, when the source knows it:

@@ -35,7 +35,12 @@ fn err(message: impl ToString) -> VerifyError {
 }
 
 /// Reads the day's truth from `url` into `sink`.
-pub async fn read(url: &str, events_query: &str, rejects_query: &str, sink: &mut TruthSink) -> Result<()> {
+pub async fn read(
+    url: &str,
+    events_query: &str,
+    rejects_query: &str,
+    sink: &mut TruthSink,
+) -> Result<()> {
     let mut conn = PgConnection::connect(url).await.map_err(|e| {
         err(format!(
             "cannot connect to {}: {e}; check --truth-url",
@@ -45,27 +50,49 @@ pub async fn read(url: &str, events_query: &str, rejects_query: &str, sink: &mut
     let from = sink.day.start.to_rfc3339_opts(SecondsFormat::Micros, true);
     let to = sink.day.end.to_rfc3339_opts(SecondsFormat::Micros, true);
     {
-        let mut rows = bind_window(sqlx::query(events_query), events_query, &from, &to).fetch(&mut conn);
+        let mut rows =
+            bind_window(sqlx::query(events_query), events_query, &from, &to).fetch(&mut conn);
         let mut index = 0i64;
-        while let Some(row) = rows.try_next().await.map_err(|e| err(format!("events query: {e}")))? {
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(|e| err(format!("events query: {e}")))?
+        {
             sink.record()?;
             let seq = row.try_get::<i64, _>("seq").unwrap_or(index);
             index += 1;
             let event = event_of(&row)?;
-            let er = EventRow::from_event(&event)
-                .ok_or_else(|| err(format!("event {}: amount does not fit decimal(18, 3)", event.event_id)))?;
+            let er = EventRow::from_event(&event).ok_or_else(|| {
+                err(format!(
+                    "event {}: amount does not fit decimal(18, 3)",
+                    event.event_id
+                ))
+            })?;
             sink.event(er, None, (0, seq))?;
         }
     }
-    let mut rows = bind_window(sqlx::query(rejects_query), rejects_query, &from, &to).fetch(&mut conn);
-    while let Some(row) = rows.try_next().await.map_err(|e| err(format!("rejects query: {e}")))? {
+    let mut rows =
+        bind_window(sqlx::query(rejects_query), rejects_query, &from, &to).fetch(&mut conn);
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(|e| err(format!("rejects query: {e}")))?
+    {
         sink.record()?;
         let class: String = get(&row, "class")?;
         let event_id: Option<String> = get(&row, "event_id")?;
         let trip_id: Option<String> = get(&row, "trip_id")?;
         let key: Option<Vec<u8>> = get(&row, "record_key")?;
         let payload: Vec<u8> = get(&row, "payload")?;
-        sink.reject(&class, event_id, trip_id, key.as_deref(), &payload, None, None)?;
+        sink.reject(
+            &class,
+            event_id,
+            trip_id,
+            key.as_deref(),
+            &payload,
+            None,
+            None,
+        )?;
     }
     drop(rows);
     conn.close().await.ok();
@@ -86,9 +113,15 @@ fn bind_window<'q>(
     }
 }
 
-fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(row: &'r PgRow, column: &str) -> Result<T> {
-    row.try_get(column)
-        .map_err(|e| err(format!("column {column}: {e}; see the query contract in batch-verify/README.md")))
+fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
+    row: &'r PgRow,
+    column: &str,
+) -> Result<T> {
+    row.try_get(column).map_err(|e| {
+        err(format!(
+            "column {column}: {e}; see the query contract in batch-verify/README.md"
+        ))
+    })
 }
 
 fn event_of(row: &PgRow) -> Result<Event> {
@@ -102,7 +135,9 @@ fn event_of(row: &PgRow) -> Result<Event> {
         event_id: uuid::Uuid::parse_str(&id).map_err(|_| bad("event_id", &id))?,
         event_type: EventType::parse(&event_type).ok_or_else(|| bad("event_type", &event_type))?,
         trip_id: get(row, "trip_id")?,
-        amount: amount.parse::<Decimal>().map_err(|_| bad("amount", &amount))?,
+        amount: amount
+            .parse::<Decimal>()
+            .map_err(|_| bad("amount", &amount))?,
         currency: Currency::parse(&currency).ok_or_else(|| bad("currency", &currency))?,
         occurred_at: DateTime::parse_from_rfc3339(&occurred_at)
             .map_err(|_| bad("occurred_at", &occurred_at))?
