@@ -5,6 +5,8 @@
 //! Read in the order the data flows: [`source`] -> (`recon_schemas::decode`) -> [`state`] ->
 //! [`sink`] -> [`checkpoint`]; [`job`] ties them together.
 #![deny(missing_docs)]
+// Errors carry iceberg::Error (large) and only travel the stop path, never a hot loop.
+#![allow(clippy::result_large_err)]
 
 pub mod checkpoint;
 pub mod config;

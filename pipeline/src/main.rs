@@ -42,7 +42,7 @@ enum Command {
     /// warehouse under `./lakehouse`; crashes and restarts the job mid-stream, then reconciles.
     Demo(demo::DemoArgs),
     /// Publish realistic, seeded trip-finance traffic to Kafka and record the truth.
-    Generate(generate::GenerateArgs),
+    Generate(Box<generate::GenerateArgs>),
     /// Inspect the checkpoint log.
     Checkpoints {
         /// Configuration file (TOML).
@@ -110,7 +110,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         } => run(config, exit_when_idle_ms).await,
         Command::Demo(args) => demo::run(args).await.map(|_| ()),
         Command::Generate(args) => {
-            let summary = generate::run(args).await?;
+            let summary = generate::run(*args).await?;
             println!("{summary}");
             Ok(())
         }

@@ -20,7 +20,7 @@ use recon_schemas::currency::Currency;
 #[derive(Args, Clone, Debug)]
 pub struct GenerateArgs {
     /// Kafka bootstrap servers (host:port, comma-separated).
-    #[arg(long, env = "RECON_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "RECON_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:19092")]
     pub brokers: String,
     /// Topic to publish to; created with `--partitions` if missing.
     #[arg(long, default_value = "recon.trip-events")]
@@ -85,8 +85,9 @@ pub struct GenerateArgs {
     /// Trips in flight at once; their events interleave in the stream.
     #[arg(long, default_value_t = 256)]
     pub concurrent_trips: u32,
-    /// Write the truth to this PostgreSQL database (tables truth_runs, truth_events, truth_rejects).
-    #[arg(long, env = "RECON_TRUTH_POSTGRES")]
+    /// Write the truth to this PostgreSQL URL (tables truth_runs, truth_events, truth_rejects),
+    /// e.g. "$RECON_PG_TRUTH_URL" from infra/local/env.
+    #[arg(long)]
     pub truth_postgres: Option<String>,
     /// Write the truth as Parquet into this directory (truth_events.parquet, truth_rejects.parquet).
     #[arg(long)]

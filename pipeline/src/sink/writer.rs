@@ -26,13 +26,21 @@ use parquet::file::properties::WriterProperties;
 type Builder =
     DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
 
+struct Partitioned {
+    splitter: RecordBatchPartitionSplitter,
+    writer: FanoutWriter<Builder>,
+}
+
 enum Inner {
-    Partitioned {
-        splitter: RecordBatchPartitionSplitter,
-        writer: FanoutWriter<Builder>,
-    },
+    Partitioned(Box<Partitioned>),
     Unpartitioned(
-        DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
+        Box<
+            DataFileWriter<
+                ParquetWriterBuilder,
+                DefaultLocationGenerator,
+                DefaultFileNameGenerator,
+            >,
+        >,
     ),
 }
 
@@ -106,15 +114,15 @@ impl TableWriter {
         );
         let builder = DataFileWriterBuilder::new(rolling);
         let inner = if target.spec.is_unpartitioned() {
-            Inner::Unpartitioned(builder.build(None).await?)
+            Inner::Unpartitioned(Box::new(builder.build(None).await?))
         } else {
-            Inner::Partitioned {
+            Inner::Partitioned(Box::new(Partitioned {
                 splitter: RecordBatchPartitionSplitter::try_new_with_computed_values(
                     target.schema.clone(),
                     target.spec.clone(),
                 )?,
                 writer: FanoutWriter::new(builder),
-            }
+            }))
         };
         Ok(TableWriter { inner, rows: 0 })
     }
@@ -124,9 +132,9 @@ impl TableWriter {
         self.rows += batch.num_rows() as u64;
         match &mut self.inner {
             Inner::Unpartitioned(w) => w.write(batch).await,
-            Inner::Partitioned { splitter, writer } => {
-                for (key, part) in splitter.split(&batch)? {
-                    writer.write(key, part).await?;
+            Inner::Partitioned(p) => {
+                for (key, part) in p.splitter.split(&batch)? {
+                    p.writer.write(key, part).await?;
                 }
                 Ok(())
             }
@@ -142,7 +150,7 @@ impl TableWriter {
     pub async fn close(self) -> iceberg::Result<Vec<DataFile>> {
         match self.inner {
             Inner::Unpartitioned(mut w) => w.close().await,
-            Inner::Partitioned { writer, .. } => writer.close().await,
+            Inner::Partitioned(p) => p.writer.close().await,
         }
     }
 }
