@@ -198,6 +198,10 @@ mod tests {
         ];
         assert!(kinds(&c, &Windows::from([(0, (500, 800))])).is_empty());
         assert_eq!(kinds(&c, &Windows::from([(0, (5, 800))])).len(), 1);
-        assert_eq!(kinds(&c, &Windows::from([(0, (0, 5))])).len(), 1, "a gap after the day counts");
+        assert_eq!(
+            kinds(&c, &Windows::from([(0, (0, 5))])).len(),
+            1,
+            "a gap after the day counts"
+        );
     }
 }
