@@ -8,6 +8,7 @@
 // Errors carry iceberg::Error (large) and only travel the stop path, never a hot loop.
 #![allow(clippy::result_large_err)]
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod crash;

@@ -10,7 +10,7 @@ use recon_pipeline::checkpoint::log::CheckpointLog;
 use recon_pipeline::config::Config;
 use recon_pipeline::ids::CheckpointId;
 use recon_pipeline::job::{self, CrashPlan, JobEnv};
-use recon_pipeline::{checkpoint, demo, generate, lakehouse};
+use recon_pipeline::{bench, checkpoint, demo, generate, lakehouse};
 use tokio::sync::watch;
 
 /// recon: Kafka money events -> Iceberg, exactly once, balances exact to the cent.
@@ -41,6 +41,8 @@ enum Command {
     /// The zero-setup demo: in-process Kafka mock cluster, SQLite catalog and a local
     /// warehouse under `./lakehouse`; crashes and restarts the job mid-stream, then reconciles.
     Demo(demo::DemoArgs),
+    /// Measure throughput per delivery mode, checkpoint cost, recovery and memory per trip.
+    Bench(bench::BenchArgs),
     /// Publish realistic, seeded trip-finance traffic to Kafka and record the truth.
     Generate(Box<generate::GenerateArgs>),
     /// Inspect the checkpoint log.
@@ -109,6 +111,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             exit_when_idle_ms,
         } => run(config, exit_when_idle_ms).await,
         Command::Demo(args) => demo::run(args).await.map(|_| ()),
+        Command::Bench(args) => bench::run(args).await.map(|_| ()),
         Command::Generate(args) => {
             let summary = generate::run(*args).await?;
             println!("{summary}");

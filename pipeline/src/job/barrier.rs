@@ -88,6 +88,7 @@ impl Job {
         self.log.complete(&entry).await?;
         self.crash.hit(CrashPoint::AfterCheckpointDurable)?;
 
+        self.report.checkpoint_durations.push(started.elapsed());
         // The checkpoint counts from here on.
         self.last = id;
         self.state_chain = chain;

@@ -119,8 +119,16 @@ pub struct RunReport {
     pub trips: usize,
     /// Last completed checkpoint.
     pub last_checkpoint: CheckpointId,
-    /// Time from start to the end of recovery.
+    /// Time from start to the end of recovery (claim, publish of pending, state restore).
     pub recovery: Duration,
+    /// Duration of every barrier of this run (files closed -> checkpoint complete).
+    pub checkpoint_durations: Vec<Duration>,
+    /// Duration of every publish (all tables) of this run.
+    pub commit_durations: Vec<Duration>,
+    /// Time from start to the first commit that carried new data.
+    pub first_data_commit: Option<Duration>,
+    /// Trips in state after recovery.
+    pub trips_restored: usize,
 }
 
 /// External parts and knobs of one run.
@@ -163,6 +171,7 @@ pub(crate) struct Job {
     since_full: u32,
     since_commit: u32,
     oldest_uncommitted: Option<Instant>,
+    started: Instant,
 }
 
 /// Runs the job until shutdown, idle exit, or an error.
@@ -170,6 +179,8 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     let started = Instant::now();
     let mut job = recovery::recover(cfg, &env).await?;
     job.report.recovery = started.elapsed();
+    job.report.trips_restored = job.state.trips();
+    job.started = started;
     tracing::info!(
         generation = %job.generation,
         resumed_at = %job.last,

@@ -18,6 +18,8 @@ impl Job {
     /// Commits every completed checkpoint up to `self.last` to every table that lacks it.
     pub(super) async fn publish(&mut self) -> Result<(), JobError> {
         let through = self.last;
+        let started = std::time::Instant::now();
+        let mut landed = false;
         for (i, output) in Output::ALL.into_iter().enumerate() {
             let table = self.sink.table(output).clone();
             let publisher = Publisher {
@@ -27,10 +29,15 @@ impl Job {
             };
             if publisher.table(&table, through).await? == Published::Committed {
                 self.report.commits += 1;
+                landed = true;
             }
             if i == 0 {
                 self.crash.hit(CrashPoint::DuringCommit)?;
             }
+        }
+        self.report.commit_durations.push(started.elapsed());
+        if landed && self.report.first_data_commit.is_none() && self.report.counts.events > 0 {
+            self.report.first_data_commit = Some(self.started.elapsed());
         }
         self.crash.hit(CrashPoint::AfterCommitBeforeRecord)?;
         self.log.record_commit(through, self.generation).await?;

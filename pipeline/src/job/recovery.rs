@@ -112,6 +112,7 @@ pub(super) async fn recover(cfg: &Config, env: &JobEnv) -> Result<Job, JobError>
         since_full: 0,
         since_commit: 0,
         oldest_uncommitted: None,
+        started: std::time::Instant::now(),
     };
     // Whatever the previous generation completed but did not publish, publish now.
     job.publish().await?;
