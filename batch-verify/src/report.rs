@@ -293,7 +293,7 @@ pub struct Report {
     pub finished_at: String,
     /// Wall time.
     pub elapsed_ms: u64,
-    /// Truth events plus ledger rows per second.
+    /// Events of the day verified per second (the larger of truth events and ledger rows).
     pub events_per_s: f64,
     /// Peak resident memory of the process.
     pub peak_rss_bytes: u64,

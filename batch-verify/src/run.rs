@@ -161,7 +161,7 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
             w.1 = w.1.max(*e);
         }
     }
-    let truth_stats = sink.stats;
+
     let truth_files = (sink.events.finish()?, sink.rejects.finish()?);
     let lake_files = (
         lake.events.finish()?,
@@ -258,7 +258,7 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         started_at: started_at.to_rfc3339_opts(SecondsFormat::Micros, true),
         finished_at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
         elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-        events_per_s: (truth_stats.events + lake.ledger_rows) as f64
+        events_per_s: outcome.truth_events.max(lake.ledger_rows) as f64
             / elapsed.as_secs_f64().max(1e-9),
         peak_rss_bytes: crate::memory::peak_rss_bytes(),
         error: None,
