@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Prints one JSON line (for scripts) and a human summary. `RECON_BENCH_RECORDS` changes the
-//! record count (default 1,000,000).
+//! record count (default 1,000,000); `RECON_BENCH_COMPRESSION` (lz4), `RECON_BENCH_LINGER_MS` (10)
+//! and `RECON_BENCH_BATCH_BYTES` (1,000,000) tune the producer. The topic is deleted afterwards.
 
 use std::time::{Duration, Instant};
 
@@ -17,11 +18,7 @@ use recon_pipeline::generate::truth::TruthRecorder;
 use recon_pipeline::generate::{kafka, plan, publish_plan};
 
 fn main() -> anyhow::Result<()> {
-    let records: u64 = std::env::var("RECON_BENCH_RECORDS")
-        .ok()
-        .map(|v| v.parse())
-        .transpose()?
-        .unwrap_or(1_000_000);
+    let records: u64 = env_or("RECON_BENCH_RECORDS", 1_000_000)?;
     // About 4.3 records per trip with the default mix: enough trips that the cap is reached.
     let traffic = TrafficConfig {
         trips: records / 3,
@@ -55,9 +52,9 @@ fn main() -> anyhow::Result<()> {
             replication_factor: 1,
             create_topic: true,
             rate_per_s: None,
-            linger: Duration::from_millis(10),
-            batch_size_bytes: 1_000_000,
-            compression: "lz4".into(),
+            linger: Duration::from_millis(env_or("RECON_BENCH_LINGER_MS", 10)?),
+            batch_size_bytes: env_or("RECON_BENCH_BATCH_BYTES", 1_000_000)?,
+            compression: std::env::var("RECON_BENCH_COMPRESSION").unwrap_or_else(|_| "lz4".into()),
             queue_messages_max: 200_000,
             flush_timeout: Duration::from_secs(120),
         };
@@ -71,8 +68,10 @@ fn main() -> anyhow::Result<()> {
         kafka_rate = Some((
             published.delivery.delivered,
             published.elapsed.as_secs_f64(),
-            publish.topic,
+            publish.topic.clone(),
         ));
+        // Leave the shared broker as we found it.
+        runtime.block_on(delete_topic(&publish))?;
     }
 
     let per_s = |n: u64, s: f64| n as f64 / s;
@@ -103,6 +102,29 @@ fn main() -> anyhow::Result<()> {
         None => {
             println!("kafka:        skipped (set RECON_KAFKA_BOOTSTRAP to publish to a broker)")
         }
+    }
+    Ok(())
+}
+
+/// The number in environment variable `name`, or `default`.
+fn env_or(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => Ok(v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}"))?),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Deletes the benchmark's topic.
+async fn delete_topic(publish: &PublishConfig) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &publish.brokers)
+        .create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.delete_topics(&[&publish.topic], &opts).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("deleting topic {t}: {e}"))?;
     }
     Ok(())
 }

@@ -448,6 +448,41 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/recon.toml"));
     }
 
+    /// The reference file lists every key the code knows, and loads.
+    #[test]
+    fn example_lists_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recon.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        Config::load(Some(&path)).unwrap();
+        let defaults = toml::Value::try_from(RawConfig::default()).unwrap();
+        let mut missing = Vec::new();
+        let top = defaults.as_table().unwrap();
+        for (k, v) in top {
+            match v.as_table() {
+                Some(section) => {
+                    assert!(text.contains(&format!("[{k}]")), "section [{k}] missing");
+                    for key in section.keys() {
+                        let is_table = section[key].is_table();
+                        let needle = if is_table {
+                            format!("[{k}.{key}]")
+                        } else {
+                            format!("\n{key} = ")
+                        };
+                        if !text.contains(&needle) {
+                            missing.push(format!("{k}.{key}"));
+                        }
+                    }
+                }
+                None => {
+                    if !text.contains(&format!("\n{k} = ")) {
+                        missing.push(k.clone());
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "recon.example.toml lacks {missing:?}");
+    }
+
     #[test]
     fn redaction_hides_passwords() {
         assert_eq!(
