@@ -45,10 +45,13 @@ impl BalanceOutcome {
     }
 }
 
+/// One trip's rows in a bucket: ledger rows, latest balance row, and whether two different
+/// rows share the latest checkpoint.
+type TripRows = (Vec<(EventRow, Position)>, Option<BalanceRow>, bool);
+
 /// Checks the trips of one bucket.
 pub fn check_trips(items: Vec<TripItem>, day: &BusinessDay, out: &mut BalanceOutcome) {
-    let mut trips: HashMap<String, (Vec<(EventRow, Position)>, Option<BalanceRow>, bool)> =
-        HashMap::new();
+    let mut trips: HashMap<String, TripRows> = HashMap::new();
     for item in items {
         match item {
             TripItem::Ledger { row, position } => trips

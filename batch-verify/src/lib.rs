@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod balances;
+pub mod buckets;
 pub mod checks;
 pub mod day;
 pub mod error;

@@ -11,8 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::{SecondsFormat, Utc};
@@ -21,8 +19,8 @@ use iceberg::table::Table;
 use recon_pipeline::config::Config;
 use recon_pipeline::lakehouse::table_ident;
 
-use crate::balances::{self, BalanceOutcome, Incomplete};
-use crate::checks::{self, Outcome, Totals};
+use crate::balances::{self, Incomplete};
+use crate::checks::{self, Totals};
 use crate::error::{Result, VerifyError};
 use crate::lakehouse;
 use crate::options::{Options, TruthSpec};
@@ -31,7 +29,7 @@ use crate::report::{Findings, Report, Status};
 use crate::row::{
     EventItem, MatchKey, Position, PositionItem, RejectRow, Side, TripItem, reject_digest,
 };
-use crate::spill::{SpillFiles, SpillWriter, hash_bytes};
+use crate::spill::{SpillWriter, hash_bytes};
 use crate::truth::kafka::{KafkaTruth, Windows, uncovered};
 use crate::truth::{self, TruthSink, match_hash, position_hash, scope_of};
 
@@ -179,7 +177,7 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         Windows::new()
     };
     let (outcome, trips) = tokio::task::spawn_blocking(move || {
-        check_buckets(
+        crate::buckets::check_buckets(
             &truth_files,
             &lake_files,
             &day,
@@ -403,72 +401,6 @@ async fn read_lake(
 /// The reason code of a conflicting duplicate in `rejected_events`.
 fn truth_conflict_reason() -> &'static str {
     "conflicting_duplicate"
-}
-
-type LakeFiles = (
-    SpillFiles<EventItem>,
-    SpillFiles<RejectRow>,
-    SpillFiles<TripItem>,
-    SpillFiles<PositionItem>,
-);
-
-fn check_buckets(
-    truth: &(SpillFiles<EventItem>, SpillFiles<RejectRow>),
-    lake: &LakeFiles,
-    day: &crate::day::BusinessDay,
-    windows: &Windows,
-    threads: usize,
-    keep: usize,
-    show: bool,
-) -> Result<(Outcome, BalanceOutcome)> {
-    let next = AtomicUsize::new(0);
-    let buckets = truth.0.buckets();
-    let bar = crate::progress::buckets(show, buckets as u64);
-    let results: Mutex<Vec<Result<(Outcome, BalanceOutcome)>>> = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mut out = Outcome::new(keep);
-                let mut trips = BalanceOutcome::new(keep);
-                let run = |out: &mut Outcome, trips: &mut BalanceOutcome| -> Result<()> {
-                    loop {
-                        let b = next.fetch_add(1, Ordering::Relaxed);
-                        if b >= buckets {
-                            return Ok(());
-                        }
-                        let mut events = Vec::new();
-                        truth.0.read(b, |i| Ok(events.push(i)))?;
-                        lake.0.read(b, |i| Ok(events.push(i)))?;
-                        checks::check_events(events, day, out);
-                        let mut rejects = Vec::new();
-                        truth.1.read(b, |i| Ok(rejects.push(i)))?;
-                        lake.1.read(b, |i| Ok(rejects.push(i)))?;
-                        checks::check_rejects(rejects, windows, out);
-                        let mut positions = Vec::new();
-                        lake.3.read(b, |i| Ok(positions.push(i)))?;
-                        checks::check_positions(positions, &mut out.findings);
-                        let mut items = Vec::new();
-                        lake.2.read(b, |i| Ok(items.push(i)))?;
-                        balances::check_trips(items, day, trips);
-                        bar.inc(1);
-                    }
-                };
-                let r = run(&mut out, &mut trips).map(|()| (out, trips));
-                results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
-            });
-        }
-    });
-    bar.finish_and_clear();
-    let mut total = Outcome::new(keep);
-    let mut trips_total = BalanceOutcome::new(keep);
-    for r in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        let (o, t) = r?;
-        total.merge(o);
-        trips_total.findings.merge(t.findings);
-        trips_total.checked += t.checked;
-        trips_total.incomplete.extend(t.incomplete);
-    }
-    Ok((total, trips_total))
 }
 
 /// Adds the neighbouring days' ledger rows of the incomplete trips.

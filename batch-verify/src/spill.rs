@@ -129,6 +129,14 @@ impl<T: DeserializeOwned> SpillFiles<T> {
         self.paths.len()
     }
 
+    /// Appends the items of bucket `b`, in write order, to `out`.
+    pub fn read_into(&self, b: usize, out: &mut Vec<T>) -> Result<()> {
+        self.read(b, |item| {
+            out.push(item);
+            Ok(())
+        })
+    }
+
     /// Reads bucket `b` back, in write order, into `f`.
     pub fn read(&self, b: usize, mut f: impl FnMut(T) -> Result<()>) -> Result<()> {
         let path = &self.paths[b];

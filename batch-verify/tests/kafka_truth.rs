@@ -34,7 +34,10 @@ fn traffic() -> TrafficConfig {
     }
 }
 
-fn produce(brokers: &str, records: &[(Option<i32>, Option<Vec<u8>>, Vec<u8>)]) {
+/// A record to produce: partition (or the partitioner's choice), key, value.
+type Outgoing = (Option<i32>, Option<Vec<u8>>, Vec<u8>);
+
+fn produce(brokers: &str, records: &[Outgoing]) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")

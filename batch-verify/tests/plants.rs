@@ -139,16 +139,17 @@ impl Case {
     }
 }
 
-/// The report's discrepancies other than totals, as (kind, event, trip, partition, offset).
-fn found(
-    r: &Report,
-) -> Vec<(
+/// A discrepancy's keys: kind, event, trip, partition, offset.
+type Keys = (
     Kind,
     Option<String>,
     Option<String>,
     Option<i32>,
     Option<i64>,
-)> {
+);
+
+/// The report's discrepancies other than totals, by their keys.
+fn found(r: &Report) -> Vec<Keys> {
     r.discrepancies
         .iter()
         .filter(|d| d.kind != Kind::TotalMismatch)
