@@ -484,3 +484,7 @@ pub fn check_totals(truth: &Totals, ledger: &Totals, findings: &mut Findings) ->
     }
     lines
 }
+
+#[cfg(test)]
+#[path = "checks_tests.rs"]
+mod tests;
