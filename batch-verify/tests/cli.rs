@@ -1,0 +1,143 @@
+//! The binary's contract with schedulers and alerting: exit 0 clean, 1 discrepancies, 2 could
+//! not verify (with the reason), and the JSON report's keys.
+
+use std::path::Path;
+use std::process::Command;
+
+use batch_verify::fixture::{Lakehouse, place, simulate};
+use recon_pipeline::generate::truth::TruthRecorder;
+use recon_pipeline::generate::{TrafficConfig, plan};
+use rust_decimal::Decimal;
+
+const KEYS: [&str; 11] = [
+    "status",
+    "business_date",
+    "truth_events",
+    "ledger_events",
+    "rejected_events",
+    "duplicates",
+    "missing",
+    "phantom",
+    "amount_mismatches",
+    "balance_mismatches",
+    "offset_gaps",
+];
+
+fn run(dir: &Path, truth: &str, extra: &[&str]) -> (i32, String, Option<serde_json::Value>) {
+    let report = dir.join(format!("report-{}.json", uuid::Uuid::new_v4()));
+    let out = Command::new(env!("CARGO_BIN_EXE_batch-verify"))
+        .args([
+            "--config",
+            &dir.join("recon.toml").display().to_string(),
+            "--date",
+            "2025-03-03",
+            "--tz",
+            "UTC",
+        ])
+        .args([
+            "--truth",
+            "files",
+            "--truth-url",
+            truth,
+            "--no-progress",
+            "--buckets",
+            "4",
+        ])
+        .args(["--report", &report.display().to_string()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let json = std::fs::read(&report)
+        .ok()
+        .map(|b| serde_json::from_slice(&b).unwrap());
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        json,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_and_report_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let records: Vec<_> = plan(&TrafficConfig {
+        trips: 150,
+        seed: 3,
+        partitions: 2,
+        ..TrafficConfig::default()
+    })
+    .collect();
+    let truth = d.join("truth.jsonl");
+    let mut rec = TruthRecorder::new("cli").with_jsonl(&truth).unwrap();
+    for r in &records {
+        rec.observe(r).unwrap();
+    }
+    rec.finish().unwrap();
+    let mut sim = simulate(&place(
+        records
+            .iter()
+            .map(|r| (r.partition_hint, r.key.clone(), r.payload.clone())),
+        2,
+    ));
+    std::fs::write(
+        d.join("recon.toml"),
+        format!(
+            "[source]\nbrokers = \"unused:9092\"\ntopic = \"unused\"\n[catalog]\nuri = \"sqlite://{0}/catalog.db?mode=rwc\"\nwarehouse = \"file://{0}/warehouse\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let lake = Lakehouse::create(d, "unused:9092", "unused").await.unwrap();
+    lake.commit(1, &sim.ledger, &sim.rejected, &sim.balances(), &sim.offsets)
+        .await
+        .unwrap();
+    let truth = truth.display().to_string();
+
+    let (code, stdout, json) = run(d, &truth, &[]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("CLEAN"), "{stdout}");
+    let json = json.unwrap();
+    for k in KEYS {
+        assert!(json.get(k).is_some(), "report lacks {k}: {json}");
+    }
+    assert_eq!(json["status"], "clean");
+    assert_eq!(json["truth_events"], json["ledger_events"]);
+
+    // One cent off in a second lakehouse.
+    let d2 = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d2.path().join("recon.toml"),
+        std::fs::read_to_string(d.join("recon.toml"))
+            .unwrap()
+            .replace(&d.display().to_string(), &d2.path().display().to_string()),
+    )
+    .unwrap();
+    sim.ledger[0].0.amount += Decimal::new(1, 2);
+    let lake2 = Lakehouse::create(d2.path(), "unused:9092", "unused")
+        .await
+        .unwrap();
+    lake2
+        .commit(1, &sim.ledger, &sim.rejected, &sim.balances(), &sim.offsets)
+        .await
+        .unwrap();
+    let (code, stdout, json) = run(d2.path(), &truth, &[]);
+    assert_eq!(code, 1, "{stdout}");
+    let json = json.unwrap();
+    assert_eq!(json["status"], "discrepancies");
+    assert_eq!(json["amount_mismatches"], 1);
+    assert!(stdout.contains("amount_mismatch"), "{stdout}");
+
+    // No truth: could not verify, and says why.
+    let (code, stdout, json) = run(
+        d,
+        &d.join("nowhere").display().to_string(),
+        &["--no-record"],
+    );
+    assert_eq!(code, 2, "{stdout}");
+    assert!(
+        stdout.contains("COULD NOT VERIFY") && stdout.contains("nowhere"),
+        "{stdout}"
+    );
+    assert_eq!(json.unwrap()["status"], "error");
+}
