@@ -271,8 +271,8 @@ async fn state_bench(dir: &std::path::Path, trips: u64) -> anyhow::Result<serde_
     let rss0 = rss_bytes();
     let mut state = State::default();
     for t in 0..trips {
-        state.apply(&event(t, 1, EventType::TripCharge), (t % 4) as i32);
-        state.apply(&event(t, 2, EventType::RiderPayment), (t % 4) as i32);
+        state.apply(&event(t, 1, EventType::TripCharge), (t % 4) as i32)?;
+        state.apply(&event(t, 2, EventType::RiderPayment), (t % 4) as i32)?;
     }
     let rss1 = rss_bytes();
     let per_trip = (rss1.saturating_sub(rss0)) as f64 / trips.max(1) as f64;
@@ -296,11 +296,11 @@ async fn state_bench(dir: &std::path::Path, trips: u64) -> anyhow::Result<serde_
             state.apply(
                 &event(t, 3 + u128::from(b), EventType::DriverPayout),
                 (t % 4) as i32,
-            );
+            )?;
         }
         let t0 = Instant::now();
         let changed = state.take_changed();
-        let bytes = codec::encode_delta(changed.iter().map(|(id, t)| (id.as_str(), *t)));
+        let bytes = codec::encode_delta(changed.iter().map(|c| state.trip(*c)));
         delta_bytes = bytes.len();
         log.write_state(crate::ids::CheckpointId(b + 1), Generation(1), bytes)
             .await?;

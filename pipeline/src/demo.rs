@@ -31,11 +31,12 @@ pub struct DemoArgs {
     /// Directory of the SQLite catalog, warehouse and checkpoints (wiped first).
     #[arg(long, default_value = "lakehouse")]
     pub dir: PathBuf,
-    /// Trips to generate.
-    #[arg(long, default_value_t = 20_000)]
+    /// Trips to generate (the mock cluster keeps only ~5 MiB per partition: keep
+    /// trips / partitions under ~2,500).
+    #[arg(long, default_value_t = 10_000)]
     pub trips: u64,
     /// Partitions of the demo topic.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub partitions: i32,
     /// Generator seed.
     #[arg(long, default_value_t = 7)]

@@ -10,10 +10,11 @@ use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use clap::Args;
-use recon_schemas::currency::Currency;
+
+pub use super::currency_mix::CurrencyMix;
 
 /// `recon-pipeline generate`: publish realistic, seeded ride-hailing money traffic to Kafka and
 /// record what was meant to be published (the truth) for verification.
@@ -148,69 +149,6 @@ impl Ppm {
     }
 }
 
-/// Weighted currency choice for new trips.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CurrencyMix {
-    /// (currency, weight) pairs; weights are positive.
-    entries: Vec<(Currency, u32)>,
-    /// Sum of the weights, positive.
-    total: u32,
-}
-
-impl CurrencyMix {
-    /// Parses `USD=85,EUR=8,JPY=4,KWD=3`; a code without `=WEIGHT` weighs 1.
-    pub fn parse(spec: &str) -> anyhow::Result<CurrencyMix> {
-        let mut entries = Vec::new();
-        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (code, weight) = match part.split_once('=') {
-                Some((c, w)) => (
-                    c.trim(),
-                    w.trim()
-                        .parse::<u32>()
-                        .with_context(|| format!("weight of {c:?} in --currencies"))?,
-                ),
-                None => (part, 1),
-            };
-            let currency = Currency::parse(code).with_context(|| {
-                format!("--currencies: {code:?} is not a supported ISO 4217 code (upper case)")
-            })?;
-            ensure!(
-                entries.iter().all(|(c, _)| *c != currency),
-                "--currencies names {code} twice"
-            );
-            if weight > 0 {
-                entries.push((currency, weight));
-            }
-        }
-        let total = entries
-            .iter()
-            .try_fold(0u32, |acc, (_, w)| acc.checked_add(*w))
-            .context("--currencies weights overflow")?;
-        if total == 0 {
-            bail!("--currencies needs at least one currency with a positive weight, got {spec:?}");
-        }
-        Ok(CurrencyMix { entries, total })
-    }
-
-    /// The currency a draw `r` in `0..total()` selects.
-    pub fn pick(&self, r: u32) -> Currency {
-        let mut acc = 0;
-        for (c, w) in &self.entries {
-            acc += w;
-            if r < acc {
-                return *c;
-            }
-        }
-        // r >= total cannot happen for draws in range; fall back to the last entry.
-        self.entries[self.entries.len() - 1].0
-    }
-
-    /// Sum of the weights: draws for [`CurrencyMix::pick`] are taken in `0..total()`.
-    pub fn total(&self) -> u32 {
-        self.total
-    }
-}
-
 /// Everything that decides the planned records. Same config, same bytes.
 #[derive(Clone, Debug)]
 pub struct TrafficConfig {
@@ -282,12 +220,6 @@ impl Default for TrafficConfig {
 impl TrafficConfig {
     /// Every knob that shapes the records, as `name=value` pairs in a fixed order.
     pub fn describe(&self) -> String {
-        let mix: Vec<String> = self
-            .currencies
-            .entries
-            .iter()
-            .map(|(c, w)| format!("{c}={w}"))
-            .collect();
         format!(
             "seed={} trips={} events_max={} partitions={} start={} days={} currencies={} \
              concurrent_trips={} duplicate_ppm={} conflict_ppm={} out_of_order_ppm={} late_ppm={} \
@@ -298,7 +230,7 @@ impl TrafficConfig {
             self.partitions,
             self.start.to_rfc3339(),
             self.days,
-            mix.join(","),
+            self.currencies,
             self.concurrent_trips,
             self.duplicate.0,
             self.conflict.0,
@@ -498,15 +430,6 @@ mod tests {
         ] {
             assert!(parse(argv).is_err(), "{argv:?} should be rejected");
         }
-    }
-
-    #[test]
-    fn currency_mix_picks_by_weight() {
-        let mix = CurrencyMix::parse("USD=2, JPY").unwrap();
-        assert_eq!(mix.total(), 3);
-        assert_eq!(mix.pick(0), Currency::USD);
-        assert_eq!(mix.pick(1), Currency::USD);
-        assert_eq!(mix.pick(2), Currency::JPY);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!
 //! - [`config`]: the command line ([`GenerateArgs`]) resolved into [`TrafficConfig`] (what to
 //!   generate), [`config::PublishConfig`] (where to) and [`config::TruthConfig`] (what to record).
+//! - [`currency_mix`]: which currency a new trip uses.
 //! - [`trips`]: one trip's money movements, balanced to the cent or deliberately not.
 //! - [`poison`]: bad input, one record per rejection class of [`recon_schemas::decode`].
 //! - [`plan`]: the pure core, a deterministic iterator of [`Record`]s: trips interleaved, with
@@ -17,6 +18,7 @@
 //! [`TrafficConfig`] gives byte-identical records on every machine; everything else consumes it.
 
 pub mod config;
+pub mod currency_mix;
 pub mod kafka;
 pub mod plan;
 pub mod poison;
@@ -29,7 +31,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 pub use config::{GenerateArgs, TrafficConfig};
 pub use plan::{Plan, Record, RecordKind, plan};
@@ -175,12 +177,18 @@ fn progress_bar(len: u64, show: bool) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
-        "{bar:40} {human_pos}/{human_len} records {per_sec} eta {eta} {msg}",
+        "{bar:40} {human_pos}/{human_len} records {rate} eta {eta} {msg}",
     ) {
-        bar.set_style(style);
+        let rate = |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0}/s", s.per_sec());
+        };
+        bar.set_style(style.with_key("rate", rate));
     }
     bar
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod service_tests;

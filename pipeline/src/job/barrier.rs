@@ -15,33 +15,27 @@ impl Job {
     pub(super) async fn barrier(&mut self) -> Result<(), JobError> {
         let started = Instant::now();
         let id = self.last.next();
+        // State: a full file every `full_state_every` checkpoints, else the changed trips only.
+        let full = self.state_chain.is_empty() || self.since_full + 1 >= self.cfg.full_state_every;
         // Balance changelog rows for every trip changed since the last cut.
-        let changed: Vec<String> = {
+        let (bytes, changed_trips) = {
             let changed = self.state.take_changed();
-            let mut ids = Vec::with_capacity(changed.len());
-            for (trip_id, t) in changed {
+            for t in changed.iter().map(|c| self.state.trip(*c)) {
                 self.sink
                     .balances
-                    .push(trip_id.clone(), t.balance.clone(), t.partition);
-                ids.push(trip_id);
+                    .push(t.trip_id().to_string(), t.balance(), t.partition);
             }
-            ids
+            let bytes = if full {
+                codec::encode_full(&self.state)
+            } else {
+                codec::encode_delta(changed.iter().map(|c| self.state.trip(*c)))
+            };
+            (bytes, changed.len())
         };
-        self.counts.balance_rows = changed.len() as u64;
+        self.counts.balance_rows = changed_trips as u64;
         let closed = self.sink.close(id).await?;
         self.crash.hit(CrashPoint::AfterFilesWritten)?;
 
-        // State: a full file every `full_state_every` checkpoints, else the changed trips only.
-        let full = self.state_chain.is_empty() || self.since_full + 1 >= self.cfg.full_state_every;
-        let bytes = if full {
-            codec::encode_full(&self.state)
-        } else {
-            codec::encode_delta(
-                changed
-                    .iter()
-                    .filter_map(|t| self.state.get(t).map(|s| (t.as_str(), s))),
-            )
-        };
         let state_bytes = bytes.len();
         let path = self.log.write_state(id, self.generation, bytes).await?;
         let chain = if full {
@@ -102,7 +96,7 @@ impl Job {
             events = self.counts.events,
             rejected = self.counts.rejected,
             duplicates = self.counts.duplicates,
-            changed_trips = changed.len(),
+            changed_trips,
             state_bytes,
             full_state = full,
             pending_bytes,

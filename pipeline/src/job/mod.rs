@@ -269,7 +269,11 @@ impl Job {
             self.counts.records += 1;
             let payload = r.payload.as_deref().unwrap_or(&[]);
             match decode::decode(r.key.as_deref(), payload, &self.limits) {
-                Ok(ev) => match self.state.apply(&ev, r.partition) {
+                Ok(ev) => match self
+                    .state
+                    .apply(&ev, r.partition)
+                    .map_err(|e| JobError::Protocol(e.to_string()))?
+                {
                     Outcome::Accepted => {
                         self.counts.events += 1;
                         self.sink

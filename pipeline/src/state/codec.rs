@@ -65,7 +65,7 @@ struct TripRecord {
     last_occurred_at_us: Option<i64>,
     currency_mismatch: bool,
     conflicting_duplicate: bool,
-    seen: Vec<(u128, u64)>,
+    seen: Vec<(u64, u64)>,
     partition: i32,
 }
 
@@ -76,10 +76,10 @@ struct StateFile {
     trips: Vec<TripRecord>,
 }
 
-fn record(trip_id: &str, t: &TripState) -> TripRecord {
-    let b = &t.balance;
+fn record(t: &TripState) -> TripRecord {
+    let b = t.balance();
     TripRecord {
-        trip_id: trip_id.to_string(),
+        trip_id: t.trip_id().to_string(),
         currency: b.currency.code().to_string(),
         charged: b.charged,
         collected: b.collected,
@@ -91,14 +91,14 @@ fn record(trip_id: &str, t: &TripState) -> TripRecord {
         last_occurred_at_us: b.last_occurred_at.map(|t| t.timestamp_micros()),
         currency_mismatch: b.currency_mismatch,
         conflicting_duplicate: b.conflicting_duplicate,
-        seen: t.seen.clone(),
+        seen: t.seen.to_vec(),
         partition: t.partition,
     }
 }
 
 /// Encodes every trip (a full file).
 pub fn encode_full(state: &State) -> Vec<u8> {
-    let trips = state.iter().map(|(id, t)| record(id, t)).collect();
+    let trips = state.iter().map(record).collect();
     postcard::to_stdvec(&StateFile {
         format: STATE_FORMAT,
         full: true,
@@ -108,8 +108,8 @@ pub fn encode_full(state: &State) -> Vec<u8> {
 }
 
 /// Encodes the given changed trips (a delta file).
-pub fn encode_delta<'a>(changed: impl IntoIterator<Item = (&'a str, &'a TripState)>) -> Vec<u8> {
-    let trips = changed.into_iter().map(|(id, t)| record(id, t)).collect();
+pub fn encode_delta<'a>(changed: impl IntoIterator<Item = &'a TripState>) -> Vec<u8> {
+    let trips = changed.into_iter().map(record).collect();
     postcard::to_stdvec(&StateFile {
         format: STATE_FORMAT,
         full: false,
@@ -155,7 +155,14 @@ pub fn apply_file(
             .and_then(DateTime::<Utc>::from_timestamp_micros);
         balance.currency_mismatch = r.currency_mismatch;
         balance.conflicting_duplicate = r.conflicting_duplicate;
-        state.restore(r.trip_id, balance, r.seen, r.partition);
+        state
+            .restore(
+                &r.trip_id,
+                &balance,
+                r.seen.into_iter().collect(),
+                r.partition,
+            )
+            .map_err(|e| corrupt(e.to_string()))?;
     }
     Ok(())
 }
@@ -187,22 +194,22 @@ mod tests {
     #[test]
     fn full_plus_deltas_restore_the_same_state() {
         let mut s = State::default();
-        s.apply(&ev("a", 1, 100), 0);
-        s.apply(&ev("b", 2, 200), 1);
+        s.apply(&ev("a", 1, 100), 0).unwrap();
+        s.apply(&ev("b", 2, 200), 1).unwrap();
         let full = encode_full(&s);
         s.take_changed();
-        s.apply(&ev("a", 3, 50), 0);
+        s.apply(&ev("a", 3, 50), 0).unwrap();
         let changed = s.take_changed();
-        let delta = encode_delta(changed.iter().map(|(id, t)| (id.as_str(), *t)));
+        let delta = encode_delta(changed.iter().map(|c| s.trip(*c)));
 
         let mut r = State::default();
         apply_file(&mut r, "full", &full, true).unwrap();
         apply_file(&mut r, "delta", &delta, false).unwrap();
         assert_eq!(r.trips(), 2);
-        for (id, t) in s.iter() {
-            let got = r.get(id).unwrap();
-            assert_eq!(got.balance, t.balance, "{id}");
-            assert_eq!(got.seen, t.seen, "{id}");
+        for t in s.iter() {
+            let got = r.get(t.trip_id()).unwrap();
+            assert_eq!(got.balance(), t.balance(), "{}", t.trip_id());
+            assert_eq!(got.seen, t.seen, "{}", t.trip_id());
         }
         assert!(apply_file(&mut State::default(), "d", &delta, true).is_err());
         assert!(apply_file(&mut State::default(), "x", b"\xff\xff", true).is_err());

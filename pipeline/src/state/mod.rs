@@ -4,26 +4,143 @@
 //! touched by one partition only. The state remembers which trips changed since the last
 //! barrier, so a checkpoint writes only those (a delta) and the `trip_balances` changelog gets
 //! one row per changed trip per checkpoint.
+//!
+//! Layout, for memory (a million open trips is the design point): trips live in a slab
+//! (`Vec<TripState>`) indexed by a map from trip id (inline up to 24 bytes) to slot; sums are
+//! kept as unscaled integers at the money scale (exactly `decimal(18,3)`), seen event ids as
+//! 64-bit keys inline for the first four. The fold itself is `recon_schemas::balance`: state
+//! unpacks a [`TripBalance`], applies the event, and packs it back, so there is one set of rules.
 
 pub mod codec;
 
 use std::collections::HashMap;
 
+use compact_str::CompactString;
 use recon_schemas::balance::TripBalance;
+use recon_schemas::currency::Currency;
 use recon_schemas::event::Event;
+use recon_schemas::money;
+use rust_decimal::Decimal;
+use smallvec::SmallVec;
 
-/// State of one trip.
+/// Seen event ids of a trip: (64-bit event-id key, content fingerprint). A trip has a handful of
+/// events, so a 64-bit key is collision-free in practice within one trip.
+pub type Seen = SmallVec<[(u64, u64); 4]>;
+
+/// The 64-bit dedup key of an event id.
+pub fn event_key(id: &uuid::Uuid) -> u64 {
+    let v = id.as_u128();
+    (v >> 64) as u64 ^ v as u64
+}
+
+const FLAG_CURRENCY_MISMATCH: u8 = 1;
+const FLAG_CONFLICTING_DUPLICATE: u8 = 2;
+
+/// A sum that no longer fits the money column.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "trip {trip}: a running sum exceeds decimal({}, {}); the trip cannot be represented in trip_balances",
+    money::PRECISION,
+    money::SCALE
+)]
+pub struct Overflow {
+    /// The trip.
+    pub trip: String,
+}
+
+/// State of one trip, packed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TripState {
-    /// Running sums and flags.
-    pub balance: TripBalance,
-    /// Event ids seen (as u128) with the fingerprint of the content first seen.
-    pub seen: Vec<(u128, u64)>,
+    trip_id: CompactString,
+    /// charged, collected, refunded, paid_out, fees, adjusted — unscaled at `money::SCALE`.
+    sums: [i64; 6],
+    events: u32,
+    last_occurred_us: Option<i64>,
+    currency: Currency,
+    flags: u8,
     /// Kafka partition the trip lives on.
     pub partition: i32,
-    /// Changed since the last barrier.
     dirty: bool,
+    /// Event ids seen with the fingerprint of the content first seen.
+    pub seen: Seen,
 }
+
+impl TripState {
+    fn new(trip_id: &str, currency: Currency, partition: i32) -> TripState {
+        TripState {
+            trip_id: CompactString::new(trip_id),
+            sums: [0; 6],
+            events: 0,
+            last_occurred_us: None,
+            currency,
+            flags: 0,
+            partition,
+            dirty: false,
+            seen: Seen::new(),
+        }
+    }
+
+    /// The trip id.
+    pub fn trip_id(&self) -> &str {
+        &self.trip_id
+    }
+
+    /// The balance, unpacked.
+    pub fn balance(&self) -> TripBalance {
+        let d =
+            |v: i64| money::from_unscaled(i128::from(v)).expect("packed sums fit the money type");
+        let mut b = TripBalance::new(self.currency);
+        b.charged = d(self.sums[0]);
+        b.collected = d(self.sums[1]);
+        b.refunded = d(self.sums[2]);
+        b.paid_out = d(self.sums[3]);
+        b.fees = d(self.sums[4]);
+        b.adjusted = d(self.sums[5]);
+        b.events = self.events;
+        b.last_occurred_at = self
+            .last_occurred_us
+            .and_then(chrono::DateTime::from_timestamp_micros);
+        b.currency_mismatch = self.flags & FLAG_CURRENCY_MISMATCH != 0;
+        b.conflicting_duplicate = self.flags & FLAG_CONFLICTING_DUPLICATE != 0;
+        b
+    }
+
+    /// Packs a balance in; `Err` when a sum does not fit `decimal(18,3)`.
+    fn set_balance(&mut self, b: &TripBalance) -> Result<(), Overflow> {
+        let u = |v: Decimal| -> Result<i64, Overflow> {
+            money::to_unscaled(v)
+                .and_then(|x| i64::try_from(x).ok())
+                .ok_or_else(|| Overflow {
+                    trip: self.trip_id.to_string(),
+                })
+        };
+        self.sums = [
+            u(b.charged)?,
+            u(b.collected)?,
+            u(b.refunded)?,
+            u(b.paid_out)?,
+            u(b.fees)?,
+            u(b.adjusted)?,
+        ];
+        self.events = b.events;
+        self.last_occurred_us = b.last_occurred_at.map(|t| t.timestamp_micros());
+        self.currency = b.currency;
+        self.flags = (if b.currency_mismatch {
+            FLAG_CURRENCY_MISMATCH
+        } else {
+            0
+        }) | (if b.conflicting_duplicate {
+            FLAG_CONFLICTING_DUPLICATE
+        } else {
+            0
+        });
+        Ok(())
+    }
+}
+
+/// Where a trip lives in the state (valid for the life of the state: trips are never moved).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TripSlot(u32);
 
 /// What applying one event did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,65 +156,67 @@ pub enum Outcome {
 /// All trips this process owns.
 #[derive(Default, Debug)]
 pub struct State {
-    trips: HashMap<String, TripState>,
-    dirty: Vec<String>,
+    index: HashMap<CompactString, u32>,
+    slots: Vec<TripState>,
+    dirty: Vec<u32>,
 }
 
 impl State {
     /// Applies one decoded event read from `partition`.
-    pub fn apply(&mut self, ev: &Event, partition: i32) -> Outcome {
-        let id = ev.event_id.as_u128();
+    pub fn apply(&mut self, ev: &Event, partition: i32) -> Result<Outcome, Overflow> {
+        let key = event_key(&ev.event_id);
         let fp = ev.fingerprint();
-        let trip = match self.trips.get_mut(ev.trip_id.as_str()) {
-            Some(t) => t,
-            None => self
-                .trips
-                .entry(ev.trip_id.clone())
-                .or_insert_with(|| TripState {
-                    balance: TripBalance::new(ev.currency),
-                    seen: Vec::with_capacity(4),
-                    partition,
-                    dirty: false,
-                }),
+        let slot = match self.index.get(ev.trip_id.as_str()) {
+            Some(s) => *s as usize,
+            None => {
+                let s = self.slots.len();
+                let s32 = u32::try_from(s).expect("fewer than 4 billion trips per process");
+                self.slots
+                    .push(TripState::new(&ev.trip_id, ev.currency, partition));
+                self.index.insert(CompactString::new(&ev.trip_id), s32);
+                s
+            }
         };
-        let outcome = match trip.seen.iter().find(|(e, _)| *e == id) {
-            Some((_, f)) if *f == fp => return Outcome::ExactDuplicate,
+        let trip = &mut self.slots[slot];
+        let outcome = match trip.seen.iter().find(|(e, _)| *e == key) {
+            Some((_, f)) if *f == fp => return Ok(Outcome::ExactDuplicate),
             Some(_) => {
-                trip.balance.conflicting_duplicate = true;
+                trip.flags |= FLAG_CONFLICTING_DUPLICATE;
                 Outcome::ConflictingDuplicate
             }
             None => {
-                trip.seen.push((id, fp));
-                trip.balance.apply(ev);
+                let mut b = trip.balance();
+                b.apply(ev);
+                trip.set_balance(&b)?;
+                trip.seen.push((key, fp));
                 Outcome::Accepted
             }
         };
         if !trip.dirty {
             trip.dirty = true;
-            self.dirty.push(ev.trip_id.clone());
+            self.dirty.push(slot as u32);
         }
-        outcome
+        Ok(outcome)
     }
 
-    /// Takes the trips changed since the last call, clearing their marks.
-    pub fn take_changed(&mut self) -> Vec<(String, &TripState)> {
-        let ids = std::mem::take(&mut self.dirty);
-        for id in &ids {
-            if let Some(t) = self.trips.get_mut(id) {
-                t.dirty = false;
-            }
+    /// Takes the trips changed since the last call, clearing their marks; read them with
+    /// [`State::trip`].
+    pub fn take_changed(&mut self) -> Vec<TripSlot> {
+        let slots = std::mem::take(&mut self.dirty);
+        for s in &slots {
+            self.slots[*s as usize].dirty = false;
         }
-        ids.into_iter()
-            .filter_map(|id| {
-                let t = self.trips.get(&id)?;
-                Some((id, t))
-            })
-            .collect()
+        slots.into_iter().map(TripSlot).collect()
+    }
+
+    /// The trip in a slot returned by [`State::take_changed`].
+    pub fn trip(&self, slot: TripSlot) -> &TripState {
+        &self.slots[slot.0 as usize]
     }
 
     /// Number of trips held.
     pub fn trips(&self) -> usize {
-        self.trips.len()
+        self.slots.len()
     }
 
     /// Number of trips changed since the last barrier.
@@ -106,32 +225,36 @@ impl State {
     }
 
     /// Every trip, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &TripState)> {
-        self.trips.iter()
+    pub fn iter(&self) -> impl Iterator<Item = &TripState> {
+        self.slots.iter()
     }
 
     /// One trip.
     pub fn get(&self, trip_id: &str) -> Option<&TripState> {
-        self.trips.get(trip_id)
+        self.index.get(trip_id).map(|s| &self.slots[*s as usize])
     }
 
     /// Inserts or replaces a trip (restore path).
     pub fn restore(
         &mut self,
-        trip_id: String,
-        balance: TripBalance,
-        seen: Vec<(u128, u64)>,
+        trip_id: &str,
+        balance: &TripBalance,
+        seen: Seen,
         partition: i32,
-    ) {
-        self.trips.insert(
-            trip_id,
-            TripState {
-                balance,
-                seen,
-                partition,
-                dirty: false,
-            },
-        );
+    ) -> Result<(), Overflow> {
+        let mut t = TripState::new(trip_id, balance.currency, partition);
+        t.set_balance(balance)?;
+        t.seen = seen;
+        match self.index.get(trip_id) {
+            Some(s) => self.slots[*s as usize] = t,
+            None => {
+                let s = u32::try_from(self.slots.len())
+                    .expect("fewer than 4 billion trips per process");
+                self.slots.push(t);
+                self.index.insert(CompactString::new(trip_id), s);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -139,9 +262,7 @@ impl State {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use recon_schemas::currency::Currency;
     use recon_schemas::event::EventType;
-    use rust_decimal::Decimal;
 
     fn ev(id: u128, kind: EventType, cents: i64) -> Event {
         Event {
@@ -149,7 +270,7 @@ mod tests {
             event_type: kind,
             trip_id: "trip-1".into(),
             amount: Decimal::new(cents, 2),
-            currency: Currency::parse("USD").unwrap(),
+            currency: Currency::USD,
             occurred_at: chrono::Utc
                 .with_ymd_and_hms(2026, 11, 28, 10, 0, 0)
                 .unwrap(),
@@ -165,27 +286,58 @@ mod tests {
     fn duplicates_are_told_apart_and_changes_tracked_once() {
         let mut s = State::default();
         assert_eq!(
-            s.apply(&ev(1, EventType::TripCharge, 1000), 0),
+            s.apply(&ev(1, EventType::TripCharge, 1000), 0).unwrap(),
             Outcome::Accepted
         );
         assert_eq!(
-            s.apply(&ev(1, EventType::TripCharge, 1000), 0),
+            s.apply(&ev(1, EventType::TripCharge, 1000), 0).unwrap(),
             Outcome::ExactDuplicate
         );
         assert_eq!(
-            s.apply(&ev(1, EventType::TripCharge, 999), 0),
+            s.apply(&ev(1, EventType::TripCharge, 999), 0).unwrap(),
             Outcome::ConflictingDuplicate
         );
         assert_eq!(
-            s.apply(&ev(2, EventType::RiderPayment, 1000), 0),
+            s.apply(&ev(2, EventType::RiderPayment, 1000), 0).unwrap(),
             Outcome::Accepted
         );
         let changed = s.take_changed();
         assert_eq!(changed.len(), 1);
-        let t = changed[0].1;
-        assert_eq!(t.balance.charged, Decimal::new(1000, 2));
-        assert!(t.balance.conflicting_duplicate);
+        let b = s.trip(changed[0]).balance();
+        assert_eq!(b.charged, Decimal::new(1000, 2));
+        assert_eq!(b.collected, Decimal::new(1000, 2));
+        assert!(b.conflicting_duplicate);
         assert_eq!(s.changed(), 0);
         assert!(s.take_changed().is_empty());
+    }
+
+    #[test]
+    fn packed_state_folds_like_the_schema_fold() {
+        let events = [
+            ev(1, EventType::TripCharge, 2599),
+            ev(2, EventType::RiderPayment, 2599),
+            ev(3, EventType::DriverPayout, 2000),
+            ev(4, EventType::PlatformFee, 599),
+            ev(5, EventType::Refund, 100),
+            ev(6, EventType::Adjustment, 100),
+        ];
+        let mut s = State::default();
+        for e in &events {
+            s.apply(e, 3).unwrap();
+        }
+        let want = recon_schemas::balance::fold(events.iter()).unwrap();
+        assert_eq!(s.get("trip-1").unwrap().balance(), want);
+        assert_eq!(s.get("trip-1").unwrap().partition, 3);
+    }
+
+    #[test]
+    fn a_sum_beyond_the_money_type_is_an_error() {
+        let mut s = State::default();
+        let mut big = ev(1, EventType::TripCharge, 0);
+        big.amount = Decimal::new(999_999_999_999_999, 0);
+        s.apply(&big, 0).unwrap();
+        let mut big2 = big.clone();
+        big2.event_id = uuid::Uuid::from_u128(2);
+        assert!(s.apply(&big2, 0).is_err());
     }
 }

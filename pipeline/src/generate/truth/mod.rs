@@ -37,7 +37,7 @@ pub struct RejectRow<'a> {
     /// Position among truth rows.
     pub seq: u64,
     /// The rejection class (`RejectReason::as_str`, or `conflicting_duplicate`).
-    pub class: &'static str,
+    pub class: &'a str,
     /// The event id, when the record has a valid one (conflicting duplicates).
     pub event_id: Option<Uuid>,
     /// The trip the record belongs to, when known.
@@ -117,7 +117,7 @@ impl TruthRecorder {
     /// Records `record` if it belongs in the truth (everything but exact duplicates).
     pub fn observe(&mut self, record: &Record) -> anyhow::Result<()> {
         match &record.kind {
-            RecordKind::Valid(event) => self.event(event),
+            RecordKind::Valid(event) => self.event(event, &record.payload),
             RecordKind::Duplicate(_) => Ok(()),
             RecordKind::ConflictingDuplicate(event) => self.reject(RejectRow {
                 seq: self.seq,
@@ -141,10 +141,12 @@ impl TruthRecorder {
         }
     }
 
-    fn event(&mut self, event: &Event) -> anyhow::Result<()> {
+    /// `canonical` is `event.to_json()`, already rendered as the record's payload.
+    fn event(&mut self, event: &Event, canonical: &[u8]) -> anyhow::Result<()> {
+        debug_assert_eq!(canonical, event.to_json().as_slice());
         let seq = self.seq;
         self.line.clear();
-        event_line(&mut self.line, seq, event);
+        event_line(&mut self.line, seq, canonical);
         self.commit_line()?;
         if let Some(p) = &mut self.parquet {
             p.event(seq, event)?;
@@ -206,10 +208,11 @@ impl TruthRecorder {
     }
 }
 
-/// Appends the canonical line of a truth event.
-pub fn event_line(out: &mut Vec<u8>, seq: u64, event: &Event) {
-    out.extend_from_slice(format!("{{\"seq\":{seq},\"truth\":\"event\",\"event\":").as_bytes());
-    out.extend_from_slice(&event.to_json());
+/// Appends the canonical line of a truth event; `canonical` is its `Event::to_json()`.
+pub fn event_line(out: &mut Vec<u8>, seq: u64, canonical: &[u8]) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{{\"seq\":{seq},\"truth\":\"event\",\"event\":");
+    out.extend_from_slice(canonical);
     out.extend_from_slice(b"}\n");
 }
 

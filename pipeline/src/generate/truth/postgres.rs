@@ -12,9 +12,11 @@
 //!
 //! Rows travel as COPY text in batches of [`ROWS_PER_BATCH`] from the publishing thread to one
 //! writer task over a bounded channel (so a slow database slows the generator instead of
-//! filling memory). Each batch is COPYed into a session-local staging table and moved with
-//! `INSERT .. ON CONFLICT DO NOTHING` in one transaction, so re-running the same seed is
-//! idempotent rather than an error.
+//! filling memory), one transaction per batch. A new run COPYs straight into the tables; a
+//! re-run of the same knobs (same `run_id`) goes through a session-local staging table and
+//! `INSERT .. ON CONFLICT DO NOTHING`, so it is idempotent rather than an error. Event ids are
+//! drawn from the seed: runs that share a truth database must use different seeds, and a
+//! collision with another run fails loudly instead of being skipped.
 
 use anyhow::{Context, anyhow};
 use recon_schemas::event::Event;
@@ -33,7 +35,7 @@ const EVENT_COLUMNS: &str = "event_id, event_type, trip_id, amount, currency, oc
      rider_id, driver_id, payment_id, payout_id, schema_version, run_id, seq";
 const REJECT_COLUMNS: &str = "run_id, seq, class, event_id, trip_id, record_key, payload";
 
-const SCHEMA: [&str; 5] = [
+const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS truth_runs (
         run_id text PRIMARY KEY, seed bigint NOT NULL, config text NOT NULL,
         status text NOT NULL, started_at timestamptz NOT NULL DEFAULT now(),
@@ -43,7 +45,6 @@ const SCHEMA: [&str; 5] = [
         amount numeric NOT NULL CHECK (amount >= 0), currency text NOT NULL,
         occurred_at timestamptz NOT NULL, rider_id text, driver_id text, payment_id text,
         payout_id text, schema_version integer NOT NULL, run_id text NOT NULL, seq bigint NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS truth_events_trip_id ON truth_events (trip_id)",
     "CREATE INDEX IF NOT EXISTS truth_events_occurred_at ON truth_events (occurred_at)",
     "CREATE TABLE IF NOT EXISTS truth_rejects (
         run_id text NOT NULL, seq bigint NOT NULL, class text NOT NULL, event_id uuid,
@@ -110,6 +111,13 @@ pub async fn connect(
             .await
             .context("creating a staging table")?;
     }
+    // A run id seen before (a re-run of the same knobs) takes the idempotent staging path.
+    let fresh: bool =
+        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM truth_runs WHERE run_id = $1)")
+            .bind(run_id)
+            .fetch_one(&mut conn)
+            .await
+            .context("looking the run up in truth_runs")?;
     sqlx::query(
         "INSERT INTO truth_runs (run_id, seed, config, status) VALUES ($1, $2, $3, 'running')
          ON CONFLICT (run_id) DO UPDATE SET status = 'running', started_at = now(), finished_at = NULL",
@@ -121,7 +129,7 @@ pub async fn connect(
     .await
     .context("registering the run in truth_runs")?;
     let (tx, rx) = mpsc::channel(BATCHES_QUEUED_MAX);
-    let task = tokio::spawn(write_batches(conn, rx));
+    let task = tokio::spawn(write_batches(conn, rx, fresh));
     let truth = PostgresTruth {
         run_id: run_id.to_owned(),
         batch: CopyBatch::default(),
@@ -257,6 +265,7 @@ impl PostgresWriter {
 async fn write_batches(
     mut conn: PgConnection,
     mut rx: mpsc::Receiver<CopyBatch>,
+    fresh: bool,
 ) -> anyhow::Result<(PgConnection, WriteStats)> {
     let mut stats = WriteStats::default();
     while let Some(batch) = rx.recv().await {
@@ -268,6 +277,7 @@ async fn write_batches(
                 EVENT_COLUMNS,
                 "event_id",
                 batch.events,
+                fresh,
             )
             .await?;
             stats.events_inserted += moved.0;
@@ -280,6 +290,7 @@ async fn write_batches(
                 REJECT_COLUMNS,
                 "run_id, seq",
                 batch.rejects,
+                fresh,
             )
             .await?;
             stats.rejects_inserted += moved.0;
@@ -289,15 +300,34 @@ async fn write_batches(
     Ok((conn, stats))
 }
 
-/// COPYs `rows` into `<table>_stage`, moves them into `table` skipping rows whose key exists,
-/// and returns (inserted, already present).
+/// Writes `rows` into `table` and returns (inserted, already present).
+///
+/// A `fresh` run COPYs straight into `table`: any key already there belongs to another run, and
+/// the primary-key violation fails the run. A re-run COPYs into `<table>_stage` and moves the
+/// rows with `ON CONFLICT DO NOTHING`, after checking that every conflicting row is its own
+/// (same `run_id` and `seq`, hence identical: the plan is deterministic).
 async fn copy_and_move(
     conn: &mut PgConnection,
     table: &str,
     columns: &str,
     conflict_key: &str,
     rows: Vec<u8>,
+    fresh: bool,
 ) -> anyhow::Result<(u64, u64)> {
+    const COLLISION: &str = "event ids collide with another run in the truth database: \
+        runs sharing a topic or truth database must use different --seed values";
+    if fresh {
+        let mut copy = conn
+            .copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN"))
+            .await
+            .with_context(|| format!("starting COPY into {table}"))?;
+        copy.send(rows).await?;
+        let copied = copy
+            .finish()
+            .await
+            .with_context(|| format!("COPY into {table} ({COLLISION}?)"))?;
+        return Ok((copied, 0));
+    }
     let mut copy = conn
         .copy_in_raw(&format!("COPY {table}_stage ({columns}) FROM STDIN"))
         .await
@@ -307,6 +337,14 @@ async fn copy_and_move(
         .finish()
         .await
         .with_context(|| format!("COPY into {table}_stage"))?;
+    let foreign: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {table}_stage s JOIN {table} t USING ({conflict_key})
+         WHERE t.run_id <> s.run_id OR t.seq <> s.seq"
+    ))
+    .fetch_one(&mut *conn)
+    .await
+    .with_context(|| format!("checking {table} for rows of other runs"))?;
+    anyhow::ensure!(foreign == 0, "{foreign} rows of {table}: {COLLISION}");
     let inserted = sqlx::query(&format!(
         "INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_stage ON CONFLICT ({conflict_key}) DO NOTHING"
     ))
