@@ -177,6 +177,8 @@ pub(crate) struct Job {
 /// Runs the job until shutdown, idle exit, or an error.
 pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     let started = Instant::now();
+    // Kafka first: an unreachable broker or a missing topic must not cost a generation.
+    let partitions = recovery::owned_partitions(cfg)?;
     let mut job = recovery::recover(cfg, &env).await?;
     job.report.recovery = started.elapsed();
     job.report.trips_restored = job.state.trips();
@@ -188,7 +190,6 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
         recovery_ms = job.report.recovery.as_millis() as u64,
         "recovered"
     );
-    let partitions = recovery::owned_partitions(cfg)?;
     let saved: BTreeMap<PartitionId, Offset> = job.cuts.iter().map(|(p, c)| (*p, c.end)).collect();
     let group = format!("recon-{}", cfg.job_id);
     let mut source = Source::start(&cfg.source, &group, &partitions, &saved)?;
