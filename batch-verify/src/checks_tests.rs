@@ -4,6 +4,9 @@
 use super::*;
 use crate::row::{EventRow, Scope};
 
+/// A case: name, rows in, kinds out, and two counts out.
+type Case<T> = (&'static str, Vec<T>, Vec<Kind>, u64, u64);
+
 fn day() -> BusinessDay {
     BusinessDay::new("2025-03-03".parse().unwrap(), "UTC").unwrap()
 }
@@ -74,7 +77,7 @@ fn event_cases() {
     late.occurred_at_us += 86_400_000_000;
     let mut other_type = ev(1, 100);
     other_type.event_type = 1;
-    let cases: Vec<(&str, Vec<EventItem>, Vec<Kind>, u64, u64)> = vec![
+    let cases: Vec<Case<EventItem>> = vec![
         (
             "identical",
             vec![truth(ev(1, 100), 0), ledger(ev(1, 100), 0)],
@@ -199,7 +202,7 @@ fn reject(side: Side, key: u8, reason: &str, scope: Scope) -> RejectRow {
 fn reject_cases() {
     use Scope::*;
     use Side::*;
-    let cases: Vec<(&str, Vec<RejectRow>, Vec<Kind>, u64, u64)> = vec![
+    let cases: Vec<Case<RejectRow>> = vec![
         (
             "paired",
             vec![

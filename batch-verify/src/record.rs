@@ -188,6 +188,27 @@ pub async fn append(
     tx.commit(catalog)
         .await
         .map_err(|e| VerifyError::lakehouse("commit", &name, e))?;
+    // iceberg-catalog-sql 0.10.1 can report success after a failed SQL COMMIT: look.
+    let reloaded = catalog
+        .load_table(table.identifier())
+        .await
+        .map_err(|e| VerifyError::lakehouse("load_table", &name, e))?;
+    let landed = reloaded.metadata().snapshots().any(|s| {
+        s.summary()
+            .additional_properties
+            .get(PROP_RUN_ID)
+            .map(String::as_str)
+            == Some(run_id)
+    });
+    if !landed {
+        return Err(VerifyError::lakehouse(
+            "commit",
+            &name,
+            format!(
+                "the catalog acknowledged run {run_id} but the table has no snapshot of it; re-run"
+            ),
+        ));
+    }
     Ok(())
 }
 
