@@ -128,7 +128,7 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
             } => {
                 truth::postgres::read(&url, &events_query, &rejects_query, &mut sink).await?;
             }
-            TruthSpec::Files { url } => truth::files::read(&url, &dir2, &mut sink).await?,
+            TruthSpec::Files { url } => sink = truth::files::read(&url, &dir2, sink).await?,
         }
         windows.clear();
         Ok::<_, VerifyError>((sink, windows))

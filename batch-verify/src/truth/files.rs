@@ -34,12 +34,23 @@ fn err(message: impl ToString) -> VerifyError {
     VerifyError::truth("files", message)
 }
 
-/// Reads every truth file at `url` (a file, a directory, or an object-store prefix).
-pub async fn read(url: &str, scratch: &Path, sink: &mut TruthSink) -> Result<()> {
+/// Reads every truth file at `url` (a file, a directory, or an object-store prefix). The
+/// parsing runs on a blocking thread; `sink` travels there and back.
+pub async fn read(url: &str, scratch: &Path, mut sink: TruthSink) -> Result<TruthSink> {
     let files = locate(url, scratch).await?;
     if files.is_empty() {
         return Err(err(format!("no *.parquet or *.jsonl truth files at {url}")));
     }
+    tokio::task::spawn_blocking(move || {
+        read_files(&files, &mut sink)?;
+        Ok(sink)
+    })
+    .await
+    .map_err(|e| err(format!("reader thread: {e}")))?
+}
+
+/// Reads local truth files into `sink`.
+pub fn read_files(files: &[PathBuf], sink: &mut TruthSink) -> Result<()> {
     for f in files {
         let name = f
             .file_name()
@@ -47,18 +58,18 @@ pub async fn read(url: &str, scratch: &Path, sink: &mut TruthSink) -> Result<()>
             .unwrap_or_default()
             .to_string();
         if name.ends_with(".jsonl") {
-            read_jsonl(&f, sink)?;
+            read_jsonl(f, sink)?;
         } else if name.contains("reject") {
-            read_parquet(&f, sink, rejects_batch)?;
+            read_parquet(f, sink, rejects_batch)?;
         } else {
-            read_parquet(&f, sink, events_batch)?;
+            read_parquet(f, sink, events_batch)?;
         }
     }
     Ok(())
 }
 
 /// Local paths of the truth files, copying remote objects into `scratch`.
-async fn locate(url: &str, scratch: &Path) -> Result<Vec<PathBuf>> {
+pub async fn locate(url: &str, scratch: &Path) -> Result<Vec<PathBuf>> {
     let is_truth = |n: &str| n.ends_with(".parquet") || n.ends_with(".jsonl");
     let local = url
         .strip_prefix("file://")
