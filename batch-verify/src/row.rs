@@ -258,6 +258,19 @@ pub enum TripItem {
     Balance(BalanceRow),
 }
 
+/// The borrowed form of [`TripItem::Ledger`]: encodes to the same bytes, so a ledger row can be
+/// spilled to the trip family without a copy (see the round-trip test).
+#[derive(Clone, Debug, Serialize)]
+pub enum TripItemRef<'a> {
+    /// As [`TripItem::Ledger`].
+    Ledger {
+        /// The event.
+        row: &'a EventRow,
+        /// Its Kafka position.
+        position: Position,
+    },
+}
+
 /// Items of the position spill: who claims a Kafka position in the lakehouse.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PositionItem {
@@ -293,6 +306,36 @@ mod tests {
         assert_eq!(row.to_event().unwrap(), e);
         let bytes = postcard::to_stdvec(&row).unwrap();
         assert_eq!(postcard::from_bytes::<EventRow>(&bytes).unwrap(), row);
+    }
+
+    #[test]
+    fn borrowed_trip_item_encodes_as_the_owned_one() {
+        let row = EventRow {
+            event_id: Uuid::from_u128(7),
+            event_type: 2,
+            trip_id: "t".into(),
+            amount: 5,
+            currency: "USD".into(),
+            occurred_at_us: 1,
+            ids: [Some("r".into()), None, None, None],
+            schema_version: 1,
+        };
+        let position = Position {
+            partition: 1,
+            offset: 2,
+        };
+        let bytes = postcard::to_stdvec(&TripItemRef::Ledger {
+            row: &row,
+            position,
+        })
+        .unwrap();
+        match postcard::from_bytes::<TripItem>(&bytes).unwrap() {
+            TripItem::Ledger {
+                row: r,
+                position: p,
+            } => assert_eq!((r, p), (row, position)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -27,7 +27,8 @@ use crate::options::{Options, TruthSpec};
 use crate::record;
 use crate::report::{Findings, Report, Status};
 use crate::row::{
-    EventItem, MatchKey, Position, PositionItem, RejectRow, Side, TripItem, reject_digest,
+    EventItem, MatchKey, Position, PositionItem, RejectRow, Side, TripItem, TripItemRef,
+    reject_digest,
 };
 use crate::spill::{SpillWriter, hash_bytes};
 use crate::truth::kafka::{KafkaTruth, Windows, uncovered};
@@ -332,10 +333,10 @@ async fn read_lake(
                 event_id: Some(r.row.event_id),
             },
         )?;
-        lake.trips.push(
+        lake.trips.push_encoded_as(
             hash_bytes(r.row.trip_id.as_bytes()),
-            &TripItem::Ledger {
-                row: r.row.clone(),
+            &TripItemRef::Ledger {
+                row: &r.row,
                 position: r.position,
             },
         )?;

@@ -74,6 +74,12 @@ impl<T: Serialize> SpillWriter<T> {
 
     /// Appends `item` to the bucket of `hash`.
     pub fn push(&mut self, hash: u64, item: &T) -> Result<()> {
+        self.push_encoded_as(hash, item)
+    }
+
+    /// Appends an item of another type that encodes exactly as a `T` (a borrowed twin such as
+    /// [`crate::row::TripItemRef`]), saving a copy.
+    pub fn push_encoded_as<U: Serialize + ?Sized>(&mut self, hash: u64, item: &U) -> Result<()> {
         let b = bucket_of(hash, self.writers.len());
         self.frame.clear();
         self.frame.extend_from_slice(&[0; 4]);
