@@ -7,6 +7,7 @@ skipped with a loud reason, unless RECON_REQUIRE_SERVICES=1 (set by infra/local/
 from __future__ import annotations
 
 import os
+import time
 import sys
 from pathlib import Path
 
@@ -26,3 +27,9 @@ def services() -> Services:
         pytest.skip("*** real-service test: RECON_SERVICES is not set, it did NOT run. "
                     "Run infra/local/up, then eval \"$(infra/local/env)\" ***")
     return svc
+
+
+# Engines hand back naive datetimes in the process's local zone (PySpark's collect): run in UTC, the zone every
+# engine session here uses, so that a naive value means UTC.
+os.environ["TZ"] = "UTC"
+time.tzset()
