@@ -14,7 +14,7 @@ use iceberg::table::Table;
 use crate::checkpoint::manifest::PendingFiles;
 use crate::ids::{CheckpointId, Generation, JobId};
 use rows::{BalanceRows, LedgerRows, RejectedRows};
-use writer::{TableTarget, TableWriter};
+use writer::{BackgroundWriter, TableTarget};
 
 /// Errors of the sink.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +51,9 @@ impl Output {
 
 struct Slot {
     target: TableTarget,
-    writer: Option<TableWriter>,
+    writer: BackgroundWriter,
+    /// File-name prefix of the current attempt, set by its first write.
+    prefix: Option<String>,
 }
 
 /// Row buffers and open writers for the current checkpoint interval.
@@ -82,8 +84,9 @@ impl Sink {
                 (
                     o,
                     Slot {
+                        writer: BackgroundWriter::spawn(target.clone()),
                         target,
-                        writer: None,
+                        prefix: None,
                     },
                 )
             })
@@ -140,22 +143,15 @@ impl Sink {
             table: table.clone(),
             source,
         };
-        if slot.writer.is_none() {
-            let prefix = format!(
-                "{}-g{}-c{:020}-{}",
-                self.job,
-                self.generation,
+        let (job, generation) = (&self.job, self.generation);
+        let prefix = slot.prefix.get_or_insert_with(|| {
+            format!(
+                "{job}-g{generation}-c{:020}-{}",
                 id.0,
                 uuid::Uuid::new_v4().simple()
-            );
-            slot.writer = Some(
-                TableWriter::open(&slot.target, prefix)
-                    .await
-                    .map_err(werr)?,
-            );
-        }
-        let w = slot.writer.as_mut().expect("writer just opened");
-        w.write(batch).await.map_err(werr)
+            )
+        });
+        slot.writer.write(prefix, batch).await.map_err(werr)
     }
 
     /// Flushes every buffer and closes every file of checkpoint `id`; returns the pending
@@ -174,10 +170,8 @@ impl Sink {
                 table: table.clone(),
                 source,
             };
-            let files = match slot.writer.take() {
-                Some(w) => w.close().await.map_err(werr)?,
-                None => Vec::new(),
-            };
+            slot.prefix = None;
+            let files = slot.writer.close().await.map_err(werr)?;
             let partition_type = slot
                 .target
                 .spec

@@ -44,6 +44,9 @@ enum Inner {
     ),
 }
 
+/// Rows per Parquet row group.
+pub const ROW_GROUP_ROWS_MAX: usize = 65_536;
+
 /// What the writers of one table need to know, loaded once per process.
 #[derive(Clone)]
 pub struct TableTarget {
@@ -74,8 +77,11 @@ impl TableTarget {
         let level = ZstdLevel::try_new(zstd_level).map_err(|e| {
             iceberg::Error::new(iceberg::ErrorKind::DataInvalid, format!("zstd level: {e}"))
         })?;
+        // Row groups of 64k rows: encoding happens while rows arrive, so closing a file at the
+        // barrier only encodes the last partial group (the default 1M rows left it all to close).
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS_MAX))
             .build();
         Ok(TableTarget {
             table,
@@ -152,5 +158,98 @@ impl TableWriter {
             Inner::Unpartitioned(mut w) => w.close().await,
             Inner::Partitioned(p) => p.writer.close().await,
         }
+    }
+}
+
+/// What the writer task is asked to do.
+enum Cmd {
+    /// Write a batch into the files of the attempt named by `prefix` (opened on first use).
+    Write { prefix: String, batch: RecordBatch },
+    /// Close the open files and answer with their `DataFile`s (or the first error since open).
+    Close {
+        reply: tokio::sync::oneshot::Sender<iceberg::Result<Vec<DataFile>>>,
+    },
+}
+
+/// Batches queued to a writer task before the job waits (back-pressure bound).
+pub const WRITER_QUEUE_BATCHES_MAX: usize = 4;
+
+/// A [`TableWriter`] on its own task, so Parquet encoding runs beside decoding and state
+/// updates instead of after them. A write error is kept and reported at the next `close`: the
+/// checkpoint then fails, which is the only place a write error can be acted on safely.
+pub struct BackgroundWriter {
+    tx: tokio::sync::mpsc::Sender<Cmd>,
+    table: String,
+}
+
+impl BackgroundWriter {
+    /// Spawns the writer task for `target`.
+    pub fn spawn(target: TableTarget) -> BackgroundWriter {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Cmd>(WRITER_QUEUE_BATCHES_MAX);
+        let table = target.name().to_string();
+        tokio::spawn(async move {
+            let mut open: Option<TableWriter> = None;
+            let mut failed: Option<iceberg::Error> = None;
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    Cmd::Write { prefix, batch } => {
+                        if failed.is_some() {
+                            continue;
+                        }
+                        if open.is_none() {
+                            match TableWriter::open(&target, prefix).await {
+                                Ok(w) => open = Some(w),
+                                Err(e) => {
+                                    failed = Some(e);
+                                    continue;
+                                }
+                            }
+                        }
+                        if let Some(w) = open.as_mut()
+                            && let Err(e) = w.write(batch).await
+                        {
+                            failed = Some(e);
+                        }
+                    }
+                    Cmd::Close { reply } => {
+                        let result = match (failed.take(), open.take()) {
+                            (Some(e), _) => Err(e),
+                            (None, Some(w)) => w.close().await,
+                            (None, None) => Ok(Vec::new()),
+                        };
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        });
+        BackgroundWriter { tx, table }
+    }
+
+    fn gone(&self) -> iceberg::Error {
+        iceberg::Error::new(
+            iceberg::ErrorKind::Unexpected,
+            format!("the writer task of {} stopped", self.table),
+        )
+    }
+
+    /// Queues a batch (waits while the queue is full).
+    pub async fn write(&self, prefix: &str, batch: RecordBatch) -> iceberg::Result<()> {
+        self.tx
+            .send(Cmd::Write {
+                prefix: prefix.to_string(),
+                batch,
+            })
+            .await
+            .map_err(|_| self.gone())
+    }
+
+    /// Closes the files written since the last close.
+    pub async fn close(&self) -> iceberg::Result<Vec<DataFile>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Cmd::Close { reply })
+            .await
+            .map_err(|_| self.gone())?;
+        rx.await.map_err(|_| self.gone())?
     }
 }
