@@ -22,11 +22,14 @@ CATALOG = "recon"
 
 
 def jars_dir() -> Path:
-    """Where infra/spark/install put the jars ($RECON_SPARK_JARS, else $RECON_CACHE/spark-jars)."""
+    """Where infra/spark/install put the jars: $RECON_SPARK_JARS (infra/spark/lib.sh exports it), else the
+    newest complete $RECON_CACHE/spark-jars-<iceberg version>."""
     explicit = os.environ.get("RECON_SPARK_JARS")
     if explicit:
         return Path(explicit)
-    return Path(os.environ.get("RECON_CACHE", REPO / ".cache")) / "spark-jars"
+    cache = Path(os.environ.get("RECON_CACHE", REPO / ".cache"))
+    done = sorted(p.parent for p in cache.glob("spark-jars-*/.complete"))
+    return done[-1] if done else cache / "spark-jars-<run infra/spark/install>"
 
 
 def defaults() -> dict[str, str]:
@@ -73,6 +76,9 @@ def session(app: str = "recon", overrides: dict[str, str] | None = None):
     conf.update(local_overrides_from_env())
     conf.update(overrides or {})
     conf["spark.jars"] = ",".join(jars)
+    # log4j2.properties beside spark-defaults.conf (read by the JVM PySpark starts).
+    os.environ.setdefault("SPARK_CONF_DIR", str(CONF.parent))
+    conf.setdefault("spark.ui.showConsoleProgress", "false")
     builder = SparkSession.builder.appName(app)
     for k, v in conf.items():
         builder = builder.config(k, v)
