@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -98,6 +99,8 @@ class Job:
         self.truth_files: list[Path] = []
         self.truth_dir = self.dir / "truth"  # only truth files: batch-verify reads the whole directory
         self._runs = 0
+        self._generated = 0
+        self._lock = threading.Lock()
         s = svc
         self.config.write_text(
             f"""job_id = "{self.name}"
@@ -141,8 +144,11 @@ aws_virtual_hosted_style_request = "false"
         """Publishes `trips` trips of seeded traffic (duplicates, conflicts, out-of-order, poison on) and records
         the truth; returns the truth file. Several calls with distinct seeds add distinct trips and events
         (trip and event ids carry the seed)."""
+        with self._lock:  # generate may run on a feeder thread beside another call: reserve a distinct file
+            index = self._generated
+            self._generated += 1
         self.truth_dir.mkdir(exist_ok=True)
-        truth = self.truth_dir / f"truth-{len(self.truth_files):03}.jsonl"
+        truth = self.truth_dir / f"truth-{index:03}.jsonl"
         knobs = {"duplicate_rate": 0.03, "conflict_rate": 0.005, "out_of_order_rate": 0.05, "poison_rate": 0.01}
         knobs.update(rates)
         args = [
@@ -152,9 +158,10 @@ aws_virtual_hosted_style_request = "false"
         ]
         for k, v in knobs.items():
             args += ["--" + k.replace("_", "-"), str(v)]
-        out = run_checked(args, timeout_s, self.dir / f"generate-{len(self.truth_files)}.log")
+        out = run_checked(args, timeout_s, self.dir / f"generate-{index}.log")
         assert "published" in out, out
-        self.truth_files.append(truth)
+        with self._lock:
+            self.truth_files.append(truth)
         return truth
 
     # --- the job ---------------------------------------------------------------------------------------------
