@@ -196,6 +196,7 @@ fn main() -> anyhow::Result<()> {
         "peak_rss_bytes": rss,
         "buckets": a.buckets,
         "setup_s": setup_s,
+        "phases_ms": report.phases_ms,
     });
     println!("{line}");
     println!(

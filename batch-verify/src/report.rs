@@ -299,6 +299,8 @@ pub struct Report {
     pub peak_rss_bytes: u64,
     /// Why the run could not verify (status `error`).
     pub error: Option<String>,
+    /// Wall time per phase (`read_ms`, `widen_ms`, `check_ms`, `offsets_ms`), for tuning.
+    pub phases_ms: BTreeMap<String, u64>,
 }
 
 impl Report {

@@ -142,6 +142,8 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     let lake = lake?;
     let (mut sink, mut windows) = truth_result?;
     bar.finish_and_clear();
+    let mut phases = BTreeMap::new();
+    phases.insert("read_ms".to_string(), ms(clock.elapsed()));
 
     // 2. A Kafka truth must cover every position the lakehouse claims for the day.
     if kafka_mode {
@@ -169,6 +171,11 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         lake.positions.finish()?,
     );
 
+    phases.insert(
+        "widen_ms".to_string(),
+        ms(clock.elapsed()) - phases["read_ms"],
+    );
+    let checking = Instant::now();
     // 3. Bucket by bucket.
     let keep = opts.discrepancies_max;
     let (threads, show) = (opts.threads.max(1), opts.progress);
@@ -210,6 +217,8 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     let incomplete = neighbours(&ledger, opts, incomplete).await?;
     balances::recheck(incomplete, opts.trip_span_days, &mut findings);
 
+    phases.insert("check_ms".to_string(), ms(checking.elapsed()));
+    let rest = Instant::now();
     // 4. Totals and offsets.
     let totals = checks::check_totals(&outcome.truth_totals, &lake.totals, &mut findings);
     for (p, (s, e)) in &lake.windows {
@@ -224,6 +233,7 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         crate::offsets::check(table.identifier().name(), &commits, &windows, &mut findings);
     }
 
+    phases.insert("offsets_ms".to_string(), ms(rest.elapsed()));
     // 5. Report.
     let elapsed = clock.elapsed();
     let mut report = Report {
@@ -261,6 +271,7 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
             / elapsed.as_secs_f64().max(1e-9),
         peak_rss_bytes: crate::memory::peak_rss_bytes(),
         error: None,
+        phases_ms: phases,
     };
     report.apply(&findings);
     if opts.record {
@@ -268,6 +279,10 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     }
     drop(scratch);
     Ok(report)
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Appends the run's rows: discrepancies first, the run row last.
