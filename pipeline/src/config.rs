@@ -137,6 +137,14 @@ pub struct RawState {
     pub payload_bytes_max: usize,
 }
 
+/// `[observability]`: metrics and health endpoints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObservability {
+    /// Address serving `/metrics`, `/healthz`, `/readyz` (e.g. `0.0.0.0:9464`); empty = off.
+    pub listen: String,
+}
+
 /// The configuration file's form.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +165,8 @@ pub struct RawConfig {
     pub sink: RawSink,
     /// State.
     pub state: RawState,
+    /// Metrics and health.
+    pub observability: RawObservability,
 }
 
 impl Default for RawConfig {
@@ -202,6 +212,9 @@ impl Default for RawConfig {
             state: RawState {
                 payload_bytes_max: 64 * 1024,
             },
+            observability: RawObservability {
+                listen: String::new(),
+            },
         }
     }
 }
@@ -233,6 +246,8 @@ pub struct Config {
     pub sink: RawSink,
     /// State.
     pub state: RawState,
+    /// Address of the metrics/health server, if any.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Where checkpoints live.
@@ -325,7 +340,14 @@ impl Config {
             }
             None => StoreLocation::Local(PathBuf::from(&raw.checkpoint.store)),
         };
+        let metrics_listen = match raw.observability.listen.trim() {
+            "" => None,
+            a => Some(a.parse().map_err(|e| {
+                ConfigError(format!("observability.listen {a:?} is not HOST:PORT ({e}); e.g. 0.0.0.0:9464, or empty to disable"))
+            })?),
+        };
         Ok(Config {
+            metrics_listen,
             job_id,
             delivery: raw.delivery,
             source: raw.source,

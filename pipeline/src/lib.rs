@@ -22,3 +22,4 @@ pub mod reconcile;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod telemetry;

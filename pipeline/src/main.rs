@@ -124,6 +124,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
 async fn run(config: Option<PathBuf>, idle_ms: Option<u64>) -> anyhow::Result<()> {
     let cfg = Config::load(config.as_deref())?;
     let (store, prefix) = checkpoint::store::open(&cfg).context("opening the checkpoint store")?;
+    if let Some(listen) = cfg.metrics_listen {
+        recon_pipeline::telemetry::serve(listen).await?;
+    }
     let catalog = lakehouse::open_catalog(&cfg).await?;
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {

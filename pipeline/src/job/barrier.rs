@@ -83,6 +83,22 @@ impl Job {
         self.crash.hit(CrashPoint::AfterCheckpointDurable)?;
 
         self.report.checkpoint_durations.push(started.elapsed());
+        crate::telemetry::checkpoint(
+            id.0,
+            started.elapsed(),
+            state_bytes,
+            self.uncommitted
+                .values()
+                .map(|m| m.pending.values().map(|p| p.files.len()).sum::<usize>())
+                .sum::<usize>()
+                + manifest
+                    .pending
+                    .values()
+                    .map(|p| p.files.len())
+                    .sum::<usize>(),
+            pending_bytes,
+            self.state.trips(),
+        );
         // The checkpoint counts from here on.
         self.last = id;
         self.state_chain = chain;

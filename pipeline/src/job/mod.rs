@@ -183,6 +183,7 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     job.report.recovery = started.elapsed();
     job.report.trips_restored = job.state.trips();
     job.started = started;
+    crate::telemetry::recovered(job.generation.0, job.state.trips(), job.report.recovery);
     tracing::info!(
         generation = %job.generation,
         resumed_at = %job.last,
@@ -249,6 +250,8 @@ impl Job {
     async fn process(&mut self, records: Vec<Record>) -> Result<(), JobError> {
         let next_id = self.last.next();
         let half = records.len() / 2;
+        let before = self.counts;
+        let mut by_type = [0u64; 6];
         for (i, r) in records.into_iter().enumerate() {
             if i == half {
                 self.crash.hit(CrashPoint::MidBatch)?;
@@ -277,6 +280,7 @@ impl Job {
                 {
                     Outcome::Accepted => {
                         self.counts.events += 1;
+                        by_type[event_type_index(ev.event_type)] += 1;
                         self.sink
                             .ledger
                             .push(ev, r.partition, r.offset)
@@ -285,6 +289,7 @@ impl Job {
                     Outcome::ExactDuplicate => self.counts.duplicates += 1,
                     Outcome::ConflictingDuplicate => {
                         self.counts.rejected += 1;
+                        crate::telemetry::rejected("conflicting_duplicate");
                         self.sink.rejected.push(Rejected {
                             partition: r.partition,
                             offset: r.offset,
@@ -302,6 +307,7 @@ impl Job {
                 },
                 Err(e) => {
                     self.counts.rejected += 1;
+                    crate::telemetry::rejected(e.reason().as_str());
                     let (event_id, trip_id) = decode::salvage_ids(payload, &self.limits);
                     self.sink.rejected.push(Rejected {
                         partition: r.partition,
@@ -316,7 +322,24 @@ impl Job {
                 }
             }
         }
+        crate::telemetry::records(
+            self.counts.events - before.events,
+            self.counts.duplicates - before.duplicates,
+            self.counts.rejected - before.rejected,
+        );
+        for (t, n) in recon_schemas::event::EventType::ALL.iter().zip(by_type) {
+            if n > 0 {
+                metrics::counter!("recon_events_total", "type" => t.as_str()).increment(n);
+            }
+        }
         self.sink.flush_full(next_id).await?;
         Ok(())
     }
+}
+
+fn event_type_index(t: recon_schemas::event::EventType) -> usize {
+    recon_schemas::event::EventType::ALL
+        .iter()
+        .position(|x| *x == t)
+        .expect("every event type is in ALL")
 }

@@ -36,6 +36,7 @@ impl Job {
             }
         }
         self.report.commit_durations.push(started.elapsed());
+        crate::telemetry::committed(through.0, started.elapsed(), u64::from(landed));
         if landed && self.report.first_data_commit.is_none() && self.report.counts.events > 0 {
             self.report.first_data_commit = Some(self.started.elapsed());
         }

@@ -192,6 +192,26 @@ impl Drop for Source {
     }
 }
 
+/// How often consumer lag is measured.
+pub const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// Lag per assigned partition: high watermark minus the consumer's position.
+fn report_lag(consumer: &BaseConsumer, topic: &str) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    for e in positions.elements_for_topic(topic) {
+        let Some(pos) = e.offset().to_raw() else {
+            continue;
+        };
+        if let Ok((_, high)) =
+            consumer.fetch_watermarks(topic, e.partition(), Duration::from_millis(500))
+        {
+            crate::telemetry::lag(e.partition(), high - pos.max(0));
+        }
+    }
+}
+
 fn poll_loop(
     consumer: BaseConsumer,
     tx: mpsc::Sender<Result<Vec<Record>, SourceError>>,
@@ -200,7 +220,12 @@ fn poll_loop(
     topic: String,
 ) {
     let mut batch = Vec::with_capacity(batch_max);
+    let mut lag_at = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if lag_at.elapsed() >= LAG_EVERY {
+            lag_at = std::time::Instant::now();
+            report_lag(&consumer, &topic);
+        }
         // Block briefly for the first record, then drain what is already fetched.
         let mut wait = Duration::from_millis(50);
         while batch.len() < batch_max {
