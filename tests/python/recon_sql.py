@@ -1,8 +1,9 @@
 """The shipped SQL (infra/sql): loads the view and query files, fills their placeholders, and collects the
 figures every engine test compares with the truth, so that Spark, Trino and DuckDB run the very same text.
 
-Placeholders are `${name}` (`${ns}` = the catalog-qualified namespace, e.g. `recon.recon`). A file holds one
-statement; a trailing `;` is dropped (Trino's and Spark's APIs take a statement without it).
+Placeholders are `${name}`: `${ns}` = the tables' catalog-qualified namespace (e.g. `recon.recon`), `${views}` =
+where the views live (by default the same). A file holds one statement; a trailing `;` is dropped (Trino's and
+Spark's APIs take a statement without it).
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ def view_files() -> list[Path]:
     return files
 
 
-def create_views(run: RunSql, ns: str) -> list[str]:
-    """Creates (or replaces) every shipped view in `ns`; returns their names."""
+def create_views(run: RunSql, ns: str, views: str | None = None) -> list[str]:
+    """Creates (or replaces) every shipped view over the tables of `ns`, in `views` (default `ns`); returns
+    their names."""
     names = []
     for f in view_files():
-        run(render(f, ns=ns))
+        run(render(f, ns=ns, views=views or ns))
         names.append(f.stem.split("_", 1)[1])
     return names
 
@@ -54,8 +56,9 @@ def query(name: str, **params: str) -> str:
     return render(QUERIES_DIR / f"{name}.sql", **params)
 
 
-def collect(engine: str, run: RunSql, ns: str) -> Figures:
-    """Every figure of [`truth.Truth`], read through the shipped views and queries."""
+def collect(engine: str, run: RunSql, ns: str, views: str | None = None) -> Figures:
+    """Every figure of [`truth.Truth`], read through the shipped views (in `views`, default `ns`) and queries."""
+    v = views or ns
     counts = run(query("ledger_counts", ns=ns))
     assert len(counts) == 1, counts
     totals = {
@@ -64,9 +67,9 @@ def collect(engine: str, run: RunSql, ns: str) -> Figures:
     }
     daily = {
         (_date(r["business_date"]), r["event_type"], r["currency"]): (int(r["events"]), _dec(r["amount"]))
-        for r in run(f"SELECT * FROM {ns}.daily_totals")
+        for r in run(f"SELECT * FROM {v}.daily_totals")
     }
-    current_rows = run(f"SELECT * FROM {ns}.current_trip_balances")
+    current_rows = run(f"SELECT * FROM {v}.current_trip_balances")
     current = {r["trip_id"]: normalize_current(r) for r in current_rows}
     assert len(current) == len(current_rows), f"{engine}: current_trip_balances has a trip twice"
     return Figures(
@@ -76,9 +79,9 @@ def collect(engine: str, run: RunSql, ns: str) -> Figures:
         totals=totals,
         daily=daily,
         current=current,
-        open_trips={r["trip_id"] for r in run(f"SELECT trip_id FROM {ns}.open_trips")},
-        discrepant_trips={r["trip_id"] for r in run(f"SELECT trip_id FROM {ns}.discrepant_trips")},
-        rejected={r["reason"]: int(r["records"]) for r in run(f"SELECT reason, records FROM {ns}.rejected_by_reason")},
+        open_trips={r["trip_id"] for r in run(f"SELECT trip_id FROM {v}.open_trips")},
+        discrepant_trips={r["trip_id"] for r in run(f"SELECT trip_id FROM {v}.discrepant_trips")},
+        rejected={r["reason"]: int(r["records"]) for r in run(f"SELECT reason, records FROM {v}.rejected_by_reason")},
     )
 
 

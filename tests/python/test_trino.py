@@ -3,7 +3,8 @@ figures as the truth and batch-verify (opt-in: RECON_TRINO=1 infra/local/test, o
 services up; see infra/trino/README.md).
 
 The job consumes noisy traffic in two runs, then is SIGKILLed after a commit on more input and restarted; Trino
-creates the views (Iceberg views in the JDBC catalog) and every figure equals the truth; batch-verify is clean
+creates the views (Iceberg views in the JDBC catalog, in a namespace of their own) and every figure equals the
+truth; batch-verify is clean
 and its totals equal Trino's; the job's markers are readable from `$snapshots`.
 """
 
@@ -59,14 +60,17 @@ def test_trino_views_and_figures(services, cursor, tmp_path):
     truth = Truth.from_jsonl(*job.truth_files)
     run = runner(cursor)
 
-    assert recon_sql.create_views(run, ns)[0] == "current_trip_balances"
-    views = {r["Table"] for r in run(f"SHOW TABLES FROM {ns}")}
-    assert {"current_trip_balances", "open_trips", "discrepant_trips", "daily_totals", "rejected_by_reason"} <= views
+    # Trino's views in a namespace of their own (an Iceberg view holds one engine's dialect), over the job's tables.
+    views_ns = f"{ns}_trino"
+    run(f"CREATE SCHEMA {views_ns}")
+    assert recon_sql.create_views(run, ns, views_ns)[0] == "current_trip_balances"
+    views = {r["Table"] for r in run(f"SHOW TABLES FROM {views_ns}")}
+    assert views == {"current_trip_balances", "open_trips", "discrepant_trips", "daily_totals", "rejected_by_reason"}
     t0 = time.monotonic()
-    run(f"SELECT * FROM {ns}.daily_totals")
+    run(f"SELECT * FROM {views_ns}.daily_totals")
     daily_s = time.monotonic() - t0
     t0 = time.monotonic()
-    figures = recon_sql.collect("trino", run, ns)
+    figures = recon_sql.collect("trino", run, ns, views_ns)
     figures_s = time.monotonic() - t0
     assert_matches(truth, figures)
     reports = [job.batch_verify(day) for day in truth.business_dates]
