@@ -321,7 +321,7 @@ fn compare(
             micros_text(l.occurred_at_us)
         ));
     }
-    if t.ids != l.ids || t.schema_version != l.schema_version {
+    if t.extra != l.extra {
         fields.push("rider/driver/payment/payout id or schema_version differ".into());
     }
     if let Some(tp) = tpos

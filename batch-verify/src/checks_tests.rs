@@ -21,8 +21,7 @@ fn ev(id: u128, amount: i64) -> EventRow {
         amount,
         currency: "USD".into(),
         occurred_at_us: NOON_US,
-        ids: [None, None, None, None],
-        schema_version: 1,
+        extra: 0,
     }
 }
 

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::error::{Result, VerifyError};
 use crate::report::{Discrepancy, Findings, Kind};
-use crate::row::{BalanceRow, EventRow, Position, type_code_of};
+use crate::row::{BalanceRow, EventRow, Position, extra_digest, type_code_of};
 
 /// Rows per Arrow batch asked of the reader.
 const BATCH_ROWS: usize = 16 * 1024;
@@ -274,8 +274,10 @@ pub async fn scan_ledger(
                     amount: c.required("amount", amounts[i])?,
                     currency: c.required("currency", currencies[i])?.to_string(),
                     occurred_at_us: c.required("occurred_at", times[i])?,
-                    ids: std::array::from_fn(|k| opt[k][i].map(str::to_string)),
-                    schema_version: c.required("schema_version", versions[i])?,
+                    extra: extra_digest(
+                        [opt[0][i], opt[1][i], opt[2][i], opt[3][i]],
+                        c.required("schema_version", versions[i])?,
+                    ),
                 };
                 f(LedgerRow {
                     row,

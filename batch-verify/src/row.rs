@@ -45,10 +45,27 @@ pub struct EventRow {
     pub currency: String,
     /// Business time, microseconds since the epoch (UTC).
     pub occurred_at_us: i64,
-    /// Rider, driver, payment and payout ids.
-    pub ids: [Option<String>; 4],
-    /// Envelope version.
-    pub schema_version: i32,
+    /// [`extra_digest`] of the rider, driver, payment and payout ids and the envelope version:
+    /// compared, never displayed, so they need not travel through the spill files.
+    pub extra: u64,
+}
+
+/// Digest of the fields of an event that are only ever compared: the four optional ids (with
+/// their presence) and `schema_version`.
+pub fn extra_digest(ids: [Option<&str>; 4], schema_version: i32) -> u64 {
+    let mut bytes = Vec::with_capacity(96);
+    for id in ids {
+        match id {
+            None => bytes.push(0),
+            Some(s) => {
+                bytes.push(1);
+                bytes.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                bytes.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+    bytes.extend_from_slice(&schema_version.to_le_bytes());
+    recon_schemas::event::fnv1a64(&bytes)
 }
 
 impl EventRow {
@@ -62,31 +79,33 @@ impl EventRow {
             amount,
             currency: e.currency.code().to_string(),
             occurred_at_us: e.occurred_at.timestamp_micros(),
-            ids: [
-                e.rider_id.clone(),
-                e.driver_id.clone(),
-                e.payment_id.clone(),
-                e.payout_id.clone(),
-            ],
-            schema_version: e.schema_version,
+            extra: extra_digest(
+                [
+                    e.rider_id.as_deref(),
+                    e.driver_id.as_deref(),
+                    e.payment_id.as_deref(),
+                    e.payout_id.as_deref(),
+                ],
+                e.schema_version,
+            ),
         })
     }
 
-    /// Back to an [`Event`]; `None` when a field holds a value no valid event can have.
-    pub fn to_event(&self) -> Option<Event> {
-        let [rider_id, driver_id, payment_id, payout_id] = self.ids.clone();
+    /// The event as [`recon_schemas::balance::TripBalance::apply`] needs it (type, amount,
+    /// currency, time; ids left empty); `None` when a field holds a value no event can have.
+    pub fn balance_event(&self) -> Option<Event> {
         Some(Event {
             event_id: self.event_id,
             event_type: *EventType::ALL.get(usize::from(self.event_type))?,
-            trip_id: self.trip_id.clone(),
+            trip_id: String::new(),
             amount: money::from_unscaled(i128::from(self.amount))?,
             currency: Currency::parse(&self.currency)?,
             occurred_at: DateTime::<Utc>::from_timestamp_micros(self.occurred_at_us)?,
-            rider_id,
-            driver_id,
-            payment_id,
-            payout_id,
-            schema_version: self.schema_version,
+            rider_id: None,
+            driver_id: None,
+            payment_id: None,
+            payout_id: None,
+            schema_version: 1,
         })
     }
 
@@ -303,7 +322,14 @@ mod tests {
         let row = EventRow::from_event(&e).unwrap();
         assert_eq!(row.amount, 12_300);
         assert_eq!(row.type_name(), "refund");
-        assert_eq!(row.to_event().unwrap(), e);
+        let b = row.balance_event().unwrap();
+        assert_eq!(
+            (b.event_type, b.amount, b.currency, b.occurred_at),
+            (e.event_type, e.amount, e.currency, e.occurred_at)
+        );
+        let mut other = e.clone();
+        other.driver_id = Some("d".into());
+        assert_ne!(EventRow::from_event(&other).unwrap().extra, row.extra);
         let bytes = postcard::to_stdvec(&row).unwrap();
         assert_eq!(postcard::from_bytes::<EventRow>(&bytes).unwrap(), row);
     }
@@ -317,8 +343,7 @@ mod tests {
             amount: 5,
             currency: "USD".into(),
             occurred_at_us: 1,
-            ids: [Some("r".into()), None, None, None],
-            schema_version: 1,
+            extra: 9,
         };
         let position = Position {
             partition: 1,

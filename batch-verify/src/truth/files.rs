@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::TruthSink;
 use crate::error::{Result, VerifyError};
-use crate::row::{EventRow, type_code_of};
+use crate::row::{EventRow, extra_digest, type_code_of};
 
 /// Longest JSON Lines line accepted (a 64 KiB payload is 128 KiB in hex).
 const LINE_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -221,8 +221,15 @@ fn events_batch(b: &RecordBatch, sink: &mut TruthSink) -> Result<()> {
                 .map_err(|_| err(format!("event {id}: amount out of range")))?,
             currency: currencies[i].clone().unwrap_or_default(),
             occurred_at_us: time.value(i),
-            ids: std::array::from_fn(|k| opt[k][i].clone()),
-            schema_version: version.value(i),
+            extra: extra_digest(
+                [
+                    opt[0][i].as_deref(),
+                    opt[1][i].as_deref(),
+                    opt[2][i].as_deref(),
+                    opt[3][i].as_deref(),
+                ],
+                version.value(i),
+            ),
         };
         sink.event(row, None, (0, seq.value(i)))?;
     }
