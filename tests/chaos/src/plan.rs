@@ -1,0 +1,433 @@
+//! Scenario plans: which faults, which hostile input, which storage and job knobs, all drawn from
+//! one seed so that a failing scenario is replayed by its seed alone.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use recon_pipeline::crash::CrashPoint;
+
+use crate::traffic::Hostile;
+
+/// How the catalog commit is made ambiguous (in the PostgreSQL proxy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Ambiguity {
+    /// The commit lands; the job is SIGKILLed before it hears the answer.
+    KillJob,
+    /// The commit lands; the answer is lost (connection reset).
+    LoseReply,
+    /// The COMMIT never reaches the server; the connection is reset.
+    DropCommit,
+}
+
+/// Where a full disk strikes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum DiskTarget {
+    /// The local checkpoint directory.
+    Checkpoints,
+    /// The local warehouse directory.
+    Warehouse,
+}
+
+/// One injected fault. (Field meanings are in each variant's line; durations in milliseconds.)
+#[derive(Clone, Debug, serde::Serialize)]
+#[allow(missing_docs)]
+pub enum Fault {
+    /// SIGKILL `delay_ms` after the load starts.
+    KillRandom { delay_ms: u64 },
+    /// SIGKILL at the `nth` visit of a named crash point.
+    CrashPoint { point: &'static str, nth: u64 },
+    /// The catalog commit is made ambiguous.
+    AmbiguousCommit { how: Ambiguity },
+    /// Kafka broker stopped (SIGTERM or SIGKILL) for `down_ms`.
+    BrokerStop {
+        hard: bool,
+        delay_ms: u64,
+        down_ms: u64,
+    },
+    /// Partitions added to the topic while the job runs.
+    PartitionAdded { add: i32 },
+    /// PostgreSQL restarted (`immediate` = crash + recovery), at a random time or while a catalog
+    /// commit is in flight.
+    PgRestart {
+        immediate: bool,
+        mid_commit: bool,
+        delay_ms: u64,
+    },
+    /// The catalog refuses connections for `down_ms`.
+    CatalogRefuse { delay_ms: u64, down_ms: u64 },
+    /// A second instance of the same job: the first is paused (SIGSTOP) and resumed after the
+    /// second took over, or both run at once.
+    Zombie { paused: bool },
+    /// Object-store faults on `rate` of S3 requests for `for_ms`.
+    StorageFaults { rate: f64, for_ms: u64 },
+    /// The local checkpoint or warehouse directory runs out of space; freed after `hold_ms`.
+    DiskFull { target: DiskTarget, hold_ms: u64 },
+    /// SIGTERM: final checkpoint and commit, exit 0, restart.
+    GracefulRestart,
+}
+
+impl Fault {
+    /// Name in the report.
+    pub fn kind(&self) -> String {
+        match self {
+            Fault::KillRandom { .. } => "sigkill_random_time".into(),
+            Fault::CrashPoint { point, .. } => format!("sigkill_at_{point}"),
+            Fault::AmbiguousCommit { how } => match how {
+                Ambiguity::KillJob => "ambiguous_commit_job_killed_before_reply".into(),
+                Ambiguity::LoseReply => "ambiguous_commit_reply_lost".into(),
+                Ambiguity::DropCommit => "catalog_commit_dropped".into(),
+            },
+            Fault::BrokerStop { hard, .. } => {
+                if *hard {
+                    "kafka_broker_sigkill_restart".into()
+                } else {
+                    "kafka_broker_stop_start".into()
+                }
+            }
+            Fault::PartitionAdded { .. } => "kafka_partition_added".into(),
+            Fault::PgRestart {
+                immediate,
+                mid_commit,
+                ..
+            } => format!(
+                "postgres_restart_{}{}",
+                if *immediate { "immediate" } else { "fast" },
+                if *mid_commit { "_mid_commit" } else { "" }
+            ),
+            Fault::CatalogRefuse { .. } => "catalog_refusing_connections".into(),
+            Fault::Zombie { paused } => {
+                if *paused {
+                    "zombie_paused_then_resumed".into()
+                } else {
+                    "zombie_concurrent".into()
+                }
+            }
+            Fault::StorageFaults { .. } => "object_store_faults".into(),
+            Fault::DiskFull { target, .. } => match target {
+                DiskTarget::Checkpoints => "disk_full_checkpoint_dir".into(),
+                DiskTarget::Warehouse => "disk_full_warehouse_dir".into(),
+            },
+            Fault::GracefulRestart => "sigterm_graceful_restart".into(),
+        }
+    }
+
+    /// Needs control of the broker or of PostgreSQL (a private service set).
+    pub fn needs_service_control(&self) -> bool {
+        matches!(self, Fault::BrokerStop { .. } | Fault::PgRestart { .. })
+    }
+}
+
+/// A scenario that ends with the job stopped on purpose (an operator must decide).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Terminal {
+    /// Records the job has not read yet are deleted (retention): the saved offset is gone.
+    LogTruncated,
+    /// The topic is deleted and created again, and holds more records than the saved offsets.
+    TopicRecreated,
+}
+
+impl Terminal {
+    /// Name in the report.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Terminal::LogTruncated => "saved_offset_truncated_away",
+            Terminal::TopicRecreated => "topic_deleted_and_recreated",
+        }
+    }
+}
+
+/// Knobs of the job.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Knobs {
+    /// Checkpoint interval.
+    pub checkpoint_interval_ms: u64,
+    /// Commit attempts before the job stops.
+    pub commit_attempts_max: u32,
+    /// Full state every n checkpoints.
+    pub full_state_every: u32,
+    /// Commit every n checkpoints.
+    pub commit_every_checkpoints: u32,
+    /// Records per consumer batch.
+    pub poll_batch_records_max: u32,
+}
+
+/// One scenario.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Plan {
+    /// Position in the run.
+    pub index: u32,
+    /// Its own seed (replay: `--replay SEED`).
+    pub seed: u64,
+    /// Trips of traffic.
+    pub trips: u64,
+    /// Initial partitions.
+    pub partitions: i32,
+    /// Hostile input.
+    pub hostile: Vec<Hostile>,
+    /// Faults, in order.
+    pub faults: Vec<Fault>,
+    /// A terminal stop instead of faults.
+    pub terminal: Option<Terminal>,
+    /// Knobs.
+    pub knobs: Knobs,
+}
+
+/// Sizes of traffic.
+#[derive(Clone, Copy, Debug)]
+pub struct Scale {
+    /// Fewest trips per scenario.
+    pub trips_min: u64,
+    /// Most trips per scenario.
+    pub trips_max: u64,
+}
+
+/// splitmix64: derives scenario seeds from the run seed.
+pub fn derive_seed(run_seed: u64, index: u32) -> u64 {
+    let mut z = run_seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(u64::from(index) + 1));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn knobs(rng: &mut ChaCha8Rng) -> Knobs {
+    Knobs {
+        checkpoint_interval_ms: [150, 250, 400, 700][rng.random_range(0..4)],
+        commit_attempts_max: [3, 5, 10][rng.random_range(0..3)],
+        full_state_every: [1, 3, 10][rng.random_range(0..3)],
+        commit_every_checkpoints: if rng.random_bool(0.8) { 1 } else { 3 },
+        poll_batch_records_max: [50, 200, 500][rng.random_range(0..3)],
+    }
+}
+
+/// Draws one fault.
+pub fn draw_fault(rng: &mut ChaCha8Rng, controllable: bool) -> Fault {
+    loop {
+        let f = match rng.random_range(0..100) {
+            0..=11 => Fault::KillRandom {
+                delay_ms: rng.random_range(200..4_000),
+            },
+            12..=29 => Fault::CrashPoint {
+                point: CrashPoint::ALL[rng.random_range(0..CrashPoint::ALL.len())].name(),
+                nth: rng.random_range(1..=3),
+            },
+            30..=39 => Fault::AmbiguousCommit {
+                how: [
+                    Ambiguity::KillJob,
+                    Ambiguity::LoseReply,
+                    Ambiguity::DropCommit,
+                ][rng.random_range(0..3)],
+            },
+            40..=47 => Fault::BrokerStop {
+                hard: rng.random_bool(0.5),
+                delay_ms: rng.random_range(200..2_000),
+                down_ms: rng.random_range(1_000..15_000),
+            },
+            48..=52 => Fault::PartitionAdded {
+                add: rng.random_range(1..=2),
+            },
+            53..=61 => Fault::PgRestart {
+                immediate: rng.random_bool(0.5),
+                mid_commit: rng.random_bool(0.5),
+                delay_ms: rng.random_range(200..3_000),
+            },
+            62..=70 => Fault::CatalogRefuse {
+                delay_ms: rng.random_range(200..2_000),
+                down_ms: rng.random_range(1_000..25_000),
+            },
+            71..=78 => Fault::Zombie {
+                paused: rng.random_bool(0.6),
+            },
+            79..=88 => Fault::StorageFaults {
+                rate: [0.01, 0.03, 0.08, 0.15][rng.random_range(0..4)],
+                for_ms: rng.random_range(2_000..10_000),
+            },
+            89..=94 => Fault::DiskFull {
+                target: if rng.random_bool(0.5) {
+                    DiskTarget::Checkpoints
+                } else {
+                    DiskTarget::Warehouse
+                },
+                hold_ms: rng.random_range(500..5_000),
+            },
+            _ => Fault::GracefulRestart,
+        };
+        if controllable || !f.needs_service_control() {
+            return f;
+        }
+    }
+}
+
+/// A random scenario.
+pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool) -> Plan {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let trips = rng.random_range(scale.trips_min..=scale.trips_max);
+    let partitions = rng.random_range(1..=4);
+    let knobs = knobs(&mut rng);
+    let terminal = match rng.random_range(0..100) {
+        0..=3 => Some(Terminal::LogTruncated),
+        4..=7 => Some(Terminal::TopicRecreated),
+        _ => None,
+    };
+    let mut faults = Vec::new();
+    if terminal.is_none() {
+        let n = rng.random_range(1..=3);
+        let mut disk = false;
+        while faults.len() < n {
+            let f = draw_fault(&mut rng, controllable);
+            // One disk target per scenario: the storage layout is chosen for it.
+            if let Fault::DiskFull { .. } = f {
+                if disk {
+                    continue;
+                }
+                disk = true;
+            }
+            faults.push(f);
+        }
+    }
+    let order_safe = faults
+        .iter()
+        .any(|f| matches!(f, Fault::PartitionAdded { .. }));
+    let mut hostile = Vec::new();
+    let k = match rng.random_range(0..10) {
+        0..=2 => 0,
+        3..=7 => 1,
+        _ => 2,
+    };
+    while hostile.len() < k {
+        let h = Hostile::ALL[rng.random_range(0..Hostile::ALL.len())];
+        if order_safe && matches!(h, Hostile::DuplicateBurst | Hostile::TwoCurrencies) {
+            continue;
+        }
+        if !hostile.contains(&h) {
+            hostile.push(h);
+        }
+    }
+    hostile.sort();
+    Plan {
+        index,
+        seed,
+        trips,
+        partitions,
+        hostile,
+        faults,
+        terminal,
+        knobs,
+    }
+}
+
+/// The bounded CI pass: a fixed list of scenario shapes that together inject every fault kind and
+/// every hostile class at least once; `seed` varies traffic and timings.
+pub fn ci(seed: u64, scale: Scale, controllable: bool) -> Vec<Plan> {
+    use Fault as F;
+    let shapes: Vec<(Vec<Fault>, Vec<Hostile>, Option<Terminal>)> = vec![
+        (
+            vec![
+                F::CrashPoint {
+                    point: "after-commit-before-record",
+                    nth: 2,
+                },
+                F::KillRandom { delay_ms: 700 },
+            ],
+            vec![Hostile::PoisonFlood],
+            None,
+        ),
+        (
+            vec![
+                F::AmbiguousCommit {
+                    how: Ambiguity::KillJob,
+                },
+                F::AmbiguousCommit {
+                    how: Ambiguity::LoseReply,
+                },
+                F::CrashPoint {
+                    point: "during-commit",
+                    nth: 1,
+                },
+            ],
+            vec![Hostile::DuplicateBurst],
+            None,
+        ),
+        (
+            vec![
+                F::BrokerStop {
+                    hard: true,
+                    delay_ms: 500,
+                    down_ms: 4_000,
+                },
+                F::GracefulRestart,
+            ],
+            vec![Hostile::HugePayloads],
+            None,
+        ),
+        (
+            vec![F::PartitionAdded { add: 1 }],
+            vec![Hostile::ClockSkew],
+            None,
+        ),
+        (
+            vec![
+                F::PgRestart {
+                    immediate: true,
+                    mid_commit: true,
+                    delay_ms: 0,
+                },
+                F::CatalogRefuse {
+                    delay_ms: 300,
+                    down_ms: 12_000,
+                },
+            ],
+            vec![Hostile::TwoCurrencies],
+            None,
+        ),
+        (
+            vec![
+                F::Zombie { paused: true },
+                F::StorageFaults {
+                    rate: 0.08,
+                    for_ms: 5_000,
+                },
+            ],
+            vec![],
+            None,
+        ),
+        (
+            vec![
+                F::DiskFull {
+                    target: DiskTarget::Checkpoints,
+                    hold_ms: 1_000,
+                },
+                F::Zombie { paused: false },
+            ],
+            vec![Hostile::PoisonFlood],
+            None,
+        ),
+        (vec![], vec![], Some(Terminal::LogTruncated)),
+    ];
+    shapes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (faults, hostile, terminal))| {
+            let s = derive_seed(seed, i as u32);
+            let mut rng = ChaCha8Rng::seed_from_u64(s);
+            let faults: Vec<Fault> = faults
+                .into_iter()
+                .filter(|f| controllable || !f.needs_service_control())
+                .collect();
+            Plan {
+                index: i as u32,
+                seed: s,
+                trips: rng.random_range(scale.trips_min..=scale.trips_max),
+                partitions: rng.random_range(2..=3),
+                hostile,
+                faults,
+                terminal,
+                knobs: Knobs {
+                    checkpoint_interval_ms: 250,
+                    commit_attempts_max: 5,
+                    full_state_every: 3,
+                    commit_every_checkpoints: 1,
+                    poll_batch_records_max: 200,
+                },
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,306 @@
+//! The run's report: printed as a summary and written as JSON.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::scenario::Outcome;
+
+/// Percentiles of recovery times.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Percentiles {
+    /// Measurements.
+    pub count: usize,
+    /// Median, ms.
+    pub p50_ms: u64,
+    /// 99th percentile, ms (nearest rank).
+    pub p99_ms: u64,
+    /// Largest, ms.
+    pub max_ms: u64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `v`.
+    pub fn of(mut v: Vec<u64>) -> Percentiles {
+        if v.is_empty() {
+            return Percentiles::default();
+        }
+        v.sort_unstable();
+        let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Percentiles {
+            count: v.len(),
+            p50_ms: rank(0.50),
+            p99_ms: rank(0.99),
+            max_ms: *v.last().expect("non-empty"),
+        }
+    }
+}
+
+/// The whole run.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Report {
+    /// Run seed.
+    pub seed: u64,
+    /// `ci`, `random` or `replay`.
+    pub mode: String,
+    /// Scenarios asked for.
+    pub scenarios_requested: u32,
+    /// Scenarios run.
+    pub scenarios_run: u32,
+    /// Clean scenarios.
+    pub clean: u32,
+    /// Scenarios where the pipeline misbehaved.
+    pub failed: u32,
+    /// Scenarios voided by a harness or service failure.
+    pub void: u32,
+    /// Faults injected, by kind (object-store faults also by sub-kind).
+    pub faults_by_kind: BTreeMap<String, u64>,
+    /// Hostile input classes, by scenario count.
+    pub hostile_by_kind: BTreeMap<String, u64>,
+    /// Job processes started.
+    pub runs: u64,
+    /// Restarts by the orchestrator after an exit.
+    pub restarts: u64,
+    /// Exits by class: killed, clean, loud, silent.
+    pub exits_by_class: BTreeMap<String, u64>,
+    /// Loud stops' messages (first line, clipped), with counts.
+    pub loud_stop_messages: BTreeMap<String, u64>,
+    /// Records published.
+    pub records_sent: u64,
+    /// Distinct events checked (each in reconcile and in batch-verify).
+    pub events_checked: u64,
+    /// Dead letters checked.
+    pub dead_letters_checked: u64,
+    /// Exact re-sends that had to be dropped.
+    pub resends_checked: u64,
+    /// Business days verified by batch-verify.
+    pub verify_days: u64,
+    /// Duplicates found (must be 0).
+    pub duplicates: u64,
+    /// Losses found (must be 0).
+    pub losses: u64,
+    /// Recovery: fault cleared -> first checkpoint holding new records.
+    pub recovery: Percentiles,
+    /// Recovery by fault kind.
+    pub recovery_by_fault: BTreeMap<String, Percentiles>,
+    /// Distinct observations.
+    pub observations: BTreeMap<String, u64>,
+    /// Failing and void scenarios: seed, faults, error, logs.
+    pub failures: Vec<serde_json::Value>,
+    /// Wall time, seconds.
+    pub elapsed_s: f64,
+    /// The binary under test.
+    pub pipeline_binary: String,
+    /// Its SHA-256.
+    pub pipeline_sha256: String,
+    /// `git rev-parse HEAD` and whether the tree had local changes.
+    pub git: String,
+    /// Every scenario.
+    pub scenarios: Vec<Outcome>,
+}
+
+/// Messages normalised for grouping: digits become `#`.
+fn group(msg: &str) -> String {
+    let mut out = String::new();
+    let mut last_digit = false;
+    for c in msg.chars() {
+        if c.is_ascii_digit() {
+            if !last_digit {
+                out.push('#');
+            }
+            last_digit = true;
+        } else {
+            out.push(c);
+            last_digit = false;
+        }
+    }
+    // Job names carry a hex tag; collapse them too.
+    out.split_whitespace()
+        .map(|w| if w.contains("chaos#") { "<job>" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Report {
+    /// Adds a scenario.
+    pub fn add(&mut self, o: Outcome) {
+        self.scenarios_run += 1;
+        match o.result.as_str() {
+            "clean" => self.clean += 1,
+            "failed" => self.failed += 1,
+            _ => self.void += 1,
+        }
+        for f in &o.faults {
+            *self.faults_by_kind.entry(f.clone()).or_default() += 1;
+        }
+        for (k, v) in &o.storage_faults {
+            *self
+                .faults_by_kind
+                .entry(format!("object_store_faults/{k}"))
+                .or_default() += v;
+        }
+        if let Some(p) = &o.plan {
+            for h in &p.hostile {
+                *self
+                    .hostile_by_kind
+                    .entry(h.name().to_string())
+                    .or_default() += 1;
+            }
+        }
+        self.runs += u64::from(o.runs);
+        self.restarts += u64::from(o.restarts);
+        for e in &o.exits {
+            *self.exits_by_class.entry(e.class.to_string()).or_default() += 1;
+            if let Some(m) = &e.message {
+                *self
+                    .loud_stop_messages
+                    .entry(group(&crate::scenario::short(m)))
+                    .or_default() += 1;
+            }
+        }
+        if o.result != "void" {
+            self.records_sent += o.verdict.records_sent;
+            self.events_checked += o.verdict.events_expected;
+            self.dead_letters_checked += o.verdict.rejected_expected;
+            self.resends_checked += o.traffic.duplicates;
+            self.verify_days += o.verdict.verify_days;
+            self.duplicates += o.verdict.duplicates;
+            self.losses += o.verdict.losses;
+        }
+        for ob in &o.observations {
+            *self.observations.entry(group(ob)).or_default() += 1;
+        }
+        if o.result != "clean" {
+            self.failures.push(serde_json::json!({
+                "index": o.plan.as_ref().map(|p| p.index),
+                "seed": o.plan.as_ref().map(|p| p.seed),
+                "replay": o.plan.as_ref().map(|p| format!("recon-chaos --replay {}", p.seed)),
+                "result": o.result,
+                "faults": o.faults,
+                "error": o.error,
+                "logs": o.logs,
+            }));
+        }
+        self.scenarios.push(o);
+        self.recompute();
+    }
+
+    fn recompute(&mut self) {
+        let all: Vec<u64> = self
+            .scenarios
+            .iter()
+            .flat_map(|s| s.recoveries.iter().map(|r| r.ms))
+            .collect();
+        self.recovery = Percentiles::of(all);
+        let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for s in &self.scenarios {
+            for r in &s.recoveries {
+                by.entry(r.fault.clone()).or_default().push(r.ms);
+            }
+        }
+        self.recovery_by_fault = by
+            .into_iter()
+            .map(|(k, v)| (k, Percentiles::of(v)))
+            .collect();
+    }
+
+    /// Whether every scenario was clean and nothing was duplicated or lost.
+    pub fn passed(&self) -> bool {
+        self.failed == 0
+            && self.void == 0
+            && self.duplicates == 0
+            && self.losses == 0
+            && self.scenarios_run > 0
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "== recon-chaos report (seed {}, {})",
+            self.seed, self.mode
+        )?;
+        writeln!(
+            f,
+            "scenarios      {} run of {} | clean {} | failed {} | void {}",
+            self.scenarios_run, self.scenarios_requested, self.clean, self.failed, self.void
+        )?;
+        writeln!(f, "duplicates     {}", self.duplicates)?;
+        writeln!(f, "losses         {}", self.losses)?;
+        writeln!(
+            f,
+            "checked        {} events, {} dead letters, {} re-sends, {} records; {} batch-verify days",
+            self.events_checked,
+            self.dead_letters_checked,
+            self.resends_checked,
+            self.records_sent,
+            self.verify_days
+        )?;
+        writeln!(
+            f,
+            "job            {} runs, {} orchestrator restarts; exits {:?}",
+            self.runs, self.restarts, self.exits_by_class
+        )?;
+        writeln!(
+            f,
+            "recovery       p50 {} ms, p99 {} ms, max {} ms ({} measurements)",
+            self.recovery.p50_ms, self.recovery.p99_ms, self.recovery.max_ms, self.recovery.count
+        )?;
+        writeln!(f, "faults by kind")?;
+        for (k, v) in &self.faults_by_kind {
+            let rec = self
+                .recovery_by_fault
+                .get(k)
+                .map(|p| format!("  recovery p50 {} / p99 {} ms", p.p50_ms, p.p99_ms))
+                .unwrap_or_default();
+            writeln!(f, "  {k:<52} {v:>5}{rec}")?;
+        }
+        writeln!(f, "hostile input (scenarios)")?;
+        for (k, v) in &self.hostile_by_kind {
+            writeln!(f, "  {k:<52} {v:>5}")?;
+        }
+        if !self.loud_stop_messages.is_empty() {
+            writeln!(f, "loud stops (the job's own message)")?;
+            for (k, v) in &self.loud_stop_messages {
+                writeln!(f, "  {v:>4} × {k}")?;
+            }
+        }
+        if !self.observations.is_empty() {
+            writeln!(f, "observations")?;
+            for (k, v) in &self.observations {
+                writeln!(f, "  {v:>4} × {k}")?;
+            }
+        }
+        for x in &self.failures {
+            writeln!(f, "FAILURE {x}")?;
+        }
+        write!(
+            f,
+            "elapsed {:.0}s; verdict: {}",
+            self.elapsed_s,
+            if self.passed() { "PASS" } else { "FAIL" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let p = Percentiles::of((1..=100).collect());
+        assert_eq!((p.p50_ms, p.p99_ms, p.max_ms, p.count), (50, 99, 100, 100));
+        let one = Percentiles::of(vec![7]);
+        assert_eq!((one.p50_ms, one.p99_ms), (7, 7));
+        assert_eq!(Percentiles::of(vec![]).count, 0);
+    }
+
+    #[test]
+    fn messages_group_without_numbers() {
+        assert_eq!(
+            group("job chaos012_ab: generation 3 has taken over checkpoint 17"),
+            "job <job> generation # has taken over checkpoint #"
+        );
+    }
+}
