@@ -45,6 +45,24 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Publish realistic, seeded trip-finance traffic to Kafka and record the truth.
     Generate(Box<generate::GenerateArgs>),
+    /// Restart the job from an older checkpoint on purpose: rebuilds state by replaying from that
+    /// checkpoint's offsets; records the tables already hold are replayed into state only, never
+    /// written twice. Writes a `rewind` entry with a new generation (fencing any running
+    /// instance: stop the job first), then exits; the next `run` resumes from it.
+    Rewind {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The checkpoint to restart from (see `checkpoints list`).
+        #[arg(long)]
+        to_checkpoint: u64,
+        /// Why, recorded in the log entry.
+        #[arg(long)]
+        reason: String,
+        /// Confirm: without it, nothing is written.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Inspect the checkpoint log.
     Checkpoints {
         /// Configuration file (TOML).
@@ -118,6 +136,12 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Checkpoints { config, what } => checkpoints(config, what).await,
+        Command::Rewind {
+            config,
+            to_checkpoint,
+            reason,
+            yes,
+        } => rewind(config, CheckpointId(to_checkpoint), reason, yes).await,
     }
 }
 
@@ -158,6 +182,54 @@ async fn run(config: Option<PathBuf>, idle_ms: Option<u64>) -> anyhow::Result<()
         report.counts.rejected,
         report.trips,
         report.last_checkpoint
+    );
+    Ok(())
+}
+
+async fn rewind(
+    config: Option<PathBuf>,
+    to: CheckpointId,
+    reason: String,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let cfg = Config::load(config.as_deref())?;
+    let (store, prefix) = checkpoint::store::open(&cfg)?;
+    let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
+    let head = log
+        .head()
+        .await?
+        .context("the checkpoint log is empty: nothing to rewind")?;
+    let target = log.completed(to).await?.with_context(|| {
+        format!(
+            "checkpoint {to} is not in the log of job {} (pruned?)",
+            cfg.job_id
+        )
+    })?;
+    anyhow::ensure!(
+        to < head.entry.checkpoint_id,
+        "checkpoint {to} is the head ({}); nothing to rewind",
+        head.entry.checkpoint_id
+    );
+    anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+    println!(
+        "rewind job {}: head is checkpoint {} (generation {}); restart from checkpoint {to} (offsets {:?})",
+        cfg.job_id,
+        head.entry.checkpoint_id,
+        head.entry.generation,
+        target.manifest.resume_offsets()
+    );
+    println!(
+        "records up to the head's offsets {:?} are replayed into state only (no duplicates)",
+        head.manifest.resume_offsets()
+    );
+    if !yes {
+        anyhow::bail!("not confirmed: re-run with --yes to write the rewind entry");
+    }
+    let claimed = log.claim(Some((to, reason.clone()))).await?;
+    tracing::warn!(job = %cfg.job_id, to = %to, generation = %claimed.entry.generation, checkpoint = %claimed.entry.checkpoint_id, reason, "REWIND written");
+    println!(
+        "rewind written: checkpoint {} generation {}; start the job to resume",
+        claimed.entry.checkpoint_id, claimed.entry.generation
     );
     Ok(())
 }

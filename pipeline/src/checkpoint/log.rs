@@ -312,7 +312,20 @@ impl CheckpointLog {
                 (None, None) => (None, EntryKind::GenerationStart { resumes: None }),
             };
             let manifest = match base {
-                Some(b) => b.continuation(id, generation),
+                Some(b) => {
+                    let mut m = b.continuation(id, generation);
+                    if let (Some(_), Some(h)) = (&rewind_to, &head) {
+                        // Everything up to the head's cut is (or is about to be) in the tables:
+                        // replay it into state only.
+                        let mut until = h.manifest.replay_until.clone();
+                        for (p, o) in h.manifest.resume_offsets() {
+                            let e = until.entry(p).or_insert(o);
+                            *e = (*e).max(o);
+                        }
+                        m.replay_until = until;
+                    }
+                    m
+                }
                 None => Manifest {
                     format: FORMAT_VERSION,
                     job_id: self.job.clone(),
@@ -322,6 +335,7 @@ impl CheckpointLog {
                     pending: Default::default(),
                     state_chain: Vec::new(),
                     counts: Default::default(),
+                    replay_until: Default::default(),
                 },
             };
             let entry = self.write_manifest(&manifest, kind).await?;

@@ -120,6 +120,10 @@ pub struct Manifest {
     pub state_chain: Vec<String>,
     /// Counts of this checkpoint.
     pub counts: Counts,
+    /// After a rewind: per partition, the offset below which records were already committed
+    /// to the tables. They are replayed into state only, never written again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replay_until: BTreeMap<PartitionId, Offset>,
 }
 
 impl Manifest {
@@ -153,6 +157,7 @@ impl Manifest {
             pending: BTreeMap::new(),
             state_chain: self.state_chain.clone(),
             counts: Counts::default(),
+            replay_until: self.replay_until.clone(),
         }
     }
 }

@@ -140,6 +140,14 @@ impl Publisher<'_> {
                 files.extend(decode_files(table, p.spec_id, p.schema_id, &p.files)?);
             }
             for (pid, cut) in &m.partitions {
+                // Records below a rewind's replay bound were committed before: not this commit's.
+                let mut cut = *cut;
+                if let Some(u) = m.replay_until.get(pid) {
+                    if cut.end <= *u {
+                        continue;
+                    }
+                    cut.start = cut.start.max(*u);
+                }
                 let e = offsets.entry(pid.0).or_insert((cut.start.0, cut.end.0, 0));
                 e.0 = e.0.min(cut.start.0);
                 e.1 = e.1.max(cut.end.0);

@@ -400,6 +400,7 @@ impl Process {
             pending,
             state_chain: Vec::new(),
             counts: Counts::default(),
+            replay_until: Default::default(),
         };
         let entry = self
             .log

@@ -73,11 +73,16 @@ impl Job {
             },
             state_chain: chain.clone(),
             counts: self.counts,
+            replay_until: self.replay_until.clone(),
         };
         let entry = self
             .log
             .write_manifest(&manifest, EntryKind::Checkpoint)
             .await?;
+        // A partition whose replay is over carries no replay bound into the next checkpoint.
+        let cuts = &self.cuts;
+        self.replay_until
+            .retain(|p, u| cuts.get(p).is_none_or(|c| c.end < *u));
         self.crash.hit(CrashPoint::BeforeCheckpointComplete)?;
         self.log.complete(&entry).await?;
         self.crash.hit(CrashPoint::AfterCheckpointDurable)?;

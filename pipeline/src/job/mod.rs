@@ -129,6 +129,8 @@ pub struct RunReport {
     pub first_data_commit: Option<Duration>,
     /// Trips in state after recovery.
     pub trips_restored: usize,
+    /// Records replayed into state only, after a rewind.
+    pub replayed: u64,
 }
 
 /// External parts and knobs of one run.
@@ -167,6 +169,8 @@ pub(crate) struct Job {
     cuts: BTreeMap<PartitionId, PartitionCut>,
     /// Counts since the last checkpoint.
     counts: Counts,
+    /// After a rewind: offsets below which records are replayed into state only.
+    replay_until: BTreeMap<PartitionId, Offset>,
     report: RunReport,
     since_full: u32,
     since_commit: u32,
@@ -272,6 +276,16 @@ impl Job {
             cut.records += 1;
             self.counts.records += 1;
             let payload = r.payload.as_deref().unwrap_or(&[]);
+            if self.replay_until.get(&pid).is_some_and(|u| r.offset < u.0) {
+                // Already in the tables (a rewind): rebuild state, write nothing.
+                if let Ok(ev) = decode::decode(r.key.as_deref(), payload, &self.limits) {
+                    self.state
+                        .apply(&ev, r.partition)
+                        .map_err(|e| JobError::Protocol(e.to_string()))?;
+                }
+                self.report.replayed += 1;
+                continue;
+            }
             match decode::decode(r.key.as_deref(), payload, &self.limits) {
                 Ok(ev) => match self
                     .state

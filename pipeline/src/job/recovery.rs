@@ -103,6 +103,7 @@ pub(super) async fn recover(cfg: &Config, env: &JobEnv) -> Result<Job, JobError>
         uncommitted: BTreeMap::new(),
         state_chain: claimed.manifest.state_chain.clone(),
         cuts: claimed.manifest.partitions.clone(),
+        replay_until: claimed.manifest.replay_until.clone(),
         counts: Default::default(),
         report: RunReport {
             generation,
