@@ -45,37 +45,68 @@ impl BalanceOutcome {
     }
 }
 
-/// One trip's rows in a bucket: ledger rows, latest balance row, and whether two different
-/// rows share the latest checkpoint.
-type TripRows = (Vec<(EventRow, Position)>, Option<BalanceRow>, bool);
-
 /// Checks the trips of one bucket.
 pub fn check_trips(items: Vec<TripItem>, day: &BusinessDay, out: &mut BalanceOutcome) {
-    let mut trips: HashMap<String, TripRows> = HashMap::new();
-    for item in items {
+    fn trip_of(item: &TripItem) -> &str {
         match item {
-            TripItem::Ledger { row, position } => trips
-                .entry(row.trip_id.clone())
-                .or_default()
-                .0
-                .push((row, position)),
-            TripItem::Balance(b) => {
-                let slot = trips.entry(b.trip_id.clone()).or_default();
-                match &slot.1 {
-                    Some(cur) if cur.checkpoint_id > b.checkpoint_id => {}
-                    Some(cur) if cur.checkpoint_id == b.checkpoint_id => {
-                        // Two rows of one trip in one checkpoint: ambiguous unless identical.
-                        slot.2 |= *cur != b;
-                    }
-                    _ => {
-                        slot.1 = Some(b);
-                        slot.2 = false;
-                    }
-                }
-            }
+            TripItem::Ledger { row, .. } => &row.trip_id,
+            TripItem::Balance(b) => &b.trip_id,
         }
     }
-    for (trip, (events, latest, ambiguous)) in trips {
+    // Group by sorting an index (hash, then id on ties): no map, no copy of the rows.
+    let mut index: Vec<(u64, u32)> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            let hash = crate::spill::hash_bytes(trip_of(it).as_bytes());
+            (hash, u32::try_from(i).unwrap_or(u32::MAX))
+        })
+        .collect();
+    assert!(
+        items.len() < u32::MAX as usize,
+        "a bucket of {} items",
+        items.len()
+    );
+    index.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| trip_of(&items[a.1 as usize]).cmp(trip_of(&items[b.1 as usize])))
+    });
+    let same = |a: &(u64, u32), b: &(u64, u32)| {
+        a.0 == b.0 && trip_of(&items[a.1 as usize]) == trip_of(&items[b.1 as usize])
+    };
+    let mut events: Vec<(&EventRow, Position)> = Vec::new();
+    for run in index.chunk_by(same) {
+        events.clear();
+        let mut latest: Option<&BalanceRow> = None;
+        let mut ambiguous = false;
+        for (_, i) in run {
+            match &items[*i as usize] {
+                TripItem::Ledger { row, position } => events.push((row, *position)),
+                TripItem::Balance(b) => match latest {
+                    Some(cur) if cur.checkpoint_id > b.checkpoint_id => {}
+                    // Two rows of one trip in one checkpoint: ambiguous unless identical.
+                    Some(cur) if cur.checkpoint_id == b.checkpoint_id => ambiguous |= cur != b,
+                    _ => {
+                        latest = Some(b);
+                        ambiguous = false;
+                    }
+                },
+            }
+        }
+        let trip = trip_of(&items[run[0].1 as usize]).to_string();
+        check_trip(trip, &events, latest, ambiguous, day, out);
+    }
+}
+
+fn check_trip(
+    trip: String,
+    events: &[(&EventRow, Position)],
+    latest: Option<&BalanceRow>,
+    ambiguous: bool,
+    day: &BusinessDay,
+    out: &mut BalanceOutcome,
+) {
+    {
         if events.is_empty() {
             // Only a trip the day touched is checked; but a latest row dated on the day with no
             // event of the day is wrong in itself.
@@ -88,7 +119,7 @@ pub fn check_trips(items: Vec<TripItem>, day: &BusinessDay, out: &mut BalanceOut
                         .trip(&trip),
                 );
             }
-            continue;
+            return;
         }
         out.checked += 1;
         let Some(latest) = latest else {
@@ -102,7 +133,7 @@ pub fn check_trips(items: Vec<TripItem>, day: &BusinessDay, out: &mut BalanceOut
                 )
                 .trip(&trip),
             );
-            continue;
+            return;
         };
         if ambiguous {
             out.findings.add(
@@ -115,11 +146,13 @@ pub fn check_trips(items: Vec<TripItem>, day: &BusinessDay, out: &mut BalanceOut
                 )
                 .trip(&trip),
             );
-            continue;
+            return;
         }
-        match compare(&events, &latest) {
+        match compare(events, latest) {
             Verdict::Equal => {}
             Verdict::NeedsMore => {
+                let events = events.iter().map(|(r, p)| ((*r).clone(), *p)).collect();
+                let latest = latest.clone();
                 out.incomplete.insert(trip, Incomplete { latest, events });
             }
             Verdict::Differs(what) => out
@@ -174,10 +207,10 @@ pub fn fold_rows<'a>(
 }
 
 /// Folds `events` (any order; sorted here by Kafka position) and compares with `latest`.
-pub fn compare(events: &[(EventRow, Position)], latest: &BalanceRow) -> Verdict {
-    let mut sorted: Vec<&(EventRow, Position)> = events.iter().collect();
+pub fn compare(events: &[(&EventRow, Position)], latest: &BalanceRow) -> Verdict {
+    let mut sorted: Vec<&(&EventRow, Position)> = events.iter().collect();
     sorted.sort_by_key(|(_, p)| *p);
-    let (fold, unreadable) = fold_rows(sorted.iter().map(|(r, _)| r));
+    let (fold, unreadable) = fold_rows(sorted.iter().map(|(r, _)| *r));
     let Some(fold) = fold else {
         return Verdict::Differs(format!(
             "{unreadable} ledger rows of the trip hold values no event can have"
@@ -259,7 +292,8 @@ fn differences(fold: &TripBalance, row: &BalanceRow) -> Vec<String> {
 /// short of events is a mismatch.
 pub fn recheck(incomplete: HashMap<String, Incomplete>, span_days: u32, findings: &mut Findings) {
     for (trip, inc) in incomplete {
-        match compare(&inc.events, &inc.latest) {
+        let events: Vec<(&EventRow, Position)> = inc.events.iter().map(|(r, p)| (r, *p)).collect();
+        match compare(&events, &inc.latest) {
             Verdict::Equal => {}
             Verdict::NeedsMore => findings.add(
                 Discrepancy::new(

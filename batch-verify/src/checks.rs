@@ -70,53 +70,83 @@ impl Outcome {
     }
 }
 
+/// The rows of one event id, borrowed from the bucket.
 #[derive(Default)]
-struct Group {
-    truth: Vec<(EventRow, Option<Position>, (i32, i64))>,
-    ledger: Vec<(EventRow, Position)>,
-    conflicts: Vec<RejectRow>,
+struct Group<'a> {
+    truth: Vec<(&'a EventRow, Option<Position>, (i32, i64))>,
+    ledger: Vec<(&'a EventRow, Position)>,
+    conflicts: Vec<&'a RejectRow>,
+}
+
+impl Group<'_> {
+    fn clear(&mut self) {
+        self.truth.clear();
+        self.ledger.clear();
+        self.conflicts.clear();
+    }
+}
+
+/// The event id an item is grouped by (a dead letter without a readable id groups under nil).
+fn item_id(item: &EventItem) -> Uuid {
+    match item {
+        EventItem::Truth { row, .. } | EventItem::Ledger { row, .. } => row.event_id,
+        EventItem::Conflict(r) => r
+            .event_id
+            .as_deref()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .unwrap_or_default(),
+    }
 }
 
 /// (a), (b), (c) for event ids, and the Kafka truth's conflicting versions against the
 /// lakehouse's `conflicting_duplicate` dead letters.
+///
+/// Items are grouped by sorting an index of (event id, position in the bucket), not by a map
+/// of vectors: no allocation per event, and the rows stay where they were read.
 pub fn check_events(items: Vec<EventItem>, day: &BusinessDay, out: &mut Outcome) {
-    let mut groups: HashMap<Uuid, Group> = HashMap::new();
-    for item in items {
-        match item {
-            EventItem::Truth {
-                row,
-                position,
-                order,
-            } => groups
-                .entry(row.event_id)
-                .or_default()
-                .truth
-                .push((row, position, order)),
-            EventItem::Ledger { row, position, .. } => groups
-                .entry(row.event_id)
-                .or_default()
-                .ledger
-                .push((row, position)),
-            EventItem::Conflict(r) => {
-                let id = r
-                    .event_id
-                    .as_deref()
-                    .and_then(|s| Uuid::parse_str(s).ok())
-                    .unwrap_or_default();
-                groups.entry(id).or_default().conflicts.push(r);
+    let mut index: Vec<(Uuid, u32)> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (item_id(it), u32::try_from(i).unwrap_or(u32::MAX)))
+        .collect();
+    assert!(
+        items.len() < u32::MAX as usize,
+        "a bucket of {} items",
+        items.len()
+    );
+    index.sort_unstable();
+    let mut g = Group::default();
+    let mut at = 0;
+    while at < index.len() {
+        let id = index[at].0;
+        g.clear();
+        while at < index.len() && index[at].0 == id {
+            match &items[index[at].1 as usize] {
+                EventItem::Truth {
+                    row,
+                    position,
+                    order,
+                } => g.truth.push((row, *position, *order)),
+                EventItem::Ledger { row, position, .. } => g.ledger.push((row, *position)),
+                EventItem::Conflict(r) => g.conflicts.push(r),
             }
+            at += 1;
         }
+        check_group(id, &mut g, day, out);
     }
-    for (id, mut g) in groups {
+}
+
+fn check_group(id: Uuid, g: &mut Group<'_>, day: &BusinessDay, out: &mut Outcome) {
+    {
         g.truth.sort_by_key(|t| t.2);
         g.ledger.sort_by_key(|l| l.1);
-        let mut expected_conflicts: Vec<(EventRow, Option<Position>)> = Vec::new();
+        let mut expected_conflicts: Vec<(&EventRow, Option<Position>)> = Vec::new();
         if let Some((first, rest)) = g.truth.split_first() {
             for (v, pos, _) in rest {
-                if v == &first.0 {
+                if *v == first.0 {
                     out.truth_resends += 1;
                 } else {
-                    expected_conflicts.push((v.clone(), *pos));
+                    expected_conflicts.push((v, *pos));
                 }
             }
         }
@@ -183,11 +213,11 @@ pub fn check_events(items: Vec<EventItem>, day: &BusinessDay, out: &mut Outcome)
                 }
             }
         }
-        conflicts(id, expected_conflicts, g.conflicts, day, out);
+        conflicts(id, expected_conflicts, g.conflicts.clone(), day, out);
     }
 }
 
-fn duplicates(id: Uuid, ledger: &[(EventRow, Position)], findings: &mut Findings) {
+fn duplicates(id: Uuid, ledger: &[(&EventRow, Position)], findings: &mut Findings) {
     if let Some(((first, fpos), rest)) = ledger.split_first() {
         for (_, pos) in rest {
             findings.add(
@@ -205,8 +235,8 @@ fn duplicates(id: Uuid, ledger: &[(EventRow, Position)], findings: &mut Findings
 
 fn conflicts(
     id: Uuid,
-    expected: Vec<(EventRow, Option<Position>)>,
-    mut lake: Vec<RejectRow>,
+    expected: Vec<(&EventRow, Option<Position>)>,
+    mut lake: Vec<&RejectRow>,
     day: &BusinessDay,
     out: &mut Outcome,
 ) {
@@ -242,7 +272,7 @@ fn conflicts(
     }
     for r in lake.into_iter().filter(|r| r.scope == Scope::InDay) {
         out.findings.add(phantom_reject(
-            &r,
+            r,
             "no conflicting version of this event in the truth",
         ));
     }
@@ -416,15 +446,14 @@ pub fn check_rejects(items: Vec<RejectRow>, windows: &Windows, out: &mut Outcome
 
 /// (c) for positions: two different rows must never claim one Kafka position. Rows of one
 /// event id at one position are [`Kind::DuplicateEventId`] already.
-pub fn check_positions(items: Vec<PositionItem>, findings: &mut Findings) {
-    let mut by_pos: HashMap<Position, Vec<Option<Uuid>>> = HashMap::new();
-    for i in items {
-        by_pos.entry(i.position).or_default().push(i.event_id);
-    }
-    for (pos, claims) in by_pos {
-        if claims.len() < 2 {
+pub fn check_positions(mut items: Vec<PositionItem>, findings: &mut Findings) {
+    items.sort_unstable_by_key(|i| i.position);
+    for run in items.chunk_by(|a, b| a.position == b.position) {
+        if run.len() < 2 {
             continue;
         }
+        let pos = run[0].position;
+        let claims: Vec<Option<Uuid>> = run.iter().map(|i| i.event_id).collect();
         let same_event = claims[0].is_some() && claims.iter().all(|c| *c == claims[0]);
         if same_event {
             continue;
