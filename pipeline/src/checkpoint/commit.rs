@@ -92,7 +92,12 @@ pub fn marks_of(job: &JobId, table: &Table) -> Result<TableMarks, String> {
         summaries.push(HashMap::new());
         next = s.parent_snapshot_id();
     }
-    protocol::table_marks(job, summaries.iter())
+    let ancestry = protocol::table_marks(job, summaries.iter())?;
+    let property = match metadata.properties().get(&protocol::marker_property(job)) {
+        Some(v) => Some(protocol::parse_marker(v)?),
+        None => None,
+    };
+    Ok(protocol::merge_marks(ancestry, property))
 }
 
 /// A catalog that lets an append land only on a base the plan expects.
@@ -397,6 +402,15 @@ impl Committer {
             .add_data_files(req.files.clone())
             .set_snapshot_properties(props);
         let tx = action.apply(tx)?;
+        // The same marker as a table property, atomically with the append: it outlives
+        // snapshot expiration.
+        let tx = tx
+            .update_table_properties()
+            .set(
+                protocol::marker_property(&self.job),
+                protocol::marker_value(self.generation, req.through),
+            )
+            .apply(tx)?;
         tx.commit(guard.as_ref()).await.map(|_| ())
     }
 }

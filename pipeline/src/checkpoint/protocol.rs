@@ -110,6 +110,40 @@ pub fn table_marks<'a>(
     Ok(TableMarks::default())
 }
 
+/// Table property that repeats the job's newest stamp, set in the same transaction as each
+/// append. Snapshot expiration can remove the stamped snapshot from the ancestry (a compaction
+/// committed after it, then `expire_snapshots`); table properties survive it
+/// (apache/iceberg#5846).
+pub fn marker_property(job: &JobId) -> String {
+    format!("recon.marker.{job}")
+}
+
+/// The marker property's value: `<generation>:<through>`.
+pub fn marker_value(generation: Generation, through: CheckpointId) -> String {
+    format!("{generation}:{through}")
+}
+
+/// Parses a marker property value.
+pub fn parse_marker(v: &str) -> Result<TableMarks, String> {
+    let (g, c) = v
+        .split_once(':')
+        .ok_or_else(|| format!("marker {v:?} is not <generation>:<checkpoint>"))?;
+    let num = |x: &str| x.parse::<u64>().map_err(|e| format!("marker {v:?}: {e}"));
+    Ok(TableMarks {
+        committed: Some(CheckpointId(num(c)?)),
+        generation: Some(Generation(num(g)?)),
+    })
+}
+
+/// The newer of the ancestry's marks and the marker property's (both are written by the same
+/// commits, so they agree unless expiration removed the stamped snapshot).
+pub fn merge_marks(ancestry: TableMarks, property: Option<TableMarks>) -> TableMarks {
+    match property {
+        Some(p) if p.committed > ancestry.committed => p,
+        _ => ancestry,
+    }
+}
+
 /// What to commit to one table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommitPlan {
@@ -372,6 +406,24 @@ mod tests {
                 theirs: Generation(3)
             }
         );
+    }
+
+    #[test]
+    fn the_marker_property_survives_expired_stamps() {
+        let p = parse_marker(&marker_value(Generation(3), CheckpointId(41))).unwrap();
+        assert_eq!(p.committed, Some(CheckpointId(41)));
+        assert_eq!(p.generation, Some(Generation(3)));
+        // Stamp expired: ancestry shows nothing, the property still knows.
+        assert_eq!(merge_marks(TableMarks::default(), Some(p)), p);
+        // Both present and equal, or ancestry newer: ancestry stands.
+        let a = TableMarks {
+            committed: Some(CheckpointId(41)),
+            generation: Some(Generation(3)),
+        };
+        assert_eq!(merge_marks(a, Some(p)), a);
+        assert_eq!(merge_marks(a, None), a);
+        assert!(parse_marker("41").is_err());
+        assert!(parse_marker("x:1").is_err());
     }
 
     #[test]
