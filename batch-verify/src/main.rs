@@ -140,8 +140,29 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
     let catalog = recon_pipeline::lakehouse::open_catalog(&cfg)
         .await
         .context("opening the Iceberg catalog")?;
-    let report = verify(&cfg, catalog, &opts).await?;
-    Ok(report)
+    let started_at = chrono::Utc::now().to_rfc3339();
+    match verify(&cfg, catalog.clone(), &opts).await {
+        Ok(report) => Ok(report),
+        Err(e) => {
+            // The failed proof is history too: record it when the catalog still answers.
+            if opts.record {
+                let run_id = uuid::Uuid::new_v4().to_string();
+                let report = Report::error(
+                    run_id,
+                    &opts.day,
+                    opts.truth.name(),
+                    started_at,
+                    e.to_string(),
+                );
+                if let Err(r) =
+                    batch_verify::run::record_run(catalog.as_ref(), &cfg, &report, &opts).await
+                {
+                    tracing::warn!(error = %r, "could not record the failed run in verification_runs");
+                }
+            }
+            Err(e.into())
+        }
+    }
 }
 
 /// The report of a run that could not verify.

@@ -304,6 +304,52 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a run that could not verify: status `error`, every counter 0.
+    pub fn error(
+        run_id: String,
+        day: &crate::day::BusinessDay,
+        truth_source: &str,
+        started_at: String,
+        why: String,
+    ) -> Report {
+        Report {
+            run_id,
+            status: Status::Error,
+            business_date: day.date.to_string(),
+            time_zone: day.tz.name().to_string(),
+            window_start: day.start.to_rfc3339(),
+            window_end: day.end.to_rfc3339(),
+            truth_source: truth_source.to_string(),
+            truth_events: 0,
+            truth_rejects: 0,
+            truth_resends: 0,
+            ledger_events: 0,
+            rejected_events: 0,
+            rejects_undated: 0,
+            duplicates: 0,
+            missing: 0,
+            phantom: 0,
+            amount_mismatches: 0,
+            content_mismatches: 0,
+            totals_mismatches: 0,
+            balance_mismatches: 0,
+            balances_checked: 0,
+            offset_gaps: 0,
+            commits_checked: 0,
+            discrepancies_by_kind: BTreeMap::new(),
+            totals: Vec::new(),
+            discrepancies: Vec::new(),
+            discrepancies_truncated: false,
+            started_at,
+            finished_at: chrono::Utc::now().to_rfc3339(),
+            elapsed_ms: 0,
+            events_per_s: 0.0,
+            peak_rss_bytes: crate::memory::peak_rss_bytes(),
+            error: Some(why),
+            phases_ms: BTreeMap::new(),
+        }
+    }
+
     /// Fills the counters from `findings` and sets the status.
     pub fn apply(&mut self, findings: &Findings) {
         let c = |k| findings.count(k);

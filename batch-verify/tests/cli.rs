@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use arrow_array::Array;
 use batch_verify::fixture::{Lakehouse, place, simulate};
 use recon_pipeline::generate::truth::TruthRecorder;
 use recon_pipeline::generate::{TrafficConfig, plan};
@@ -129,15 +130,34 @@ async fn exit_codes_and_report_keys() {
     assert!(stdout.contains("amount_mismatch"), "{stdout}");
 
     // No truth: could not verify, and says why.
-    let (code, stdout, json) = run(
-        d,
-        &d.join("nowhere").display().to_string(),
-        &["--no-record"],
-    );
+    let (code, stdout, json) = run(d, &d.join("nowhere").display().to_string(), &[]);
     assert_eq!(code, 2, "{stdout}");
     assert!(
         stdout.contains("COULD NOT VERIFY") && stdout.contains("nowhere"),
         "{stdout}"
     );
     assert_eq!(json.unwrap()["status"], "error");
+    // The clean run and the failed one are both history in verification_runs.
+    let runs = recon_pipeline::lakehouse::scan(
+        lake.catalog.as_ref(),
+        &recon_pipeline::lakehouse::table_ident(&lake.cfg, "verification_runs"),
+        &["status"],
+    )
+    .await
+    .unwrap();
+    let mut statuses: Vec<String> = runs
+        .iter()
+        .flat_map(|b| {
+            let a = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap();
+            (0..a.len())
+                .map(|i| a.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, vec!["clean", "error"], "{stdout}");
 }
