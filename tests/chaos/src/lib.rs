@@ -72,6 +72,8 @@ pub struct Options {
     pub fail_fast: bool,
     /// Print a line per scenario.
     pub verbose: bool,
+    /// Fault / terminal kinds never drawn in random mode.
+    pub exclude: Vec<String>,
 }
 
 fn sha256_file(p: &Path) -> anyhow::Result<String> {
@@ -160,10 +162,18 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let controllable = services.controllable();
     let plans: Vec<Plan> = match opts.mode {
         Mode::Random(n) => (0..n)
-            .map(|i| plan::random(i, plan::derive_seed(opts.seed, i), opts.scale, controllable))
+            .map(|i| {
+                plan::random(
+                    i,
+                    plan::derive_seed(opts.seed, i),
+                    opts.scale,
+                    controllable,
+                    &opts.exclude,
+                )
+            })
             .collect(),
         Mode::Ci => plan::ci(opts.seed, opts.scale, controllable),
-        Mode::Replay(s) => vec![plan::random(0, s, opts.scale, controllable)],
+        Mode::Replay(s) => vec![plan::random(0, s, opts.scale, controllable, &opts.exclude)],
     };
     let mut report = Report {
         seed: opts.seed,

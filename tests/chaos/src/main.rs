@@ -58,9 +58,13 @@ struct Cli {
     /// Stop at the first failing scenario.
     #[arg(long)]
     fail_fast: bool,
-    /// One line per scenario on stderr.
+    /// Less output on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Never draw this fault or terminal kind (repeatable; names as in the report), e.g.
+    /// `--exclude topic_deleted_and_recreated`.
+    #[arg(long)]
+    exclude: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         keep_services: cli.keep_services,
         fail_fast: cli.fail_fast,
         verbose: !cli.quiet,
+        exclude: cli.exclude,
     };
     match recon_chaos::run(&opts) {
         Ok(report) => {

@@ -198,8 +198,8 @@ fn knobs(rng: &mut ChaCha8Rng) -> Knobs {
     }
 }
 
-/// Draws one fault.
-pub fn draw_fault(rng: &mut ChaCha8Rng, controllable: bool) -> Fault {
+/// Draws one fault (never one whose kind is in `exclude`).
+pub fn draw_fault(rng: &mut ChaCha8Rng, controllable: bool, exclude: &[String]) -> Fault {
     loop {
         let f = match rng.random_range(0..100) {
             0..=11 => Fault::KillRandom {
@@ -250,14 +250,14 @@ pub fn draw_fault(rng: &mut ChaCha8Rng, controllable: bool) -> Fault {
             },
             _ => Fault::GracefulRestart,
         };
-        if controllable || !f.needs_service_control() {
+        if (controllable || !f.needs_service_control()) && !exclude.contains(&f.kind()) {
             return f;
         }
     }
 }
 
-/// A random scenario.
-pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool) -> Plan {
+/// A random scenario; fault and terminal kinds in `exclude` are never drawn.
+pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, exclude: &[String]) -> Plan {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let trips = rng.random_range(scale.trips_min..=scale.trips_max);
     let partitions = rng.random_range(1..=4);
@@ -266,13 +266,14 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool) -> Plan {
         0..=3 => Some(Terminal::LogTruncated),
         4..=7 => Some(Terminal::TopicRecreated),
         _ => None,
-    };
+    }
+    .filter(|t| !exclude.iter().any(|e| e == t.kind()));
     let mut faults = Vec::new();
     if terminal.is_none() {
         let n = rng.random_range(1..=3);
         let mut disk = false;
         while faults.len() < n {
-            let f = draw_fault(&mut rng, controllable);
+            let f = draw_fault(&mut rng, controllable, exclude);
             // One disk target per scenario: the storage layout is chosen for it.
             if let Fault::DiskFull { .. } = f {
                 if disk {

@@ -84,6 +84,11 @@ pub struct Report {
     pub recovery_by_fault: BTreeMap<String, Percentiles>,
     /// Distinct observations.
     pub observations: BTreeMap<String, u64>,
+    /// Notable job log messages over all runs (which recovery paths ran).
+    pub job_log_events: BTreeMap<String, u64>,
+    /// batch-verify findings contradicted by the exact reconciliation and matching a known
+    /// batch-verify limitation (not pipeline failures), by pattern.
+    pub verifier_false_positives: BTreeMap<String, u64>,
     /// Failing and void scenarios: seed, faults, error, logs.
     pub failures: Vec<serde_json::Value>,
     /// Wall time, seconds.
@@ -168,6 +173,13 @@ impl Report {
         }
         for ob in &o.observations {
             *self.observations.entry(group(ob)).or_default() += 1;
+        }
+        for (k, v) in &o.log_events {
+            *self.job_log_events.entry(k.clone()).or_default() += v;
+        }
+        for fp in &o.verdict.verifier_false_positives {
+            let pattern = fp.split(": ").next().unwrap_or(fp).to_string();
+            *self.verifier_false_positives.entry(pattern).or_default() += 1;
         }
         if o.result != "clean" {
             self.failures.push(serde_json::json!({
@@ -262,6 +274,21 @@ impl fmt::Display for Report {
         if !self.loud_stop_messages.is_empty() {
             writeln!(f, "loud stops (the job's own message)")?;
             for (k, v) in &self.loud_stop_messages {
+                writeln!(f, "  {v:>4} × {k}")?;
+            }
+        }
+        if !self.job_log_events.is_empty() {
+            writeln!(f, "job log events (recovery paths taken)")?;
+            for (k, v) in &self.job_log_events {
+                writeln!(f, "  {v:>5} × {k}")?;
+            }
+        }
+        if !self.verifier_false_positives.is_empty() {
+            writeln!(
+                f,
+                "batch-verify false positives (reconcile clean; known batch-verify limits)"
+            )?;
+            for (k, v) in &self.verifier_false_positives {
                 writeln!(f, "  {v:>4} × {k}")?;
             }
         }

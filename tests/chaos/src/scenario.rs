@@ -96,6 +96,8 @@ pub struct Outcome {
     pub recoveries: Vec<Recovery>,
     /// Things seen that are worth reporting.
     pub observations: Vec<String>,
+    /// Notable lines in the job's logs, by message (e.g. `already committed (verified)`).
+    pub log_events: BTreeMap<String, u64>,
     /// The verification.
     pub verdict: Verdict,
     /// Traffic counts.
@@ -107,6 +109,19 @@ pub struct Outcome {
     /// Wall time.
     pub elapsed_ms: u64,
 }
+
+/// Log messages of the job counted in the report: evidence of which recovery paths ran.
+const NOTABLE: [&str; 9] = [
+    "already committed (verified)",
+    "table moved under the commit; re-planning",
+    "commit attempt not verified; retrying",
+    "catalog reported a commit that is not in the table; retrying",
+    "orphan data files removed",
+    "orphan cleanup failed; garbage stays until the next start",
+    "Kafka consumer error (librdkafka retries)",
+    "opening the catalog failed",
+    "generation claimed",
+];
 
 /// A tmpfs mounted for the scenario, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -331,6 +346,25 @@ impl Orch {
         let Some(run) = self.current.as_mut() else {
             bail!("no run to stop");
         };
+        // SIGTERM is handled once the job has recovered; before that it kills the process (the
+        // default action), which is not what this step tests.
+        let epoch = DateTime::<Utc>::from(run.started_at);
+        if run
+            .wait_for("recovered", 1, epoch, Duration::from_secs(120))
+            .is_err()
+        {
+            // It exited by itself (the caller sees how), or hangs in recovery.
+            if let Some(s) = run.poll()? {
+                self.reap()?;
+                return Ok(s);
+            }
+            bail!(
+                "run {} did not recover within 120 s:\n{}",
+                run.n,
+                run.tail(20)
+            );
+        }
+        let run = self.current.as_mut().expect("current");
         run.signal(libc::SIGTERM)?;
         self.expected_end = Some("sigterm");
         let status = self.current.as_mut().expect("current").wait(deadline)?;
@@ -415,6 +449,13 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Outcome {
         out.runs = s.orch.job.runs();
         out.restarts = s.orch.restarts;
         out.exits = s.orch.exits.clone();
+        for run in s.orch.all_runs() {
+            for l in run.lines() {
+                if NOTABLE.contains(&l.message.as_str()) {
+                    *out.log_events.entry(l.message.clone()).or_default() += 1;
+                }
+            }
+        }
         // No run may panic, whatever happened.
         for run in s.orch.all_runs() {
             if run.text().contains("panicked at") {
@@ -727,12 +768,17 @@ impl<'a> Scenario<'a> {
         let days = traffic::business_days(&self.sent, &self.published_on);
         let spill = self.dir.join("spill");
         std::fs::create_dir_all(&spill).map_err(anyhow::Error::from)?;
+        let known = verify::Known {
+            published_on: self.published_on.clone(),
+            spanning_trips: traffic::spanning_trips(&self.sent, 2),
+        };
         let v = self.ctx.rt.block_on(verify::verify(
             &self.orch.job.verify_config,
             &self.expected,
             &days,
             truth,
             &spill,
+            &known,
         ))?;
         Ok(v)
     }

@@ -28,7 +28,6 @@ use recon_schemas::decode::{self, Limits, RejectReason};
 use recon_schemas::event::{Event, EventType, SCHEMA_VERSION};
 use rust_decimal::Decimal;
 use serde_json::Value;
-use uuid::Uuid;
 
 /// Hostile input classes a scenario can add to the generator's own noise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -640,13 +639,20 @@ pub fn split_points(rng: &mut ChaCha8Rng, n: usize, parts: usize) -> Vec<std::op
     out
 }
 
-/// Ids of valid events per trip, for messages.
-pub fn trips_of(records: &[Record]) -> HashMap<String, Vec<Uuid>> {
-    let mut m: HashMap<String, Vec<Uuid>> = HashMap::new();
+/// Trips whose valid events lie more than `days` days apart.
+pub fn spanning_trips(records: &[Record], days: i64) -> BTreeSet<String> {
+    let mut span: HashMap<&str, (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
     for r in records {
         if let RecordKind::Valid(ev) = &r.kind {
-            m.entry(ev.trip_id.clone()).or_default().push(ev.event_id);
+            let e = span
+                .entry(&ev.trip_id)
+                .or_insert((ev.occurred_at, ev.occurred_at));
+            e.0 = e.0.min(ev.occurred_at);
+            e.1 = e.1.max(ev.occurred_at);
         }
     }
-    m
+    span.into_iter()
+        .filter(|(_, (a, b))| (*b - *a) > chrono::Duration::days(days))
+        .map(|(t, _)| t.to_string())
+        .collect()
 }

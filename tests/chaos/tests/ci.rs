@@ -36,6 +36,7 @@ fn chaos_ci_pass() {
         keep_services: false,
         fail_fast: false,
         verbose: true,
+        exclude: Vec::new(),
     };
     let report = recon_chaos::run(&opts).expect("the chaos harness could run");
     println!("{report}");
