@@ -281,6 +281,19 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     Ok(report)
 }
 
+/// The lakehouse side obeys the same bound as the truth: a day larger than that is a
+/// configuration question, not something to discover by running out of disk.
+fn rows_limit(rows: u64, max: u64, table: &str) -> Result<()> {
+    if rows > max {
+        return Err(VerifyError::Limit {
+            limit: "--truth-records-max",
+            value: max,
+            message: format!("{table} holds more rows for the day than allowed; raise the limit"),
+        });
+    }
+    Ok(())
+}
+
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -336,6 +349,7 @@ async fn read_lake(
     let mut findings = Findings::new(opts.discrepancies_max);
     lakehouse::scan_ledger(ledger, day.start, day.end, &mut findings, |r| {
         lake.ledger_rows += 1;
+        rows_limit(lake.ledger_rows, opts.truth_records_max, "ledger_events")?;
         if lake.ledger_rows.is_multiple_of(65_536) {
             bar.set_position(lake.ledger_rows);
         }
@@ -368,7 +382,10 @@ async fn read_lake(
     .await?;
     lake.ledger_rows += findings.total();
     let from = day.start - chrono::Duration::from_std(opts.margin).unwrap_or_default();
+    let mut rejected_rows = 0u64;
     lakehouse::scan_rejected(rejected, from, |r| {
+        rejected_rows += 1;
+        rows_limit(rejected_rows, opts.truth_records_max, "rejected_events")?;
         let scope = scope_of(&day, r.payload, None);
         let digest = reject_digest(r.key, r.payload);
         let key = if kafka_mode {
@@ -405,7 +422,10 @@ async fn read_lake(
         }
     })
     .await?;
+    let mut balance_rows = 0u64;
     lakehouse::scan_balances(balances, day.start, |b| {
+        balance_rows += 1;
+        rows_limit(balance_rows, opts.truth_records_max, "trip_balances")?;
         lake.trips
             .push(hash_bytes(b.trip_id.as_bytes()), &TripItem::Balance(b))
     })
