@@ -5,7 +5,7 @@
 //! the whole retained log with [`KafkaScan::Full`] (needed where the broker cannot look offsets
 //! up by time, e.g. librdkafka's mock cluster). After the lakehouse scan the window is widened
 //! to cover every position the day's lakehouse rows claim, so a row can never look phantom
-//! merely because it lies outside the window ([`read_ranges`]).
+//! merely because it lies outside the window ([`KafkaTruth::read_ranges`]).
 //!
 //! Reads are `read_committed`: records of aborted transactions are not truth. Each record is
 //! decoded with the pipeline's own decoder and limits; whether a decoded version is the event,
