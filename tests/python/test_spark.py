@@ -173,16 +173,11 @@ def test_spark_views_figures_and_maintenance(services, spark, tmp_path):
     assert len(truth.balances) == 3200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recon-pipeline re-commits its retained checkpoints when the table holds data but none of its stamps "
-    "(here: expire_snapshots(retain_last => 1) right after a rewrite); it should stop and say the markers are "
-    "gone. Measured: it re-appended checkpoints 1..11 whose files expiration had deleted -> unreadable table "
-    "(NotFoundException); without file deletion it would be duplicates. Remove this mark when the job refuses.",
-)
-def test_expiring_the_jobs_stamp_is_refused_by_the_job(services, spark, tmp_path):
-    """The unsafe recipe the maintenance script avoids: compaction, then expiration of everything but the newest
-    (unstamped) snapshot. The job must then refuse to start rather than re-commit what the table already holds."""
+def test_expiring_the_jobs_stamp_does_not_make_the_job_recommit(services, spark, tmp_path):
+    """The recipe the maintenance script avoids: compaction, then expiration of everything but the newest
+    (unstamped) snapshot, which removes the job's stamped snapshot from the ancestry. Each append also writes the
+    job's marker as the table property recon.marker.<job>, in the same transaction, so the job must resume from it:
+    no checkpoint is committed twice and every figure still equals the truth."""
     job = Job(services, "spx", tmp_path)
     table = f"recon.{job.namespace}.ledger_events"
     job.generate(trips=300, seed=1001)
@@ -192,13 +187,14 @@ def test_expiring_the_jobs_stamp_is_refused_by_the_job(services, spark, tmp_path
     future = recon_maintenance._ts(int(time.time() * 1000) + 1000)
     spark.sql(f"CALL recon.system.expire_snapshots(table => '{job.namespace}.ledger_events', "
               f"older_than => {future}, retain_last => 1)").collect()
-    assert recon_maintenance.newest_stamps(spark, table) == {}, "the unsafe recipe must have removed the stamp"
-    rows_before = spark.sql(f"SELECT count(*) FROM {table}").collect()[0][0]
+    assert recon_maintenance.newest_stamps(spark, table) == {}, "the recipe must have removed the stamp"
+    props = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES {table}").collect()}
+    assert f"recon.marker.{job.name}" in props, props
 
     job.generate(trips=100, seed=1002)
-    child, log = job.spawn()
-    rc = wait(child, 120, log)
-    text = log.read_text(errors="replace")
-    # What the job should do: stop with a message, leaving the table as it was.
-    assert rc != 0, f"the job must refuse a table whose stamps are gone; it exited 0:\n{text[-2000:]}"
-    assert spark.sql(f"SELECT count(*) FROM {table}").collect()[0][0] == rows_before
+    text = job.run_until_idle()
+    assert "commit landed" in text and "first=1 " not in text, f"the job re-committed from checkpoint 1:\n{text[-3000:]}"
+    assert recon_sql.create_views(runner(spark), f"recon.{job.namespace}")[0] == "current_trip_balances"
+    spark.sql(f"REFRESH TABLE {table}")
+    truth = check_figures(spark, job, "after the stamp expired")
+    assert len(truth.balances) == 400
