@@ -381,6 +381,16 @@ impl LogLine {
     }
 }
 
+impl Drop for Run {
+    /// A run is never left behind: a scenario that ends early (failure, harness error) kills it.
+    fn drop(&mut self) {
+        if self.status.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Parses tracing-subscriber JSON lines; other lines are skipped.
 pub fn parse_lines(text: &str) -> Vec<LogLine> {
     text.lines()

@@ -209,7 +209,21 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
                     .unwrap_or_default()
             );
         }
-        let o = scenario::run(&ctx, p);
+        // A harness bug must not end a soak: it voids its scenario.
+        let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario::run(&ctx, p)))
+            .unwrap_or_else(|panic| scenario::Outcome {
+                plan: Some(p.clone()),
+                result: "void".into(),
+                error: Some(format!(
+                    "harness panic: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                )),
+                ..scenario::Outcome::default()
+            });
         if opts.verbose {
             eprintln!(
                 "chaos: scenario {} {} in {:.1}s: {} events, {} runs, {} restarts, recoveries {:?}{}",

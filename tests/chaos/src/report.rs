@@ -178,7 +178,7 @@ impl Report {
             *self.job_log_events.entry(k.clone()).or_default() += v;
         }
         for fp in &o.verdict.verifier_false_positives {
-            let pattern = fp.split(": ").next().unwrap_or(fp).to_string();
+            let pattern = fp.split(" | ").next().unwrap_or(fp).to_string();
             *self.verifier_false_positives.entry(pattern).or_default() += 1;
         }
         if o.result != "clean" {

@@ -828,7 +828,7 @@ impl<'a> Scenario<'a> {
                 Utc::now()
             }
             Fault::CrashPoint { point, nth } => {
-                self.ensure_running()?;
+                self.ensure_recovered()?;
                 let s = self.orch.stop_graceful(Duration::from_secs(120))?;
                 if !s.success() {
                     return Err(Failure::Pipeline(format!(
@@ -857,7 +857,7 @@ impl<'a> Scenario<'a> {
                 Utc::now()
             }
             Fault::AmbiguousCommit { how } => {
-                self.ensure_running()?;
+                self.ensure_recovered()?;
                 let pid = self.orch.cur()?.pid();
                 let fired_before = self.ctx.pg.control.fired.load(Ordering::SeqCst);
                 self.ctx.pg.arm(match how {
@@ -906,7 +906,7 @@ impl<'a> Scenario<'a> {
                 delay_ms,
                 down_ms,
             } => {
-                self.ensure_running()?;
+                self.ensure_recovered()?;
                 publisher = Some(self.publish_bg(load, 6));
                 std::thread::sleep(Duration::from_millis(*delay_ms));
                 self.ctx.services.kafka_stop(*hard)?;
@@ -915,7 +915,7 @@ impl<'a> Scenario<'a> {
                 Utc::now()
             }
             Fault::PartitionAdded { add } => {
-                self.ensure_running()?;
+                self.ensure_recovered()?;
                 return self.partition_added(*add, load, probe, out).map(Some);
             }
             Fault::PgRestart {
@@ -923,7 +923,7 @@ impl<'a> Scenario<'a> {
                 mid_commit,
                 delay_ms,
             } => {
-                self.ensure_running()?;
+                self.ensure_recovered()?;
                 publisher = Some(self.publish_bg(load, 6));
                 if *mid_commit {
                     let (tx, rx) = std::sync::mpsc::channel();
@@ -960,7 +960,7 @@ impl<'a> Scenario<'a> {
                 Utc::now()
             }
             Fault::CatalogRefuse { delay_ms, down_ms } => {
-                self.ensure_running()?;
+                self.ensure_recovered()?;
                 publisher = Some(self.publish_bg(load, 6));
                 std::thread::sleep(Duration::from_millis(*delay_ms));
                 self.ctx.pg.refuse();
@@ -969,11 +969,11 @@ impl<'a> Scenario<'a> {
                 Utc::now()
             }
             Fault::Zombie { paused } => {
-                self.ensure_running()?;
+                self.ensure_recovered()?;
                 self.zombie(*paused, load, out)?
             }
             Fault::StorageFaults { rate, for_ms } => {
-                self.ensure_running()?;
+                self.ensure_recovered()?;
                 publisher = Some(self.publish_bg(load, 6));
                 self.ctx.s3.faults.enable(*rate);
                 self.orch.supervise_for(Duration::from_millis(*for_ms))?;
@@ -981,7 +981,7 @@ impl<'a> Scenario<'a> {
                 Utc::now()
             }
             Fault::DiskFull { hold_ms, .. } => {
-                self.ensure_running()?;
+                self.ensure_recovered()?;
                 let Some(fs) = self.tmpfs.as_ref() else {
                     out.observations
                         .push("disk full skipped: tmpfs mounts are not permitted here".into());
@@ -1019,7 +1019,7 @@ impl<'a> Scenario<'a> {
                 Utc::now()
             }
             Fault::GracefulRestart => {
-                self.ensure_running()?;
+                self.ensure_recovered()?;
                 publisher = Some(self.publish_bg(load, 4));
                 std::thread::sleep(Duration::from_millis(self.rng.random_range(200..2_000)));
                 let s = self.orch.stop_graceful(Duration::from_secs(120))?;
@@ -1055,6 +1055,28 @@ impl<'a> Scenario<'a> {
         }))
     }
 
+    /// A run is current and has finished its recovery (holds its generation), restarting as
+    /// needed.
+    fn ensure_recovered(&mut self) -> Result<(), Failure> {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if self.orch.supervise()? {
+                let run = self.orch.cur()?;
+                let epoch = DateTime::<Utc>::from(run.started_at);
+                if !run.find("recovered", epoch).is_empty() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Failure::Pipeline(format!(
+                    "no run of the job recovered within 180 s; exits: {:?}",
+                    self.orch.exits.iter().rev().take(3).collect::<Vec<_>>()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn ensure_running(&mut self) -> Result<(), Failure> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -1077,6 +1099,9 @@ impl<'a> Scenario<'a> {
         load: Vec<Record>,
         out: &mut Outcome,
     ) -> Result<DateTime<Utc>, Failure> {
+        // The first instance must hold its generation before a second one starts; else the
+        // "second" simply claims first and the roles swap.
+        self.ensure_recovered()?;
         let mut old = self.orch.current.take().context("no run")?;
         if paused {
             old.signal(libc::SIGSTOP)?;

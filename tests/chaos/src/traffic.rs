@@ -231,17 +231,18 @@ pub fn build(spec: &TrafficSpec) -> anyhow::Result<Traffic> {
                     !spec.order_safe,
                     "duplicate bursts need an order-safe-free scenario"
                 );
-                let valid_at: Vec<usize> = records
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| matches!(r.kind, RecordKind::Valid(_)) && r.key.is_some())
-                    .map(|(i, _)| i)
-                    .collect();
-                ensure!(
-                    valid_at.len() > 10,
-                    "too little traffic for duplicate bursts"
-                );
                 for b in 0..5 {
+                    // Positions shift with every insert: look them up again for each burst.
+                    let valid_at: Vec<usize> = records
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| matches!(r.kind, RecordKind::Valid(_)) && r.key.is_some())
+                        .map(|(i, _)| i)
+                        .collect();
+                    ensure!(
+                        valid_at.len() > 10,
+                        "too little traffic for duplicate bursts"
+                    );
                     let i = valid_at[rng.random_range(0..valid_at.len())];
                     let orig = records[i].clone();
                     let RecordKind::Valid(ev) = &orig.kind else {

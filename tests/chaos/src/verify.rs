@@ -201,7 +201,7 @@ pub async fn verify(
             Some(kinds) => {
                 for (k, d) in kinds.iter().zip(&r.discrepancies) {
                     v.verifier_false_positives
-                        .push(format!("{k}: {day} {:?} {}", d.kind, d.detail));
+                        .push(format!("{k} | {day} {:?} {}", d.kind, d.detail));
                 }
             }
             None => {

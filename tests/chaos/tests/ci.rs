@@ -26,8 +26,8 @@ fn chaos_ci_pass() {
         seed,
         mode: Mode::Ci,
         scale: Scale {
-            trips_min: 120,
-            trips_max: 250,
+            trips_min: 80,
+            trips_max: 160,
         },
         services: ServiceMode::Private,
         work: work.path().join("work"),
