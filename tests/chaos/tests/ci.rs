@@ -13,6 +13,7 @@ fn chaos_ci_pass() {
     let Some(_) = recon_tests::services_or_skip("chaos_ci_pass") else {
         return;
     };
+    ensure_fresh_pipeline_binary();
     let seed: u64 = std::env::var("RECON_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -53,4 +54,59 @@ fn chaos_ci_pass() {
     assert_eq!(report.losses, 0, "{report}");
     assert!(report.events_checked > 0, "{report}");
     assert!(report.passed(), "{report}");
+}
+
+/// The job under test must be the workspace's current `recon-pipeline`. `cargo test --workspace`
+/// builds it; `cargo test -p recon-chaos` does not, so when the binary is missing or older than any
+/// source it is built from, build it now (a stale binary must never be what CI tests).
+fn ensure_fresh_pipeline_binary() {
+    use std::path::Path;
+    use std::time::SystemTime;
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let bin = profile_dir.join("recon-pipeline");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    fn newest(p: &Path) -> SystemTime {
+        let meta = std::fs::metadata(p);
+        let mut t = meta
+            .as_ref()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        if meta.is_ok_and(|m| m.is_dir())
+            && let Ok(rd) = std::fs::read_dir(p)
+        {
+            for e in rd.flatten() {
+                t = t.max(newest(&e.path()));
+            }
+        }
+        t
+    }
+    let sources = [
+        "pipeline/src",
+        "pipeline/Cargo.toml",
+        "schemas/src",
+        "schemas/Cargo.toml",
+        "Cargo.lock",
+    ]
+    .iter()
+    .map(|p| newest(&root.join(p)))
+    .max()
+    .unwrap();
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    if built.is_some_and(|b| b >= sources) {
+        return;
+    }
+    eprintln!(
+        "chaos: {} is missing or older than its sources: building it",
+        bin.display()
+    );
+    let mut build = std::process::Command::new(env!("CARGO"));
+    build.args(["build", "-p", "recon-pipeline", "--bin", "recon-pipeline"]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().expect("cargo build").success(),
+        "building recon-pipeline failed"
+    );
 }
