@@ -67,12 +67,12 @@ fn ensure_fresh_pipeline_binary() {
     let bin = profile_dir.join("recon-pipeline");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     fn newest(p: &Path) -> SystemTime {
-        let meta = std::fs::metadata(p);
+        let meta = std::fs::metadata(p).ok();
         let mut t = meta
             .as_ref()
-            .and_then(|m| m.modified())
+            .and_then(|m| m.modified().ok())
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        if meta.is_ok_and(|m| m.is_dir())
+        if meta.is_some_and(|m| m.is_dir())
             && let Ok(rd) = std::fs::read_dir(p)
         {
             for e in rd.flatten() {
