@@ -125,9 +125,31 @@ fn git_describe() -> String {
     )
 }
 
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        // A second signal: leave now (the private services stay up; `infra/local/down` with
+        // RECON_STATE_DIR=<work>/services stops them).
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+/// SIGINT / SIGTERM end the run after the current scenario (report written, services stopped);
+/// a second one exits at once.
+fn stop_after_current_scenario_on_signal() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
 /// Runs the harness; returns the report (also written to `opts.report`).
 pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let started = Instant::now();
+    stop_after_current_scenario_on_signal();
     std::fs::create_dir_all(&opts.work)
         .with_context(|| format!("creating {}", opts.work.display()))?;
     // A private copy of the binary: a rebuild by someone else mid-soak must not change what runs.
@@ -194,6 +216,13 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         );
     }
     for p in &plans {
+        if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!(
+                "chaos: stop requested: ending after {} scenarios",
+                report.scenarios_run
+            );
+            break;
+        }
         let t = Instant::now();
         if opts.verbose {
             eprintln!(

@@ -412,6 +412,10 @@ impl Publisher {
         })))
     }
 
+    fn finished(&self) -> bool {
+        self.0.as_ref().is_none_or(|h| h.is_finished())
+    }
+
     fn join(&mut self) -> anyhow::Result<()> {
         match self.0.take() {
             Some(h) => h
@@ -1044,7 +1048,21 @@ impl<'a> Scenario<'a> {
         t_end: DateTime<Utc>,
     ) -> Result<Option<Recovery>, Failure> {
         if let Some(mut p) = publisher {
+            // The orchestrator keeps restarting while the rest of the load trickles in.
+            let restarts_before = self.orch.restarts;
+            while !p.finished() {
+                self.orch.supervise()?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
             p.join()?;
+            // Probe records go after the load (per-partition order is part of the truth).
+            self.publish_now(&probe)?;
+            let (d, _) = pipeline(self.orch.wait_recovered(t_end, Duration::from_secs(180)))?;
+            return Ok(Some(Recovery {
+                fault: kind.to_string(),
+                ms: d.as_millis() as u64,
+                restarts: self.orch.restarts - restarts_before,
+            }));
         }
         self.publish_now(&probe)?;
         let (d, restarts) = pipeline(self.orch.wait_recovered(t_end, Duration::from_secs(180)))?;
