@@ -40,9 +40,11 @@ pub struct Verdict {
     pub rejected_rows: u64,
     /// Dead letters expected.
     pub rejected_expected: u64,
-    /// Duplicated events (reconcile) + duplicate ids/positions (batch-verify).
+    /// Duplicates: the larger of reconcile's duplicated events and batch-verify's duplicate ids
+    /// and positions (summed over days).
     pub duplicates: u64,
-    /// Missing events (reconcile) + missing (batch-verify).
+    /// Losses: the larger of reconcile's missing events and batch-verify's missing events and
+    /// dead letters (summed over days).
     pub losses: u64,
     /// Rows never sent or changed.
     pub phantom_or_changed: u64,
@@ -157,6 +159,8 @@ pub async fn verify(
     if !rec.is_clean() {
         v.problems.push(format!("reconcile: {rec}"));
     }
+    // Both checkers see the same rows: a duplicate or a loss counts once, as the larger count.
+    let (mut bv_duplicates, mut bv_missing) = (0u64, 0u64);
     for day in days {
         let bday = BusinessDay::new(*day, "UTC")?;
         let spec = match truth {
@@ -205,13 +209,15 @@ pub async fn verify(
                 }
             }
             None => {
-                v.duplicates += r.duplicates;
-                v.losses += r.missing;
+                bv_duplicates += r.duplicates;
+                bv_missing += r.missing;
                 v.problems
                     .push(format!("batch-verify {day} ({}): {r}", truth_name(truth)));
             }
         }
     }
+    v.duplicates = v.duplicates.max(bv_duplicates);
+    v.losses = v.losses.max(bv_missing);
     if v.verify_truth_events != v.events_expected {
         v.problems.push(format!(
             "batch-verify saw {} truth events over {} days, {} were sent: a day was not verified",
