@@ -160,6 +160,55 @@ impl ChaosJob {
     pub fn runs(&self) -> u32 {
         self.runs
     }
+
+    /// Runs an operator command of the binary against the job's configuration (e.g. `rewind`),
+    /// polling for its exit with a deadline; returns its status and output.
+    pub fn operator(
+        &self,
+        args: &[&str],
+        deadline: Duration,
+    ) -> anyhow::Result<(ExitStatus, String)> {
+        let log = self.dir.join(format!(
+            "operator-{}.log",
+            args.first().copied().unwrap_or("cmd")
+        ));
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let mut child = Command::new(&self.binary)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RECON_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()?;
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait()? {
+                return Ok((s, std::fs::read_to_string(&log).unwrap_or_default()));
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "`recon-pipeline {}` did not exit within {deadline:?}",
+                    args.join(" ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the binary has an operator subcommand (`recon-pipeline <name> --help` succeeds).
+    pub fn has_subcommand(&self, name: &str) -> bool {
+        Command::new(&self.binary)
+            .args([name, "--help"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
 }
 
 fn config_toml(

@@ -72,8 +72,8 @@ pub struct Options {
     pub fail_fast: bool,
     /// Print a line per scenario.
     pub verbose: bool,
-    /// Fault / terminal kinds never drawn in random mode.
-    pub exclude: Vec<String>,
+    /// Which fault / terminal kinds random mode draws.
+    pub filter: plan::Filter,
 }
 
 fn sha256_file(p: &Path) -> anyhow::Result<String> {
@@ -190,12 +190,12 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
                     plan::derive_seed(opts.seed, i),
                     opts.scale,
                     controllable,
-                    &opts.exclude,
+                    &opts.filter,
                 )
             })
             .collect(),
         Mode::Ci => plan::ci(opts.seed, opts.scale, controllable),
-        Mode::Replay(s) => vec![plan::random(0, s, opts.scale, controllable, &opts.exclude)],
+        Mode::Replay(s) => vec![plan::random(0, s, opts.scale, controllable, &opts.filter)],
     };
     let mut report = Report {
         seed: opts.seed,

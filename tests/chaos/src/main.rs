@@ -65,10 +65,41 @@ struct Cli {
     /// `--exclude topic_deleted_and_recreated`.
     #[arg(long)]
     exclude: Vec<String>,
+    /// Draw only these fault / terminal kinds (repeatable), e.g. `--only rewind_request`.
+    #[arg(long)]
+    only: Vec<String>,
+    /// List the kinds `--only` / `--exclude` accept, and exit.
+    #[arg(long)]
+    list_kinds: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut kinds = recon_chaos::plan::drawable_kinds();
+    kinds.extend(
+        [
+            "rewind_request",
+            "rewind_request_while_running",
+            "saved_offset_truncated_away",
+            "topic_deleted_and_recreated",
+        ]
+        .map(String::from),
+    );
+    if cli.list_kinds {
+        for k in &kinds {
+            println!("{k}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Some(bad) = cli
+        .exclude
+        .iter()
+        .chain(&cli.only)
+        .find(|k| !kinds.contains(k))
+    {
+        eprintln!("recon-chaos: unknown kind {bad:?}; --list-kinds shows them");
+        return ExitCode::from(2);
+    }
     let services = match cli.services.as_str() {
         "private" => ServiceMode::Private,
         "env" => ServiceMode::Env,
@@ -102,7 +133,10 @@ fn main() -> ExitCode {
         keep_services: cli.keep_services,
         fail_fast: cli.fail_fast,
         verbose: !cli.quiet,
-        exclude: cli.exclude,
+        filter: recon_chaos::plan::Filter {
+            exclude: cli.exclude,
+            only: cli.only,
+        },
     };
     match recon_chaos::run(&opts) {
         Ok(report) => {

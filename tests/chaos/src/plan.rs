@@ -63,6 +63,9 @@ pub enum Fault {
     DiskFull { target: DiskTarget, hold_ms: u64 },
     /// SIGTERM: final checkpoint and commit, exit 0, restart.
     GracefulRestart,
+    /// `recon-pipeline rewind --to-checkpoint <head - back>` by an operator: with the job stopped
+    /// (SIGTERM first), or while it runs (it must then be fenced).
+    Rewind { back: u32, running: bool },
 }
 
 impl Fault {
@@ -107,6 +110,13 @@ impl Fault {
                 DiskTarget::Warehouse => "disk_full_warehouse_dir".into(),
             },
             Fault::GracefulRestart => "sigterm_graceful_restart".into(),
+            Fault::Rewind { running, .. } => {
+                if *running {
+                    "rewind_request_while_running".into()
+                } else {
+                    "rewind_request".into()
+                }
+            }
         }
     }
 
@@ -198,8 +208,96 @@ fn knobs(rng: &mut ChaCha8Rng) -> Knobs {
     }
 }
 
-/// Draws one fault (never one whose kind is in `exclude`).
-pub fn draw_fault(rng: &mut ChaCha8Rng, controllable: bool, exclude: &[String]) -> Fault {
+/// Which kinds a random run may draw (`--exclude`, `--only`).
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Never these.
+    pub exclude: Vec<String>,
+    /// Only these, when not empty.
+    pub only: Vec<String>,
+}
+
+impl Filter {
+    /// Whether `kind` may be drawn.
+    pub fn allows(&self, kind: &str) -> bool {
+        !self.exclude.iter().any(|e| e == kind)
+            && (self.only.is_empty() || self.only.iter().any(|o| o == kind))
+    }
+}
+
+/// Every kind [`draw_fault`] can produce.
+pub fn drawable_kinds() -> Vec<String> {
+    let mut v: Vec<String> = CrashPoint::ALL
+        .iter()
+        .map(|p| {
+            Fault::CrashPoint {
+                point: p.name(),
+                nth: 1,
+            }
+            .kind()
+        })
+        .collect();
+    for f in [
+        Fault::KillRandom { delay_ms: 0 },
+        Fault::AmbiguousCommit {
+            how: Ambiguity::KillJob,
+        },
+        Fault::AmbiguousCommit {
+            how: Ambiguity::LoseReply,
+        },
+        Fault::AmbiguousCommit {
+            how: Ambiguity::DropCommit,
+        },
+        Fault::BrokerStop {
+            hard: true,
+            delay_ms: 0,
+            down_ms: 0,
+        },
+        Fault::BrokerStop {
+            hard: false,
+            delay_ms: 0,
+            down_ms: 0,
+        },
+        Fault::PartitionAdded { add: 1 },
+        Fault::CatalogRefuse {
+            delay_ms: 0,
+            down_ms: 0,
+        },
+        Fault::Zombie { paused: true },
+        Fault::Zombie { paused: false },
+        Fault::StorageFaults {
+            rate: 0.0,
+            for_ms: 0,
+        },
+        Fault::DiskFull {
+            target: DiskTarget::Checkpoints,
+            hold_ms: 0,
+        },
+        Fault::DiskFull {
+            target: DiskTarget::Warehouse,
+            hold_ms: 0,
+        },
+        Fault::GracefulRestart,
+    ] {
+        v.push(f.kind());
+    }
+    for immediate in [false, true] {
+        for mid_commit in [false, true] {
+            v.push(
+                Fault::PgRestart {
+                    immediate,
+                    mid_commit,
+                    delay_ms: 0,
+                }
+                .kind(),
+            );
+        }
+    }
+    v
+}
+
+/// Draws one fault (only kinds `filter` allows; at least one must be drawable).
+pub fn draw_fault(rng: &mut ChaCha8Rng, controllable: bool, filter: &Filter) -> Fault {
     loop {
         let f = match rng.random_range(0..100) {
             0..=11 => Fault::KillRandom {
@@ -250,14 +348,14 @@ pub fn draw_fault(rng: &mut ChaCha8Rng, controllable: bool, exclude: &[String]) 
             },
             _ => Fault::GracefulRestart,
         };
-        if (controllable || !f.needs_service_control()) && !exclude.contains(&f.kind()) {
+        if (controllable || !f.needs_service_control()) && filter.allows(&f.kind()) {
             return f;
         }
     }
 }
 
-/// A random scenario; fault and terminal kinds in `exclude` are never drawn.
-pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, exclude: &[String]) -> Plan {
+/// A random scenario of the kinds `filter` allows.
+pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &Filter) -> Plan {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let trips = rng.random_range(scale.trips_min..=scale.trips_max);
     let partitions = rng.random_range(1..=4);
@@ -267,13 +365,24 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, exclude: 
         4..=7 => Some(Terminal::TopicRecreated),
         _ => None,
     }
-    .filter(|t| !exclude.iter().any(|e| e == t.kind()));
+    .filter(|t| filter.allows(t.kind()));
+    let drawable = drawable_kinds().iter().any(|k| {
+        filter.allows(k)
+            && (controllable
+                || !(k.starts_with("postgres_restart") || k.starts_with("kafka_broker")))
+    });
+    // `--only` a terminal kind and nothing drawable: every scenario is that terminal.
+    let terminal = terminal.or_else(|| {
+        [Terminal::LogTruncated, Terminal::TopicRecreated]
+            .into_iter()
+            .find(|t| !drawable && !filter.only.is_empty() && filter.allows(t.kind()))
+    });
     let mut faults = Vec::new();
-    if terminal.is_none() {
+    if terminal.is_none() && drawable {
         let n = rng.random_range(1..=3);
         let mut disk = false;
         while faults.len() < n {
-            let f = draw_fault(&mut rng, controllable, exclude);
+            let f = draw_fault(&mut rng, controllable, filter);
             // One disk target per scenario: the storage layout is chosen for it.
             if let Fault::DiskFull { .. } = f {
                 if disk {
@@ -282,6 +391,25 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, exclude: 
                 disk = true;
             }
             faults.push(f);
+        }
+    }
+    // Rewinds come from their own stream, so that adding them left every other plan as it was.
+    let mut rw = ChaCha8Rng::seed_from_u64(seed ^ 0x7265_7769_6e64_0001);
+    let rewind_only =
+        !filter.only.is_empty() && filter.only.iter().any(|o| o.starts_with("rewind_request"));
+    if terminal.is_none() && (rw.random_bool(0.08) || rewind_only) {
+        let mut f = Fault::Rewind {
+            back: rw.random_range(1..=5),
+            running: rw.random_bool(0.3),
+        };
+        if !filter.allows(&f.kind())
+            && let Fault::Rewind { running, .. } = &mut f
+        {
+            *running = !*running;
+        }
+        if filter.allows(&f.kind()) {
+            let at = rw.random_range(0..=faults.len());
+            faults.insert(at, f);
         }
     }
     let order_safe = faults
@@ -382,6 +510,10 @@ pub fn ci(seed: u64, scale: Scale, controllable: bool) -> Vec<Plan> {
         (
             vec![
                 F::Zombie { paused: true },
+                F::Rewind {
+                    back: 3,
+                    running: false,
+                },
                 F::StorageFaults {
                     rate: 0.08,
                     for_ms: 5_000,

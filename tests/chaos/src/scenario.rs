@@ -1022,6 +1022,16 @@ impl<'a> Scenario<'a> {
                 fs.free()?;
                 Utc::now()
             }
+            Fault::Rewind { back, running } => {
+                self.ensure_recovered()?;
+                if !self.orch.job.has_subcommand("rewind") {
+                    out.observations
+                        .push("rewind skipped: this recon-pipeline has no `rewind` command".into());
+                    publisher = Some(self.publish_bg(load, 2));
+                    return self.after(&kind, publisher, probe, Utc::now());
+                }
+                return self.rewind(*back, *running, load, probe, out).map(Some);
+            }
             Fault::GracefulRestart => {
                 self.ensure_recovered()?;
                 publisher = Some(self.publish_bg(load, 4));
@@ -1161,6 +1171,140 @@ impl<'a> Scenario<'a> {
         out.observations
             .push(format!("zombie fenced: {}", short(&msg)));
         Ok(Utc::now())
+    }
+
+    /// An operator rewinds the job to an older checkpoint: the command must say what it does,
+    /// a running instance must be fenced, the restarted job must log the rewind, and at the end
+    /// nothing may be duplicated or lost.
+    fn rewind(
+        &mut self,
+        back: u32,
+        running: bool,
+        load: Vec<Record>,
+        probe: Vec<Record>,
+        out: &mut Outcome,
+    ) -> Result<Recovery, Failure> {
+        // Some history to rewind over: the load is read and checkpointed first.
+        let since = Utc::now();
+        let mut p = self.publish_bg(load, 4);
+        p.join()?;
+        pipeline(
+            self.orch
+                .cur()?
+                .wait_for_records(since, Duration::from_secs(120)),
+        )?;
+        let entries = self
+            .ctx
+            .rt
+            .block_on(crate::storage::log_entries(&self.orch.job.verify_config))?;
+        let head = entries.last().map(|e| e.0).unwrap_or(0);
+        let head_cut = entries.last().map(|e| e.2).unwrap_or(0);
+        // Barrier checkpoints that had read something, and less than the head: a real rewind.
+        let mut candidates: Vec<u64> = entries
+            .iter()
+            .filter(|(id, barrier, cut)| *barrier && *id < head && *cut > 0 && *cut < head_cut)
+            .map(|(id, _, _)| *id)
+            .collect();
+        if candidates.is_empty() {
+            // Everything was read in one checkpoint: rewind to before it.
+            candidates = entries
+                .iter()
+                .filter(|(id, barrier, _)| *barrier && *id < head)
+                .map(|(id, _, _)| *id)
+                .collect();
+        }
+        let Some(to) = candidates
+            .iter()
+            .rev()
+            .nth(back.saturating_sub(1) as usize)
+            .or(candidates.first())
+            .copied()
+        else {
+            out.observations
+                .push("rewind skipped: no older checkpoint retained".into());
+            return Err(Failure::Harness(anyhow::anyhow!(
+                "no checkpoint to rewind to"
+            )));
+        };
+        if !running {
+            let s = self.orch.stop_graceful(Duration::from_secs(120))?;
+            if !s.success() {
+                return Err(Failure::Pipeline(format!(
+                    "SIGTERM should stop the job cleanly, got {s}"
+                )));
+            }
+        }
+        let to_s = to.to_string();
+        let (status, text) = self.orch.job.operator(
+            &[
+                "rewind",
+                "--to-checkpoint",
+                &to_s,
+                "--reason",
+                "recon-chaos rewind request",
+                "--yes",
+            ],
+            Duration::from_secs(90),
+        )?;
+        if !status.success() || !text.contains("rewind written") || !text.contains("REWIND written")
+        {
+            return Err(Failure::Pipeline(format!(
+                "`rewind --to-checkpoint {to}` (head {head}) failed ({status}):\n{text}"
+            )));
+        }
+        out.observations.push(format!(
+            "rewind: operator command explicit and logged ({})",
+            short(
+                text.lines()
+                    .find(|l| l.starts_with("rewind job"))
+                    .unwrap_or("")
+            )
+        ));
+        if running {
+            // The running instance holds an older generation now: it must stop, saying so.
+            self.orch.expected_end = Some("fenced by the rewind");
+            let run = self.orch.cur()?;
+            let status = pipeline(
+                run.wait(Duration::from_secs(120))
+                    .context("the instance running during the rewind kept running"),
+            )?;
+            let msg = run.error_message().unwrap_or_default();
+            self.orch.reap()?;
+            if status.success()
+                || status.signal().is_some()
+                || !(msg.contains("has taken over") || msg.contains("is stale and stops"))
+            {
+                return Err(Failure::Pipeline(format!(
+                    "the instance running during a rewind must stop saying it was fenced; it ended {status}: {msg:?}"
+                )));
+            }
+        }
+        let t_end = Utc::now();
+        self.orch.restarts += 1;
+        self.orch.spawn(&[])?;
+        self.publish_now(&probe)?;
+        let (d, restarts) = pipeline(self.orch.wait_recovered(t_end, Duration::from_secs(180)))?;
+        // The restarted job: does its own log name the rewind (beyond resuming from the entry)?
+        let told = self
+            .orch
+            .cur()?
+            .lines()
+            .iter()
+            .any(|l| l.raw.to_ascii_lowercase().contains("rewind"));
+        out.observations.push(format!(
+            "rewind: restarted job's log {} the rewind (it resumes from the rewind entry)",
+            if told { "names" } else { "does not name" }
+        ));
+        Ok(Recovery {
+            fault: if running {
+                "rewind_request_while_running"
+            } else {
+                "rewind_request"
+            }
+            .into(),
+            ms: d.as_millis() as u64,
+            restarts: restarts + 1,
+        })
     }
 
     /// Partitions added while the job runs: does the running job see them? Then a restart must.

@@ -30,6 +30,23 @@ pub async fn head_cut(verify_config: &Path) -> anyhow::Result<BTreeMap<i32, i64>
     Ok(BTreeMap::new())
 }
 
+/// Completed entries of the job's checkpoint log: `(id, is a barrier checkpoint, sum of the
+/// cut's offsets)`, oldest first.
+pub async fn log_entries(verify_config: &Path) -> anyhow::Result<Vec<(u64, bool, i64)>> {
+    use recon_pipeline::checkpoint::manifest::EntryKind;
+    let cfg = Config::load(Some(verify_config))?;
+    let (store, prefix) = recon_pipeline::checkpoint::store::open(&cfg)?;
+    let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
+    let mut out = Vec::new();
+    for id in log.ids_after(None).await? {
+        if let Some(c) = log.completed(id).await? {
+            let cut: i64 = c.manifest.partitions.values().map(|p| p.end.0).sum();
+            out.push((id.0, matches!(c.entry.kind, EntryKind::Checkpoint), cut));
+        }
+    }
+    Ok(out)
+}
+
 /// Deletes every object under `prefix/` in `bucket` (the S3 server keeps objects in memory).
 pub async fn delete_prefix(ep: &Endpoints, bucket: &str, prefix: &str) -> anyhow::Result<u64> {
     let s3 = AmazonS3Builder::new()

@@ -46,7 +46,7 @@ fn chaos_ci_pass() {
         keep_services: false,
         fail_fast: false,
         verbose: true,
-        exclude: Vec::new(),
+        filter: Default::default(),
     };
     let report = recon_chaos::run(&opts).expect("the chaos harness could run");
     println!("{report}");
