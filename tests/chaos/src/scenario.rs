@@ -1136,12 +1136,23 @@ impl<'a> Scenario<'a> {
         }
         let spawned = Utc::now();
         self.orch.spawn(&[])?;
-        self.publish_now(&load)?;
-        // The new instance takes over and checkpoints new records.
+        // The new instance claims its generation; only then comes new input (else a running old
+        // instance may read and checkpoint it first, and the new one has nothing left to show).
         let new_took_over = self
             .orch
             .cur()?
-            .wait_for_records(spawned, Duration::from_secs(120));
+            .wait_for("recovered", 1, spawned, Duration::from_secs(120))
+            .map(|_| ());
+        let new_took_over = match new_took_over {
+            Ok(()) => {
+                let since = Utc::now();
+                self.publish_now(&load)?;
+                self.orch
+                    .cur()?
+                    .wait_for_records(since, Duration::from_secs(120))
+            }
+            Err(e) => Err(e),
+        };
         if paused {
             old.signal(libc::SIGCONT)?;
         }
