@@ -5,7 +5,9 @@
 //! ids, parsed URLs) and is the only one runtime code sees.
 //!
 //! Environment: `RECON__<SECTION>__<KEY>=value` overrides `[section] key`, e.g.
-//! `RECON__SOURCE__BROKERS=127.0.0.1:19092` or `RECON__JOB_ID=payments-eu`.
+//! `RECON__SOURCE__BROKERS=127.0.0.1:19092` or `RECON__JOB_ID=payments-eu`. Secrets (SASL and
+//! database passwords) have their own keys, read verbatim from the environment or from files, and
+//! never appear in `Debug` or messages: see [`crate::secrets`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::JobId;
+pub use crate::secrets::redact_url;
+use crate::secrets::{self, RedactedMap};
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "RECON__";
@@ -48,7 +52,7 @@ pub enum StartFrom {
 }
 
 /// `[source]`: the Kafka topic to read.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
     /// Bootstrap servers, `host:port[,host:port]`, or `mock` for librdkafka's in-process
@@ -66,10 +70,35 @@ pub struct RawSource {
     pub queue_batches_max: usize,
     /// Extra librdkafka properties (TLS, SASL...). Values are never logged.
     pub properties: BTreeMap<String, String>,
+    /// SASL password (librdkafka `sasl.password`). Prefer `sasl_password_file` or the
+    /// environment variable `RECON__SOURCE__SASL_PASSWORD` (read verbatim) to writing it here.
+    pub sasl_password: String,
+    /// File holding the SASL password (one trailing newline ignored), e.g. a mounted secret.
+    pub sasl_password_file: String,
+}
+
+impl std::fmt::Debug for RawSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawSource")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
+            .field("start_from", &self.start_from)
+            .field("poll_batch_records_max", &self.poll_batch_records_max)
+            .field("queue_batches_max", &self.queue_batches_max)
+            .field("properties", &RedactedMap(&self.properties))
+            .field("sasl_password", &redacted_if_set(&self.sasl_password))
+            .field("sasl_password_file", &self.sasl_password_file)
+            .finish()
+    }
+}
+
+fn redacted_if_set(v: &str) -> &str {
+    if v.is_empty() { "" } else { secrets::REDACTED }
 }
 
 /// `[catalog]`: the Iceberg catalog and warehouse.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCatalog {
     /// Catalog name shared with Spark/Trino/pyiceberg (`catalog_name` column of the SQL catalog).
@@ -82,10 +111,29 @@ pub struct RawCatalog {
     pub properties: BTreeMap<String, String>,
     /// Namespace of the tables.
     pub namespace: String,
+    /// Password of the PostgreSQL catalog database, put into `uri` (which then names only the
+    /// user). Prefer `password_file` or `RECON__CATALOG__PASSWORD` (read verbatim).
+    pub password: String,
+    /// File holding the catalog database password (one trailing newline ignored).
+    pub password_file: String,
+}
+
+impl std::fmt::Debug for RawCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawCatalog")
+            .field("name", &self.name)
+            .field("uri", &redact_url(&self.uri))
+            .field("warehouse", &self.warehouse)
+            .field("properties", &RedactedMap(&self.properties))
+            .field("namespace", &self.namespace)
+            .field("password", &redacted_if_set(&self.password))
+            .field("password_file", &self.password_file)
+            .finish()
+    }
 }
 
 /// `[checkpoint]`: the checkpoint store and cadence.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCheckpoint {
     /// Store root: a directory path, `file:///abs/path` or `s3://bucket/prefix`.
@@ -99,6 +147,18 @@ pub struct RawCheckpoint {
     pub full_state_every: u32,
     /// Completed checkpoints kept beyond what recovery needs (for operators and rewinds).
     pub keep_last: usize,
+}
+
+impl std::fmt::Debug for RawCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawCheckpoint")
+            .field("store", &self.store)
+            .field("store_options", &RedactedMap(&self.store_options))
+            .field("interval_ms", &self.interval_ms)
+            .field("full_state_every", &self.full_state_every)
+            .field("keep_last", &self.keep_last)
+            .finish()
+    }
 }
 
 /// `[commit]`: when checkpoints are published to Iceberg.
@@ -182,6 +242,8 @@ impl Default for RawConfig {
                 poll_batch_records_max: 4096,
                 queue_batches_max: 16,
                 properties: BTreeMap::new(),
+                sasl_password: String::new(),
+                sasl_password_file: String::new(),
             },
             catalog: RawCatalog {
                 name: "recon".into(),
@@ -189,6 +251,8 @@ impl Default for RawConfig {
                 warehouse: "lakehouse/warehouse".into(),
                 properties: BTreeMap::new(),
                 namespace: recon_schemas::tables::NAMESPACE.into(),
+                password: String::new(),
+                password_file: String::new(),
             },
             checkpoint: RawCheckpoint {
                 store: "lakehouse/checkpoints".into(),
@@ -219,16 +283,18 @@ impl Default for RawConfig {
     }
 }
 
-/// Resolved configuration: what runtime code reads.
-#[derive(Clone, Debug)]
+/// Resolved configuration: what runtime code reads. Its `Debug` hides every secret.
+#[derive(Clone)]
 pub struct Config {
     /// Job identity.
     pub job_id: JobId,
     /// Delivery guarantee.
     pub delivery: DeliveryMode,
-    /// Kafka source (validated).
+    /// Kafka source (validated); the SASL password, wherever it came from, is in
+    /// `properties["sasl.password"]` and `sasl_password*` are empty.
     pub source: RawSource,
-    /// Catalog with absolute warehouse URL.
+    /// Catalog with absolute warehouse URL; the database password, wherever it came from, is in
+    /// `uri` and `password*` are empty.
     pub catalog: RawCatalog,
     /// Checkpoint store root, resolved: a local directory or an URL.
     pub checkpoint_store: StoreLocation,
@@ -248,6 +314,29 @@ pub struct Config {
     pub state: RawState,
     /// Address of the metrics/health server, if any.
     pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("job_id", &self.job_id)
+            .field("delivery", &self.delivery)
+            .field("source", &self.source)
+            .field("catalog", &self.catalog)
+            .field("checkpoint_store", &self.checkpoint_store)
+            .field(
+                "checkpoint_store_options",
+                &RedactedMap(&self.checkpoint_store_options),
+            )
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("full_state_every", &self.full_state_every)
+            .field("keep_last", &self.keep_last)
+            .field("commit", &self.commit)
+            .field("sink", &self.sink)
+            .field("state", &self.state)
+            .field("metrics_listen", &self.metrics_listen)
+            .finish()
+    }
 }
 
 /// Where checkpoints live.
@@ -272,7 +361,24 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(p));
         }
-        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__").lowercase(true));
+        fig = fig.merge(
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .lowercase(true)
+                .filter(|k| !secrets::VERBATIM_ENV_KEYS.iter().any(|v| k == *v)),
+        );
+        // Secrets verbatim: figment would parse `123` into a number (and print it in the type
+        // error) or strip quotes.
+        for key in secrets::VERBATIM_ENV_KEYS {
+            let var = secrets::env_var_name(key);
+            match std::env::var(&var) {
+                Ok(v) => fig = fig.merge(Serialized::default(key, v)),
+                Err(std::env::VarError::NotPresent) => {}
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(ConfigError(format!("{var} is not valid UTF-8")));
+                }
+            }
+        }
         let raw: RawConfig = fig.extract().map_err(|e| ConfigError(figment_message(e)))?;
         Config::resolve(raw)
     }
@@ -330,6 +436,41 @@ impl Config {
         }
         let mut catalog = raw.catalog.clone();
         catalog.warehouse = absolute_location(&catalog.warehouse, "catalog.warehouse")?;
+        catalog.password.clear();
+        catalog.password_file.clear();
+        if let Some(pw) = secrets::value_or_file(
+            "catalog.password",
+            &raw.catalog.password,
+            &raw.catalog.password_file,
+        )
+        .map_err(ConfigError)?
+        {
+            if !(uri.starts_with("postgres://") || uri.starts_with("postgresql://")) {
+                return err(format!(
+                    "catalog.password is set but catalog.uri {:?} is not a postgres:// URL; drop the password or use PostgreSQL",
+                    redact_url(uri)
+                ));
+            }
+            catalog.uri =
+                secrets::with_url_password("catalog.password", uri, &pw).map_err(ConfigError)?;
+        }
+        let mut source = raw.source.clone();
+        source.sasl_password.clear();
+        source.sasl_password_file.clear();
+        if let Some(pw) = secrets::value_or_file(
+            "source.sasl_password",
+            &raw.source.sasl_password,
+            &raw.source.sasl_password_file,
+        )
+        .map_err(ConfigError)?
+        {
+            if source.properties.contains_key("sasl.password") {
+                return err(
+                    "source.properties.\"sasl.password\" and source.sasl_password(_file) are both set; keep one (sasl_password_file is the safer place)".into(),
+                );
+            }
+            source.properties.insert("sasl.password".into(), pw);
+        }
         let checkpoint_store = match raw.checkpoint.store.split_once("://") {
             Some(("file", rest)) => StoreLocation::Local(PathBuf::from(rest)),
             Some(("s3" | "memory", _)) => StoreLocation::Url(raw.checkpoint.store.clone()),
@@ -350,7 +491,7 @@ impl Config {
             metrics_listen,
             job_id,
             delivery: raw.delivery,
-            source: raw.source,
+            source,
             catalog,
             checkpoint_store,
             checkpoint_store_options: raw.checkpoint.store_options,
@@ -387,26 +528,35 @@ fn absolute_location(value: &str, key: &str) -> Result<String, ConfigError> {
         .to_string())
 }
 
-/// Hides the password of a URL such as `postgres://user:secret@host/db`.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// One line per problem, naming the key, without figment's multi-line noise.
+/// One line per problem, naming the key, without figment's multi-line noise. The value of a
+/// secret key (a password, a URL, a secret-looking property) is never repeated, and a TOML syntax
+/// error loses its snippet of the offending line (which may hold a secret).
 fn figment_message(e: figment::Error) -> String {
+    use figment::error::Kind;
     e.into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            let what = e.kind.to_string();
+            let secret = e
+                .path
+                .iter()
+                .any(|p| p == "uri" || secrets::is_secret_name(p));
+            let mut what = match &e.kind {
+                Kind::Message(m) => without_snippet(m),
+                Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) if secret => {
+                    format!("invalid value (not shown), expected {expected}")
+                }
+                Kind::UnknownVariant(..) if secret => "invalid value (not shown)".to_string(),
+                k => k.to_string(),
+            };
+            if e.path.len() > 2
+                && e.path[1] == "properties"
+                && matches!(e.kind, Kind::InvalidType(figment::error::Actual::Map, _))
+            {
+                what.push_str(
+                    "; a dotted property name cannot be set through RECON__ variables (`.` nests): \
+                     set it in the file, or use source.sasl_password / sasl_password_file",
+                );
+            }
             if key.is_empty() {
                 what
             } else {
@@ -415,6 +565,21 @@ fn figment_message(e: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A TOML parse error without the quoted source lines (`3 | password = "...`) and carets.
+fn without_snippet(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let gutter = l
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+            !l.is_empty() && !gutter.starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 #[cfg(test)]
@@ -512,5 +677,98 @@ mod tests {
             "postgres://u:***@h:5/db"
         );
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn secrets_from_files_land_where_the_clients_read_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kpw, cpw) = (dir.path().join("kafka-pw"), dir.path().join("pg-pw"));
+        std::fs::write(&kpw, "planted-sasl-1\n").unwrap();
+        std::fs::write(&cpw, "planted pg/2@x\n").unwrap();
+        let c = load_str(&format!(
+            "[source]\nsasl_password_file = \"{}\"\n[source.properties]\n\"sasl.username\" = \"alice\"\n\
+             [catalog]\nuri = \"postgres://recon@h:5/db\"\npassword_file = \"{}\"\n\
+             [checkpoint.store_options]\naws_secret_access_key = \"planted-s3-3\"\n",
+            kpw.display(),
+            cpw.display()
+        ))
+        .unwrap();
+        assert_eq!(c.source.properties["sasl.password"], "planted-sasl-1");
+        assert_eq!(
+            c.catalog.uri,
+            "postgres://recon:planted%20pg%2F2%40x@h:5/db"
+        );
+        let debug = format!("{c:?}");
+        for planted in [
+            "planted-sasl-1",
+            "planted%20pg",
+            "planted pg",
+            "planted-s3-3",
+        ] {
+            assert!(!debug.contains(planted), "{planted} in {debug}");
+        }
+        assert!(
+            debug.contains("alice") && debug.contains("recon:***@h"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn secret_conflicts_and_misplacements_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "x").unwrap();
+        let f = f.display();
+        for (toml, needle) in [
+            (
+                format!("[source]\nsasl_password = \"pw-a\"\nsasl_password_file = \"{f}\"\n"),
+                "both set",
+            ),
+            (
+                "[source]\nsasl_password = \"pw-a\"\n[source.properties]\n\"sasl.password\" = \"pw-b\"\n".into(),
+                "both set",
+            ),
+            (
+                "[catalog]\nuri = \"postgres://u:pw-old@h/db\"\npassword = \"pw-new\"\n".into(),
+                "already holds a password",
+            ),
+            ("[catalog]\npassword = \"pw-new\"\n".into(), "not a postgres:// URL"),
+            (
+                "[source]\nsasl_password_file = \"/nonexistent/pw\"\n".into(),
+                "/nonexistent/pw",
+            ),
+        ] {
+            let e = load_str(&toml).unwrap_err().to_string();
+            assert!(e.contains(needle), "{toml}: {e}");
+            for secret in ["pw-"] {
+                assert!(!e.contains(secret), "{secret} leaked: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_secret_values_are_not_repeated() {
+        let e = load_str("[source]\nsasl_password = 918273645\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("source.sasl_password") && !e.contains("918273645"),
+            "{e}"
+        );
+        let e = load_str("[catalog]\nuri = 918273645\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("catalog.uri") && !e.contains("918273645"), "{e}");
+        let e = load_str("[source]\nsasl_password = \"planted-unterminated\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("planted-unterminated") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = load_str("[source.properties]\nsasl = { password = \"p\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sasl_password_file"), "{e}");
     }
 }

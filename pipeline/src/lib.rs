@@ -19,6 +19,7 @@ pub mod job;
 pub mod lakehouse;
 pub mod orphans;
 pub mod reconcile;
+pub mod secrets;
 pub mod sink;
 pub mod source;
 pub mod state;

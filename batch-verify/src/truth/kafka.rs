@@ -77,8 +77,12 @@ impl KafkaTruth {
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error");
-        c.create()
-            .map_err(|e| err(format!("creating the consumer: {e}")))
+        c.create().map_err(|e| {
+            err(format!(
+                "creating the consumer: {}",
+                recon_pipeline::secrets::kafka_error_text(&e)
+            ))
+        })
     }
 
     /// Finds the day's window per partition (`start - margin`, `end + margin`).

@@ -95,7 +95,7 @@ fn client_config(cfg: &RawSource, group: &str) -> ClientConfig {
 pub fn topic_partitions(cfg: &RawSource) -> Result<Vec<PartitionId>, SourceError> {
     let consumer: BaseConsumer = client_config(cfg, "recon-metadata")
         .create()
-        .map_err(|e| SourceError::Config(e.to_string()))?;
+        .map_err(|e| SourceError::Config(crate::secrets::kafka_error_text(&e)))?;
     let md = consumer
         .fetch_metadata(Some(&cfg.topic), METADATA_TIMEOUT)
         .map_err(|e| SourceError::Unreachable {
@@ -134,7 +134,7 @@ impl Source {
     ) -> Result<Source, SourceError> {
         let consumer: BaseConsumer = client_config(cfg, group)
             .create()
-            .map_err(|e| SourceError::Config(e.to_string()))?;
+            .map_err(|e| SourceError::Config(crate::secrets::kafka_error_text(&e)))?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             let off = match saved.get(p) {
