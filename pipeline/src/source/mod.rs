@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -21,8 +21,13 @@ use tokio::sync::mpsc;
 use crate::config::{RawSource, StartFrom};
 use crate::ids::{Offset, PartitionId};
 
+pub mod security;
+use security::{SECURITY_HINT, SecurityWatch, is_security_error};
+
 /// How long metadata lookups may take before the broker counts as unreachable.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// One metadata attempt within [`METADATA_TIMEOUT`]; between attempts, a refused login is noticed.
+const METADATA_ATTEMPT: Duration = Duration::from_millis(500);
 
 /// One Kafka record, owned.
 #[derive(Clone, Debug)]
@@ -54,6 +59,14 @@ pub enum SourceError {
         timeout: Duration,
         /// Cause.
         message: String,
+    },
+    /// The broker refused the client's credentials or TLS handshake.
+    #[error("Kafka at {brokers} refused the connection: {reason}; {SECURITY_HINT}")]
+    Refused {
+        /// Bootstrap servers.
+        brokers: String,
+        /// librdkafka's reason (e.g. "SASL authentication error: ... invalid credentials").
+        reason: String,
     },
     /// The topic does not exist.
     #[error("topic {topic:?} does not exist on {brokers}; create it or fix source.topic")]
@@ -91,18 +104,35 @@ fn client_config(cfg: &RawSource, group: &str) -> ClientConfig {
     c
 }
 
-/// Lists the topic's partitions, failing within [`METADATA_TIMEOUT`] if no broker answers.
+/// Lists the topic's partitions, failing within [`METADATA_TIMEOUT`] if no broker answers, and
+/// at once (with [`SourceError::Refused`]) when the broker refuses the login or TLS handshake.
 pub fn topic_partitions(cfg: &RawSource) -> Result<Vec<PartitionId>, SourceError> {
-    let consumer: BaseConsumer = client_config(cfg, "recon-metadata")
-        .create()
+    let consumer: BaseConsumer<SecurityWatch> = client_config(cfg, "recon-metadata")
+        .create_with_context(SecurityWatch::default())
         .map_err(|e| SourceError::Config(crate::secrets::kafka_error_text(&e)))?;
-    let md = consumer
-        .fetch_metadata(Some(&cfg.topic), METADATA_TIMEOUT)
-        .map_err(|e| SourceError::Unreachable {
-            brokers: cfg.brokers.clone(),
-            timeout: METADATA_TIMEOUT,
-            message: e.to_string(),
-        })?;
+    let deadline = Instant::now() + METADATA_TIMEOUT;
+    let md = loop {
+        let attempt = consumer.fetch_metadata(Some(&cfg.topic), METADATA_ATTEMPT);
+        // Serves the client's error events (a refused login arrives as one).
+        let _ = consumer.poll(Duration::ZERO);
+        if let Some(reason) = consumer.context().failure() {
+            return Err(SourceError::Refused {
+                brokers: cfg.brokers.clone(),
+                reason,
+            });
+        }
+        match attempt {
+            Ok(md) => break md,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(SourceError::Unreachable {
+                    brokers: cfg.brokers.clone(),
+                    timeout: METADATA_TIMEOUT,
+                    message: e.to_string(),
+                });
+            }
+            Err(_) => {}
+        }
+    };
     let topic = md.topics().iter().find(|t| t.name() == cfg.topic);
     match topic {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
@@ -132,8 +162,8 @@ impl Source {
         partitions: &[PartitionId],
         saved: &BTreeMap<PartitionId, Offset>,
     ) -> Result<Source, SourceError> {
-        let consumer: BaseConsumer = client_config(cfg, group)
-            .create()
+        let consumer: BaseConsumer<SecurityWatch> = client_config(cfg, group)
+            .create_with_context(SecurityWatch::default())
             .map_err(|e| SourceError::Config(crate::secrets::kafka_error_text(&e)))?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
@@ -196,7 +226,7 @@ impl Drop for Source {
 pub const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// Lag per assigned partition: high watermark minus the consumer's position.
-fn report_lag(consumer: &BaseConsumer, topic: &str) {
+fn report_lag(consumer: &BaseConsumer<SecurityWatch>, topic: &str) {
     let Ok(positions) = consumer.position() else {
         return;
     };
@@ -213,7 +243,7 @@ fn report_lag(consumer: &BaseConsumer, topic: &str) {
 }
 
 fn poll_loop(
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<SecurityWatch>,
     tx: mpsc::Sender<Result<Vec<Record>, SourceError>>,
     stop: Arc<AtomicBool>,
     batch_max: usize,
@@ -238,8 +268,9 @@ fn poll_loop(
                     payload: m.payload().map(<[u8]>::to_vec),
                 }),
                 Some(Err(e)) => {
+                    let code = e.rdkafka_error_code();
                     let fatal = matches!(
-                        e.rdkafka_error_code(),
+                        code,
                         Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange)
                             | Some(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset)
                             | Some(rdkafka::types::RDKafkaErrorCode::Fatal)
@@ -249,6 +280,21 @@ fn poll_loop(
                             topic: topic.clone(),
                             message: format!(
                                 "{e}; a saved offset is no longer in the topic (retention?) — stopping rather than skipping data"
+                            ),
+                        }));
+                        return;
+                    }
+                    // Credentials revoked or rotated while running: stop; a restart reads the
+                    // current secret.
+                    if is_security_error(code) {
+                        let reason = consumer
+                            .context()
+                            .failure()
+                            .unwrap_or_else(|| e.to_string());
+                        let _ = tx.blocking_send(Err(SourceError::Read {
+                            topic: topic.clone(),
+                            message: format!(
+                                "the broker refused the connection: {reason}; {SECURITY_HINT}"
                             ),
                         }));
                         return;

@@ -1,0 +1,189 @@
+//! Tests of [`crate::config`]: loading, validation, secrets, and the reference file.
+
+use super::*;
+
+fn load_str(toml: &str) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, toml).unwrap();
+    Config::load(Some(&p))
+}
+
+#[test]
+fn defaults_resolve() {
+    let c = load_str("").unwrap();
+    assert_eq!(c.checkpoint_interval, Duration::from_secs(10));
+    assert_eq!(c.delivery, DeliveryMode::ExactlyOnce);
+    assert!(
+        c.catalog.warehouse.starts_with("file:///"),
+        "{}",
+        c.catalog.warehouse
+    );
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let e = load_str("[source]\nbrokerz = \"x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("brokerz"), "{e}");
+}
+
+#[test]
+fn bad_values_say_what_to_fix() {
+    let e = load_str("[catalog]\nuri = \"mysql://u:pw@h/db\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("catalog.uri") && !e.contains("pw"), "{e}");
+    let e = load_str("job_id = \"a b\"\n").unwrap_err().to_string();
+    assert!(e.contains("job_id"), "{e}");
+    let e = load_str("delivery = \"twice\"\n").unwrap_err().to_string();
+    assert!(e.contains("delivery"), "{e}");
+    let e = load_str("[checkpoint]\nstore = \"ftp://x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("checkpoint.store"), "{e}");
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let e = Config::load(Some(Path::new("/nonexistent/recon.toml"))).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/recon.toml"));
+}
+
+/// The reference file lists every key the code knows, and loads.
+#[test]
+fn example_lists_every_key() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recon.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    Config::load(Some(&path)).unwrap();
+    let defaults = toml::Value::try_from(RawConfig::default()).unwrap();
+    let mut missing = Vec::new();
+    let top = defaults.as_table().unwrap();
+    for (k, v) in top {
+        match v.as_table() {
+            Some(section) => {
+                assert!(text.contains(&format!("[{k}]")), "section [{k}] missing");
+                for key in section.keys() {
+                    let is_table = section[key].is_table();
+                    let needle = if is_table {
+                        format!("[{k}.{key}]")
+                    } else {
+                        format!("\n{key} = ")
+                    };
+                    if !text.contains(&needle) {
+                        missing.push(format!("{k}.{key}"));
+                    }
+                }
+            }
+            None => {
+                if !text.contains(&format!("\n{k} = ")) {
+                    missing.push(k.clone());
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "recon.example.toml lacks {missing:?}");
+}
+
+#[test]
+fn redaction_hides_passwords() {
+    assert_eq!(
+        redact_url("postgres://u:secret@h:5/db"),
+        "postgres://u:***@h:5/db"
+    );
+    assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+}
+
+#[test]
+fn secrets_from_files_land_where_the_clients_read_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kpw, cpw) = (dir.path().join("kafka-pw"), dir.path().join("pg-pw"));
+    std::fs::write(&kpw, "planted-sasl-1\n").unwrap();
+    std::fs::write(&cpw, "planted pg/2@x\n").unwrap();
+    let c = load_str(&format!(
+        "[source]\nsasl_password_file = \"{}\"\n[source.properties]\n\"sasl.username\" = \"alice\"\n\
+         [catalog]\nuri = \"postgres://recon@h:5/db\"\npassword_file = \"{}\"\n\
+         [checkpoint.store_options]\naws_secret_access_key = \"planted-s3-3\"\n",
+        kpw.display(),
+        cpw.display()
+    ))
+    .unwrap();
+    assert_eq!(c.source.properties["sasl.password"], "planted-sasl-1");
+    assert_eq!(
+        c.catalog.uri,
+        "postgres://recon:planted%20pg%2F2%40x@h:5/db"
+    );
+    let debug = format!("{c:?}");
+    for planted in [
+        "planted-sasl-1",
+        "planted%20pg",
+        "planted pg",
+        "planted-s3-3",
+    ] {
+        assert!(!debug.contains(planted), "{planted} in {debug}");
+    }
+    assert!(
+        debug.contains("alice") && debug.contains("recon:***@h"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn secret_conflicts_and_misplacements_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("pw");
+    std::fs::write(&f, "x").unwrap();
+    let f = f.display();
+    for (toml, needle) in [
+        (
+            format!("[source]\nsasl_password = \"pw-a\"\nsasl_password_file = \"{f}\"\n"),
+            "both set",
+        ),
+        (
+            "[source]\nsasl_password = \"pw-a\"\n[source.properties]\n\"sasl.password\" = \"pw-b\"\n".into(),
+            "both set",
+        ),
+        (
+            "[catalog]\nuri = \"postgres://u:pw-old@h/db\"\npassword = \"pw-new\"\n".into(),
+            "already holds a password",
+        ),
+        ("[catalog]\npassword = \"pw-new\"\n".into(), "not a postgres:// URL"),
+        (
+            "[source]\nsasl_password_file = \"/nonexistent/pw\"\n".into(),
+            "/nonexistent/pw",
+        ),
+    ] {
+        let e = load_str(&toml).unwrap_err().to_string();
+        assert!(e.contains(needle), "{toml}: {e}");
+        for secret in ["pw-"] {
+            assert!(!e.contains(secret), "{secret} leaked: {e}");
+        }
+    }
+}
+
+#[test]
+fn bad_secret_values_are_not_repeated() {
+    let e = load_str("[source]\nsasl_password = 918273645\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("source.sasl_password") && !e.contains("918273645"),
+        "{e}"
+    );
+    let e = load_str("[catalog]\nuri = 918273645\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("catalog.uri") && !e.contains("918273645"), "{e}");
+    let e = load_str("[source]\nsasl_password = \"planted-unterminated\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !e.contains("planted-unterminated") && e.contains("line 2"),
+        "{e}"
+    );
+    let e = load_str("[source.properties]\nsasl = { password = \"p\" }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sasl_password_file"), "{e}");
+}
