@@ -47,7 +47,8 @@ struct Cli {
     #[arg(long, value_enum)]
     truth: Truth,
     /// PostgreSQL URL (`--truth postgres`) or files location: directory, file:// or s3:// URL (`--truth files`).
-    #[arg(long, env = "BATCH_VERIFY_TRUTH_URL")]
+    /// The environment variable keeps a database password off the command line; `--help` never shows its value.
+    #[arg(long, env = "BATCH_VERIFY_TRUTH_URL", hide_env_values = true)]
     truth_url: Option<String>,
     /// Events query for `--truth postgres` ($1, $2 = the day's UTC window as RFC 3339 text).
     #[arg(long, default_value = EVENTS_QUERY)]

@@ -23,7 +23,7 @@ const OPEN_ATTEMPTS_MAX: u32 = 5;
 pub enum LakehouseError {
     /// The catalog could not be opened.
     #[error(
-        "cannot open the Iceberg catalog at {uri}: {source}; check catalog.uri and that the database is up"
+        "cannot open the Iceberg catalog at {uri}: {source}; check catalog.uri (and catalog.password / password_file) and that the database is up"
     )]
     Open {
         /// The catalog URI, password redacted.
