@@ -8,7 +8,8 @@
 //! Read in the order the data flows: [`options`] and [`day`] (what to verify) -> [`truth`] and
 //! [`lakehouse`] (both sides, read into [`spill`] files of [`row`]s) -> [`checks`],
 //! [`balances`], [`offsets`] (the proof, one bucket at a time) -> [`report`] and [`record`]
-//! (the outcome). [`run::verify`] ties them together; [`fixture`] builds test lakehouses.
+//! (the outcome, also as Prometheus [`metrics`]). [`run::verify`] ties them together; [`fixture`]
+//! builds test lakehouses.
 //!
 //! Architecture invariant: the checks ([`checks`], [`balances`], [`offsets::check`]) do no
 //! I/O; they take rows and return findings, so tests drive them with plain data.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod fixture;
 pub mod lakehouse;
 pub mod memory;
+pub mod metrics;
 pub mod offsets;
 pub mod options;
 pub mod progress;

@@ -62,6 +62,11 @@ struct Cli {
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write the run's Prometheus metrics here (node_exporter textfile collector, e.g.
+    /// /var/lib/node_exporter/textfile/recon_verify.prom), replaced atomically on every run,
+    /// also when it could not verify.
+    #[arg(long)]
+    metrics_textfile: Option<PathBuf>,
     /// Safety margin around the day, in minutes (Kafka window, dead-letter scan).
     #[arg(long, default_value_t = 60)]
     margin_minutes: u64,
@@ -177,8 +182,34 @@ fn error_report(cli: &Cli, e: &anyhow::Error) -> serde_json::Value {
     })
 }
 
+/// Writes `--metrics-textfile` for a run that ended with `code`.
+fn write_metrics(
+    cli: &Cli,
+    path: &std::path::Path,
+    code: i32,
+    report: Option<&Report>,
+    wall: Duration,
+) -> std::io::Result<()> {
+    // The job label: the configuration may be the very thing that failed.
+    let job = Config::load(Some(&cli.config))
+        .map(|c| c.job_id.to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let outcome = batch_verify::metrics::RunOutcome {
+        job,
+        truth: format!("{:?}", cli.truth).to_lowercase(),
+        business_date: cli.date.to_string(),
+        time_zone: cli.tz.clone(),
+        exit_code: code,
+        duration: report.map_or(wall, |r| Duration::from_millis(r.elapsed_ms)),
+        finished_at: chrono::Utc::now(),
+        report,
+    };
+    batch_verify::metrics::write_textfile(path, &batch_verify::metrics::render(&outcome))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let started = std::time::Instant::now();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -213,6 +244,7 @@ fn main() -> ExitCode {
             )
         }
     };
+    let mut code = code;
     if let Some(path) = &cli.report
         && let Err(e) = std::fs::write(path, json + "\n")
     {
@@ -220,7 +252,16 @@ fn main() -> ExitCode {
             "batch-verify: cannot write the report to {}: {e}",
             path.display()
         );
-        return ExitCode::from(2);
+        code = 2;
+    }
+    if let Some(path) = &cli.metrics_textfile
+        && let Err(e) = write_metrics(&cli, path, code, outcome.as_ref().ok(), started.elapsed())
+    {
+        eprintln!(
+            "batch-verify: cannot write the metrics to {}: {e}; check --metrics-textfile",
+            path.display()
+        );
+        code = 2;
     }
     ExitCode::from(u8::try_from(code).unwrap_or(2))
 }

@@ -1,6 +1,7 @@
 //! The binary's contract with schedulers and alerting: exit 0 clean, 1 discrepancies, 2 could
 //! not verify (with the reason), and the JSON report's keys.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -24,8 +25,18 @@ const KEYS: [&str; 11] = [
     "offset_gaps",
 ];
 
-fn run(dir: &Path, truth: &str, extra: &[&str]) -> (i32, String, Option<serde_json::Value>) {
+/// One run's outcome: exit code, stdout, the JSON report, and the metrics textfile parsed into
+/// `series -> value` (series as written, e.g. `recon_verify_exit_code{job="recon",truth="files"}`).
+type Outcome = (
+    i32,
+    String,
+    Option<serde_json::Value>,
+    BTreeMap<String, f64>,
+);
+
+fn run(dir: &Path, truth: &str, extra: &[&str]) -> Outcome {
     let report = dir.join(format!("report-{}.json", uuid::Uuid::new_v4()));
+    let metrics = dir.join(format!("metrics-{}.prom", uuid::Uuid::new_v4()));
     let out = Command::new(env!("CARGO_BIN_EXE_batch-verify"))
         .args([
             "--config",
@@ -45,17 +56,82 @@ fn run(dir: &Path, truth: &str, extra: &[&str]) -> (i32, String, Option<serde_js
             "4",
         ])
         .args(["--report", &report.display().to_string()])
+        .args(["--metrics-textfile", &metrics.display().to_string()])
         .args(extra)
         .output()
         .unwrap();
     let json = std::fs::read(&report)
         .ok()
         .map(|b| serde_json::from_slice(&b).unwrap());
+    let text =
+        std::fs::read_to_string(&metrics).expect("the metrics textfile is written on every run");
+    let metrics = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("series value");
+            (series.to_string(), value.parse::<f64>().expect("a number"))
+        })
+        .collect();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         json,
+        metrics,
     )
+}
+
+/// The textfile says what the report says: exit code, events checked, every discrepancy kind,
+/// duration, the day, and a timestamp of this run.
+fn assert_metrics_match(m: &BTreeMap<String, f64>, code: i32, json: &serde_json::Value) {
+    let l = "{job=\"recon\",truth=\"files\"}";
+    let get = |name: &str| {
+        *m.get(name)
+            .unwrap_or_else(|| panic!("{name} missing in {m:#?}"))
+    };
+    assert_eq!(get(&format!("recon_verify_exit_code{l}")), f64::from(code));
+    let now = chrono::Utc::now().timestamp() as f64;
+    let ts = get(&format!("recon_verify_last_run_timestamp_seconds{l}"));
+    assert!(
+        ts <= now + 1.0 && ts > now - 300.0,
+        "timestamp {ts}, now {now}"
+    );
+    assert!(
+        get(&format!(
+            "recon_verify_business_day{{job=\"recon\",truth=\"files\",business_date=\"2025-03-03\",time_zone=\"UTC\"}}"
+        )) == 1.0
+    );
+    let checks: Vec<_> = m
+        .keys()
+        .filter(|k| k.starts_with("recon_verify_discrepancies{"))
+        .collect();
+    if json["status"] == "error" {
+        assert!(checks.is_empty(), "{checks:?}");
+        assert!(
+            !m.keys()
+                .any(|k| k.starts_with("recon_verify_events_checked"))
+        );
+        return;
+    }
+    assert_eq!(
+        get(&format!("recon_verify_events_checked{l}")),
+        json["truth_events"].as_f64().unwrap()
+    );
+    assert_eq!(
+        get(&format!("recon_verify_duration_seconds{l}")),
+        json["elapsed_ms"].as_f64().unwrap() / 1000.0
+    );
+    assert_eq!(checks.len(), batch_verify::Kind::ALL.len(), "{checks:?}");
+    for kind in batch_verify::Kind::ALL {
+        let want = json["discrepancies_by_kind"][kind.as_str()]
+            .as_f64()
+            .unwrap_or(0.0);
+        let series = format!(
+            "recon_verify_discrepancies{{job=\"recon\",truth=\"files\",check=\"{}\"}}",
+            kind.as_str()
+        );
+        assert_eq!(get(&series), want, "{series}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,10 +171,11 @@ async fn exit_codes_and_report_keys() {
         .unwrap();
     let truth = truth.display().to_string();
 
-    let (code, stdout, json) = run(d, &truth, &[]);
+    let (code, stdout, json, metrics) = run(d, &truth, &[]);
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("CLEAN"), "{stdout}");
     let json = json.unwrap();
+    assert_metrics_match(&metrics, code, &json);
     for k in KEYS {
         assert!(json.get(k).is_some(), "report lacks {k}: {json}");
     }
@@ -122,21 +199,28 @@ async fn exit_codes_and_report_keys() {
         .commit(1, &sim.ledger, &sim.rejected, &sim.balances(), &sim.offsets)
         .await
         .unwrap();
-    let (code, stdout, json) = run(d2.path(), &truth, &[]);
+    let (code, stdout, json, metrics) = run(d2.path(), &truth, &[]);
     assert_eq!(code, 1, "{stdout}");
     let json = json.unwrap();
+    assert_metrics_match(&metrics, code, &json);
+    assert_eq!(
+        metrics["recon_verify_discrepancies{job=\"recon\",truth=\"files\",check=\"amount_mismatch\"}"],
+        1.0
+    );
     assert_eq!(json["status"], "discrepancies");
     assert_eq!(json["amount_mismatches"], 1);
     assert!(stdout.contains("amount_mismatch"), "{stdout}");
 
     // No truth: could not verify, and says why.
-    let (code, stdout, json) = run(d, &d.join("nowhere").display().to_string(), &[]);
+    let (code, stdout, json, metrics) = run(d, &d.join("nowhere").display().to_string(), &[]);
     assert_eq!(code, 2, "{stdout}");
     assert!(
         stdout.contains("COULD NOT VERIFY") && stdout.contains("nowhere"),
         "{stdout}"
     );
-    assert_eq!(json.unwrap()["status"], "error");
+    let json = json.unwrap();
+    assert_eq!(json["status"], "error");
+    assert_metrics_match(&metrics, code, &json);
     // The clean run and the failed one are both history in verification_runs.
     let runs = recon_pipeline::lakehouse::scan(
         lake.catalog.as_ref(),
