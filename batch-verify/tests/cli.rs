@@ -96,10 +96,11 @@ fn assert_metrics_match(m: &BTreeMap<String, f64>, code: i32, json: &serde_json:
         ts <= now + 1.0 && ts > now - 300.0,
         "timestamp {ts}, now {now}"
     );
-    assert!(
-        get(&format!(
-            "recon_verify_business_day{{job=\"recon\",truth=\"files\",business_date=\"2025-03-03\",time_zone=\"UTC\"}}"
-        )) == 1.0
+    assert_eq!(
+        get(
+            "recon_verify_business_day{job=\"recon\",truth=\"files\",business_date=\"2025-03-03\",time_zone=\"UTC\"}"
+        ),
+        1.0
     );
     let checks: Vec<_> = m
         .keys()

@@ -156,9 +156,7 @@ fn secret_conflicts_and_misplacements_are_refused() {
     ] {
         let e = load_str(&toml).unwrap_err().to_string();
         assert!(e.contains(needle), "{toml}: {e}");
-        for secret in ["pw-"] {
-            assert!(!e.contains(secret), "{secret} leaked: {e}");
-        }
+        assert!(!e.contains("pw-"), "a secret leaked: {e}");
     }
 }
 

@@ -131,21 +131,32 @@ fn split_password(url: &str) -> (String, String) {
     (format!("{scheme}://{user}@{host}"), pw.to_string())
 }
 
-/// A job on the real services: SASL source (`protocol` on `brokers`), PostgreSQL catalog whose
-/// password is in `catalog_password` (a TOML line, or empty), S3 warehouse and checkpoints with
+/// A job on the real services, as [`job_toml`] writes it.
+struct JobSpec<'a> {
+    name: &'a str,
+    /// Bootstrap of the SASL listener, and its `security.protocol`.
+    brokers: &'a str,
+    protocol: &'a str,
+    /// A `[source]` line with the SASL password (or empty).
+    source_secret: &'a str,
+    catalog_uri: &'a str,
+    /// A `[catalog]` line with the database password (or empty).
+    catalog_password: &'a str,
+}
+
+/// The configuration of `job`: SASL source, PostgreSQL catalog, S3 warehouse and checkpoints with
 /// credentials from the AWS environment only.
-fn job_toml(
-    s: &Services,
-    sasl: &Sasl,
-    name: &str,
-    brokers: &str,
-    protocol: &str,
-    source_secret: &str,
-    catalog_uri: &str,
-    catalog_password: &str,
-) -> String {
+fn job_toml(s: &Services, sasl: &Sasl, job: &JobSpec<'_>) -> String {
+    let JobSpec {
+        name,
+        brokers,
+        protocol,
+        source_secret,
+        catalog_uri,
+        catalog_password,
+    } = job;
     let s3 = &s.s3;
-    let ca = if protocol == "SASL_SSL" {
+    let ca = if *protocol == "SASL_SSL" {
         format!("\"ssl.ca.location\" = \"{}\"\n", sasl.ca)
     } else {
         String::new()
@@ -246,12 +257,14 @@ fn job_reads_over_sasl_ssl_and_a_wrong_password_stops_it() {
         job_toml(
             &s,
             &sasl,
-            &name,
-            &sasl.ssl,
-            "SASL_SSL",
-            "",
-            &s.pg_catalog_url,
-            "",
+            &JobSpec {
+                name: &name,
+                brokers: &sasl.ssl,
+                protocol: "SASL_SSL",
+                source_secret: "",
+                catalog_uri: &s.pg_catalog_url,
+                catalog_password: "",
+            },
         ),
     )
     .unwrap();
@@ -365,12 +378,14 @@ fn secrets_never_printed() {
         job_toml(
             &s,
             &sasl,
-            &name,
-            &sasl.plaintext,
-            "SASL_PLAINTEXT",
-            source_secret,
-            uri,
-            catalog_secret,
+            &JobSpec {
+                name: &name,
+                brokers: &sasl.plaintext,
+                protocol: "SASL_PLAINTEXT",
+                source_secret,
+                catalog_uri: uri,
+                catalog_password: catalog_secret,
+            },
         )
     };
     let ok = file(
