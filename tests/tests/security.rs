@@ -33,38 +33,56 @@ struct Sasl {
     ca: String,
 }
 
-fn env_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: source the current infra/local/env (it exports RECON_KAFKA_SASL_*)"
-        )
-    })
+/// Skips loudly (or fails, with `RECON_REQUIRE_SERVICES=1`): the services are up but their SASL
+/// side is not (an environment printed before the SASL listeners existed, or an older broker).
+fn skip_or_fail(why: &str) -> Option<(Services, Sasl)> {
+    if std::env::var(ENV_REQUIRE_SERVICES).as_deref() == Ok("1") {
+        panic!("{why}");
+    }
+    eprintln!("\n*** SKIPPED {why}. It did NOT run. ***");
+    None
 }
 
 /// The services plus the SASL listeners, or `None` (with a loud SKIPPED line) when they are not
 /// there; with `RECON_REQUIRE_SERVICES=1` a missing listener fails the test.
 fn sasl_or_skip(test: &str) -> Option<(Services, Sasl)> {
     let svc = services_or_skip(test)?;
+    let vars = [
+        "RECON_KAFKA_SASL_BOOTSTRAP",
+        "RECON_KAFKA_SASL_SSL_BOOTSTRAP",
+        "RECON_KAFKA_SASL_MECHANISM",
+        "RECON_KAFKA_SASL_USER",
+        "RECON_KAFKA_SASL_PASSWORD",
+        "RECON_KAFKA_SSL_CA_LOCATION",
+    ];
+    let mut values = Vec::new();
+    for v in vars {
+        match std::env::var(v) {
+            Ok(x) if !x.is_empty() => values.push(x),
+            _ => {
+                return skip_or_fail(&format!(
+                    "{test}: {v} is not set; eval \"$(infra/local/env)\" again (it exports RECON_KAFKA_SASL_*)"
+                ));
+            }
+        }
+    }
+    let [plaintext, ssl, mechanism, user, password, ca] =
+        <[String; 6]>::try_from(values).expect("six values");
     let sasl = Sasl {
-        plaintext: env_var("RECON_KAFKA_SASL_BOOTSTRAP"),
-        ssl: env_var("RECON_KAFKA_SASL_SSL_BOOTSTRAP"),
-        mechanism: env_var("RECON_KAFKA_SASL_MECHANISM"),
-        user: env_var("RECON_KAFKA_SASL_USER"),
-        password: env_var("RECON_KAFKA_SASL_PASSWORD"),
-        ca: env_var("RECON_KAFKA_SSL_CA_LOCATION"),
+        plaintext,
+        ssl,
+        mechanism,
+        user,
+        password,
+        ca,
     };
     for addr in [&sasl.plaintext, &sasl.ssl] {
         let sock = addr.parse().expect("host:port");
         if std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).is_err() {
-            let why = format!(
+            return skip_or_fail(&format!(
                 "{test}: nothing listens on {addr}: the broker was started before infra/local/up added the \
                  SASL listeners; restart it (infra/local/down && infra/local/up)"
-            );
-            if std::env::var(ENV_REQUIRE_SERVICES).as_deref() == Ok("1") {
-                panic!("{why}");
-            }
-            eprintln!("\n*** SKIPPED {why}. It did NOT run. ***");
-            return None;
+            ));
         }
     }
     Some((svc, sasl))
@@ -572,6 +590,40 @@ fn secrets_never_printed() {
         "TOML parse error",
     );
     expect(
+        "batch-verify kafka truth over sasl",
+        &verify,
+        &[
+            "--config",
+            &ok,
+            "--date",
+            "2025-03-03",
+            "--truth",
+            "kafka",
+            "--no-record",
+            "--no-progress",
+        ],
+        env_plus(&[]),
+        0,
+        "CLEAN",
+    );
+    expect(
+        "batch-verify kafka truth wrong sasl password",
+        &verify,
+        &[
+            "--config",
+            &ok,
+            "--date",
+            "2025-03-03",
+            "--truth",
+            "kafka",
+            "--no-record",
+            "--no-progress",
+        ],
+        env_plus(&[("RECON__SOURCE__SASL_PASSWORD_FILE", sasl_wrong_file.clone())]),
+        2,
+        "refused the connection",
+    );
+    expect(
         "batch-verify bad truth",
         &verify,
         &[
@@ -645,5 +697,5 @@ fn secrets_never_printed() {
         }
     }
     assert!(leaks.is_empty(), "secrets printed:\n{}", leaks.join("\n"));
-    assert!(outputs.len() >= 24, "{} runs", outputs.len());
+    assert!(outputs.len() >= 26, "{} runs", outputs.len());
 }

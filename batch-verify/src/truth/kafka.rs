@@ -20,6 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use recon_pipeline::source::security::{SECURITY_HINT, SecurityWatch, refusal};
 use recon_schemas::decode::{self, Limits};
 
 use super::TruthSink;
@@ -65,7 +66,7 @@ fn err(message: impl ToString) -> VerifyError {
 }
 
 impl KafkaTruth {
-    fn consumer(&self) -> Result<BaseConsumer> {
+    fn consumer(&self) -> Result<BaseConsumer<SecurityWatch>> {
         let mut c = ClientConfig::new();
         for (k, v) in &self.properties {
             c.set(k, v);
@@ -77,25 +78,39 @@ impl KafkaTruth {
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error");
-        c.create().map_err(|e| {
-            err(format!(
-                "creating the consumer: {}",
-                recon_pipeline::secrets::kafka_error_text(&e)
-            ))
-        })
+        c.create_with_context(SecurityWatch::default())
+            .map_err(|e| {
+                err(format!(
+                    "creating the consumer: {}",
+                    recon_pipeline::secrets::kafka_error_text(&e)
+                ))
+            })
     }
 
     /// Finds the day's window per partition (`start - margin`, `end + margin`).
     pub fn window(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Windows> {
         let consumer = self.consumer()?;
-        let md = consumer
-            .fetch_metadata(Some(&self.topic), LOOKUP_TIMEOUT)
-            .map_err(|e| {
-                err(format!(
-                    "cannot reach {} within {LOOKUP_TIMEOUT:?}: {e}; check source.brokers",
+        // In short attempts, so that a refused login (SASL, TLS) stops at once with its reason.
+        let deadline = Instant::now() + LOOKUP_TIMEOUT;
+        let md = loop {
+            let attempt = consumer.fetch_metadata(Some(&self.topic), Duration::from_millis(500));
+            if let Some(reason) = refusal(&consumer) {
+                return Err(err(format!(
+                    "Kafka at {} refused the connection: {reason}; {SECURITY_HINT}",
                     self.brokers
-                ))
-            })?;
+                )));
+            }
+            match attempt {
+                Ok(md) => break md,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(err(format!(
+                        "cannot reach {} within {LOOKUP_TIMEOUT:?}: {e}; check source.brokers",
+                        self.brokers
+                    )));
+                }
+                Err(_) => {}
+            }
+        };
         let partitions: Vec<i32> = md
             .topics()
             .iter()

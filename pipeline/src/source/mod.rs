@@ -113,9 +113,7 @@ pub fn topic_partitions(cfg: &RawSource) -> Result<Vec<PartitionId>, SourceError
     let deadline = Instant::now() + METADATA_TIMEOUT;
     let md = loop {
         let attempt = consumer.fetch_metadata(Some(&cfg.topic), METADATA_ATTEMPT);
-        // Serves the client's error events (a refused login arrives as one).
-        let _ = consumer.poll(Duration::ZERO);
-        if let Some(reason) = consumer.context().failure() {
+        if let Some(reason) = security::refusal(&consumer) {
             return Err(SourceError::Refused {
                 brokers: cfg.brokers.clone(),
                 reason,

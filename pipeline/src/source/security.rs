@@ -7,10 +7,11 @@
 //! to fix. librdkafka's reasons never contain the password.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -39,6 +40,31 @@ impl SecurityWatch {
             *f = Some(reason.to_string());
         }
     }
+}
+
+/// Most queued client events served by one [`refusal`] call.
+const EVENTS_SERVED_MAX: usize = 64;
+
+/// Serves the pending events of a consumer that has **no partitions assigned** (librdkafka
+/// delivers its log lines and error events through the poll, and only then does
+/// [`SecurityWatch`] see them) and returns the authentication or TLS failure, if any. Call it
+/// between short metadata attempts.
+pub fn refusal(consumer: &BaseConsumer<SecurityWatch>) -> Option<String> {
+    for _ in 0..EVENTS_SERVED_MAX {
+        match consumer.poll(Duration::ZERO) {
+            Some(Err(e)) if is_security_error(e.rdkafka_error_code()) => {
+                return Some(
+                    consumer
+                        .context()
+                        .failure()
+                        .unwrap_or_else(|| e.to_string()),
+                );
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    consumer.context().failure()
 }
 
 /// Whether an error code means the broker refused the client's credentials or TLS.
