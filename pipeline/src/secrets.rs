@@ -17,7 +17,7 @@
 //! Output rule: no value of a secret ever reaches a log line, an error message or `Debug`. The
 //! configuration types print secret-looking properties as [`REDACTED`], URLs go through
 //! [`redact_url`], and librdkafka's configuration errors through [`kafka_error_text`] (rdkafka's
-//! own message repeats the offending value). `pipeline/tests/secrets.rs` plants distinctive values
+//! own message repeats the offending value). `tests/tests/secrets.rs` plants distinctive values
 //! and greps every output of the binaries for them.
 
 use std::collections::BTreeMap;
