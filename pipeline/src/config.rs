@@ -167,6 +167,10 @@ pub struct RawConfig {
     pub state: RawState,
     /// Metrics and health.
     pub observability: RawObservability,
+    /// Optional exactly-once alerts topic.
+    pub alerts: crate::outputs::config::RawAlerts,
+    /// Optional exactly-once PostgreSQL current-balance table.
+    pub current_balances: crate::outputs::config::RawCurrentBalances,
 }
 
 impl Default for RawConfig {
@@ -215,6 +219,8 @@ impl Default for RawConfig {
             observability: RawObservability {
                 listen: String::new(),
             },
+            alerts: Default::default(),
+            current_balances: Default::default(),
         }
     }
 }
@@ -248,6 +254,14 @@ pub struct Config {
     pub state: RawState,
     /// Address of the metrics/health server, if any.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[alerts]` as written (see `alerts_watch` for the validated statuses).
+    pub alerts: crate::outputs::config::RawAlerts,
+    /// Statuses watched by the alerts output; `None` when `[alerts]` is off.
+    pub alerts_watch: Option<Vec<&'static str>>,
+    /// `[current_balances]` as written.
+    pub current_balances: crate::outputs::config::RawCurrentBalances,
+    /// Database URL of the current-balance output; `None` when it is off.
+    pub current_balances_url: Option<String>,
 }
 
 /// Where checkpoints live.
@@ -346,7 +360,35 @@ impl Config {
                 ConfigError(format!("observability.listen {a:?} is not HOST:PORT ({e}); e.g. 0.0.0.0:9464, or empty to disable"))
             })?),
         };
+        let outputs_need_eo = |key: &str| {
+            ConfigError(format!(
+                "{key}.enabled = true needs delivery = \"exactly-once\" (the output is tied to the checkpoint)"
+            ))
+        };
+        let alerts_watch = if raw.alerts.enabled {
+            if raw.delivery != DeliveryMode::ExactlyOnce {
+                return Err(outputs_need_eo("alerts"));
+            }
+            if raw.source.brokers == "mock" {
+                return err("alerts.enabled = true needs a real broker: librdkafka's mock cluster does not honour transactions".into());
+            }
+            Some(raw.alerts.validate()?)
+        } else {
+            None
+        };
+        let current_balances_url = if raw.current_balances.enabled {
+            if raw.delivery != DeliveryMode::ExactlyOnce {
+                return Err(outputs_need_eo("current_balances"));
+            }
+            Some(raw.current_balances.validate(&raw.catalog.uri)?)
+        } else {
+            None
+        };
         Ok(Config {
+            alerts: raw.alerts,
+            alerts_watch,
+            current_balances: raw.current_balances,
+            current_balances_url,
             metrics_listen,
             job_id,
             delivery: raw.delivery,

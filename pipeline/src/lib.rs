@@ -18,6 +18,7 @@ pub mod ids;
 pub mod job;
 pub mod lakehouse;
 pub mod orphans;
+pub mod outputs;
 pub mod reconcile;
 pub mod sink;
 pub mod source;
