@@ -26,6 +26,7 @@ pub mod lakehouse;
 pub mod memory;
 pub mod offsets;
 pub mod options;
+pub mod outputs;
 pub mod progress;
 pub mod record;
 pub mod report;

@@ -87,9 +87,16 @@ fn alerts_and_current_balances_exact_at_every_crash_point() {
             demo::publish(&s.kafka_bootstrap, &setup.topic, c, &mut expected).expect("publish");
         }
         let log = logdir.path().join(format!("run{i}.log"));
+        // Visit 2 of a sink point (past recovery); visit 1 of an output point: an input chunk
+        // may fit in one checkpoint, so an output transaction can come only once per run.
+        let visit = if CrashPoint::OUTPUTS.contains(point) {
+            1
+        } else {
+            2
+        };
         let child = setup.spawn(
             5_000,
-            &[("RECON_CRASH_AT", format!("{}:2", point.name()))],
+            &[("RECON_CRASH_AT", format!("{}:{visit}", point.name()))],
             &log,
         );
         let (status, out) = wait_with_deadline(child, &log, Duration::from_secs(120));

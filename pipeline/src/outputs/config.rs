@@ -181,13 +181,19 @@ mod tests {
             r.delivery = DeliveryMode::AtLeastOnce;
         })
         .unwrap_err();
-        assert!(e.contains("alerts.enabled") && e.contains("exactly-once"), "{e}");
+        assert!(
+            e.contains("alerts.enabled") && e.contains("exactly-once"),
+            "{e}"
+        );
         let e = resolve(|r| {
             r.alerts.enabled = true;
             r.alerts.on_statuses = vec!["LATE".into()];
         })
         .unwrap_err();
-        assert!(e.contains("alerts.on_statuses") && e.contains("LATE"), "{e}");
+        assert!(
+            e.contains("alerts.on_statuses") && e.contains("LATE"),
+            "{e}"
+        );
         let e = resolve(|r| {
             r.alerts.enabled = true;
             r.source.brokers = "mock".into();
