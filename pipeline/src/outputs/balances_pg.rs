@@ -258,55 +258,45 @@ impl BalancesPg {
         Ok(Staged::Open(StagedTx(tx)))
     }
 
+    /// Upserts `rows` through a `COPY` into a transaction-local staging table, then one
+    /// `INSERT ... SELECT ... ON CONFLICT DO UPDATE` (a statement per checkpoint, not per row).
     async fn upsert(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         id: CheckpointId,
         rows: &[BalanceRow],
     ) -> Result<(), OutputError> {
-        let n = rows.len();
-        let mut trip = Vec::with_capacity(n);
-        let mut currency = Vec::with_capacity(n);
-        let mut sums: [Vec<String>; 8] = Default::default();
-        let mut status = Vec::with_capacity(n);
-        let mut reason = Vec::with_capacity(n);
-        let mut count = Vec::with_capacity(n);
-        let mut last = Vec::with_capacity(n);
-        let mut part = Vec::with_capacity(n);
-        for r in rows {
-            let b = &r.balance;
-            trip.push(r.trip_id.clone());
-            currency.push(b.currency.code().to_string());
-            for (v, d) in sums.iter_mut().zip([
-                b.charged,
-                b.collected,
-                b.refunded,
-                b.paid_out,
-                b.fees,
-                b.adjusted,
-                b.rider_balance(),
-                b.settlement_balance(),
-            ]) {
-                v.push(d.to_string());
-            }
-            let s = b.status();
-            status.push(s.as_str().to_string());
-            reason.push(s.reason().map(|r| r.as_str().to_string()));
-            count.push(b.events as i32);
-            last.push(b.last_occurred_at.map(|t| t.to_rfc3339()));
-            part.push(r.partition);
+        if rows.is_empty() {
+            return Ok(());
         }
+        sqlx::query(
+            "CREATE TEMP TABLE IF NOT EXISTS recon_stage_balances (
+               trip text, cur text, c numeric, co numeric, r numeric, p numeric, f numeric,
+               a numeric, rb numeric, sb numeric, st text, re text, n integer, l timestamptz,
+               pa integer) ON COMMIT DELETE ROWS",
+        )
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| pg("staging table", e))?;
+        let mut copy = (**tx)
+            .copy_in_raw("COPY recon_stage_balances FROM STDIN")
+            .await
+            .map_err(|e| pg("copy", e))?;
+        let mut buf = String::with_capacity(256 * self.batch_rows.min(rows.len()));
+        for chunk in rows.chunks(self.batch_rows) {
+            buf.clear();
+            for r in chunk {
+                copy_line(&mut buf, r);
+            }
+            copy.send(buf.as_bytes()).await.map_err(|e| pg("copy", e))?;
+        }
+        copy.finish().await.map_err(|e| pg("copy", e))?;
         let sql = format!(
             "INSERT INTO {t} (job_id, trip_id, currency, charged, collected, refunded, paid_out, fees,
                adjusted, rider_balance, settlement_balance, status, discrepancy_reason, event_count,
                last_occurred_at, kafka_partition, checkpoint_id)
-             SELECT $1, u.trip, u.cur, u.c::numeric, u.co::numeric, u.r::numeric, u.p::numeric,
-               u.f::numeric, u.a::numeric, u.rb::numeric, u.sb::numeric, u.st, u.re, u.n,
-               u.l::timestamptz, u.pa, $2
-             FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-               $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-               $15::int[], $16::text[], $17::int[])
-               AS u(trip, cur, c, co, r, p, f, a, rb, sb, st, re, n, l, pa)
+             SELECT $1, trip, cur, c, co, r, p, f, a, rb, sb, st, re, n, l, pa, $2
+             FROM recon_stage_balances
              ON CONFLICT (job_id, trip_id) DO UPDATE SET currency = EXCLUDED.currency,
                charged = EXCLUDED.charged, collected = EXCLUDED.collected,
                refunded = EXCLUDED.refunded, paid_out = EXCLUDED.paid_out, fees = EXCLUDED.fees,
@@ -317,28 +307,85 @@ impl BalancesPg {
                checkpoint_id = EXCLUDED.checkpoint_id, updated_at = now()",
             t = self.table
         );
-        let [c, co, r, p, f, a, rb, sb] = sums;
         sqlx::query(&sql)
             .bind(self.job.as_str())
             .bind(id.0 as i64)
-            .bind(trip)
-            .bind(currency)
-            .bind(c)
-            .bind(co)
-            .bind(r)
-            .bind(p)
-            .bind(f)
-            .bind(a)
-            .bind(rb)
-            .bind(sb)
-            .bind(status)
-            .bind(reason)
-            .bind(count)
-            .bind(last)
-            .bind(part)
             .execute(&mut **tx)
             .await
             .map_err(|e| pg("upsert balances", e))?;
         Ok(())
+    }
+}
+
+/// Appends one row in `COPY ... FROM STDIN` text format (tab-separated, `\N` = NULL).
+fn copy_line(buf: &mut String, r: &BalanceRow) {
+    use std::fmt::Write;
+    let b = &r.balance;
+    let s = b.status();
+    push_text(buf, &r.trip_id);
+    let _ = write!(buf, "\t{}", b.currency.code());
+    for d in [
+        b.charged,
+        b.collected,
+        b.refunded,
+        b.paid_out,
+        b.fees,
+        b.adjusted,
+        b.rider_balance(),
+        b.settlement_balance(),
+    ] {
+        let _ = write!(buf, "\t{d}");
+    }
+    let _ = write!(buf, "\t{}\t", s.as_str());
+    match s.reason() {
+        Some(reason) => buf.push_str(reason.as_str()),
+        None => buf.push_str("\\N"),
+    }
+    let _ = write!(buf, "\t{}\t", b.events);
+    match b.last_occurred_at {
+        Some(t) => buf.push_str(&t.to_rfc3339()),
+        None => buf.push_str("\\N"),
+    }
+    let _ = writeln!(buf, "\t{}", r.partition);
+}
+
+/// Escapes text for the `COPY` text format.
+fn push_text(buf: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => buf.push_str("\\\\"),
+            '\t' => buf.push_str("\\t"),
+            '\n' => buf.push_str("\\n"),
+            '\r' => buf.push_str("\\r"),
+            c => buf.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recon_schemas::currency::Currency;
+
+    #[test]
+    fn copy_lines_escape_text_and_mark_nulls() {
+        let mut b = TripBalance::new(Currency::parse("EUR").unwrap());
+        b.charged = "12.5".parse().unwrap();
+        let row = BalanceRow {
+            trip_id: "t\tab\\x".into(),
+            balance: b,
+            partition: 3,
+        };
+        let mut buf = String::new();
+        copy_line(&mut buf, &row);
+        let fields: Vec<&str> = buf.trim_end_matches('\n').split('\t').collect();
+        assert_eq!(fields.len(), 15, "{buf:?}");
+        assert_eq!(fields[0], "t\\tab\\\\x");
+        assert_eq!(fields[1], "EUR");
+        assert_eq!(fields[2], "12.5");
+        assert_eq!(fields[10], "OPEN");
+        assert_eq!(fields[11], "\\N");
+        assert_eq!(fields[13], "\\N");
+        assert_eq!(fields[14], "3");
     }
 }
