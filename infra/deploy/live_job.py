@@ -34,6 +34,7 @@ from pathlib import Path
 import tomli_w
 import yaml
 
+import job_configs
 import metric_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,23 +100,8 @@ def local_config(name: str, svc: dict[str, str]) -> tuple[dict, list[str]]:
 
 
 def statefulset_env(secret: dict[str, str]) -> dict[str, str]:
-    """The container's environment as the kubelet builds it: secretKeyRef values from `secret`, then `$(VAR)`
-    expanded from variables defined earlier (an unknown reference stays literal, `$$` is a literal `$`)."""
-    container = statefulset()["spec"]["template"]["spec"]["containers"][0]
-    env: dict[str, str] = {}
-    for e in container.get("env", []):
-        ref = e.get("valueFrom", {}).get("secretKeyRef")
-        if ref:
-            env[e["name"]] = secret[ref["key"]]
-            continue
-
-        def expand(m: re.Match) -> str:
-            if m.group(0) == "$$":
-                return "$"
-            return env.get(m.group(1), m.group(0))
-
-        env[e["name"]] = re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", expand, e.get("value", ""))
-    return env
+    """The StatefulSet container's environment, as the kubelet builds it."""
+    return job_configs.kubelet_env(statefulset()["spec"]["template"]["spec"]["containers"][0], secret)
 
 
 def run_checked(args: list[str], timeout_s: float, log: Path, env: dict[str, str] | None = None) -> str:
