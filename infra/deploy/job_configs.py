@@ -82,10 +82,26 @@ def workload_container(file: str, kind: str) -> dict:
 def cases() -> list[tuple[str, Path, dict[str, str]]]:
     compose = yaml.safe_load((REPO / "infra" / "compose" / "docker-compose.yml").read_text())
     return [
-        ("k8s StatefulSet", K8S / "recon.toml", kubelet_env(workload_container("statefulset.yaml", "StatefulSet"), SECRET_STAND_INS)),
-        ("k8s CronJob", K8S / "recon.toml", kubelet_env(workload_container("batch-verify-cronjob.yaml", "CronJob"), SECRET_STAND_INS)),
-        ("systemd env file", K8S / "recon.toml", systemd_env_file((REPO / "infra" / "systemd" / "recon-pipeline.env.example").read_text())),
-        ("compose", REPO / "infra" / "compose" / "recon.toml", {k: str(v) for k, v in compose["services"]["recon-pipeline"]["environment"].items()}),
+        (
+            "k8s StatefulSet",
+            K8S / "recon.toml",
+            kubelet_env(workload_container("statefulset.yaml", "StatefulSet"), SECRET_STAND_INS),
+        ),
+        (
+            "k8s CronJob",
+            K8S / "recon.toml",
+            kubelet_env(workload_container("batch-verify-cronjob.yaml", "CronJob"), SECRET_STAND_INS),
+        ),
+        (
+            "systemd env file",
+            K8S / "recon.toml",
+            systemd_env_file((REPO / "infra" / "systemd" / "recon-pipeline.env.example").read_text()),
+        ),
+        (
+            "compose",
+            REPO / "infra" / "compose" / "recon.toml",
+            {k: str(v) for k, v in compose["services"]["recon-pipeline"]["environment"].items()},
+        ),
     ]
 
 
@@ -106,10 +122,19 @@ def main() -> int:
             env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RECON__"))}
             env.update(recipe)
             env["RECON__CHECKPOINT__STORE"] = f"{tmp}/checkpoints"  # local: nothing is sent anywhere
-            r = subprocess.run([str(binary()), "checkpoints", "list", "--config", str(config)], capture_output=True,
-                               text=True, timeout=60, env=env, cwd=tmp)
+            r = subprocess.run(
+                [str(binary()), "checkpoints", "list", "--config", str(config)],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+                cwd=tmp,
+            )
         if r.returncode != 0 or "gen" not in r.stdout:
-            problems.append(f"{name}: {config.relative_to(REPO)} with its environment: exit {r.returncode}: {r.stderr.strip()}")
+            problems.append(
+                f"{name}: {config.relative_to(REPO)} with its environment: exit {r.returncode}: {r.stderr.strip()}"
+            )
         leaked = [k for k, v in SECRET_STAND_INS.items() if v in r.stdout + r.stderr]
         if leaked:
             problems.append(f"{name}: the output shows the Secret's {leaked}")

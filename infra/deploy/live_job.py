@@ -17,7 +17,6 @@ RECON_REQUIRE_SERVICES=1):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -46,16 +45,29 @@ DEADLINE_S = 120
 def services() -> dict[str, str] | None:
     if os.environ.get("RECON_SERVICES") != "1":
         if os.environ.get("RECON_REQUIRE_SERVICES") == "1":
-            sys.exit("live_job: RECON_REQUIRE_SERVICES=1 but RECON_SERVICES is not set; run infra/local/up and "
-                     "eval \"$(infra/local/env)\"")
-        print("\n*** SKIPPED live_job: real-service check, RECON_SERVICES is not set. It did NOT run. Run "
-              "infra/local/up then eval \"$(infra/local/env)\". ***\n", file=sys.stderr)
+            sys.exit(
+                "live_job: RECON_REQUIRE_SERVICES=1 but RECON_SERVICES is not set; run infra/local/up and "
+                'eval "$(infra/local/env)"'
+            )
+        print(
+            "\n*** SKIPPED live_job: real-service check, RECON_SERVICES is not set. It did NOT run. Run "
+            'infra/local/up then eval "$(infra/local/env)". ***\n',
+            file=sys.stderr,
+        )
         return None
-    names = ["RECON_KAFKA_BOOTSTRAP", "RECON_PG_CATALOG_URL", "RECON_S3_ENDPOINT", "RECON_S3_ACCESS_KEY_ID",
-             "RECON_S3_SECRET_ACCESS_KEY", "RECON_S3_REGION", "RECON_S3_WAREHOUSE_BUCKET", "RECON_S3_CHECKPOINT_BUCKET"]
+    names = [
+        "RECON_KAFKA_BOOTSTRAP",
+        "RECON_PG_CATALOG_URL",
+        "RECON_S3_ENDPOINT",
+        "RECON_S3_ACCESS_KEY_ID",
+        "RECON_S3_SECRET_ACCESS_KEY",
+        "RECON_S3_REGION",
+        "RECON_S3_WAREHOUSE_BUCKET",
+        "RECON_S3_CHECKPOINT_BUCKET",
+    ]
     missing = [n for n in names if not os.environ.get(n)]
     if missing:
-        sys.exit(f"live_job: RECON_SERVICES=1 but {missing} not set: eval \"$(infra/local/env)\"")
+        sys.exit(f'live_job: RECON_SERVICES=1 but {missing} not set: eval "$(infra/local/env)"')
     return {n: os.environ[n] for n in names}
 
 
@@ -84,11 +96,19 @@ def local_config(name: str, svc: dict[str, str]) -> tuple[dict, list[str]]:
         ("source", "properties"): {},
         ("catalog", "warehouse"): f"s3://{svc['RECON_S3_WAREHOUSE_BUCKET']}/{name}",
         ("catalog", "namespace"): name,
-        ("catalog", "properties"): {"s3.endpoint": endpoint, "s3.region": region, "s3.path-style-access": "true",
-                                    "s3.disable-ec2-metadata": "true"},
+        ("catalog", "properties"): {
+            "s3.endpoint": endpoint,
+            "s3.region": region,
+            "s3.path-style-access": "true",
+            "s3.disable-ec2-metadata": "true",
+        },
         ("checkpoint", "store"): f"s3://{svc['RECON_S3_CHECKPOINT_BUCKET']}/{name}",
-        ("checkpoint", "store_options"): {"aws_endpoint": endpoint, "aws_allow_http": "true", "aws_region": region,
-                                          "aws_virtual_hosted_style_request": "false"},
+        ("checkpoint", "store_options"): {
+            "aws_endpoint": endpoint,
+            "aws_allow_http": "true",
+            "aws_region": region,
+            "aws_virtual_hosted_style_request": "false",
+        },
         ("observability", "listen"): "127.0.0.1:0",
     }
     for path, value in swaps.items():
@@ -127,7 +147,7 @@ def http_get(base: str, path: str) -> tuple[int, str]:
 
 
 def series_names(exposition: str) -> set[str]:
-    return {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", exposition, re.M)}
+    return {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", exposition, re.MULTILINE)}
 
 
 def wait_for(what: str, child: subprocess.Popen, log: Path, check, deadline: float):
@@ -137,7 +157,9 @@ def wait_for(what: str, child: subprocess.Popen, log: Path, check, deadline: flo
         if got:
             return got
         if child.poll() is not None:
-            raise AssertionError(f"the job exited ({child.returncode}) while waiting for {what}:\n{log.read_text()[-4000:]}")
+            raise AssertionError(
+                f"the job exited ({child.returncode}) while waiting for {what}:\n{log.read_text()[-4000:]}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {DEADLINE_S}s waiting for {what}:\n{log.read_text()[-4000:]}")
         time.sleep(0.1)
@@ -164,46 +186,73 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="recon-deploy-") as tmp:
         work = Path(tmp)
-        t0 = time.monotonic()
-        run_checked([str(bin_path), "generate", "--brokers", svc["RECON_KAFKA_BOOTSTRAP"], "--topic", f"{name}.events",
-                     "--partitions", "2", "--trips", "300", "--seed", "8", "--poison-rate", "0.05",
-                     "--duplicate-rate", "0.05", "--truth-jsonl", str(work / "truth.jsonl"), "--no-progress"],
-                    120, work / "generate.log")
+        traffic = (
+            f"generate --brokers {svc['RECON_KAFKA_BOOTSTRAP']} --topic {name}.events --partitions 2 --trips 300 "
+            "--seed 8 --poison-rate 0.05 --duplicate-rate 0.05 --no-progress"
+        )
+        run_checked(
+            [str(bin_path), *traffic.split(), "--truth-jsonl", str(work / "truth.jsonl")], 120, work / "gen.log"
+        )
         cfg, swapped = local_config(name, svc)
         (work / "recon.toml").write_text(tomli_w.dumps(cfg))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RECON__"))}
         recipe = statefulset_env(secret)
         env.update(recipe)
-        print(f"live_job: job {name}: infra/k8s/recon.toml with {', '.join(swapped)} swapped for the local services; "
-              f"environment from statefulset.yaml: {', '.join(sorted(recipe))}")
+        print(
+            f"live_job: job {name}: infra/k8s/recon.toml with {', '.join(swapped)} swapped for the local services; "
+            f"environment from statefulset.yaml: {', '.join(sorted(recipe))}"
+        )
         log = work / "run.log"
+        t_start = time.monotonic()
         with open(log, "wb") as out:
             # In the temporary directory: a relative default (the SQLite catalog) would land there, visibly.
-            child = subprocess.Popen([str(bin_path), "run", "--config", str(work / "recon.toml")],
-                                     stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work)
+            child = subprocess.Popen(
+                [str(bin_path), "run", "--config", str(work / "recon.toml")],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=work,
+            )
         try:
             deadline = time.monotonic() + DEADLINE_S
-            bound = wait_for("the metrics address in the log", child, log,
-                             lambda: re.search(r'"bound":"([0-9.]+):(\d+)"', log.read_text(errors="replace")), deadline)
+            bound = wait_for(
+                "the metrics address in the log",
+                child,
+                log,
+                lambda: re.search(r'"bound":"([0-9.]+):(\d+)"', log.read_text(errors="replace")),
+                deadline,
+            )
             host, port = bound.group(1), int(bound.group(2))
             base = f"http://{host}:{port}"
             assert http_get(base, "/healthz")[0] == 200, "/healthz is not 200"
             registered = metric_names.source_metrics()
             expected = metric_names.job_series(registered)
-            body = wait_for("every registered metric on /metrics", child, log,
-                            lambda: (b := http_get(base, "/metrics")[1]) and expected <= series_names(b) and b, deadline)
-            t_ready = time.monotonic() - t0
+            body = wait_for(
+                "every registered metric on /metrics",
+                child,
+                log,
+                lambda: (b := http_get(base, "/metrics")[1]) and expected <= series_names(b) and b,
+                deadline,
+            )
+            t_ready = time.monotonic() - t_start
             live = series_names(body)
             status, text = http_get(base, "/readyz")
             assert status == 200, f"/readyz answered {status} {text!r} after a checkpoint"
             problems: list[str] = []
             dash, rules = metric_names.used_names(problems)
             assert not problems, problems
-            job_used = {n for n in dash | rules if n not in metric_names.PROMETHEUS_NAMES
-                        and not n.startswith(metric_names.VERIFY_PREFIX)}
+            job_used = {
+                n
+                for n in dash | rules
+                if n not in metric_names.PROMETHEUS_NAMES and not n.startswith(metric_names.VERIFY_PREFIX)
+            }
             missing = sorted(job_used - live)
-            assert not missing, f"the dashboard or the rules use {missing}, which the running job does not export:\n{body}"
-            hc = subprocess.run(compose_healthcheck(host, port), capture_output=True, text=True, timeout=10)
+            assert not missing, (
+                f"the dashboard or the rules use {missing}, which the running job does not export:\n{body}"
+            )
+            hc = subprocess.run(
+                compose_healthcheck(host, port), check=False, capture_output=True, text=True, timeout=10
+            )
             assert hc.returncode == 0, f"the compose healthcheck failed against a ready job: {hc.stderr}"
             grace = statefulset()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
             t_term = time.monotonic()
@@ -211,24 +260,26 @@ def main() -> int:
             try:
                 rc = child.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                raise AssertionError(f"SIGTERM: the job did not stop within terminationGracePeriodSeconds={grace}:\n"
-                                     f"{log.read_text()[-4000:]}")
+                raise AssertionError(
+                    f"SIGTERM: the job did not stop within terminationGracePeriodSeconds={grace}:\n"
+                    f"{log.read_text()[-4000:]}"
+                )
             stop_s = time.monotonic() - t_term
         finally:
             if child.poll() is None:
                 child.kill()
                 child.wait(timeout=30)
         out = log.read_text(errors="replace")
-        assert rc == 0 and "stopped cleanly" in out, f"SIGTERM: exit {rc}, expected 0 and 'stopped cleanly':\n{out[-4000:]}"
+        assert rc == 0 and "stopped cleanly" in out, (
+            f"SIGTERM: exit {rc}, expected 0 and 'stopped cleanly':\n{out[-4000:]}"
+        )
         leaked = [k for k in ("kafka-sasl-password", "s3-secret-access-key", "catalog-uri") if secret[k] in out]
         assert not leaked, f"the job's output contains the Secret's {leaked}"
-        summary = json.loads(json.dumps({"series_live": len(live), "job_metrics_used": len(job_used),
-                                         "ready_after_s": round(t_ready, 1), "sigterm_to_exit_s": round(stop_s, 2),
-                                         "grace_s": grace}))
-        print(f"live_job: ok: {summary['job_metrics_used']} job metrics used by the dashboard and rules, all among "
-              f"{summary['series_live']} live series; every metric after {summary['ready_after_s']} s; /healthz, "
-              f"/readyz, compose healthcheck ok; SIGTERM -> exit 0 in {summary['sigterm_to_exit_s']} s "
-              f"(grace {grace} s); no secret in the output")
+        print(
+            f"live_job: ok: the {len(job_used)} job metrics the dashboard and rules use are among the {len(live)} live "
+            f"series (all present {t_ready:.1f} s after start); /healthz, /readyz and the compose healthcheck answer; "
+            f"SIGTERM -> exit 0 in {stop_s:.2f} s (grace {grace} s); no secret in the output"
+        )
     return 0
 
 

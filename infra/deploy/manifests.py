@@ -96,7 +96,9 @@ def check_k8s_schemas(resources: dict[str, list[dict]], problems: Problems) -> i
     for name, docs in resources.items():
         for doc in docs:
             for version in K8S_VERSIONS:
-                where = f"infra/k8s/{name} {doc.get('kind')}/{doc.get('metadata', {}).get('name')} (Kubernetes {version})"
+                where = (
+                    f"infra/k8s/{name} {doc.get('kind')}/{doc.get('metadata', {}).get('name')} (Kubernetes {version})"
+                )
                 try:
                     kubernetes_validate.validate(doc, version, strict=True)
                 except kubernetes_validate.ValidationError as e:
@@ -118,7 +120,11 @@ def check_kustomization(problems: Problems) -> dict:
         problems.add("infra/k8s/kustomization.yaml", f"resource {ghost} does not exist")
     for gen in k.get("configMapGenerator", []):
         for f in gen.get("files", []):
-            problems.expect((K8S / f.split("=")[-1]).exists(), "infra/k8s/kustomization.yaml", f"configMapGenerator file {f} does not exist")
+            problems.expect(
+                (K8S / f.split("=")[-1]).exists(),
+                "infra/k8s/kustomization.yaml",
+                f"configMapGenerator file {f} does not exist",
+            )
     return k
 
 
@@ -135,10 +141,22 @@ def check_env(container: dict, secret_keys: set[str], where: str, problems: Prob
     for e in container.get("env", []):
         ref = e.get("valueFrom", {}).get("secretKeyRef")
         if ref:
-            problems.expect(ref.get("name") == "recon-secrets", where, f"env {e['name']}: secret {ref.get('name')!r} is not recon-secrets")
-            problems.expect(ref.get("key") in secret_keys, where, f"env {e['name']}: key {ref.get('key')!r} is not in secret.example.yaml")
+            problems.expect(
+                ref.get("name") == "recon-secrets",
+                where,
+                f"env {e['name']}: secret {ref.get('name')!r} is not recon-secrets",
+            )
+            problems.expect(
+                ref.get("key") in secret_keys,
+                where,
+                f"env {e['name']}: key {ref.get('key')!r} is not in secret.example.yaml",
+            )
         for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", e.get("value", "")):
-            problems.expect(var in defined, where, f"env {e['name']}: $({var}) is not defined above it, Kubernetes would pass it literally")
+            problems.expect(
+                var in defined,
+                where,
+                f"env {e['name']}: $({var}) is not defined above it, Kubernetes would pass it literally",
+            )
         defined.add(e["name"])
 
 
@@ -151,31 +169,69 @@ def check_k8s_consistency(resources: dict[str, list[dict]], kustomization: dict,
     services = by_kind(resources, "Service")
     where = "infra/k8s/statefulset.yaml"
     spec = sts.get("spec", {})
-    problems.expect(spec.get("replicas") == 1, where, "replicas must be 1: one instance owns the partitions and the checkpoint log")
+    problems.expect(
+        spec.get("replicas") == 1, where, "replicas must be 1: one instance owns the partitions and the checkpoint log"
+    )
     pod = pod_spec(sts)
     labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
     selector = spec.get("selector", {}).get("matchLabels", {})
     problems.expect(selector.items() <= labels.items(), where, "selector does not match the pod labels")
     grace = pod.get("terminationGracePeriodSeconds", 30)
     budget = grace_budget_s(cfg)
-    problems.expect(grace >= budget, where, f"terminationGracePeriodSeconds {grace} < checkpoint.interval_ms + commit.timeout_ms = {budget:g} s")
+    problems.expect(
+        grace >= budget,
+        where,
+        f"terminationGracePeriodSeconds {grace} < checkpoint.interval_ms + commit.timeout_ms = {budget:g} s",
+    )
     secret_keys = set(secret.get("stringData", {}))
     port = listen_port(cfg)
     for c in pod.get("containers", []):
         ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
-        problems.expect(ports.get("metrics") == port, where, f"container port `metrics` {ports.get('metrics')} != recon.toml listen port {port}")
+        problems.expect(
+            ports.get("metrics") == port,
+            where,
+            f"container port `metrics` {ports.get('metrics')} != recon.toml listen port {port}",
+        )
         for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
             get = c.get(probe, {}).get("httpGet", {})
-            problems.expect(get.get("path") == path and get.get("port") == "metrics", where, f"{probe} must GET {path} on port `metrics`")
-        problems.expect("limits" in c.get("resources", {}) and "requests" in c.get("resources", {}), where, "resources need requests and limits")
+            problems.expect(
+                get.get("path") == path and get.get("port") == "metrics",
+                where,
+                f"{probe} must GET {path} on port `metrics`",
+            )
+        problems.expect(
+            "limits" in c.get("resources", {}) and "requests" in c.get("resources", {}),
+            where,
+            "resources need requests and limits",
+        )
         check_env(c, secret_keys, where, problems)
     headless = [s for s in services if s["metadata"]["name"] == spec.get("serviceName")]
-    problems.expect(len(headless) == 1 and headless[0]["spec"].get("clusterIP") == "None", where, f"serviceName {spec.get('serviceName')!r} must name a headless Service")
+    problems.expect(
+        len(headless) == 1 and headless[0]["spec"].get("clusterIP") == "None",
+        where,
+        f"serviceName {spec.get('serviceName')!r} must name a headless Service",
+    )
     for s in services:
-        problems.expect(s["spec"].get("selector", {}).items() <= labels.items(), "infra/k8s/services.yaml", f"{s['metadata']['name']}: selector does not match the pod labels")
-        problems.expect(any(p.get("port") == port for p in s["spec"].get("ports", [])), "infra/k8s/services.yaml", f"{s['metadata']['name']}: no port {port}")
-    problems.expect(any(s["metadata"].get("annotations", {}).get("prometheus.io/port") == str(port) for s in services), "infra/k8s/services.yaml", "no Service carries prometheus.io/port")
-    problems.expect(pdb.get("spec", {}).get("selector", {}).get("matchLabels", {}).items() <= labels.items(), "infra/k8s/pdb.yaml", "selector does not match the pod labels")
+        problems.expect(
+            s["spec"].get("selector", {}).items() <= labels.items(),
+            "infra/k8s/services.yaml",
+            f"{s['metadata']['name']}: selector does not match the pod labels",
+        )
+        problems.expect(
+            any(p.get("port") == port for p in s["spec"].get("ports", [])),
+            "infra/k8s/services.yaml",
+            f"{s['metadata']['name']}: no port {port}",
+        )
+    problems.expect(
+        any(s["metadata"].get("annotations", {}).get("prometheus.io/port") == str(port) for s in services),
+        "infra/k8s/services.yaml",
+        "no Service carries prometheus.io/port",
+    )
+    problems.expect(
+        pdb.get("spec", {}).get("selector", {}).get("matchLabels", {}).items() <= labels.items(),
+        "infra/k8s/pdb.yaml",
+        "selector does not match the pod labels",
+    )
     # The CronJob.
     where = "infra/k8s/batch-verify-cronjob.yaml"
     cspec = cron.get("spec", {})
@@ -190,10 +246,22 @@ def check_k8s_consistency(resources: dict[str, list[dict]], kustomization: dict,
         p = pod_spec(w)
         for v in p.get("volumes", []):
             if "configMap" in v:
-                problems.expect(v["configMap"]["name"] in generated, f"{w['kind']} {w['metadata']['name']}", f"ConfigMap {v['configMap']['name']!r} is not generated by kustomization.yaml")
+                problems.expect(
+                    v["configMap"]["name"] in generated,
+                    f"{w['kind']} {w['metadata']['name']}",
+                    f"ConfigMap {v['configMap']['name']!r} is not generated by kustomization.yaml",
+                )
         for c in p.get("containers", []):
-            problems.expect(c["image"].rsplit(":", 1)[0] in images, f"{w['kind']} {w['metadata']['name']}", f"image {c['image']} is not under kustomization.yaml images")
-        problems.expect(p.get("securityContext", {}).get("runAsNonRoot") is True, f"{w['kind']} {w['metadata']['name']}", "runAsNonRoot must be true")
+            problems.expect(
+                c["image"].rsplit(":", 1)[0] in images,
+                f"{w['kind']} {w['metadata']['name']}",
+                f"image {c['image']} is not under kustomization.yaml images",
+            )
+        problems.expect(
+            p.get("securityContext", {}).get("runAsNonRoot") is True,
+            f"{w['kind']} {w['metadata']['name']}",
+            "runAsNonRoot must be true",
+        )
 
 
 # --- compose --------------------------------------------------------------------------------------------------------
@@ -216,7 +284,9 @@ def check_compose(problems: Problems, grace_s: int) -> None:
         for v in s.get("volumes", []):
             src = v.split(":")[0] if isinstance(v, str) else v.get("source", "")
             if src.startswith((".", "/")):
-                problems.expect((path.parent / src).exists(), where, f"service {name}: mounted path {src} does not exist")
+                problems.expect(
+                    (path.parent / src).exists(), where, f"service {name}: mounted path {src} does not exist"
+                )
             else:
                 problems.expect(src in doc.get("volumes", {}), where, f"service {name}: volume {src} is not declared")
         build = s.get("build")
@@ -224,14 +294,24 @@ def check_compose(problems: Problems, grace_s: int) -> None:
             ctx = path.parent / build.get("context", ".")
             problems.expect(ctx.is_dir(), where, f"service {name}: build context {ctx} does not exist")
             if "dockerfile" in build:
-                problems.expect((ctx / build["dockerfile"]).exists(), where, f"service {name}: dockerfile {build['dockerfile']} does not exist")
+                problems.expect(
+                    (ctx / build["dockerfile"]).exists(),
+                    where,
+                    f"service {name}: dockerfile {build['dockerfile']} does not exist",
+                )
         deps = s.get("depends_on", {})
         for dep in deps if isinstance(deps, (list, dict)) else []:
             problems.expect(dep in services, where, f"service {name}: depends_on {dep} is not a service")
     job = services.get("recon-pipeline", {})
-    problems.expect(job.get("stop_grace_period") == f"{grace_s}s", where, f"recon-pipeline stop_grace_period must equal terminationGracePeriodSeconds ({grace_s}s)")
+    problems.expect(
+        job.get("stop_grace_period") == f"{grace_s}s",
+        where,
+        f"recon-pipeline stop_grace_period must equal terminationGracePeriodSeconds ({grace_s}s)",
+    )
     cfg = job_config(path.parent / "recon.toml")
-    problems.expect(grace_budget_s(cfg) <= grace_s, where, "compose recon.toml's interval + commit timeout exceed the grace period")
+    problems.expect(
+        grace_budget_s(cfg) <= grace_s, where, "compose recon.toml's interval + commit timeout exceed the grace period"
+    )
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------------------------
@@ -254,19 +334,35 @@ def check_dockerfile(problems: Problems, run_as_user: int, port: int) -> None:
         if c.cmd == "COPY":
             src_stage = next((f.split("=", 1)[1] for f in c.flags if f.startswith("--from=")), None)
             if src_stage is not None:
-                problems.expect(src_stage in stages[:-1], where, f"COPY --from={src_stage}: no earlier stage of that name")
+                problems.expect(
+                    src_stage in stages[:-1], where, f"COPY --from={src_stage}: no earlier stage of that name"
+                )
             else:
                 for src in c.value[:-1]:
-                    problems.expect((REPO / src).exists(), where, f"COPY {src}: not in the build context (the repository root)")
+                    problems.expect(
+                        (REPO / src).exists(), where, f"COPY {src}: not in the build context (the repository root)"
+                    )
     toolchain = tomllib.loads((REPO / "rust-toolchain.toml").read_text())["toolchain"]["channel"]
-    problems.expect(args.get("RUST_VERSION") == toolchain, where, f"RUST_VERSION {args.get('RUST_VERSION')} != rust-toolchain.toml {toolchain}")
+    problems.expect(
+        args.get("RUST_VERSION") == toolchain,
+        where,
+        f"RUST_VERSION {args.get('RUST_VERSION')} != rust-toolchain.toml {toolchain}",
+    )
     users = [c.value[0] for c in cmds if c.cmd == "USER"]
-    problems.expect(bool(users) and users[-1].split(":")[0] == str(run_as_user), where, f"the final USER must be {run_as_user} (statefulset.yaml runAsUser)")
+    problems.expect(
+        bool(users) and users[-1].split(":")[0] == str(run_as_user),
+        where,
+        f"the final USER must be {run_as_user} (statefulset.yaml runAsUser)",
+    )
     exposed = [v for c in cmds if c.cmd == "EXPOSE" for v in c.value]
     problems.expect(str(port) in exposed, where, f"EXPOSE {port} missing")
     build = " ".join(" ".join(c.value) for c in cmds if c.cmd == "RUN")
     for binary in ("recon-pipeline", "batch-verify"):
-        problems.expect(f"-p {binary}" in build and f"target/release/{binary}" in build, where, f"{binary} is not built and installed")
+        problems.expect(
+            f"-p {binary}" in build and f"target/release/{binary}" in build,
+            where,
+            f"{binary} is not built and installed",
+        )
     problems.expect("--locked" in build, where, "cargo build must use --locked")
 
 
@@ -274,13 +370,19 @@ def check_dockerfile(problems: Problems, run_as_user: int, port: int) -> None:
 def check_systemd(problems: Problems, grace_s: int) -> None:
     units = sorted((INFRA / "systemd").glob("*.service")) + sorted((INFRA / "systemd").glob("*.timer"))
     unit = (INFRA / "systemd" / "recon-pipeline.service").read_text()
-    m = re.search(r"^TimeoutStopSec=(\d+)s?$", unit, re.M)
-    problems.expect(bool(m) and int(m.group(1)) == grace_s, "infra/systemd/recon-pipeline.service", f"TimeoutStopSec must equal terminationGracePeriodSeconds ({grace_s}s)")
+    m = re.search(r"^TimeoutStopSec=(\d+)s?$", unit, re.MULTILINE)
+    problems.expect(
+        bool(m) and int(m.group(1)) == grace_s,
+        "infra/systemd/recon-pipeline.service",
+        f"TimeoutStopSec must equal terminationGracePeriodSeconds ({grace_s}s)",
+    )
     for key in ("Restart=on-failure", "KillSignal=SIGTERM", "EnvironmentFile=", "NoNewPrivileges=yes"):
         problems.expect(key in unit, "infra/systemd/recon-pipeline.service", f"{key} missing")
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        problems.add("infra/systemd", "systemd-analyze not found (Debian: apt-get install systemd); the units were not verified")
+        problems.add(
+            "infra/systemd", "systemd-analyze not found (Debian: apt-get install systemd); the units were not verified"
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
         bindir = Path(tmp) / "bin"
@@ -293,10 +395,20 @@ def check_systemd(problems: Problems, grace_s: int) -> None:
             c = Path(tmp) / u.name
             c.write_text(u.read_text().replace("/usr/local/bin/", f"{bindir}/"))
             copies.append(str(c))
-        r = subprocess.run([tool, "verify", "--man=no", *copies], capture_output=True, text=True, timeout=60,
-                           env=dict(os.environ, SYSTEMD_LOG_COLOR="0"))
+        r = subprocess.run(
+            [tool, "verify", "--man=no", *copies],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, SYSTEMD_LOG_COLOR="0"),
+        )
         out = (r.stdout + r.stderr).replace(tmp + "/", "")
-        problems.expect(r.returncode == 0 and not out.strip(), "infra/systemd", f"systemd-analyze verify (exit {r.returncode}):\n{out}")
+        problems.expect(
+            r.returncode == 0 and not out.strip(),
+            "infra/systemd",
+            f"systemd-analyze verify (exit {r.returncode}):\n{out}",
+        )
 
 
 def main() -> int:
@@ -313,8 +425,10 @@ def main() -> int:
     check_systemd(problems, grace_s)
     for p in problems.items:
         print(f"FAIL {p}")
-    print(f"manifests: {n} Kubernetes resources x {len(K8S_VERSIONS)} versions, compose, Dockerfile, systemd units: "
-          f"{len(problems.items)} problem(s)")
+    print(
+        f"manifests: {n} Kubernetes resources x {len(K8S_VERSIONS)} versions, compose, Dockerfile, systemd units: "
+        f"{len(problems.items)} problem(s)"
+    )
     return 1 if problems.items else 0
 
 

@@ -120,12 +120,12 @@ def used_names(problems: list[str]) -> tuple[set[str], set[str]]:
     for where, expr in dashboard_exprs(dashboard()):
         try:
             dash |= names_in(expr)
-        except (ValueError, Exception) as e:  # promql_parser raises plain Exceptions
+        except ValueError as e:  # promql_parser raises ValueError too
             problems.append(f"{DASHBOARD.name} {where}: {e}: {expr}")
     for r in rules():
         try:
             rule |= names_in(r["expr"])
-        except (ValueError, Exception) as e:
+        except ValueError as e:
             problems.append(f"{RULES.name} {r.get('alert')}: {e}: {r['expr']}")
     return dash, rule
 
@@ -142,7 +142,12 @@ def check_dashboard_layout(d: dict, problems: list[str]) -> None:
             problems.append(f"{where}: gridPos {g} is not within the 24-column grid")
             continue
         for other_where, o in boxes:
-            if g["x"] < o["x"] + o["w"] and o["x"] < g["x"] + g["w"] and g["y"] < o["y"] + o["h"] and o["y"] < g["y"] + g["h"]:
+            if (
+                g["x"] < o["x"] + o["w"]
+                and o["x"] < g["x"] + g["w"]
+                and g["y"] < o["y"] + o["h"]
+                and o["y"] < g["y"] + g["h"]
+            ):
                 problems.append(f"{where}: overlaps {other_where}")
         boxes.append((where, g))
         if p.get("type") == "row":
@@ -169,7 +174,9 @@ def check_rule_tests(problems: list[str]) -> None:
                 problems.append(f"{RULES.name} {r['alert']}: annotation {key} missing")
 
 
-def check_names(used: set[str], source: str, registered: dict[str, str], problems: list[str], warnings: list[str]) -> None:
+def check_names(
+    used: set[str], source: str, registered: dict[str, str], problems: list[str], warnings: list[str]
+) -> None:
     series = job_series(registered)
     verify = verify_source_names()
     for name in sorted(used):
@@ -177,7 +184,9 @@ def check_names(used: set[str], source: str, registered: dict[str, str], problem
             continue
         if name.startswith(VERIFY_PREFIX):
             if verify is None:
-                warnings.append(f"{source} uses {name}: batch-verify exports no recon_verify_* metric yet (name from issue #8)")
+                warnings.append(
+                    f"{source} uses {name}: batch-verify exports no recon_verify_* metric yet (name from issue #8)"
+                )
             elif name not in verify:
                 problems.append(f"{source} uses {name}, which batch-verify does not export (it has {sorted(verify)})")
             continue
@@ -203,8 +212,10 @@ def main() -> int:
         print(f"WARNING {w}")
     for p in problems:
         print(f"FAIL {p}")
-    print(f"metric names: {len(registered)} registered by the job, {len(dash)} used by the dashboard, "
-          f"{len(rule)} by the rules; {len(problems)} problem(s)")
+    print(
+        f"metric names: {len(registered)} registered by the job, {len(dash)} used by the dashboard, "
+        f"{len(rule)} by the rules; {len(problems)} problem(s)"
+    )
     return 1 if problems else 0
 
 
