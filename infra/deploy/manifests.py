@@ -314,6 +314,57 @@ def check_compose(problems: Problems, grace_s: int) -> None:
     )
 
 
+def mounts(service: dict) -> dict[str, str]:
+    """Container path -> host path (relative to infra/compose) of a compose service's bind mounts."""
+    out = {}
+    for v in service.get("volumes", []):
+        if isinstance(v, str) and v.startswith((".", "/")):
+            parts = v.split(":")
+            out[parts[1]] = parts[0]
+    return out
+
+
+def check_compose_monitoring(problems: Problems) -> None:
+    """Prometheus scrapes the job and loads the rules where compose mounts them; Grafana's provisioning points
+    at the mounted dashboards and at the Prometheus service."""
+    compose_dir = INFRA / "compose"
+    where = "infra/compose"
+    services = yaml.safe_load((compose_dir / "docker-compose.yml").read_text())["services"]
+    prom = yaml.safe_load((compose_dir / "prometheus.yml").read_text())
+    prom_mounts = mounts(services["prometheus"])
+    for pattern in prom.get("rule_files", []):
+        matched = [c for c in prom_mounts if Path(c).match(pattern)]
+        problems.expect(bool(matched), where, f"prometheus.yml rule_files {pattern} matches no file compose mounts")
+        for c in matched:
+            host = (compose_dir / prom_mounts[c]).resolve()
+            problems.expect(host == INFRA / "prometheus" / "recon-alerts.yml", where, f"{c} is not recon-alerts.yml")
+    port = listen_port(job_config(compose_dir / "recon.toml"))
+    targets = {t for sc in prom["scrape_configs"] for st in sc.get("static_configs", []) for t in st["targets"]}
+    problems.expect(f"recon-pipeline:{port}" in targets, where, f"prometheus.yml does not scrape recon-pipeline:{port}")
+    graf = mounts(services["grafana"])
+    prov_host = graf.get("/etc/grafana/provisioning")
+    problems.expect(prov_host is not None, where, "grafana: /etc/grafana/provisioning is not mounted")
+    if prov_host:
+        prov = (compose_dir / prov_host).resolve()
+        for f in sorted((prov / "dashboards").glob("*.yml")):
+            for provider in yaml.safe_load(f.read_text()).get("providers", []):
+                path = provider.get("options", {}).get("path", "")
+                host = graf.get(path)
+                problems.expect(
+                    host is not None and any((compose_dir / host).glob("*.json")),
+                    where,
+                    f"grafana provider {provider.get('name')}: {path} is not a mounted directory of dashboards",
+                )
+        for f in sorted((prov / "datasources").glob("*.yml")):
+            for ds in yaml.safe_load(f.read_text()).get("datasources", []):
+                host = re.match(r"https?://([^:/]+)", ds.get("url", ""))
+                problems.expect(
+                    bool(host) and host.group(1) in services,
+                    where,
+                    f"grafana data source {ds.get('name')}: {ds.get('url')} is no compose service",
+                )
+
+
 # --- Dockerfile ---------------------------------------------------------------------------------------------------
 def check_dockerfile(problems: Problems, run_as_user: int, port: int) -> None:
     path = INFRA / "docker" / "Dockerfile"
@@ -421,6 +472,7 @@ def main() -> int:
     grace_s = pod_spec(sts).get("terminationGracePeriodSeconds", 30)
     run_as = pod_spec(sts).get("securityContext", {}).get("runAsUser", -1)
     check_compose(problems, grace_s)
+    check_compose_monitoring(problems)
     check_dockerfile(problems, run_as, listen_port(job_config(K8S / "recon.toml")))
     check_systemd(problems, grace_s)
     for p in problems.items:
