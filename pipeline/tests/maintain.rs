@@ -16,7 +16,9 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use rdkafka::mocking::MockCluster;
 use recon_pipeline::checkpoint::commit::marks_of;
 use recon_pipeline::checkpoint::log::CheckpointLog;
-use recon_pipeline::config::{Config, RawCatalog, RawCheckpoint, RawConfig, RawSource};
+use recon_pipeline::config::{
+    Config, RawCatalog, RawCheckpoint, RawConfig, RawSource, StoreLocation,
+};
 use recon_pipeline::crash::CrashPoint;
 use recon_pipeline::generate::GenerateArgs;
 use recon_pipeline::job::{self, CrashPlan, JobEnv, JobError};
@@ -316,6 +318,30 @@ async fn maintain_keeps_markers_and_pending_files_and_the_restart_reconciles() {
     assert_eq!(
         rec.ledger_rows, rows,
         "a restart after maintenance re-committed nothing"
+    );
+
+    // Pointed at the wrong checkpoint store, the sweep refuses: the log it sees is behind.
+    let mut wrong = cfg.clone();
+    wrong.checkpoint_store = StoreLocation::Local(dir.path().join("elsewhere"));
+    file_aged(&old_orphan, 2 * DAY);
+    let refused = maintain::run(
+        &wrong,
+        catalog.clone(),
+        &Options {
+            dry_run: false,
+            ..opts
+        },
+    )
+    .await
+    .unwrap();
+    assert!(refused.failed(), "{refused}");
+    assert!(
+        refused.to_string().contains("wrong checkpoint.store"),
+        "{refused}"
+    );
+    assert!(
+        old_orphan.exists(),
+        "nothing deleted when the log does not match"
     );
     drop(cluster);
 }

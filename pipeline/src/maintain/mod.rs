@@ -162,6 +162,7 @@ pub async fn run(
         };
         let sweep = Sweep {
             cfg,
+            log: &log,
             pending: &pending,
             warehouse: warehouse.as_ref(),
             delete_before,
@@ -200,6 +201,7 @@ pub async fn run(
 /// The orphan sweep of one run.
 struct Sweep<'a> {
     cfg: &'a Config,
+    log: &'a CheckpointLog,
     pending: &'a Pending,
     warehouse: &'a dyn ObjectStore,
     delete_before: DateTime<Utc>,
@@ -218,19 +220,26 @@ impl Sweep<'_> {
         let job = &self.cfg.job_id;
         let marks = marks_of(job, table)?;
         // The log must not be behind the table: a wrong checkpoint.store or job_id would
-        // hide pending files.
-        match (self.pending.head, marks.committed) {
-            (None, Some(c)) => {
+        // hide pending files. The table may be ahead of the log as read at the start (the
+        // running job completed and committed more since): then the log must have moved on.
+        let head = self.pending.head.map(|(id, _)| id);
+        if let Some(c) = marks.committed
+            && head < Some(c)
+        {
+            let now = self
+                .log
+                .ids_after(head)
+                .await
+                .map_err(|e| format!("re-reading the checkpoint log: {e}"))?;
+            if now.last().copied() < Some(c) {
                 return Err(format!(
-                    "the checkpoint log of job {job} is empty, yet the table holds its commits through checkpoint {c}: wrong checkpoint.store or job_id? no file deleted"
+                    "the table holds checkpoint {c} of job {job}, beyond the head of its checkpoint log ({}): wrong checkpoint.store or job_id? no file deleted",
+                    now.last()
+                        .copied()
+                        .or(head)
+                        .map_or("empty".to_string(), |h| h.to_string())
                 ));
             }
-            (Some((head, _)), Some(c)) if c > head => {
-                return Err(format!(
-                    "the table holds checkpoint {c} of job {job}, beyond the log's head {head}: wrong checkpoint.store? no file deleted"
-                ));
-            }
-            _ => {}
         }
         if let Some(id) = self
             .pending
