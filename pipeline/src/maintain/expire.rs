@@ -8,9 +8,11 @@
 //! catalog's compare-and-swap of the metadata location make the commit land only if nobody
 //! committed in between. On a conflict, iceberg's `Transaction::commit` reloads and would
 //! re-apply the action on the new base; the guard refuses any base other than the planned one,
-//! so instead this loop re-plans from scratch. The job's side is symmetric: its append that
-//! loses the race to an expiry is re-applied by its own retry on the expired base, where its
-//! guard finds the same marks (the plan never changes them). So neither commit is lost.
+//! so instead this loop re-plans from scratch. The job's append is not disturbed by an expiry
+//! that lands first: its requirements pin only `main`, which expiry leaves where it is, so the
+//! catalog applies it to the expired metadata (and were it to conflict, iceberg re-applies it
+//! on the new base, where the job's guard finds the same marks: the plan never changes them).
+//! Neither commit is lost (tested both ways in `pipeline/tests/maintain_conflict.rs`).
 //!
 //! Every outcome is verified by reloading (the 0.10.1 SQL catalog can report a failed COMMIT
 //! as success, iceberg-rust#3061): the attempt counts only if the planned ids are gone, and
