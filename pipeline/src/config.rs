@@ -17,6 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::JobId;
 
+/// One day in milliseconds.
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The shortest orphan age the configuration accepts: a younger unreferenced file may be one a
+/// running writer is about to commit. (`maintain --force-min-age` goes below it, once.)
+pub const ORPHAN_AGE_MIN: Duration = Duration::from_secs(3600);
+
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "RECON__";
 
@@ -145,6 +152,18 @@ pub struct RawObservability {
     pub listen: String,
 }
 
+/// `[maintenance]`: defaults of `recon-pipeline maintain` (snapshot expiry, orphan files).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMaintenance {
+    /// Snapshots older than this are expired (the job's newest marker is always kept).
+    pub expire_older_than_ms: u64,
+    /// Newest snapshots of each table kept whatever their age; at least 1.
+    pub retain_last: usize,
+    /// Unreferenced files are deleted only when older than this; at least one hour.
+    pub orphan_older_than_ms: u64,
+}
+
 /// The configuration file's form.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,6 +190,8 @@ pub struct RawConfig {
     pub alerts: crate::outputs::config::RawAlerts,
     /// Optional exactly-once PostgreSQL current-balance table.
     pub current_balances: crate::outputs::config::RawCurrentBalances,
+    /// Table maintenance.
+    pub maintenance: RawMaintenance,
 }
 
 impl Default for RawConfig {
@@ -221,6 +242,11 @@ impl Default for RawConfig {
             },
             alerts: Default::default(),
             current_balances: Default::default(),
+            maintenance: RawMaintenance {
+                expire_older_than_ms: 7 * DAY_MS,
+                retain_last: 1,
+                orphan_older_than_ms: 3 * DAY_MS,
+            },
         }
     }
 }
@@ -262,6 +288,8 @@ pub struct Config {
     pub current_balances: crate::outputs::config::RawCurrentBalances,
     /// Database URL of the current-balance output; `None` when it is off.
     pub current_balances_url: Option<String>,
+    /// Defaults of `maintain` (validated: `retain_last >= 1`, orphan age >= [`ORPHAN_AGE_MIN`]).
+    pub maintenance: RawMaintenance,
 }
 
 /// Where checkpoints live.
@@ -354,6 +382,17 @@ impl Config {
             }
             None => StoreLocation::Local(PathBuf::from(&raw.checkpoint.store)),
         };
+        let m = &raw.maintenance;
+        if m.retain_last == 0 {
+            return err("maintenance.retain_last must be at least 1 (the current snapshot)".into());
+        }
+        if Duration::from_millis(m.orphan_older_than_ms) < ORPHAN_AGE_MIN {
+            return err(format!(
+                "maintenance.orphan_older_than_ms = {} is below one hour ({}): a younger unreferenced file may be one a writer is about to commit; use 259200000 (3 days)",
+                m.orphan_older_than_ms,
+                ORPHAN_AGE_MIN.as_millis()
+            ));
+        }
         let metrics_listen = match raw.observability.listen.trim() {
             "" => None,
             a => Some(a.parse().map_err(|e| {
@@ -402,6 +441,7 @@ impl Config {
             commit: raw.commit,
             sink: raw.sink,
             state: raw.state,
+            maintenance: raw.maintenance,
         })
     }
 
@@ -504,6 +544,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("checkpoint.store"), "{e}");
+        for bad in ["retain_last = 0", "orphan_older_than_ms = 60000"] {
+            let e = load_str(&format!("[maintenance]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod generate;
 pub mod ids;
 pub mod job;
 pub mod lakehouse;
+pub mod maintain;
 pub mod orphans;
 pub mod outputs;
 pub mod reconcile;
