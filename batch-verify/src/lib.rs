@@ -28,6 +28,7 @@ pub mod memory;
 pub mod metrics;
 pub mod offsets;
 pub mod options;
+pub mod outputs;
 pub mod progress;
 pub mod record;
 pub mod report;

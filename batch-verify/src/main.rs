@@ -100,6 +100,9 @@ struct Cli {
     /// Never draw a progress bar (hidden anyway when stderr is not a terminal).
     #[arg(long)]
     no_progress: bool,
+    /// Skip checks (g)/(h) of the job's optional outputs (current balances, alerts topic).
+    #[arg(long)]
+    skip_outputs: bool,
 }
 
 fn options(cli: &Cli) -> anyhow::Result<Options> {
@@ -137,6 +140,7 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
     o.incomplete_trips_max = cli.incomplete_trips_max;
     o.record = !cli.no_record;
     o.progress = !cli.no_progress;
+    o.check_outputs = !cli.skip_outputs;
     Ok(o)
 }
 

@@ -71,6 +71,8 @@ pub struct Options {
     pub truth_records_max: u64,
     /// Most trips re-checked with neighbouring days (held in memory).
     pub incomplete_trips_max: usize,
+    /// Run checks (g)/(h) on the job's optional outputs when its configuration has them on.
+    pub check_outputs: bool,
 }
 
 impl Options {
@@ -90,6 +92,7 @@ impl Options {
             kafka_timeout: Duration::from_secs(3600),
             truth_records_max: 2_000_000_000,
             incomplete_trips_max: 1_000_000,
+            check_outputs: true,
         }
     }
 }

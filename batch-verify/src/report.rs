@@ -41,11 +41,15 @@ pub enum Kind {
     OffsetGap,
     /// (f) Committed offset ranges overlap.
     OffsetOverlap,
+    /// (g) A row of the current-balance table differs from the trip's latest `trip_balances` row.
+    CurrentBalanceMismatch,
+    /// (h) The alerts topic disagrees with the trips' statuses (duplicate, missing or stale alert).
+    AlertMismatch,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Missing,
         Kind::Phantom,
         Kind::DuplicateEventId,
@@ -60,6 +64,8 @@ impl Kind {
         Kind::BalanceMismatch,
         Kind::OffsetGap,
         Kind::OffsetOverlap,
+        Kind::CurrentBalanceMismatch,
+        Kind::AlertMismatch,
     ];
 
     /// The snake_case name.
@@ -79,6 +85,8 @@ impl Kind {
             Kind::BalanceMismatch => "balance_mismatch",
             Kind::OffsetGap => "offset_gap",
             Kind::OffsetOverlap => "offset_overlap",
+            Kind::CurrentBalanceMismatch => "current_balance_mismatch",
+            Kind::AlertMismatch => "alert_mismatch",
         }
     }
 }
@@ -301,6 +309,9 @@ pub struct Report {
     pub error: Option<String>,
     /// Wall time per phase (`read_ms`, `widen_ms`, `check_ms`, `offsets_ms`), for tuning.
     pub phases_ms: BTreeMap<String, u64>,
+    /// What checks (g)/(h) looked at, when the job has optional outputs on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<crate::outputs::OutputsChecked>,
 }
 
 impl Report {
@@ -347,6 +358,7 @@ impl Report {
             peak_rss_bytes: crate::memory::peak_rss_bytes(),
             error: Some(why),
             phases_ms: BTreeMap::new(),
+            outputs: None,
         }
     }
 
@@ -423,6 +435,19 @@ impl fmt::Display for Report {
         ];
         for (name, n) in rows {
             writeln!(f, "  {name:<24}{n:>14}")?;
+        }
+        if let Some(o) = &self.outputs {
+            let c = |k: &str| self.discrepancies_by_kind.get(k).copied().unwrap_or(0);
+            for (name, n) in [
+                ("current balances", o.current_balances_checked),
+                ("  in flight", o.current_balances_in_flight),
+                ("  mismatches", c("current_balance_mismatch")),
+                ("alerts", o.alerts_checked),
+                ("  in flight", o.alerts_in_flight),
+                ("  mismatches", c("alert_mismatch")),
+            ] {
+                writeln!(f, "  {name:<24}{n:>14}")?;
+            }
         }
         for d in self.discrepancies.iter().take(SUMMARY_EXAMPLES_MAX) {
             write!(f, "  ! {}", d.kind.as_str())?;

@@ -234,6 +234,19 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     }
 
     phases.insert("offsets_ms".to_string(), ms(rest.elapsed()));
+    // (g), (h): the optional outputs, when the job has them on.
+    let outputs = if opts.check_outputs {
+        crate::outputs::check(
+            cfg,
+            catalog.as_ref(),
+            opts.kafka_timeout,
+            opts.truth_records_max,
+            &mut findings,
+        )
+        .await?
+    } else {
+        None
+    };
     // 5. Report.
     let elapsed = clock.elapsed();
     let mut report = Report {
@@ -272,6 +285,7 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         peak_rss_bytes: crate::memory::peak_rss_bytes(),
         error: None,
         phases_ms: phases,
+        outputs,
     };
     report.apply(&findings);
     if opts.record {

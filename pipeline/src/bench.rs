@@ -57,6 +57,13 @@ pub struct BenchArgs {
     /// Skip the Kafka parts (state measurements only).
     #[arg(long)]
     pub state_only: bool,
+    /// Also measure exactly-once with each optional output on: the alerts topic, and (given a
+    /// PostgreSQL URL with `--current-balances-url`) the current-balance table.
+    #[arg(long)]
+    pub outputs: bool,
+    /// PostgreSQL database of the current-balance output for `--outputs`.
+    #[arg(long)]
+    pub current_balances_url: Option<String>,
 }
 
 #[derive(Parser)]
@@ -126,9 +133,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
         result["produce"] = json!({ "seconds": produce_s, "summary": summary.to_string() });
 
         let mut modes = serde_json::Map::new();
-        for mode in [DeliveryMode::ExactlyOnce, DeliveryMode::AtLeastOnce] {
-            let name = format!("{mode:?}").to_lowercase();
-            let cfg = bench_config(&args, &dir, &topic, &format!("bench-{name}-{run_id}"), mode)?;
+        let mut runs = vec![
+            ("exactlyonce", DeliveryMode::ExactlyOnce, false, false),
+            ("atleastonce", DeliveryMode::AtLeastOnce, false, false),
+        ];
+        if args.outputs {
+            runs.push(("exactlyonce_alerts", DeliveryMode::ExactlyOnce, true, false));
+            if args.current_balances_url.is_some() {
+                runs.push((
+                    "exactlyonce_current_balances",
+                    DeliveryMode::ExactlyOnce,
+                    false,
+                    true,
+                ));
+            }
+        }
+        for (name, mode, alerts, balances) in runs {
+            let name = name.to_string();
+            let job = format!("bench-{}-{run_id}", name.replace('_', "-"));
+            let mut cfg = bench_config(&args, &dir, &topic, &job, mode)?;
+            if alerts || balances {
+                cfg = with_outputs(&args, &topic, &job, alerts, balances, cfg)?;
+            }
             let idle = Duration::from_secs(3);
             let t = Instant::now();
             let report = run_job(&cfg, CrashPlan::default(), idle).await?;
@@ -153,10 +179,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
                 }),
             );
         }
-        let eo = modes["exactlyonce"]["events_per_s"].as_f64().unwrap_or(0.0);
-        let alo = modes["atleastonce"]["events_per_s"].as_f64().unwrap_or(0.0);
-        result["modes"] = serde_json::Value::Object(modes);
+        let eps = |m: &str| modes.get(m).and_then(|v| v["events_per_s"].as_f64());
+        let eo = eps("exactlyonce").unwrap_or(0.0);
+        let alo = eps("atleastonce").unwrap_or(0.0);
         result["exactly_once_vs_at_least_once"] = json!(eo / alo.max(1e-9));
+        for (m, key) in [
+            ("exactlyonce_alerts", "alerts_vs_exactly_once"),
+            (
+                "exactlyonce_current_balances",
+                "current_balances_vs_exactly_once",
+            ),
+        ] {
+            if let Some(v) = eps(m) {
+                result[key] = json!(v / eo.max(1e-9));
+                println!("bench: {m} / exactlyonce = {:.2}", v / eo.max(1e-9));
+            }
+        }
+        result["modes"] = serde_json::Value::Object(modes);
 
         // Recovery: crash right after a durable checkpoint, restart, time the recovery.
         let cfg = bench_config(
@@ -232,6 +271,34 @@ fn bench_config(
         },
         ..d
     };
+    Ok(Config::resolve(raw)?)
+}
+
+/// `cfg` with the alerts topic and/or the current-balance table on.
+fn with_outputs(
+    args: &BenchArgs,
+    topic: &str,
+    job: &str,
+    alerts: bool,
+    balances: bool,
+    cfg: Config,
+) -> anyhow::Result<Config> {
+    let mut raw = RawConfig {
+        job_id: cfg.job_id.to_string(),
+        delivery: cfg.delivery,
+        source: cfg.source.clone(),
+        catalog: cfg.catalog.clone(),
+        ..RawConfig::default()
+    };
+    raw.checkpoint.store = match &cfg.checkpoint_store {
+        crate::config::StoreLocation::Local(p) => p.display().to_string(),
+        crate::config::StoreLocation::Url(u) => u.clone(),
+    };
+    raw.checkpoint.interval_ms = cfg.checkpoint_interval.as_millis() as u64;
+    raw.alerts.enabled = alerts;
+    raw.alerts.topic = format!("{topic}.alerts.{job}");
+    raw.current_balances.enabled = balances;
+    raw.current_balances.url = args.current_balances_url.clone().unwrap_or_default();
     Ok(Config::resolve(raw)?)
 }
 

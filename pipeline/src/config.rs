@@ -21,6 +21,13 @@ use crate::ids::JobId;
 pub use crate::secrets::redact_url;
 use crate::secrets::{self, RedactedMap};
 
+/// One day in milliseconds.
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The shortest orphan age the configuration accepts: a younger unreferenced file may be one a
+/// running writer is about to commit. (`maintain --force-min-age` goes below it, once.)
+pub const ORPHAN_AGE_MIN: Duration = Duration::from_secs(3600);
+
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "RECON__";
 
@@ -205,6 +212,18 @@ pub struct RawObservability {
     pub listen: String,
 }
 
+/// `[maintenance]`: defaults of `recon-pipeline maintain` (snapshot expiry, orphan files).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMaintenance {
+    /// Snapshots older than this are expired (the job's newest marker is always kept).
+    pub expire_older_than_ms: u64,
+    /// Newest snapshots of each table kept whatever their age; at least 1.
+    pub retain_last: usize,
+    /// Unreferenced files are deleted only when older than this; at least one hour.
+    pub orphan_older_than_ms: u64,
+}
+
 /// The configuration file's form.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -227,6 +246,12 @@ pub struct RawConfig {
     pub state: RawState,
     /// Metrics and health.
     pub observability: RawObservability,
+    /// Optional exactly-once alerts topic.
+    pub alerts: crate::outputs::config::RawAlerts,
+    /// Optional exactly-once PostgreSQL current-balance table.
+    pub current_balances: crate::outputs::config::RawCurrentBalances,
+    /// Table maintenance.
+    pub maintenance: RawMaintenance,
 }
 
 impl Default for RawConfig {
@@ -279,6 +304,13 @@ impl Default for RawConfig {
             observability: RawObservability {
                 listen: String::new(),
             },
+            alerts: Default::default(),
+            current_balances: Default::default(),
+            maintenance: RawMaintenance {
+                expire_older_than_ms: 7 * DAY_MS,
+                retain_last: 1,
+                orphan_older_than_ms: 3 * DAY_MS,
+            },
         }
     }
 }
@@ -314,6 +346,16 @@ pub struct Config {
     pub state: RawState,
     /// Address of the metrics/health server, if any.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[alerts]` as written (see `alerts_watch` for the validated statuses).
+    pub alerts: crate::outputs::config::RawAlerts,
+    /// Statuses watched by the alerts output; `None` when `[alerts]` is off.
+    pub alerts_watch: Option<Vec<&'static str>>,
+    /// `[current_balances]` as written.
+    pub current_balances: crate::outputs::config::RawCurrentBalances,
+    /// Database URL of the current-balance output; `None` when it is off.
+    pub current_balances_url: Option<String>,
+    /// Defaults of `maintain` (validated: `retain_last >= 1`, orphan age >= [`ORPHAN_AGE_MIN`]).
+    pub maintenance: RawMaintenance,
 }
 
 impl std::fmt::Debug for Config {
@@ -335,6 +377,12 @@ impl std::fmt::Debug for Config {
             .field("sink", &self.sink)
             .field("state", &self.state)
             .field("metrics_listen", &self.metrics_listen)
+            .field("alerts", &self.alerts)
+            .field(
+                "current_balances_url",
+                &self.current_balances_url.as_deref().map(redact_url),
+            )
+            .field("maintenance", &self.maintenance)
             .finish()
     }
 }
@@ -481,13 +529,52 @@ impl Config {
             }
             None => StoreLocation::Local(PathBuf::from(&raw.checkpoint.store)),
         };
+        let m = &raw.maintenance;
+        if m.retain_last == 0 {
+            return err("maintenance.retain_last must be at least 1 (the current snapshot)".into());
+        }
+        if Duration::from_millis(m.orphan_older_than_ms) < ORPHAN_AGE_MIN {
+            return err(format!(
+                "maintenance.orphan_older_than_ms = {} is below one hour ({}): a younger unreferenced file may be one a writer is about to commit; use 259200000 (3 days)",
+                m.orphan_older_than_ms,
+                ORPHAN_AGE_MIN.as_millis()
+            ));
+        }
         let metrics_listen = match raw.observability.listen.trim() {
             "" => None,
             a => Some(a.parse().map_err(|e| {
                 ConfigError(format!("observability.listen {a:?} is not HOST:PORT ({e}); e.g. 0.0.0.0:9464, or empty to disable"))
             })?),
         };
+        let outputs_need_eo = |key: &str| {
+            ConfigError(format!(
+                "{key}.enabled = true needs delivery = \"exactly-once\" (the output is tied to the checkpoint)"
+            ))
+        };
+        let alerts_watch = if raw.alerts.enabled {
+            if raw.delivery != DeliveryMode::ExactlyOnce {
+                return Err(outputs_need_eo("alerts"));
+            }
+            if raw.source.brokers == "mock" {
+                return err("alerts.enabled = true needs a real broker: librdkafka's mock cluster does not honour transactions".into());
+            }
+            Some(raw.alerts.validate()?)
+        } else {
+            None
+        };
+        let current_balances_url = if raw.current_balances.enabled {
+            if raw.delivery != DeliveryMode::ExactlyOnce {
+                return Err(outputs_need_eo("current_balances"));
+            }
+            Some(raw.current_balances.validate(&catalog.uri)?)
+        } else {
+            None
+        };
         Ok(Config {
+            alerts: raw.alerts,
+            alerts_watch,
+            current_balances: raw.current_balances,
+            current_balances_url,
             metrics_listen,
             job_id,
             delivery: raw.delivery,
@@ -501,6 +588,7 @@ impl Config {
             commit: raw.commit,
             sink: raw.sink,
             state: raw.state,
+            maintenance: raw.maintenance,
         })
     }
 

@@ -43,6 +43,12 @@ fn bad_values_say_what_to_fix() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("checkpoint.store"), "{e}");
+    for bad in ["retain_last = 0", "orphan_older_than_ms = 60000"] {
+        let e = load_str(&format!("[maintenance]\n{bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");
+    }
 }
 
 #[test]

@@ -23,6 +23,12 @@ pub enum CrashPoint {
     DuringCommit,
     /// Every table's commit landed; the job has not recorded that it did.
     AfterCommitBeforeRecord,
+    /// `[alerts]` on: the checkpoint is durable and its alerts and offsets are in an open Kafka
+    /// transaction that is not committed.
+    BeforeAlertsCommit,
+    /// `[current_balances]` on: the checkpoint's upserts and progress are in an open
+    /// PostgreSQL transaction that is not committed.
+    BeforeBalancesCommit,
 }
 
 impl CrashPoint {
@@ -36,6 +42,12 @@ impl CrashPoint {
         CrashPoint::AfterCommitBeforeRecord,
     ];
 
+    /// Points reached only with the optional outputs on (`[alerts]`, `[current_balances]`).
+    pub const OUTPUTS: [CrashPoint; 2] = [
+        CrashPoint::BeforeAlertsCommit,
+        CrashPoint::BeforeBalancesCommit,
+    ];
+
     /// The name used in `RECON_CRASH_AT`.
     pub fn name(self) -> &'static str {
         match self {
@@ -45,12 +57,17 @@ impl CrashPoint {
             CrashPoint::AfterCheckpointDurable => "after-checkpoint-durable",
             CrashPoint::DuringCommit => "during-commit",
             CrashPoint::AfterCommitBeforeRecord => "after-commit-before-record",
+            CrashPoint::BeforeAlertsCommit => "before-alerts-commit",
+            CrashPoint::BeforeBalancesCommit => "before-balances-commit",
         }
     }
 
     /// Parses a name as written in `RECON_CRASH_AT`.
     pub fn parse(name: &str) -> Option<CrashPoint> {
-        CrashPoint::ALL.into_iter().find(|p| p.name() == name)
+        CrashPoint::ALL
+            .into_iter()
+            .chain(CrashPoint::OUTPUTS)
+            .find(|p| p.name() == name)
     }
 }
 
@@ -109,13 +126,20 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_are_unique() {
-        for p in CrashPoint::ALL {
+        for p in CrashPoint::ALL.into_iter().chain(CrashPoint::OUTPUTS) {
             assert_eq!(CrashPoint::parse(p.name()), Some(p));
         }
-        let mut names: Vec<_> = CrashPoint::ALL.iter().map(|p| p.name()).collect();
+        let mut names: Vec<_> = CrashPoint::ALL
+            .iter()
+            .chain(&CrashPoint::OUTPUTS)
+            .map(|p| p.name())
+            .collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), CrashPoint::ALL.len());
+        assert_eq!(
+            names.len(),
+            CrashPoint::ALL.len() + CrashPoint::OUTPUTS.len()
+        );
         assert_eq!(CrashPoint::parse("nowhere"), None);
     }
 }

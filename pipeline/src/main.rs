@@ -10,7 +10,7 @@ use recon_pipeline::checkpoint::log::CheckpointLog;
 use recon_pipeline::config::Config;
 use recon_pipeline::ids::CheckpointId;
 use recon_pipeline::job::{self, CrashPlan, JobEnv};
-use recon_pipeline::{bench, checkpoint, demo, generate, lakehouse};
+use recon_pipeline::{bench, checkpoint, demo, generate, lakehouse, maintain};
 use tokio::sync::watch;
 
 /// recon: Kafka money events -> Iceberg, exactly once, balances exact to the cent.
@@ -62,6 +62,32 @@ enum Command {
         /// Confirm: without it, nothing is written.
         #[arg(long)]
         yes: bool,
+    },
+    /// Expire old snapshots and delete orphan files of the job's tables; safe while the job runs.
+    ///
+    /// Keeps the newest `--retain-last` snapshots, everything younger than `--older-than`, and
+    /// always the job's newest commit marker; deletes files under the table locations that no
+    /// retained snapshot and no retained checkpoint references and that are older than
+    /// `--orphan-older-than`. Prints one summary line per table; exit 1 if any table failed.
+    Maintain {
+        /// Configuration file (TOML); `[maintenance]` holds the defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Expire snapshots older than this, e.g. `7d`, `36h` [default: maintenance.expire_older_than_ms].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        /// Newest snapshots kept per table whatever their age, at least 1 [default: maintenance.retain_last].
+        #[arg(long)]
+        retain_last: Option<usize>,
+        /// Delete unreferenced files only when older than this, e.g. `3d` (at least 1h) [default: maintenance.orphan_older_than_ms].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        orphan_older_than: Option<Duration>,
+        /// Allow --orphan-older-than below 1h. Only with every writer of the tables stopped.
+        #[arg(long)]
+        force_min_age: bool,
+        /// Print what would be expired and deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Inspect the checkpoint log.
     Checkpoints {
@@ -138,6 +164,30 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Checkpoints { config, what } => checkpoints(config, what).await,
+        Command::Maintain {
+            config,
+            older_than,
+            retain_last,
+            orphan_older_than,
+            force_min_age,
+            dry_run,
+        } => {
+            let cfg = Config::load(config.as_deref())?;
+            let mut opts = maintain::Options::from_config(&cfg);
+            if let Some(age) = older_than {
+                opts.expire_older_than = age;
+            }
+            if let Some(n) = retain_last {
+                opts.retain_last = std::num::NonZeroUsize::new(n)
+                    .context("--retain-last must be at least 1 (the current snapshot)")?;
+            }
+            if let Some(age) = orphan_older_than {
+                opts.orphan_older_than = age;
+            }
+            opts.force_min_age = force_min_age;
+            opts.dry_run = dry_run;
+            maintain(&cfg, &opts).await
+        }
         Command::Rewind {
             config,
             to_checkpoint,
@@ -184,6 +234,32 @@ async fn run(config: Option<PathBuf>, idle_ms: Option<u64>) -> anyhow::Result<()
         report.counts.rejected,
         report.trips,
         report.last_checkpoint
+    );
+    Ok(())
+}
+
+async fn maintain(cfg: &Config, opts: &maintain::Options) -> anyhow::Result<()> {
+    let catalog = lakehouse::open_catalog(cfg).await?;
+    let report = maintain::run(cfg, catalog, opts).await?;
+    if report.dry_run {
+        println!("dry run: nothing is changed");
+        for t in &report.tables {
+            if let Some(p) = &t.expiry {
+                for id in &p.expire {
+                    println!("{}: would expire snapshot {id}", t.table);
+                }
+            }
+            for (key, bytes) in &t.orphans {
+                println!("{}: would delete {key} ({bytes} bytes)", t.table);
+            }
+        }
+    }
+    print!("{report}");
+    anyhow::ensure!(
+        !report.failed(),
+        "maintenance failed for {} of {} tables (see the FAILED lines above); what was done stays done, nothing the job needs was touched",
+        report.tables.iter().filter(|t| t.error.is_some()).count(),
+        report.tables.len()
     );
     Ok(())
 }

@@ -35,6 +35,33 @@ pub fn parse_name(job: &JobId, file_name: &str) -> Option<(Generation, Checkpoin
     ))
 }
 
+/// Reads the writer out of a data file name of any job: `(job, generation, checkpoint)`.
+/// `maintain` uses it to leave other jobs' files to their own runs (it cannot read their logs).
+pub fn parse_writer(file_name: &str) -> Option<(&str, Generation, CheckpointId)> {
+    let stem = file_name.strip_suffix(".parquet")?;
+    let mut parts = stem.rsplitn(5, '-');
+    let counter = parts.next()?;
+    let uuid = parts.next()?;
+    let checkpoint = parts.next()?.strip_prefix('c')?;
+    let generation = parts.next()?.strip_prefix('g')?;
+    let job = parts.next()?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let ok = counter.len() >= 5
+        && digits(counter)
+        && uuid.len() == 32
+        && uuid.bytes().all(|b| b.is_ascii_hexdigit())
+        && checkpoint.len() == 20
+        && digits(checkpoint)
+        && digits(generation)
+        && JobId::new(job).is_ok();
+    ok.then_some(())?;
+    Some((
+        job,
+        Generation(generation.parse().ok()?),
+        CheckpointId(checkpoint.parse().ok()?),
+    ))
+}
+
 /// Decides whether a file written by `(generation, checkpoint)` is an orphan, given this
 /// process's generation, the log head it resumed from, and the generation of the log entry at
 /// `checkpoint` if there is one.
@@ -85,12 +112,15 @@ pub fn warehouse_store(cfg: &Config) -> Result<Arc<dyn ObjectStore>, object_stor
     Ok(Arc::new(b.build()?))
 }
 
+/// The object-store path of a table's location (its `data/` and `metadata/` live under it).
+pub fn table_root(table: &Table) -> Option<Path> {
+    let url = url::Url::parse(table.metadata().location()).ok()?;
+    Some(Path::from(url.path().trim_matches('/')))
+}
+
 /// The object-store path of a table's data directory.
 fn data_dir(table: &Table) -> Option<Path> {
-    let loc = table.metadata().location();
-    let url = url::Url::parse(loc).ok()?;
-    let p = format!("{}/data", url.path().trim_matches('/'));
-    Some(Path::from(p))
+    Some(table_root(table)?.join("data"))
 }
 
 /// Deletes this job's orphan files in `tables`; returns how many were deleted.
@@ -161,6 +191,17 @@ mod tests {
         );
         assert_eq!(parse_name(&JobId::new("pay").unwrap(), name), None);
         assert_eq!(parse_name(&job, "00000-0-abc.parquet"), None);
+        assert_eq!(
+            parse_writer(name),
+            Some(("pay-eu-1", Generation(12), CheckpointId(345)))
+        );
+        for other in [
+            "00000-0-45268d71-54eb-476c-b42c-942d880c04a1-00001.parquet",
+            "pay-g1-c00000000000000000001-0123456789abcdef0123456789abcdef-00001.avro",
+            "-g1-c00000000000000000001-0123456789abcdef0123456789abcdef-00001.parquet",
+        ] {
+            assert_eq!(parse_writer(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -241,53 +241,7 @@ pub async fn check(
     for ev in expected.events.values() {
         by_trip.entry(ev.trip_id.as_str()).or_default().push(ev);
     }
-    let balances = lakehouse::scan(
-        catalog,
-        &lakehouse::table_ident(cfg, "trip_balances"),
-        &[
-            "trip_id",
-            "checkpoint_id",
-            "charged",
-            "collected",
-            "refunded",
-            "paid_out",
-            "fees",
-            "adjusted",
-            "status",
-        ],
-    )
-    .await?;
-    let mut latest: HashMap<String, (i64, [Decimal; 6], String)> = HashMap::new();
-    for b in &balances {
-        let trips = strings(b, "trip_id");
-        let ck = longs(b, "checkpoint_id");
-        let cols: Vec<Vec<Decimal>> = [
-            "charged",
-            "collected",
-            "refunded",
-            "paid_out",
-            "fees",
-            "adjusted",
-        ]
-        .iter()
-        .map(|c| decimals(b, c))
-        .collect();
-        let status = strings(b, "status");
-        for i in 0..b.num_rows() {
-            let trip = trips[i].clone().unwrap_or_default();
-            let row = (
-                ck[i],
-                std::array::from_fn(|k| cols[k][i]),
-                status[i].clone().unwrap_or_default(),
-            );
-            match latest.get(&trip) {
-                Some((c, _, _)) if *c >= ck[i] => {}
-                _ => {
-                    latest.insert(trip, row);
-                }
-            }
-        }
-    }
+    let latest = latest_balances(catalog, cfg).await?;
     for (trip, mut events) in by_trip {
         events.sort_by_key(|e| {
             order
@@ -327,4 +281,63 @@ pub async fn check(
         }
     }
     Ok(r)
+}
+
+/// The latest `trip_balances` row of a trip: its checkpoint id, the six sums (charged,
+/// collected, refunded, paid_out, fees, adjusted) and its status.
+pub type LatestBalance = (i64, [Decimal; 6], String);
+
+/// Every trip's latest `trip_balances` row (highest `checkpoint_id`): its current balance.
+pub async fn latest_balances(
+    catalog: &dyn Catalog,
+    cfg: &Config,
+) -> Result<HashMap<String, LatestBalance>, LakehouseError> {
+    let balances = lakehouse::scan(
+        catalog,
+        &lakehouse::table_ident(cfg, "trip_balances"),
+        &[
+            "trip_id",
+            "checkpoint_id",
+            "charged",
+            "collected",
+            "refunded",
+            "paid_out",
+            "fees",
+            "adjusted",
+            "status",
+        ],
+    )
+    .await?;
+    let mut latest: HashMap<String, LatestBalance> = HashMap::new();
+    for b in &balances {
+        let trips = strings(b, "trip_id");
+        let ck = longs(b, "checkpoint_id");
+        let cols: Vec<Vec<Decimal>> = [
+            "charged",
+            "collected",
+            "refunded",
+            "paid_out",
+            "fees",
+            "adjusted",
+        ]
+        .iter()
+        .map(|c| decimals(b, c))
+        .collect();
+        let status = strings(b, "status");
+        for i in 0..b.num_rows() {
+            let trip = trips[i].clone().unwrap_or_default();
+            let row = (
+                ck[i],
+                std::array::from_fn(|k| cols[k][i]),
+                status[i].clone().unwrap_or_default(),
+            );
+            match latest.get(&trip) {
+                Some((c, _, _)) if *c >= ck[i] => {}
+                _ => {
+                    latest.insert(trip, row);
+                }
+            }
+        }
+    }
+    Ok(latest)
 }

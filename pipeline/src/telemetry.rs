@@ -137,6 +137,22 @@ pub fn lag(partition: i32, records: i64) {
         .set(records.max(0) as f64);
 }
 
+/// One table maintained by `recon-pipeline maintain` (snapshots expired, orphans deleted).
+pub fn maintained(
+    table: &str,
+    snapshots_expired: u64,
+    files_deleted: u64,
+    bytes_deleted: u64,
+    failed: bool,
+) {
+    let t = table.to_string();
+    counter!("recon_maintain_snapshots_expired_total", "table" => t.clone())
+        .increment(snapshots_expired);
+    counter!("recon_maintain_files_deleted_total", "table" => t.clone()).increment(files_deleted);
+    counter!("recon_maintain_deleted_bytes_total", "table" => t.clone()).increment(bytes_deleted);
+    counter!("recon_maintain_failures_total", "table" => t).increment(u64::from(failed));
+}
+
 /// Whether the job is ready (for tests).
 pub fn is_ready() -> bool {
     READY.load(Ordering::Relaxed)

@@ -15,70 +15,13 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use clap_free::traffic;
 use recon_pipeline::config::Config;
 use recon_pipeline::crash::CrashPoint;
 use recon_pipeline::reconcile::{self, Expected};
 use recon_pipeline::{demo, generate, lakehouse};
 use recon_tests::pipeline::{JobSetup, wait_with_deadline};
 use recon_tests::services_or_skip;
-
-mod clap_free {
-    //! Builds a generator plan without going through the CLI.
-    use clap::Parser;
-    use recon_pipeline::generate::{self, GenerateArgs};
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: GenerateArgs,
-    }
-
-    /// The generator's records for `trips` trips with every kind of noise switched on.
-    pub fn traffic(topic: &str, trips: u64, seed: u64, partitions: i32) -> Vec<generate::Record> {
-        let args = Wrap::parse_from([
-            "generate",
-            "--topic",
-            topic,
-            "--trips",
-            &trips.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--partitions",
-            &partitions.to_string(),
-            "--duplicate-rate",
-            "0.03",
-            "--conflict-rate",
-            "0.005",
-            "--out-of-order-rate",
-            "0.05",
-            "--poison-rate",
-            "0.01",
-        ])
-        .args;
-        let (traffic, _, _) = args.resolve().expect("generator args");
-        generate::plan(&traffic).collect()
-    }
-}
-
-fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let res = rt
-        .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        ))
-        .expect("create topic");
-    for r in res {
-        r.expect("topic created");
-    }
-}
+use recon_tests::traffic::{create_topic, traffic};
 
 async fn reconcile(setup: &JobSetup, expected: &Expected) -> reconcile::Reconciliation {
     let cfg = Config::load(Some(&setup.config)).expect("config");

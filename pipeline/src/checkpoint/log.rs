@@ -200,7 +200,19 @@ impl CheckpointLog {
         generation: Generation,
         bytes: Vec<u8>,
     ) -> Result<String, LogError> {
-        let rel = format!("{}/state.bin", checkpoint_dir(id, generation));
+        self.write_file(id, generation, "state.bin", bytes).await
+    }
+
+    /// Writes a file of checkpoint `id` (e.g. `alerts.jsonl`) beside its state; returns its
+    /// path relative to the job root.
+    pub async fn write_file(
+        &self,
+        id: CheckpointId,
+        generation: Generation,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<String, LogError> {
+        let rel = format!("{}/{name}", checkpoint_dir(id, generation));
         self.store.put(&self.path(&rel), Bytes::from(bytes)).await?;
         Ok(rel)
     }
@@ -336,6 +348,7 @@ impl CheckpointLog {
                     state_chain: Vec::new(),
                     counts: Default::default(),
                     replay_until: Default::default(),
+                    alerts: None,
                 },
             };
             let entry = self.write_manifest(&manifest, kind).await?;
@@ -384,9 +397,11 @@ impl CheckpointLog {
             // whose manifest is missing, which only an already-committed, unreferenced
             // checkpoint can have, and the next prune finishes it.
             let dir = checkpoint_dir(entry.checkpoint_id, entry.generation);
-            self.store
-                .delete(&self.path(&format!("{dir}/state.bin")))
-                .await?;
+            for name in ["state.bin", "alerts.jsonl"] {
+                self.store
+                    .delete(&self.path(&format!("{dir}/{name}")))
+                    .await?;
+            }
             self.store.delete(&self.path(&entry.manifest)).await?;
             self.store.delete(&self.path(&log_path(*id))).await?;
             removed += 1;

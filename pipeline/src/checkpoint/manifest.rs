@@ -7,6 +7,7 @@
 //! - `ckpt/<id:020>-g<gen>/manifest.json`: the [`Manifest`] the entry points to (offsets,
 //!   pending files, state chain), written before the entry.
 //! - `ckpt/<id:020>-g<gen>/state.bin`: a state file (full or delta) of that checkpoint.
+//! - `ckpt/<id:020>-g<gen>/alerts.jsonl`: the alerts it raised (`[alerts]` on, when any).
 
 use std::collections::BTreeMap;
 
@@ -124,6 +125,18 @@ pub struct Manifest {
     /// to the tables. They are replayed into state only, never written again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub replay_until: BTreeMap<PartitionId, Offset>,
+    /// `[alerts]` on: the alerts this checkpoint raised, to be produced once it is durable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsFile>,
+}
+
+/// The alerts of one checkpoint, kept beside its state (`ckpt/<id>-g<gen>/alerts.jsonl`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertsFile {
+    /// Path relative to the job root.
+    pub path: String,
+    /// Alerts in the file.
+    pub count: u64,
 }
 
 impl Manifest {
@@ -158,6 +171,7 @@ impl Manifest {
             state_chain: self.state_chain.clone(),
             counts: Counts::default(),
             replay_until: self.replay_until.clone(),
+            alerts: None,
         }
     }
 }

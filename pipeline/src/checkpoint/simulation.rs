@@ -401,6 +401,7 @@ impl Process {
             state_chain: Vec::new(),
             counts: Counts::default(),
             replay_until: Default::default(),
+            alerts: None,
         };
         let entry = self
             .log

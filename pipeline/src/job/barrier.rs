@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::checkpoint::manifest::{Counts, EntryKind, FORMAT_VERSION, Manifest, PartitionCut};
 use crate::config::DeliveryMode;
 use crate::crash::CrashPoint;
+use crate::outputs::balances_pg::BalanceRow;
 use crate::state::codec;
 
 use super::{Job, JobError};
@@ -24,6 +25,11 @@ impl Job {
                 self.sink
                     .balances
                     .push(t.trip_id().to_string(), t.balance(), t.partition);
+                self.outputs.push_row(|| BalanceRow {
+                    trip_id: t.trip_id().to_string(),
+                    balance: t.balance(),
+                    partition: t.partition,
+                });
             }
             let bytes = if full {
                 codec::encode_full(&self.state)
@@ -54,6 +60,7 @@ impl Job {
             pending.insert(table.clone(), p);
             files.insert(table, data_files);
         }
+        let alerts = self.stage_alerts(id).await?;
         let exactly_once = self.cfg.delivery == DeliveryMode::ExactlyOnce;
         if self.cfg.delivery == DeliveryMode::AtLeastOnce {
             // Files first, offsets after: a crash in between replays the interval (duplicates).
@@ -74,6 +81,7 @@ impl Job {
             state_chain: chain.clone(),
             counts: self.counts,
             replay_until: self.replay_until.clone(),
+            alerts,
         };
         let entry = self
             .log
@@ -137,6 +145,7 @@ impl Job {
             return self.publish_plain(id, files).await;
         }
         if exactly_once {
+            self.emit_outputs(&manifest).await?;
             self.uncommitted.insert(id, manifest);
             self.since_commit += 1;
             self.oldest_uncommitted.get_or_insert_with(Instant::now);

@@ -18,6 +18,7 @@
 //! once thanks to the markers.
 
 mod barrier;
+mod outputs;
 mod publish;
 mod recovery;
 
@@ -91,6 +92,9 @@ pub enum JobError {
     /// Kafka problem.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// An optional output (alerts topic, current balances) failed or is fenced.
+    #[error(transparent)]
+    Output(#[from] crate::outputs::OutputError),
     /// Writing data files failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
@@ -172,6 +176,8 @@ pub(crate) struct Job {
     /// After a rewind: offsets below which records are replayed into state only.
     replay_until: BTreeMap<PartitionId, Offset>,
     report: RunReport,
+    /// The optional exactly-once outputs (alerts topic, current balances).
+    outputs: outputs::Outputs,
     since_full: u32,
     since_commit: u32,
     oldest_uncommitted: Option<Instant>,
@@ -183,7 +189,7 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     let started = Instant::now();
     // Kafka first: an unreachable broker or a missing topic must not cost a generation.
     let partitions = recovery::owned_partitions(cfg)?;
-    let mut job = recovery::recover(cfg, &env).await?;
+    let mut job = recovery::recover(cfg, &env, &partitions).await?;
     job.report.recovery = started.elapsed();
     job.report.trips_restored = job.state.trips();
     job.started = started;
@@ -287,11 +293,7 @@ impl Job {
                 continue;
             }
             match decode::decode(r.key.as_deref(), payload, &self.limits) {
-                Ok(ev) => match self
-                    .state
-                    .apply(&ev, r.partition)
-                    .map_err(|e| JobError::Protocol(e.to_string()))?
-                {
+                Ok(ev) => match self.apply_tracked(&ev, &r, next_id)? {
                     Outcome::Accepted => {
                         self.counts.events += 1;
                         by_type[event_type_index(ev.event_type)] += 1;
@@ -348,6 +350,43 @@ impl Job {
         }
         self.sink.flush_full(next_id).await?;
         Ok(())
+    }
+}
+
+impl Job {
+    /// Applies a decoded event to state; with alerts on, records the alert its status
+    /// transition raises (exact duplicates change nothing).
+    fn apply_tracked(
+        &mut self,
+        ev: &recon_schemas::event::Event,
+        r: &Record,
+        checkpoint: crate::ids::CheckpointId,
+    ) -> Result<Outcome, JobError> {
+        let tracking = self.outputs.tracking();
+        let before = if tracking {
+            self.state.get(&ev.trip_id).map(|t| t.balance().status())
+        } else {
+            None
+        };
+        let outcome = self
+            .state
+            .apply(ev, r.partition)
+            .map_err(|e| JobError::Protocol(e.to_string()))?;
+        if tracking && outcome != Outcome::ExactDuplicate {
+            let after = self
+                .state
+                .get(&ev.trip_id)
+                .expect("an applied event's trip is in state")
+                .balance();
+            self.outputs.observe(
+                &self.cfg,
+                (r.partition, r.offset, checkpoint.0),
+                ev,
+                before,
+                &after,
+            );
+        }
+        Ok(outcome)
     }
 }
 

@@ -41,7 +41,11 @@ pub(super) fn owned_partitions(cfg: &Config) -> Result<Vec<PartitionId>, JobErro
 }
 
 /// Claims a generation and brings tables, state and offsets to the newest checkpoint.
-pub(super) async fn recover(cfg: &Config, env: &JobEnv) -> Result<Job, JobError> {
+pub(super) async fn recover(
+    cfg: &Config,
+    env: &JobEnv,
+    partitions: &[PartitionId],
+) -> Result<Job, JobError> {
     lakehouse::ensure_tables(env.catalog.as_ref(), &cfg.catalog.namespace).await?;
     let log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
     let claimed = log.claim(None).await?;
@@ -110,6 +114,7 @@ pub(super) async fn recover(cfg: &Config, env: &JobEnv) -> Result<Job, JobError>
             resumed_at: claimed.entry.checkpoint_id,
             ..RunReport::default()
         },
+        outputs: Default::default(),
         since_full: 0,
         since_commit: 0,
         oldest_uncommitted: None,
@@ -117,6 +122,8 @@ pub(super) async fn recover(cfg: &Config, env: &JobEnv) -> Result<Job, JobError>
     };
     // Whatever the previous generation completed but did not publish, publish now.
     job.publish().await?;
+    // The optional outputs: fence older instances, then emit what they lack.
+    job.recover_outputs(partitions).await?;
     // Then remove the files of attempts that never completed (best effort: a failure here
     // leaves garbage, never wrong data).
     let resumed = match claimed.entry.kind {

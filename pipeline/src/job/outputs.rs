@@ -1,0 +1,315 @@
+//! The optional exactly-once outputs inside the job: alerts collected while processing,
+//! written into the checkpoint at the barrier, emitted once the checkpoint is durable, and
+//! re-emitted by recovery where the output lacks them (see `crate::outputs`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use recon_schemas::balance::TripStatus;
+use recon_schemas::event::Event;
+
+use crate::checkpoint::manifest::{AlertsFile, Manifest};
+use crate::config::Config;
+use crate::crash::CrashPoint;
+use crate::ids::{CheckpointId, PartitionId};
+use crate::outputs::OutputError;
+use crate::outputs::alerts::{self, Alert, At, Watch};
+use crate::outputs::alerts_kafka::AlertsProducer;
+use crate::outputs::balances_pg::{BalanceRow, BalancesPg, Staged};
+
+use super::{Job, JobError};
+
+/// An alerts transaction runs at least this often even without alerts, so the consumer
+/// group's committed progress never ages out (`offsets.retention.minutes`).
+const ALERTS_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// The alerts output of a running job.
+pub(super) struct AlertsOut {
+    producer: Arc<AlertsProducer>,
+    watch: Watch,
+    /// Alerts raised since the last barrier.
+    pending: Vec<Alert>,
+    last_txn: Instant,
+}
+
+/// The current-balance output of a running job.
+pub(super) struct BalancesOut {
+    pg: BalancesPg,
+    /// Rows of the trips the checkpoint being built changed.
+    rows: Vec<BalanceRow>,
+}
+
+/// Both optional outputs.
+#[derive(Default)]
+pub(super) struct Outputs {
+    pub(super) alerts: Option<AlertsOut>,
+    pub(super) balances: Option<BalancesOut>,
+}
+
+impl Outputs {
+    /// Whether alerts are on (the hot loop then tracks each trip's status).
+    pub(super) fn tracking(&self) -> bool {
+        self.alerts.is_some()
+    }
+
+    /// Records the alert (if any) of an event that moved its trip from `before`.
+    pub(super) fn observe(
+        &mut self,
+        cfg: &Config,
+        at: (i32, i64, u64),
+        ev: &Event,
+        before: Option<TripStatus>,
+        after: &recon_schemas::balance::TripBalance,
+    ) {
+        let Some(a) = self.alerts.as_mut() else {
+            return;
+        };
+        let at = At {
+            job: &cfg.job_id,
+            partition: at.0,
+            offset: at.1,
+            checkpoint_id: at.2,
+        };
+        if let Some(alert) = alerts::check(&a.watch, at, &ev.trip_id, &ev.event_id, before, after) {
+            metrics::counter!("recon_alerts_raised_total", "transition" => if alert.transition == "entered" { "entered" } else { "left" }).increment(1);
+            a.pending.push(alert);
+        }
+    }
+
+    /// Adds a changed trip's row for the current-balance output.
+    pub(super) fn push_row(&mut self, row: impl FnOnce() -> BalanceRow) {
+        if let Some(b) = self.balances.as_mut() {
+            b.rows.push(row());
+        }
+    }
+}
+
+fn blocking_err(e: tokio::task::JoinError) -> JobError {
+    JobError::Output(OutputError::Protocol(format!(
+        "an alerts producer call panicked: {e}"
+    )))
+}
+
+impl Job {
+    /// Connects the enabled outputs for this generation (the alerts producer's
+    /// `init_transactions` fences older instances) and emits what the newest checkpoint left.
+    pub(super) async fn recover_outputs(
+        &mut self,
+        partitions: &[PartitionId],
+    ) -> Result<(), JobError> {
+        if let Some(watch) = self.cfg.alerts_watch.clone() {
+            let producer = Arc::new(AlertsProducer::connect(&self.cfg, partitions).await?);
+            self.outputs.alerts = Some(AlertsOut {
+                producer,
+                watch: Watch::new(watch),
+                pending: Vec::new(),
+                last_txn: Instant::now(),
+            });
+            self.recover_alerts().await?;
+        }
+        if let Some(url) = self.cfg.current_balances_url.clone() {
+            let pg = BalancesPg::connect(
+                &url,
+                &self.cfg.current_balances,
+                self.cfg.job_id.clone(),
+                self.generation,
+                Duration::from_millis(self.cfg.commit.timeout_ms),
+            )
+            .await?;
+            let held = pg.claim().await?;
+            self.outputs.balances = Some(BalancesOut {
+                pg,
+                rows: Vec::new(),
+            });
+            self.recover_balances(held).await?;
+        }
+        Ok(())
+    }
+
+    async fn recover_alerts(&mut self) -> Result<(), JobError> {
+        let Some(out) = self.outputs.alerts.as_ref() else {
+            return Ok(());
+        };
+        let producer = out.producer.clone();
+        let done = tokio::task::spawn_blocking({
+            let p = producer.clone();
+            move || p.committed()
+        })
+        .await
+        .map_err(blocking_err)??;
+        let head = self.last;
+        if done.is_some_and(|d| d > head) {
+            return Err(JobError::Output(OutputError::Protocol(format!(
+                "the alerts topic's progress says checkpoint {} of job {} was emitted, but the checkpoint log ends at {head}: \
+                 the log was lost or replaced; emitting now could duplicate alerts. Restore the checkpoint store or use a new job_id",
+                done.map_or(0, |d| d.0),
+                self.cfg.job_id
+            ))));
+        }
+        let mut missing = Vec::new();
+        for id in self.log.ids_after(done).await? {
+            if id > head {
+                break;
+            }
+            let Some(c) = self.log.completed(id).await? else {
+                continue;
+            };
+            if let Some(f) = &c.manifest.alerts {
+                let bytes = self.log.read_state(&f.path).await?;
+                let got = alerts::decode_lines(&bytes).map_err(|e| {
+                    JobError::Protocol(format!("alerts file {} is unreadable: {e}", f.path))
+                })?;
+                if got.len() as u64 != f.count {
+                    return Err(JobError::Protocol(format!(
+                        "alerts file {} holds {} alerts, its manifest says {}",
+                        f.path,
+                        got.len(),
+                        f.count
+                    )));
+                }
+                missing.extend(got);
+            }
+        }
+        tracing::info!(
+            emitted_through = ?done.map(|d| d.0),
+            head = %head,
+            re_emitted = missing.len(),
+            "alerts recovered"
+        );
+        if !missing.is_empty() {
+            self.emit_alerts(head, missing).await?;
+        }
+        Ok(())
+    }
+
+    async fn recover_balances(&mut self, held: Option<CheckpointId>) -> Result<(), JobError> {
+        let head = self.last;
+        if held.is_some_and(|h| h > head) {
+            return Err(JobError::Output(OutputError::Protocol(format!(
+                "{} holds checkpoint {} of job {} but the checkpoint log ends at {head}: the log was lost or replaced; \
+                 restore the checkpoint store or use a new job_id",
+                self.cfg.current_balances.table,
+                held.map_or(0, |h| h.0),
+                self.cfg.job_id
+            ))));
+        }
+        if held == Some(head) {
+            tracing::info!(checkpoint = %head, "current balances already hold the head");
+            return Ok(());
+        }
+        // Behind: the restored state is every trip's balance as of the head.
+        let rows: Vec<BalanceRow> = self
+            .state
+            .iter()
+            .map(|t| BalanceRow {
+                trip_id: t.trip_id().to_string(),
+                balance: t.balance(),
+                partition: t.partition,
+            })
+            .collect();
+        tracing::info!(held = ?held.map(|h| h.0), head = %head, trips = rows.len(), "current balances behind the head: upserting the restored state");
+        self.emit_balances(head, rows).await
+    }
+
+    /// At the barrier, before the manifest: writes the checkpoint's alerts beside its state.
+    pub(super) async fn stage_alerts(
+        &mut self,
+        id: CheckpointId,
+    ) -> Result<Option<AlertsFile>, JobError> {
+        let Some(out) = self.outputs.alerts.as_mut() else {
+            return Ok(None);
+        };
+        if out.pending.is_empty() {
+            return Ok(None);
+        }
+        for a in &mut out.pending {
+            a.checkpoint_id = id.0;
+        }
+        let bytes = alerts::encode(&out.pending);
+        let count = out.pending.len() as u64;
+        let path = self
+            .log
+            .write_file(id, self.generation, "alerts.jsonl", bytes)
+            .await?;
+        Ok(Some(AlertsFile { path, count }))
+    }
+
+    /// Once checkpoint `id` is durable: emits its alerts and current balances.
+    pub(super) async fn emit_outputs(&mut self, manifest: &Manifest) -> Result<(), JobError> {
+        let id = manifest.checkpoint_id;
+        if let Some(out) = self.outputs.alerts.as_mut() {
+            let pending = std::mem::take(&mut out.pending);
+            if !pending.is_empty() || out.last_txn.elapsed() >= ALERTS_KEEPALIVE {
+                self.emit_alerts(id, pending).await?;
+            }
+        }
+        if let Some(out) = self.outputs.balances.as_mut() {
+            let rows = std::mem::take(&mut out.rows);
+            self.emit_balances(id, rows).await?;
+        }
+        Ok(())
+    }
+
+    /// One Kafka transaction: `alerts` plus the progress "through checkpoint `id`".
+    async fn emit_alerts(&mut self, id: CheckpointId, alerts: Vec<Alert>) -> Result<(), JobError> {
+        let Some(out) = self.outputs.alerts.as_mut() else {
+            return Ok(());
+        };
+        let offsets: std::collections::BTreeMap<_, _> =
+            self.cuts.iter().map(|(p, c)| (*p, c.end)).collect();
+        if offsets.is_empty() {
+            // Nothing read yet, so nothing raised and no progress to record.
+            return Ok(());
+        }
+        let started = Instant::now();
+        let n = alerts.len() as u64;
+        let p = out.producer.clone();
+        tokio::task::spawn_blocking(move || p.stage(&alerts, id, &offsets))
+            .await
+            .map_err(blocking_err)??;
+        self.crash.hit(CrashPoint::BeforeAlertsCommit)?;
+        let p = out.producer.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || p.commit())
+            .await
+            .map_err(blocking_err)?
+        {
+            metrics::counter!("recon_alerts_transactions_total", "outcome" => "failed")
+                .increment(1);
+            return Err(e.into());
+        }
+        out.last_txn = Instant::now();
+        metrics::counter!("recon_alerts_transactions_total", "outcome" => "committed").increment(1);
+        metrics::counter!("recon_alerts_produced_total").increment(n);
+        metrics::gauge!("recon_output_checkpoint", "output" => "alerts").set(id.0 as f64);
+        tracing::info!(checkpoint = %id, alerts = n, duration_ms = started.elapsed().as_millis() as u64, "alerts committed");
+        Ok(())
+    }
+
+    /// One PostgreSQL transaction: `rows` plus the progress rows at checkpoint `id`.
+    async fn emit_balances(
+        &mut self,
+        id: CheckpointId,
+        rows: Vec<BalanceRow>,
+    ) -> Result<(), JobError> {
+        let Some(out) = self.outputs.balances.as_ref() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let offsets: std::collections::BTreeMap<_, _> =
+            self.cuts.iter().map(|(p, c)| (*p, c.end)).collect();
+        match out.pg.stage(id, &rows, &offsets).await? {
+            Staged::AlreadyApplied(held) => {
+                tracing::info!(checkpoint = %id, held = %held, "current balances already applied (replay)");
+            }
+            Staged::Open(tx) => {
+                self.crash.hit(CrashPoint::BeforeBalancesCommit)?;
+                tx.commit().await?;
+                metrics::counter!("recon_current_balances_transactions_total").increment(1);
+                metrics::counter!("recon_current_balances_rows_total").increment(rows.len() as u64);
+                tracing::debug!(checkpoint = %id, rows = rows.len(), duration_ms = started.elapsed().as_millis() as u64, "current balances committed");
+            }
+        }
+        metrics::gauge!("recon_output_checkpoint", "output" => "current_balances").set(id.0 as f64);
+        Ok(())
+    }
+}

@@ -1,0 +1,279 @@
+//! The optional exactly-once outputs against the real services: the transactional alerts
+//! topic (Apache Kafka, KRaft) and the current-balance table (PostgreSQL).
+//!
+//! `alerts_and_current_balances_exact_at_every_crash_point`: the real binary, with both outputs
+//! on, is SIGKILLed at every named crash point (the Iceberg ones and the two output ones,
+//! `before-alerts-commit` = checkpoint durable, Kafka transaction open), input arriving between
+//! runs. Then a `read_committed` consumer of the alerts topic must see exactly one alert per
+//! transition derived from the input, and the PostgreSQL table must equal every trip's latest
+//! `trip_balances` row.
+//!
+//! `a_zombie_alerts_transaction_is_fenced`: an older producer's open transaction is aborted
+//! when a newer instance starts; its commit fails with the fencing error; a `read_committed`
+//! consumer sees none of its records.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use recon_pipeline::config::Config;
+use recon_pipeline::crash::CrashPoint;
+use recon_pipeline::ids::{CheckpointId, JobId, Offset, PartitionId};
+use recon_pipeline::outputs::OutputError;
+use recon_pipeline::outputs::alerts::{self, Alert, InputRecord, Watch};
+use recon_pipeline::outputs::alerts_kafka::AlertsProducer;
+use recon_pipeline::reconcile::{self, Expected};
+use recon_pipeline::{demo, lakehouse};
+use recon_schemas::decode::Limits;
+use recon_tests::pipeline::{JobSetup, wait_with_deadline};
+use recon_tests::services_or_skip;
+use recon_tests::traffic::{create_topic, read_topic, traffic};
+use rust_decimal::Decimal;
+
+fn enable_outputs(setup: &JobSetup) -> String {
+    let alerts_topic = format!("{}.alerts", setup.name);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&setup.config)
+        .unwrap();
+    write!(
+        f,
+        "\n[alerts]\nenabled = true\ntopic = \"{alerts_topic}\"\npartitions = 2\n\n[current_balances]\nenabled = true\n"
+    )
+    .unwrap();
+    alerts_topic
+}
+
+/// The alerts in the topic, keyed by id; panics on a duplicate id.
+fn alerts_in_topic(brokers: &str, topic: &str) -> HashMap<uuid::Uuid, Alert> {
+    let mut got = HashMap::new();
+    for r in read_topic(brokers, topic, Duration::from_secs(60)) {
+        let a: Alert = serde_json::from_slice(&r.payload).expect("an alert record");
+        assert_eq!(
+            r.key.as_deref(),
+            Some(a.trip_id.as_bytes()),
+            "keyed by trip"
+        );
+        if let Some(prev) = got.insert(a.alert_id, a.clone()) {
+            panic!(
+                "alert {} is in the topic twice:\n{prev:?}\n{a:?}",
+                a.alert_id
+            );
+        }
+    }
+    got
+}
+
+#[test]
+fn alerts_and_current_balances_exact_at_every_crash_point() {
+    let Some(s) = services_or_skip("alerts_and_current_balances_exact_at_every_crash_point") else {
+        return;
+    };
+    let setup = JobSetup::new(&s, "e2e_outputs", 300);
+    let alerts_topic = enable_outputs(&setup);
+    create_topic(&s.kafka_bootstrap, &setup.topic, 3);
+    let seed = u64::from(uuid::Uuid::new_v4().as_u128() as u32);
+    let records = traffic(&setup.topic, 2000, seed, 3);
+    let points: Vec<CrashPoint> = CrashPoint::ALL
+        .into_iter()
+        .chain(CrashPoint::OUTPUTS)
+        .collect();
+    let mut chunks = records.chunks(records.len().div_ceil(points.len() + 1));
+    let mut expected = Expected::default();
+    let logdir = tempfile::tempdir().unwrap();
+    for (i, point) in points.iter().enumerate() {
+        if let Some(c) = chunks.next() {
+            demo::publish(&s.kafka_bootstrap, &setup.topic, c, &mut expected).expect("publish");
+        }
+        let log = logdir.path().join(format!("run{i}.log"));
+        // Visit 2 of a sink point (past recovery); visit 1 of an output point: an input chunk
+        // may fit in one checkpoint, so an output transaction can come only once per run.
+        let visit = if CrashPoint::OUTPUTS.contains(point) {
+            1
+        } else {
+            2
+        };
+        let child = setup.spawn(
+            5_000,
+            &[("RECON_CRASH_AT", format!("{}:{visit}", point.name()))],
+            &log,
+        );
+        let (status, out) = wait_with_deadline(child, &log, Duration::from_secs(120));
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "run {i} should die by SIGKILL at {}; status {status:?}; log:\n{out}",
+            point.name()
+        );
+    }
+    for c in chunks {
+        demo::publish(&s.kafka_bootstrap, &setup.topic, c, &mut expected).expect("publish");
+    }
+    let log = logdir.path().join("final.log");
+    let child = setup.spawn(4_000, &[], &log);
+    let (status, out) = wait_with_deadline(child, &log, Duration::from_secs(180));
+    assert!(status.success(), "final run failed: {status:?}\n{out}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cfg = Config::load(Some(&setup.config)).expect("config");
+    let catalog = rt.block_on(lakehouse::open_catalog(&cfg)).expect("catalog");
+    let rec = rt
+        .block_on(reconcile::check(catalog.as_ref(), &cfg, &expected))
+        .expect("reconcile");
+    assert!(rec.is_clean(), "{rec}");
+
+    // Alerts: exactly the transitions the input implies, each once.
+    let input = read_topic(&s.kafka_bootstrap, &setup.topic, Duration::from_secs(60));
+    assert_eq!(input.len() as u64, expected.records, "input read back");
+    let job = JobId::new(&setup.name).unwrap();
+    let want = alerts::derive(
+        &job,
+        &Watch::new(vec!["DISCREPANCY"]),
+        input.iter().map(|r| InputRecord {
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.as_deref(),
+            payload: &r.payload,
+        }),
+        &Limits::default(),
+    );
+    assert!(
+        want.len() > 20,
+        "noisy traffic must raise alerts: {}",
+        want.len()
+    );
+    let got = alerts_in_topic(&s.kafka_bootstrap, &alerts_topic);
+    let mut missing = 0;
+    for w in &want {
+        match got.get(&w.alert_id) {
+            None => missing += 1,
+            Some(g) => {
+                let mut g = g.clone();
+                g.checkpoint_id = 0;
+                assert_eq!(&g, w, "alert content");
+            }
+        }
+    }
+    assert_eq!(missing, 0, "{missing} of {} alerts missing", want.len());
+    assert_eq!(got.len(), want.len(), "alerts that no transition explains");
+    println!(
+        "alerts: {} transitions, {} in the topic, 0 duplicates",
+        want.len(),
+        got.len()
+    );
+
+    // Current balances: equal to every trip's latest trip_balances row.
+    let latest = rt
+        .block_on(reconcile::latest_balances(catalog.as_ref(), &cfg))
+        .expect("latest balances");
+    let pg = rt.block_on(current_balances(&s.pg_catalog_url, &setup.name));
+    assert_eq!(pg.len(), latest.len(), "one row per trip");
+    for (trip, (_, sums, status)) in &latest {
+        let row = pg
+            .get(trip)
+            .unwrap_or_else(|| panic!("trip {trip} missing from current balances"));
+        assert_eq!(&row.0, sums, "trip {trip} sums");
+        assert_eq!(&row.1, status, "trip {trip} status");
+    }
+    println!(
+        "current balances: {} trips equal to trip_balances",
+        pg.len()
+    );
+}
+
+/// `(sums, status)` per trip of `job` in the current-balance table.
+async fn current_balances(url: &str, job: &str) -> HashMap<String, ([Decimal; 6], String)> {
+    use sqlx::{Connection, Row};
+    let mut c = sqlx::PgConnection::connect(url).await.expect("postgres");
+    let rows = sqlx::query(
+        "SELECT trip_id, charged::text, collected::text, refunded::text, paid_out::text, fees::text,
+                adjusted::text, status FROM recon_current_balances WHERE job_id = $1",
+    )
+    .bind(job)
+    .fetch_all(&mut c)
+    .await
+    .expect("select current balances");
+    rows.iter()
+        .map(|r| {
+            let sums: [Decimal; 6] = std::array::from_fn(|i| {
+                r.get::<String, _>(i + 1)
+                    .parse::<Decimal>()
+                    .expect("numeric")
+            });
+            (r.get::<String, _>(0), (sums, r.get::<String, _>(7)))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_alerts_transaction_is_fenced() {
+    let Some(s) = services_or_skip("a_zombie_alerts_transaction_is_fenced") else {
+        return;
+    };
+    let name = recon_tests::unique_name("alerts_fence");
+    let input = format!("{name}.events");
+    let topic = format!("{name}.alerts");
+    let brokers = s.kafka_bootstrap.clone();
+    tokio::task::spawn_blocking({
+        let (b, i) = (brokers.clone(), input.clone());
+        move || create_topic(&b, &i, 1)
+    })
+    .await
+    .unwrap();
+    let mut raw = recon_pipeline::config::RawConfig {
+        job_id: name.clone(),
+        ..Default::default()
+    };
+    raw.source.brokers = brokers.clone();
+    raw.source.topic = input.clone();
+    raw.alerts.enabled = true;
+    raw.alerts.topic = topic.clone();
+    raw.alerts.call_timeout_ms = 20_000;
+    let cfg = Config::resolve(raw).expect("config");
+    let parts = [PartitionId(0)];
+    let alert = |offset: i64| {
+        let job = JobId::new(&name).unwrap();
+        let mut a = alerts::derive(
+            &job,
+            &Watch::new(vec!["DISCREPANCY"]),
+            [InputRecord {
+                partition: 0,
+                offset,
+                key: Some(b"t-1"),
+                payload: br#"{"schema_version":1,"event_id":"00000000-0000-0000-0000-000000000001","event_type":"rider_payment","trip_id":"t-1","amount":"5.00","currency":"EUR","occurred_at":"2025-03-03T10:00:00Z"}"#,
+            }],
+            &Limits::default(),
+        );
+        assert_eq!(a.len(), 1, "a payment before its charge enters DISCREPANCY");
+        a.remove(0)
+    };
+    let offsets = BTreeMap::from([(PartitionId(0), Offset(1))]);
+
+    let old = AlertsProducer::connect(&cfg, &parts).await.expect("old");
+    old.stage(&[alert(0)], CheckpointId(1), &offsets)
+        .expect("old stages");
+    // A newer instance starts: init_transactions fences the old producer.
+    let new = AlertsProducer::connect(&cfg, &parts).await.expect("new");
+    let err = old.commit().expect_err("the zombie's commit must fail");
+    println!("zombie commit: {err}");
+    assert!(
+        matches!(err, OutputError::Fenced { .. }),
+        "fencing error expected, got: {err}"
+    );
+    assert_eq!(new.committed().expect("progress"), None);
+    new.stage(&[alert(7)], CheckpointId(2), &offsets)
+        .expect("new stages");
+    new.commit().expect("new commits");
+    assert_eq!(new.committed().expect("progress"), Some(CheckpointId(2)));
+
+    let got = tokio::task::spawn_blocking(move || alerts_in_topic(&brokers, &topic))
+        .await
+        .unwrap();
+    let offsets: Vec<i64> = got.values().map(|a| a.kafka_offset).collect();
+    assert_eq!(
+        offsets,
+        vec![7],
+        "only the new instance's alert is visible: {got:?}"
+    );
+}
