@@ -241,6 +241,9 @@ impl Job {
             let pending = std::mem::take(&mut out.pending);
             if !pending.is_empty() || out.last_txn.elapsed() >= ALERTS_KEEPALIVE {
                 self.emit_alerts(id, pending).await?;
+            } else {
+                // Nothing to send: the topic holds everything up to this checkpoint.
+                metrics::gauge!("recon_output_checkpoint", "output" => "alerts").set(id.0 as f64);
             }
         }
         if let Some(out) = self.outputs.balances.as_mut() {
