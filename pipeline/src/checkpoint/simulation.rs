@@ -356,6 +356,7 @@ impl Process {
                 start: Offset(0),
                 end: Offset(0),
                 records: 0,
+                last: None,
             });
             let start = cut.end.0;
             let take = rng.random_range(0..=4).min(n - start);
@@ -363,6 +364,7 @@ impl Process {
                 start: Offset(start),
                 end: Offset(start + take),
                 records: take as u64,
+                last: None,
             };
             if take == 0 {
                 continue;
