@@ -6,10 +6,14 @@
 //! then the topic is deleted and recreated with more records than the saved offsets (so the old
 //! offsets are valid in the new topic). The restart must exit non-zero naming the topic, the
 //! partitions and the expected vs found record, claim no generation and write nothing.
+//! Then the operator path: `accept-topic-reset` refuses without `--yes`, with it writes the
+//! entry, and the next run reads the new topic from its start; the tables then hold both
+//! topics' input exactly, and the offset stamps stay contiguous per input epoch.
 
 use std::time::{Duration, Instant};
 
 use recon_pipeline::checkpoint::log::{CheckpointLog, Completed};
+use recon_pipeline::checkpoint::manifest::EntryKind;
 use recon_pipeline::config::Config;
 use recon_pipeline::reconcile::{self, Expected};
 use recon_pipeline::{checkpoint, demo, generate, lakehouse};
@@ -229,12 +233,12 @@ fn a_recreated_topic_stops_the_job_loudly() {
         &setup.topic,
         Duration::from_secs(60),
     ));
-    let mut new_topic = Expected::default();
+    let first_topic = expected.clone();
     demo::publish(
         &brokers,
         &setup.topic,
         &traffic(&setup.topic, 900, seed + 2),
-        &mut new_topic,
+        &mut expected,
     )
     .expect("publish");
     let now = partitions_of(&brokers, &setup.topic);
@@ -272,7 +276,7 @@ fn a_recreated_topic_stops_the_job_loudly() {
         "the log must not move"
     );
     assert_eq!(rt.block_on(snapshots(&cfg)), tables_before, "no commit");
-    let rec = rt.block_on(reconcile(&cfg, &expected));
+    let rec = rt.block_on(reconcile(&cfg, &first_topic));
     assert!(
         rec.is_clean(),
         "the tables still hold exactly the first topic's input: {rec}"
@@ -281,4 +285,86 @@ fn a_recreated_topic_stops_the_job_loudly() {
     // And it keeps refusing: a restart loop cannot wear it down.
     let (ok, out) = run(&setup, logdir.path(), "recreated-again");
     assert!(!ok && out.contains("is not the input checkpoint"), "{out}");
+
+    // The operator accepts the new topic. Without --yes nothing is written.
+    let (ok, out) = operator(&setup, &["--reason", "topic recreated by the test"]);
+    assert!(!ok && out.contains("re-run with --yes"), "{out}");
+    assert!(out.contains("partition 0: read from offset 0"), "{out}");
+    assert_eq!(
+        rt.block_on(head(&cfg)).entry.checkpoint_id,
+        before.entry.checkpoint_id
+    );
+    let (ok, out) = operator(
+        &setup,
+        &["--reason", "topic recreated by the test", "--yes"],
+    );
+    assert!(ok && out.contains("topic reset written"), "{out}");
+    let reset = rt.block_on(head(&cfg));
+    assert!(
+        matches!(&reset.entry.kind, EntryKind::TopicReset { reason } if reason == "topic recreated by the test"),
+        "{:?}",
+        reset.entry.kind
+    );
+    assert_eq!(reset.manifest.input_epoch, 1);
+    assert!(
+        reset
+            .manifest
+            .partitions
+            .values()
+            .all(|c| c.end.0 == 0 && c.last.is_none())
+    );
+
+    let (ok, out) = run(&setup, logdir.path(), "after-reset");
+    assert!(
+        ok && out.contains("stopped cleanly"),
+        "run after the reset:\n{out}"
+    );
+    let rec = rt.block_on(reconcile(&cfg, &expected));
+    assert!(rec.is_clean(), "both topics' input exactly once: {rec}");
+    assert_eq!(rec.ledger_rows, expected.events.len() as u64);
+    rt.block_on(offsets_contiguous_per_epoch(&cfg));
+
+    // A second accept finds nothing to accept.
+    let (ok, out) = operator(&setup, &["--reason", "again", "--yes"]);
+    assert!(!ok && out.contains("no topic reset to accept"), "{out}");
+}
+
+/// Runs `recon-pipeline accept-topic-reset` with `args`; returns success and output.
+fn operator(setup: &JobSetup, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(recon_tests::pipeline::binary())
+        .args(["accept-topic-reset", "--config"])
+        .arg(&setup.config)
+        .args(args)
+        .env("RUST_LOG", "warn,recon_pipeline=info")
+        .output()
+        .expect("run accept-topic-reset");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// batch-verify's offset check on every table: no gap, no overlap, and the new topic's
+/// commits carry input epoch 1.
+async fn offsets_contiguous_per_epoch(cfg: &Config) {
+    use batch_verify::offsets;
+    use batch_verify::report::Findings;
+    let catalog = lakehouse::open_catalog(cfg).await.expect("catalog");
+    for name in ["ledger_events", "trip_balances", "rejected_events"] {
+        let t = catalog
+            .load_table(&lakehouse::table_ident(cfg, name))
+            .await
+            .expect("table");
+        let commits = offsets::commits(&t).expect("commits");
+        assert!(
+            commits.iter().any(|c| c.input_epoch == 0)
+                && commits.iter().any(|c| c.input_epoch == 1),
+            "{name}: commits of both epochs: {commits:?}"
+        );
+        let mut findings = Findings::new(10);
+        offsets::check(name, &commits, &Default::default(), &mut findings);
+        assert!(findings.kept.is_empty(), "{name}: {:?}", findings.kept);
+    }
 }

@@ -29,6 +29,14 @@ pub enum EntryKind {
         /// The checkpoint this generation resumes from (`None` on a fresh start).
         resumes: Option<CheckpointId>,
     },
+    /// An operator accepted that the topic was recreated or truncated
+    /// (`recon-pipeline accept-topic-reset`): state is the head's, partitions that no longer
+    /// hold the consumed records restart at the new topic's earliest offset, and the
+    /// manifest's `input_epoch` grows by one.
+    TopicReset {
+        /// Why, as the operator said it.
+        reason: String,
+    },
     /// An operator rewound the job on purpose to an older checkpoint.
     Rewind {
         /// The checkpoint whose state and offsets the job restarts from.
@@ -188,6 +196,15 @@ pub struct Manifest {
     /// to the tables. They are replayed into state only, never written again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub replay_until: BTreeMap<PartitionId, Offset>,
+    /// How many times an operator accepted a topic reset before this checkpoint. Offsets of
+    /// different epochs belong to different topics: no commit spans two epochs, and commits
+    /// are stamped with it (`recon.input-epoch`) when it is not 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub input_epoch: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Manifest {
@@ -213,6 +230,7 @@ impl Manifest {
             state_chain: self.state_chain.clone(),
             counts: Counts::default(),
             replay_until: self.replay_until.clone(),
+            input_epoch: self.input_epoch,
         }
     }
 }

@@ -54,17 +54,19 @@ pub struct Publisher<'a> {
 
 impl Publisher<'_> {
     /// Brings one table up to checkpoint `head`: plan, commit through the guard, re-plan when
-    /// the table moved, until the table holds `head`.
+    /// the table moved, until the table holds `head`. A plan that spans a topic reset is
+    /// committed in two appends (one per input epoch).
     pub async fn table(
         &self,
         table: &Table,
         head: CheckpointId,
     ) -> Result<Published, PublishError> {
         let ident = table.identifier().clone();
+        let mut done = Published::UpToDate;
         for _ in 0..=REPLANS_MAX {
             let marks = self.committer.marks(&ident).await?;
             match protocol::plan_commit(self.committer.generation(), head, &marks) {
-                CommitPlan::UpToDate => return Ok(Published::UpToDate),
+                CommitPlan::UpToDate => return Ok(done),
                 CommitPlan::Fenced { ours, theirs } => {
                     return Err(CommitError::Fenced {
                         table: ident.to_string(),
@@ -85,16 +87,25 @@ impl Publisher<'_> {
                 CommitPlan::Commit { after, through } => {
                     let req = self.request(table, after, through).await?;
                     let started = std::time::Instant::now();
+                    let split = req.through < through;
                     match self.committer.commit(&req).await? {
                         CommitOutcome::Committed => {
-                            tracing::info!(table = %ident, first = %req.first, through = %through,
+                            tracing::info!(table = %ident, first = %req.first, through = %req.through,
                                 files = req.files.len(), duration_ms = started.elapsed().as_millis() as u64,
                                 "commit landed");
-                            return Ok(Published::Committed);
+                            done = Published::Committed;
+                            if !split {
+                                return Ok(done);
+                            }
                         }
                         CommitOutcome::AlreadyCommitted => {
-                            tracing::info!(table = %ident, through = %through, "already committed (verified)");
-                            return Ok(Published::AlreadyCommitted);
+                            tracing::info!(table = %ident, through = %req.through, "already committed (verified)");
+                            if done == Published::UpToDate {
+                                done = Published::AlreadyCommitted;
+                            }
+                            if !split {
+                                return Ok(done);
+                            }
                         }
                         CommitOutcome::Stale { committed } => {
                             tracing::warn!(table = %ident, ?committed, "table moved under the commit; re-planning");
@@ -122,7 +133,9 @@ impl Publisher<'_> {
         }
     }
 
-    /// Builds the commit of checkpoints `(after, through]` for one table.
+    /// Builds the commit of checkpoints `(after, through]` for one table, or of the part of
+    /// them in the first one's input epoch (offsets of two epochs are of different topics, so
+    /// one stamp cannot describe both); the request's `through` says which.
     pub async fn request(
         &self,
         table: &Table,
@@ -134,8 +147,12 @@ impl Publisher<'_> {
         let mut files = Vec::new();
         let mut offsets: BTreeMap<i32, (i64, i64, u64)> = BTreeMap::new();
         let mut id = first;
+        let mut epoch = None;
         while id <= through {
             let m = self.manifest_of(id).await?;
+            if *epoch.get_or_insert(m.input_epoch) != m.input_epoch {
+                break;
+            }
             if let Some(p) = m.pending.get(name) {
                 files.extend(decode_files(table, p.spec_id, p.schema_id, &p.files)?);
             }
@@ -167,6 +184,12 @@ impl Publisher<'_> {
                 .collect::<serde_json::Map<_, _>>(),
         )
         .expect("offsets serialize");
+        // `id` is the first checkpoint not included; the loop included at least `first`.
+        let through = CheckpointId(id.0 - 1);
+        assert!(
+            first <= through,
+            "a commit request includes at least one checkpoint"
+        );
         Ok(CommitRequest {
             table: table.identifier().clone(),
             after,
@@ -174,6 +197,7 @@ impl Publisher<'_> {
             through,
             files,
             offsets_json,
+            input_epoch: epoch.unwrap_or(0),
         })
     }
 }

@@ -403,6 +403,7 @@ impl Process {
             state_chain: Vec::new(),
             counts: Counts::default(),
             replay_until: Default::default(),
+            input_epoch: 0,
         };
         let entry = self
             .log

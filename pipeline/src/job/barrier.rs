@@ -74,6 +74,7 @@ impl Job {
             state_chain: chain.clone(),
             counts: self.counts,
             replay_until: self.replay_until.clone(),
+            input_epoch: self.input_epoch,
         };
         let entry = self
             .log

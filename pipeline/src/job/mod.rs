@@ -171,6 +171,8 @@ pub(crate) struct Job {
     counts: Counts,
     /// After a rewind: offsets below which records are replayed into state only.
     replay_until: BTreeMap<PartitionId, Offset>,
+    /// Topic resets accepted so far (written into every manifest).
+    input_epoch: u32,
     report: RunReport,
     since_full: u32,
     since_commit: u32,

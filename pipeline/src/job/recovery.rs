@@ -188,6 +188,7 @@ pub(super) async fn recover(cfg: &Config, env: &JobEnv) -> Result<Job, JobError>
         state_chain: claimed.manifest.state_chain.clone(),
         cuts: claimed.manifest.partitions.clone(),
         replay_until: claimed.manifest.replay_until.clone(),
+        input_epoch: claimed.manifest.input_epoch,
         counts: Default::default(),
         report: RunReport {
             generation,

@@ -292,7 +292,7 @@ impl fmt::Display for Unverified {
         match self {
             Unverified::NoIdentity { end } => write!(
                 f,
-                "the checkpoint (resuming at offset {end}) was written by an older build that did not record the last consumed record; it cannot be verified until this partition has been read again"
+                "the checkpoint (resuming at offset {end}) has no last consumed record for this partition (written by an older build, or a topic reset started it mid-topic); it cannot be verified until the partition has been read again"
             ),
             Unverified::RemovedByRetention { offset, low } => write!(
                 f,
