@@ -44,7 +44,7 @@ use crate::checkpoint::publish::Publisher;
 use crate::checkpoint::store::{CheckpointStore, Created, ObjectCheckpointStore, StoreError};
 use crate::ids::{CheckpointId, Generation, JobId, Offset, PartitionId};
 
-const TABLES: [&str; 2] = ["ledger", "balances"];
+pub(super) const TABLES: [&str; 2] = ["ledger", "balances"];
 const PARTITIONS: i32 = 2;
 
 /// Fault rates of one run, drawn from its seed.
@@ -440,7 +440,8 @@ impl Process {
     }
 }
 
-async fn memory_catalog() -> Arc<dyn Catalog> {
+/// An in-memory catalog with the namespace `sim` and the tables of [`TABLES`].
+pub(super) async fn memory_catalog() -> Arc<dyn Catalog> {
     let catalog = MemoryCatalogBuilder::default()
         .with_storage_factory(Arc::new(OpenDalStorageFactory::Memory))
         .load(
