@@ -91,6 +91,7 @@ pub(super) async fn verify_input(
     if saved.is_empty() {
         return Ok(());
     }
+    let started = std::time::Instant::now();
     let source = cfg.source.clone();
     let group = format!("recon-{}-identity", cfg.job_id);
     let probe_saved = saved.clone();
@@ -120,7 +121,8 @@ pub(super) async fn verify_input(
         tracing::error!(topic = %cfg.source.topic, checkpoint = %checkpoint, "{message}");
         return Err(SourceError::NotTheSavedInput { message }.into());
     }
-    tracing::info!(topic = %cfg.source.topic, checkpoint = %checkpoint, verified, unverified, "input identity checked");
+    tracing::info!(topic = %cfg.source.topic, checkpoint = %checkpoint, verified, unverified,
+        duration_ms = started.elapsed().as_millis() as u64, "input identity checked");
     Ok(())
 }
 
