@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use iceberg::table::Table;
 use recon_pipeline::checkpoint::protocol::{
-    PROP_CHECKPOINT_ID, PROP_INPUT_EPOCH, PROP_JOB_ID, PROP_OFFSETS,
+    PROP_CHECKPOINT_FIRST, PROP_CHECKPOINT_ID, PROP_INPUT_EPOCH, PROP_JOB_ID, PROP_OFFSETS,
 };
 use serde::Deserialize;
 
@@ -42,6 +42,8 @@ pub struct Commit {
     pub snapshot_id: i64,
     /// `recon.job-id`.
     pub job: String,
+    /// `recon.checkpoint-first` (empty when absent).
+    pub first: String,
     /// `recon.checkpoint-id`.
     pub checkpoint: String,
     /// `recon.input-epoch` (0 when absent).
@@ -96,6 +98,10 @@ pub fn commits(table: &Table) -> Result<Vec<Commit>> {
         out.push(Commit {
             snapshot_id: snap.snapshot_id(),
             job: job.clone(),
+            first: props
+                .get(PROP_CHECKPOINT_FIRST)
+                .cloned()
+                .unwrap_or_default(),
             checkpoint: props.get(PROP_CHECKPOINT_ID).cloned().unwrap_or_default(),
             input_epoch,
             ranges,
@@ -155,6 +161,7 @@ mod tests {
         Commit {
             snapshot_id: id,
             job: "j".into(),
+            first: id.to_string(),
             checkpoint: id.to_string(),
             input_epoch: 0,
             ranges: ranges

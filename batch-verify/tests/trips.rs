@@ -57,10 +57,7 @@ async fn check(date: &str, tz: &str, stale: bool) -> batch_verify::Report {
         .map(|(i, e)| {
             (
                 e.clone(),
-                Position {
-                    partition: 0,
-                    offset: i as i64,
-                },
+                Position::new(0, i as i64),
             )
         })
         .collect();
