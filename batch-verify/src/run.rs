@@ -21,8 +21,8 @@ use recon_pipeline::lakehouse::table_ident;
 
 use crate::balances::{self, Incomplete};
 use crate::checks::{self, Totals};
-use crate::error::{Result, VerifyError};
 use crate::epochs::Epochs;
+use crate::error::{Result, VerifyError};
 use crate::lakehouse;
 use crate::options::{Options, TruthSpec};
 use crate::record;
