@@ -215,6 +215,9 @@ fn a_recreated_topic_stops_the_job_loudly() {
         out.contains("input identity checked") && out.contains("verified=3 unverified=0"),
         "the restart must verify every partition:\n{out}"
     );
+    if let Some(l) = out.lines().find(|l| l.contains("input identity checked")) {
+        println!("{l}");
+    }
     let rec = rt.block_on(reconcile(&cfg, &expected));
     assert!(rec.is_clean(), "{rec}");
     let before = rt.block_on(head(&cfg));
