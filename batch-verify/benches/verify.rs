@@ -117,13 +117,7 @@ async fn setup(dir: &Path, events: u64) -> anyhow::Result<()> {
             for e in &evs {
                 let o = next.entry(p).or_insert(0);
                 let r = offsets.entry(p).or_insert((*o, *o, 0u64));
-                ledger.push((
-                    e.clone(),
-                    Position {
-                        partition: p,
-                        offset: *o,
-                    },
-                ));
+                ledger.push((e.clone(), Position::new(p, *o)));
                 *o += 1;
                 r.1 = *o;
                 r.2 += 1;

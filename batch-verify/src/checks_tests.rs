@@ -26,10 +26,7 @@ fn ev(id: u128, amount: i64) -> EventRow {
 }
 
 fn pos(offset: i64) -> Position {
-    Position {
-        partition: 0,
-        offset,
-    }
+    Position::new(0, offset)
 }
 
 fn truth(row: EventRow, offset: i64) -> EventItem {

@@ -54,10 +54,7 @@ pub fn place(
                     .map_or(0, |k| (hash_bytes(k) % partitions.max(1) as u64) as i32)
             });
             let o = next.entry(p).or_insert(0);
-            let position = Position {
-                partition: p,
-                offset: *o,
-            };
+            let position = Position::new(p, *o);
             *o += 1;
             Placed {
                 position,

@@ -251,10 +251,10 @@ pub async fn scan_ledger(
                 c.longs("checkpoint_id")?,
             );
             for i in 0..b.num_rows() {
-                let position = Position {
-                    partition: c.required("kafka_partition", parts[i])?,
-                    offset: c.required("kafka_offset", offsets[i])?,
-                };
+                let position = Position::new(
+                    c.required("kafka_partition", parts[i])?,
+                    c.required("kafka_offset", offsets[i])?,
+                );
                 let id_text = c.required("event_id", ids[i])?;
                 let Ok(event_id) = Uuid::parse_str(id_text) else {
                     findings.add(
@@ -306,6 +306,8 @@ pub struct LakeReject<'a> {
     pub event_id: Option<&'a str>,
     /// Salvaged trip id.
     pub trip_id: Option<&'a str>,
+    /// The checkpoint that wrote it.
+    pub checkpoint_id: i64,
 }
 
 /// Streams `rejected_events` rows with `rejected_at >= from`.
@@ -322,6 +324,7 @@ pub async fn scan_rejected(
         "reason",
         "event_id",
         "trip_id",
+        "checkpoint_id",
     ];
     scan(
         table,
@@ -336,17 +339,19 @@ pub async fn scan_rejected(
                 c.strings("reason")?,
             );
             let (ids, trips) = (c.strings("event_id")?, c.strings("trip_id")?);
+            let checkpoints = c.longs("checkpoint_id")?;
             for i in 0..b.num_rows() {
                 f(LakeReject {
-                    position: Position {
-                        partition: c.required("kafka_partition", parts[i])?,
-                        offset: c.required("kafka_offset", offsets[i])?,
-                    },
+                    position: Position::new(
+                        c.required("kafka_partition", parts[i])?,
+                        c.required("kafka_offset", offsets[i])?,
+                    ),
                     key: keys[i],
                     payload: c.required("payload", payloads[i])?,
                     reason: c.required("reason", reasons[i])?,
                     event_id: ids[i],
                     trip_id: trips[i],
+                    checkpoint_id: c.required("checkpoint_id", checkpoints[i])?,
                 })?;
             }
             Ok(())

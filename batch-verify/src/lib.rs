@@ -21,6 +21,7 @@ pub mod balances;
 pub mod buckets;
 pub mod checks;
 pub mod day;
+pub mod epochs;
 pub mod error;
 pub mod fixture;
 pub mod lakehouse;

@@ -4,12 +4,16 @@
 //! Each commit's snapshot summary carries `recon.offsets` = `{"<partition>": {"start", "end",
 //! "records"}}` for the checkpoints it includes. Offsets have gaps (transaction markers), so
 //! contiguity is never computed by subtraction: along a job's commits, oldest first, each
-//! commit's `start` must equal the previous commit's `end` on that partition.
+//! commit's `start` must equal the previous commit's `end` on that partition. Commits of
+//! different input epochs (`recon.input-epoch`: a topic reset the operator accepted) read
+//! different topics, so contiguity is checked within one epoch.
 
 use std::collections::BTreeMap;
 
 use iceberg::table::Table;
-use recon_pipeline::checkpoint::protocol::{PROP_CHECKPOINT_ID, PROP_JOB_ID, PROP_OFFSETS};
+use recon_pipeline::checkpoint::protocol::{
+    PROP_CHECKPOINT_FIRST, PROP_CHECKPOINT_ID, PROP_INPUT_EPOCH, PROP_JOB_ID, PROP_OFFSETS,
+};
 use serde::Deserialize;
 
 use crate::error::{Result, VerifyError};
@@ -38,8 +42,12 @@ pub struct Commit {
     pub snapshot_id: i64,
     /// `recon.job-id`.
     pub job: String,
+    /// `recon.checkpoint-first` (empty when absent).
+    pub first: String,
     /// `recon.checkpoint-id`.
     pub checkpoint: String,
+    /// `recon.input-epoch` (0 when absent).
+    pub input_epoch: u32,
     /// Ranges per partition.
     pub ranges: BTreeMap<i32, Range>,
 }
@@ -77,10 +85,25 @@ pub fn commits(table: &Table) -> Result<Vec<Commit>> {
             })?;
             ranges.insert(p, r);
         }
+        let input_epoch = match props.get(PROP_INPUT_EPOCH) {
+            None => 0,
+            Some(e) => e.parse().map_err(|_| {
+                VerifyError::lakehouse(
+                    "read recon.input-epoch of snapshot",
+                    &name,
+                    format!("{}: {e:?}", snap.snapshot_id()),
+                )
+            })?,
+        };
         out.push(Commit {
             snapshot_id: snap.snapshot_id(),
             job: job.clone(),
+            first: props
+                .get(PROP_CHECKPOINT_FIRST)
+                .cloned()
+                .unwrap_or_default(),
             checkpoint: props.get(PROP_CHECKPOINT_ID).cloned().unwrap_or_default(),
+            input_epoch,
             ranges,
         });
     }
@@ -93,7 +116,7 @@ pub fn commits(table: &Table) -> Result<Vec<Commit>> {
 /// may hide the day's records, and a partition where the day has no offsets at all may be one
 /// whose day was lost.
 pub fn check(table: &str, commits: &[Commit], windows: &Windows, findings: &mut Findings) {
-    let mut last: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
+    let mut last: BTreeMap<(&str, u32, i32), (i64, i64)> = BTreeMap::new();
     for c in commits {
         for (p, r) in &c.ranges {
             let relevant = |_lo: i64, hi: i64| windows.get(p).is_none_or(|(ws, _)| hi > *ws);
@@ -104,7 +127,9 @@ pub fn check(table: &str, commits: &[Commit], windows: &Windows, findings: &mut 
                             .at(*p, r.end),
                     );
                 }
-            } else if let Some((_, prev_end)) = last.get(&(c.job.as_str(), *p)).copied() {
+            } else if let Some((_, prev_end)) =
+                last.get(&(c.job.as_str(), c.input_epoch, *p)).copied()
+            {
                 if r.start > prev_end && relevant(prev_end, r.start) {
                     findings.add(
                         Discrepancy::new(
@@ -123,7 +148,7 @@ pub fn check(table: &str, commits: &[Commit], windows: &Windows, findings: &mut 
                     );
                 }
             }
-            last.insert((c.job.as_str(), *p), (r.start, r.end));
+            last.insert((c.job.as_str(), c.input_epoch, *p), (r.start, r.end));
         }
     }
 }
@@ -136,7 +161,9 @@ mod tests {
         Commit {
             snapshot_id: id,
             job: "j".into(),
+            first: id.to_string(),
             checkpoint: id.to_string(),
+            input_epoch: 0,
             ranges: ranges
                 .iter()
                 .map(|(p, s, e)| {
@@ -186,6 +213,29 @@ mod tests {
                 (Kind::OffsetGap, Some(0), Some(10)),
                 (Kind::OffsetOverlap, Some(0), Some(18))
             ]
+        );
+    }
+
+    #[test]
+    fn a_topic_reset_starts_the_offsets_over() {
+        let mut reset = commit(3, &[(0, 0, 7)]);
+        reset.input_epoch = 1;
+        let mut after = commit(4, &[(0, 7, 12)]);
+        after.input_epoch = 1;
+        let c = [
+            commit(1, &[(0, 0, 10)]),
+            commit(2, &[(0, 10, 20)]),
+            reset,
+            after,
+        ];
+        assert!(kinds(&c, &Windows::new()).is_empty());
+        // Within the new epoch contiguity still holds.
+        let mut gap = commit(5, &[(0, 14, 15)]);
+        gap.input_epoch = 1;
+        let c = [c.to_vec(), vec![gap]].concat();
+        assert_eq!(
+            kinds(&c, &Windows::new()),
+            vec![(Kind::OffsetGap, Some(0), Some(12))]
         );
     }
 

@@ -19,11 +19,29 @@ pub struct Position {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
+    /// Which topic: 0 is the one the job reads now, `n` the one it read before its last `n`
+    /// accepted topic resets ([`crate::epochs`]); positions of different topics never clash.
+    pub topics_ago: u32,
+}
+
+impl Position {
+    /// A position in the topic the job reads now.
+    pub fn new(partition: i32, offset: i64) -> Position {
+        Position {
+            partition,
+            offset,
+            topics_ago: 0,
+        }
+    }
 }
 
 impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}", self.partition, self.offset)
+        write!(f, "{}@{}", self.partition, self.offset)?;
+        if self.topics_ago > 0 {
+            write!(f, " (topic of {} reset(s) ago)", self.topics_ago)?;
+        }
+        Ok(())
     }
 }
 
@@ -345,10 +363,7 @@ mod tests {
             occurred_at_us: 1,
             extra: 9,
         };
-        let position = Position {
-            partition: 1,
-            offset: 2,
-        };
+        let position = Position::new(1, 2);
         let bytes = postcard::to_stdvec(&TripItemRef::Ledger {
             row: &row,
             position,

@@ -21,6 +21,7 @@ use recon_pipeline::lakehouse::table_ident;
 
 use crate::balances::{self, Incomplete};
 use crate::checks::{self, Totals};
+use crate::epochs::Epochs;
 use crate::error::{Result, VerifyError};
 use crate::lakehouse;
 use crate::options::{Options, TruthSpec};
@@ -85,6 +86,14 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     let ledger = load(catalog.as_ref(), cfg, "ledger_events").await?;
     let rejected = load(catalog.as_ref(), cfg, "rejected_events").await?;
     let balances = load(catalog.as_ref(), cfg, "trip_balances").await?;
+    // Which topic each row came from, for jobs that accepted a topic reset.
+    let epochs = {
+        let (l, r) = (
+            crate::offsets::commits(&ledger)?,
+            crate::offsets::commits(&rejected)?,
+        );
+        Epochs::new(cfg.job_id.as_str(), l.iter().chain(&r))
+    };
 
     // 1. Read both sides at once.
     let mut sink = TruthSink {
@@ -135,7 +144,15 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         Ok::<_, VerifyError>((sink, windows))
     });
     let bar = crate::progress::spinner(opts.progress, "reading the lakehouse");
-    let lake = read_lake(&ledger, &rejected, &balances, opts, &dir, kafka_mode, &bar).await;
+    let lake = read_lake(
+        (&ledger, &rejected, &balances),
+        &epochs,
+        opts,
+        &dir,
+        kafka_mode,
+        &bar,
+    )
+    .await;
     let truth_result = truth_task
         .await
         .map_err(|e| VerifyError::truth(opts.truth.name(), format!("reader task: {e}")))?;
@@ -214,7 +231,7 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
             ),
         });
     }
-    let incomplete = neighbours(&ledger, opts, incomplete).await?;
+    let incomplete = neighbours(&ledger, &epochs, opts, incomplete).await?;
     balances::recheck(incomplete, opts.trip_span_days, &mut findings);
 
     phases.insert("check_ms".to_string(), ms(checking.elapsed()));
@@ -340,9 +357,8 @@ pub async fn record_run(
 }
 
 async fn read_lake(
-    ledger: &Table,
-    rejected: &Table,
-    balances: &Table,
+    (ledger, rejected, balances): (&Table, &Table, &Table),
+    epochs: &Epochs,
     opts: &Options,
     dir: &std::path::Path,
     kafka_mode: bool,
@@ -361,14 +377,17 @@ async fn read_lake(
         findings: Findings::new(opts.discrepancies_max),
     };
     let mut findings = Findings::new(opts.discrepancies_max);
-    lakehouse::scan_ledger(ledger, day.start, day.end, &mut findings, |r| {
+    lakehouse::scan_ledger(ledger, day.start, day.end, &mut findings, |mut r| {
+        r.position.topics_ago = epochs.topics_ago(r.checkpoint_id);
         lake.ledger_rows += 1;
         rows_limit(lake.ledger_rows, opts.truth_records_max, "ledger_events")?;
         if lake.ledger_rows.is_multiple_of(65_536) {
             bar.set_position(lake.ledger_rows);
         }
         checks::add_total(&mut lake.totals, &r.row);
-        widen(&mut lake.windows, r.position);
+        if r.position.topics_ago == 0 {
+            widen(&mut lake.windows, r.position);
+        }
         lake.positions.push(
             position_hash(r.position),
             &PositionItem {
@@ -397,7 +416,8 @@ async fn read_lake(
     lake.ledger_rows += findings.total();
     let from = day.start - chrono::Duration::from_std(opts.margin).unwrap_or_default();
     let mut rejected_rows = 0u64;
-    lakehouse::scan_rejected(rejected, from, |r| {
+    lakehouse::scan_rejected(rejected, from, |mut r| {
+        r.position.topics_ago = epochs.topics_ago(r.checkpoint_id);
         rejected_rows += 1;
         rows_limit(rejected_rows, opts.truth_records_max, "rejected_events")?;
         let scope = scope_of(&day, r.payload, None);
@@ -407,7 +427,7 @@ async fn read_lake(
         } else {
             MatchKey::Digest(digest)
         };
-        if scope == crate::row::Scope::InDay {
+        if scope == crate::row::Scope::InDay && r.position.topics_ago == 0 {
             widen(&mut lake.windows, r.position);
         }
         lake.positions.push(
@@ -456,6 +476,7 @@ fn truth_conflict_reason() -> &'static str {
 /// Adds the neighbouring days' ledger rows of the incomplete trips.
 async fn neighbours(
     ledger: &Table,
+    epochs: &Epochs,
     opts: &Options,
     mut incomplete: HashMap<String, Incomplete>,
 ) -> Result<HashMap<String, Incomplete>> {
@@ -470,7 +491,8 @@ async fn neighbours(
         .collect();
     let mut findings = Findings::new(0);
     for (from, to) in [(day.start - span, day.start), (day.end, day.end + span)] {
-        lakehouse::scan_ledger(ledger, from, to, &mut findings, |r| {
+        lakehouse::scan_ledger(ledger, from, to, &mut findings, |mut r| {
+            r.position.topics_ago = epochs.topics_ago(r.checkpoint_id);
             if let Some(inc) = incomplete.get_mut(&r.row.trip_id)
                 && seen.insert(r.position)
             {

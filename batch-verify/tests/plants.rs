@@ -249,10 +249,7 @@ async fn a_phantom_row_is_found() {
     let (mut e, _) = c.sim.ledger[c.victim()].clone();
     e.event_id = uuid::Uuid::new_v4();
     e.trip_id = "trip-never-sent".into();
-    let p = Position {
-        partition: 0,
-        offset: 1_000_000,
-    };
+    let p = Position::new(0, 1_000_000);
     c.sim.ledger.push((e.clone(), p));
     c.commit().await;
     let r = c.verify().await;

@@ -54,15 +54,7 @@ async fn check(date: &str, tz: &str, stale: bool) -> batch_verify::Report {
     let ledger: Vec<(Event, Position)> = events
         .iter()
         .enumerate()
-        .map(|(i, e)| {
-            (
-                e.clone(),
-                Position {
-                    partition: 0,
-                    offset: i as i64,
-                },
-            )
-        })
+        .map(|(i, e)| (e.clone(), Position::new(0, i as i64)))
         .collect();
     let upto = if stale { 3 } else { 4 };
     let balance = fold(events[..upto].iter()).unwrap();

@@ -89,6 +89,21 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Accept that the topic was deleted and recreated (or truncated) after the job stopped
+    /// saying so: keeps the job's state, reads every partition whose last consumed record is
+    /// gone from the topic's earliest offset. Writes a `topic_reset` entry with a new
+    /// generation (fencing any running instance), then exits; the next `run` resumes from it.
+    AcceptTopicReset {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Why, recorded in the log entry.
+        #[arg(long)]
+        reason: String,
+        /// Confirm: without it, nothing is written.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Inspect the checkpoint log.
     Checkpoints {
         /// Configuration file (TOML).
@@ -194,6 +209,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             reason,
             yes,
         } => rewind(config, CheckpointId(to_checkpoint), reason, yes).await,
+        Command::AcceptTopicReset {
+            config,
+            reason,
+            yes,
+        } => {
+            let cfg = Config::load(config.as_deref())?;
+            recon_pipeline::topic_reset::run(&cfg, &reason, yes).await
+        }
     }
 }
 

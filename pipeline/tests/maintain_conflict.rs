@@ -163,6 +163,7 @@ async fn commit(
         through: CheckpointId(through),
         files: vec![],
         offsets_json: "{}".into(),
+        input_epoch: 0,
     };
     committer.commit(&req).await.unwrap()
 }

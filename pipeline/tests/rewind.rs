@@ -53,8 +53,11 @@ async fn rewind_replays_state_without_duplicates() {
     let (traffic, _, _) = args.resolve().unwrap();
     let records: Vec<generate::Record> = generate::plan(&traffic).collect();
     let (first, second) = records.split_at(records.len() / 2);
+    // Two runs over the first half, so the rewind target (the head after the first run) is
+    // behind the head whatever the checkpoint timing: one run can read a half in one interval.
+    let (first_a, first_b) = first.split_at(first.len() / 2);
     let mut expected = Expected::default();
-    demo::publish(&brokers, "rw", first, &mut expected).unwrap();
+    demo::publish(&brokers, "rw", first_a, &mut expected).unwrap();
 
     let d = RawConfig::default();
     let cfg = Config::resolve(RawConfig {
@@ -73,6 +76,8 @@ async fn rewind_replays_state_without_duplicates() {
         checkpoint: RawCheckpoint {
             store: dir.path().join("ck").display().to_string(),
             interval_ms: 100,
+            // The rewind target must survive the second run's pruning.
+            keep_last: 1_000,
             ..d.checkpoint
         },
         ..d
@@ -80,19 +85,18 @@ async fn rewind_replays_state_without_duplicates() {
     .unwrap();
     let catalog = lakehouse::open_catalog(&cfg).await.unwrap();
     run(&cfg, catalog.clone()).await;
-
-    // Rewind to the first checkpoint that consumed anything.
     let (store, prefix) = checkpoint::store::open(&cfg).unwrap();
     let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
-    let mut target = None;
-    for id in log.ids_after(None).await.unwrap() {
-        let c = log.completed(id).await.unwrap().unwrap();
-        if c.manifest.counts.records > 0 {
-            target = Some(id);
-            break;
-        }
-    }
-    let target = target.expect("a checkpoint with data");
+    let after_a = log.head().await.unwrap().expect("a checkpoint");
+    assert!(
+        !after_a.manifest.partitions.is_empty(),
+        "the first run read"
+    );
+    demo::publish(&brokers, "rw", first_b, &mut expected).unwrap();
+    run(&cfg, catalog.clone()).await;
+
+    // Rewind to where the first run stopped: the second run's records are replayed.
+    let target = after_a.entry.checkpoint_id;
     let claimed = log
         .claim(Some((target, "test rewind".into())))
         .await

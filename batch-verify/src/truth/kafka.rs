@@ -224,10 +224,7 @@ impl KafkaTruth {
             }
             sink.record()?;
             read += 1;
-            let position = Position {
-                partition: p,
-                offset: msg.offset(),
-            };
+            let position = Position::new(p, msg.offset());
             let payload = msg.payload().unwrap_or(&[]);
             let time = msg
                 .timestamp()

@@ -222,6 +222,8 @@ pub struct CommitRequest {
     pub files: Vec<DataFile>,
     /// JSON of partition -> `[start, end)` offsets the included checkpoints consumed.
     pub offsets_json: String,
+    /// Input epoch of the included checkpoints (topic resets accepted before them).
+    pub input_epoch: u32,
 }
 
 /// The verified outcome of a table commit.
@@ -386,13 +388,19 @@ impl Committer {
         req: &CommitRequest,
     ) -> iceberg::Result<()> {
         let base = guard.load_table(&req.table).await?;
-        let props = protocol::stamp_properties(
+        let mut props = protocol::stamp_properties(
             &self.job,
             self.generation,
             req.first,
             req.through,
             req.offsets_json.clone(),
         );
+        if req.input_epoch > 0 {
+            props.insert(
+                protocol::PROP_INPUT_EPOCH.to_string(),
+                req.input_epoch.to_string(),
+            );
+        }
         let tx = Transaction::new(&base);
         // The guard makes the duplicate check redundant, and that check reads every manifest
         // of the table on every commit (Arroyo#942): leave it off.

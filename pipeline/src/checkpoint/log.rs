@@ -5,6 +5,7 @@
 //! [`CheckpointLog::complete`]. Only a completed entry counts; everything else is garbage that
 //! [`CheckpointLog::prune`] may remove once nothing refers to it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,11 +13,11 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::manifest::{
-    self, EntryKind, FORMAT_VERSION, LogEntry, Manifest, checkpoint_dir, log_path,
+    self, EntryKind, FORMAT_VERSION, LogEntry, Manifest, PartitionCut, checkpoint_dir, log_path,
 };
 use crate::checkpoint::protocol::{self, Completion};
 use crate::checkpoint::store::{CheckpointStore, Created, StoreError};
-use crate::ids::{CheckpointId, Generation, JobId};
+use crate::ids::{CheckpointId, Generation, JobId, Offset, PartitionId};
 
 /// Attempts to claim a generation when other processes keep winning the race.
 pub const CLAIM_ATTEMPTS_MAX: u32 = 16;
@@ -48,6 +49,18 @@ pub enum LogError {
         by: Generation,
         /// The id we tried to complete.
         at: CheckpointId,
+    },
+    /// The log moved while an operator's decision was being made on the old head.
+    #[error(
+        "job {job}: the checkpoint log moved (head {head:?}, the decision was made on checkpoint {judged}); is an instance still running? Stop it and run the command again"
+    )]
+    Moved {
+        /// Job.
+        job: JobId,
+        /// The head the decision was based on.
+        judged: CheckpointId,
+        /// The head now.
+        head: Option<CheckpointId>,
     },
     /// Too many processes raced for a generation.
     #[error(
@@ -297,11 +310,21 @@ impl CheckpointLog {
         &self,
         rewind_to: Option<(CheckpointId, String)>,
     ) -> Result<Completed, LogError> {
+        let kind = match rewind_to {
+            None => ClaimKind::Resume,
+            Some((to, reason)) => ClaimKind::Rewind { to, reason },
+        };
+        self.claim_as(&kind).await
+    }
+
+    /// Claims a new generation after the current head, as `kind` says. Returns the completed
+    /// entry and its manifest.
+    pub async fn claim_as(&self, kind: &ClaimKind) -> Result<Completed, LogError> {
         for _ in 0..CLAIM_ATTEMPTS_MAX {
             let head = self.head().await?;
             let (id, generation) = protocol::claim(head.as_ref().map(|c| &c.entry));
-            let (base, kind) = match (&rewind_to, &head) {
-                (Some((to, reason)), _) => {
+            let (base, entry_kind) = match (kind, &head) {
+                (ClaimKind::Rewind { to, reason }, _) => {
                     let target = self.completed(*to).await?.ok_or_else(|| {
                         self.corrupt(format!(
                             "cannot rewind to checkpoint {to}: it is not in the log (pruned?)"
@@ -315,18 +338,34 @@ impl CheckpointLog {
                         },
                     )
                 }
-                (None, Some(h)) => (
+                (ClaimKind::TopicReset { judged, reason, .. }, h) => {
+                    let at = h.as_ref().map(|h| h.entry.checkpoint_id);
+                    if at != Some(*judged) {
+                        return Err(LogError::Moved {
+                            job: self.job.clone(),
+                            judged: *judged,
+                            head: at,
+                        });
+                    }
+                    (
+                        h.as_ref().map(|h| h.manifest.clone()),
+                        EntryKind::TopicReset {
+                            reason: reason.clone(),
+                        },
+                    )
+                }
+                (ClaimKind::Resume, Some(h)) => (
                     Some(h.manifest.clone()),
                     EntryKind::GenerationStart {
                         resumes: Some(h.entry.checkpoint_id),
                     },
                 ),
-                (None, None) => (None, EntryKind::GenerationStart { resumes: None }),
+                (ClaimKind::Resume, None) => (None, EntryKind::GenerationStart { resumes: None }),
             };
             let manifest = match base {
                 Some(b) => {
                     let mut m = b.continuation(id, generation);
-                    if let (Some(_), Some(h)) = (&rewind_to, &head) {
+                    if let (ClaimKind::Rewind { .. }, Some(h)) = (kind, &head) {
                         // Everything up to the head's cut is (or is about to be) in the tables:
                         // replay it into state only.
                         let mut until = h.manifest.replay_until.clone();
@@ -335,6 +374,9 @@ impl CheckpointLog {
                             *e = (*e).max(o);
                         }
                         m.replay_until = until;
+                    }
+                    if let ClaimKind::TopicReset { restart, .. } = kind {
+                        apply_topic_reset(&mut m, restart);
                     }
                     m
                 }
@@ -349,9 +391,10 @@ impl CheckpointLog {
                     counts: Default::default(),
                     replay_until: Default::default(),
                     alerts: None,
+                    input_epoch: 0,
                 },
             };
-            let entry = self.write_manifest(&manifest, kind).await?;
+            let entry = self.write_manifest(&manifest, entry_kind).await?;
             match self.complete(&entry).await {
                 Ok(()) => return Ok(Completed { entry, manifest }),
                 Err(LogError::Fenced { .. }) => continue,
@@ -407,6 +450,56 @@ impl CheckpointLog {
             removed += 1;
         }
         Ok(removed)
+    }
+}
+
+/// Why a process claims a generation ([`CheckpointLog::claim_as`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimKind {
+    /// Resume from the head (every start of the job).
+    Resume,
+    /// Restart from an older checkpoint's state and offsets (`recon-pipeline rewind`).
+    Rewind {
+        /// The checkpoint to restart from.
+        to: CheckpointId,
+        /// Why, as the operator said it.
+        reason: String,
+    },
+    /// Accept a recreated or truncated topic (`recon-pipeline accept-topic-reset`): keep the
+    /// head's state, move the listed partitions, start a new input epoch.
+    TopicReset {
+        /// The head the operator's decision was based on; the claim refuses if the log moved.
+        judged: CheckpointId,
+        /// Per partition: the offset to read from next (the new topic's earliest), or `None`
+        /// to forget a partition the topic no longer has.
+        restart: BTreeMap<PartitionId, Option<Offset>>,
+        /// Why, as the operator said it.
+        reason: String,
+    },
+}
+
+/// Applies a topic reset to the continuation of the head: a new input epoch; listed partitions
+/// restart with no identity and no rewind replay bound (their old offsets mean nothing now).
+fn apply_topic_reset(m: &mut Manifest, restart: &BTreeMap<PartitionId, Option<Offset>>) {
+    m.input_epoch += 1;
+    for (p, at) in restart {
+        m.replay_until.remove(p);
+        match at {
+            Some(o) => {
+                m.partitions.insert(
+                    *p,
+                    PartitionCut {
+                        start: *o,
+                        end: *o,
+                        records: 0,
+                        last: None,
+                    },
+                );
+            }
+            None => {
+                m.partitions.remove(p);
+            }
+        }
     }
 }
 

@@ -30,6 +30,14 @@ pub enum EntryKind {
         /// The checkpoint this generation resumes from (`None` on a fresh start).
         resumes: Option<CheckpointId>,
     },
+    /// An operator accepted that the topic was recreated or truncated
+    /// (`recon-pipeline accept-topic-reset`): state is the head's, partitions that no longer
+    /// hold the consumed records restart at the new topic's earliest offset, and the
+    /// manifest's `input_epoch` grows by one.
+    TopicReset {
+        /// Why, as the operator said it.
+        reason: String,
+    },
     /// An operator rewound the job on purpose to an older checkpoint.
     Rewind {
         /// The checkpoint whose state and offsets the job restarts from.
@@ -70,6 +78,70 @@ pub struct PartitionCut {
     pub end: Offset,
     /// Records consumed in `[start, end)`; offsets have gaps, so this is counted, not computed.
     pub records: u64,
+    /// The last record the job consumed on this partition (in this or an earlier checkpoint),
+    /// so that recovery can prove the topic still holds the input the offsets refer to.
+    /// `None` in manifests written before it existed (then recovery cannot verify and warns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<LastRecord>,
+}
+
+impl PartitionCut {
+    /// The cut that continues `self` with nothing consumed yet: starts where `self` ends and
+    /// keeps the identity of the last record consumed.
+    pub fn continued(&self) -> PartitionCut {
+        PartitionCut {
+            start: self.end,
+            end: self.end,
+            records: 0,
+            last: self.last,
+        }
+    }
+}
+
+/// Identity of one consumed Kafka record: where it was and what it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRecord {
+    /// Its offset.
+    pub offset: Offset,
+    /// [`RecordFingerprint`] of its key, value and timestamp.
+    pub fingerprint: RecordFingerprint,
+    /// Its Kafka timestamp (ms since the Unix epoch, UTC), when it had one; shown to operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A 64-bit fingerprint of a Kafka record's key, value and timestamp
+/// (`crate::source::identity::fingerprint`). Stored as 16 hex digits, so JSON tools that read
+/// numbers as doubles cannot corrupt it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordFingerprint(pub u64);
+
+impl std::fmt::Display for RecordFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl Serialize for RecordFingerprint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordFingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() != 16 {
+            return Err(serde::de::Error::custom(format!(
+                "record fingerprint {text:?} is not 16 hex digits"
+            )));
+        }
+        u64::from_str_radix(&text, 16)
+            .map(RecordFingerprint)
+            .map_err(|e| {
+                serde::de::Error::custom(format!("record fingerprint {text:?} is not hex: {e}"))
+            })
+    }
 }
 
 /// Data files of one table, written and closed (pre-committed) but not yet committed.
@@ -128,6 +200,15 @@ pub struct Manifest {
     /// `[alerts]` on: the alerts this checkpoint raised, to be produced once it is durable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertsFile>,
+    /// How many times an operator accepted a topic reset before this checkpoint. Offsets of
+    /// different epochs belong to different topics: no commit spans two epochs, and commits
+    /// are stamped with it (`recon.input-epoch`) when it is not 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub input_epoch: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The alerts of one checkpoint, kept beside its state (`ckpt/<id>-g<gen>/alerts.jsonl`).
@@ -156,22 +237,14 @@ impl Manifest {
             partitions: self
                 .partitions
                 .iter()
-                .map(|(p, c)| {
-                    (
-                        *p,
-                        PartitionCut {
-                            start: c.end,
-                            end: c.end,
-                            records: 0,
-                        },
-                    )
-                })
+                .map(|(p, c)| (*p, c.continued()))
                 .collect(),
             pending: BTreeMap::new(),
             state_chain: self.state_chain.clone(),
             counts: Counts::default(),
             replay_until: self.replay_until.clone(),
             alerts: None,
+            input_epoch: self.input_epoch,
         }
     }
 }
@@ -208,6 +281,48 @@ mod tests {
             Some(CheckpointId(10))
         );
         assert_eq!(parse_log_path("root/job/log/12.json"), None);
+    }
+
+    #[test]
+    fn a_cut_written_before_record_identities_still_reads() {
+        let old = r#"{"start":3,"end":9,"records":4}"#;
+        let cut: PartitionCut = serde_json::from_str(old).unwrap();
+        assert_eq!(cut.last, None);
+        assert_eq!(cut.end, Offset(9));
+        // And a cut without an identity writes the old form.
+        assert_eq!(serde_json::to_string(&cut).unwrap(), old);
+    }
+
+    #[test]
+    fn a_cut_with_its_last_record_round_trips() {
+        let cut = PartitionCut {
+            start: Offset(3),
+            end: Offset(9),
+            records: 4,
+            last: Some(LastRecord {
+                offset: Offset(8),
+                fingerprint: RecordFingerprint(0xfeed_0000_0000_0001),
+                timestamp_ms: Some(1_700_000_000_000),
+            }),
+        };
+        let json = serde_json::to_string(&cut).unwrap();
+        assert!(
+            json.contains(r#""fingerprint":"feed000000000001""#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<PartitionCut>(&json).unwrap(), cut);
+        let next = cut.continued();
+        assert_eq!(
+            (next.start, next.end, next.records),
+            (Offset(9), Offset(9), 0)
+        );
+        assert_eq!(
+            next.last, cut.last,
+            "the identity carries over an empty interval"
+        );
+        let bad = json.replace("feed000000000001", "feed");
+        let err = serde_json::from_str::<PartitionCut>(&bad).unwrap_err();
+        assert!(err.to_string().contains("16 hex digits"), "{err}");
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub const PROP_CHECKPOINT_ID: &str = "recon.checkpoint-id";
 pub const PROP_CHECKPOINT_FIRST: &str = "recon.checkpoint-first";
 /// Snapshot-summary key: JSON map partition -> `[start, end)` offsets covered by the commit.
 pub const PROP_OFFSETS: &str = "recon.offsets";
+/// Snapshot-summary key: the input epoch (topic resets accepted before the commit's
+/// checkpoints); absent for 0. Offsets of different epochs belong to different topics.
+pub const PROP_INPUT_EPOCH: &str = "recon.input-epoch";
 
 /// The job's marker in one snapshot summary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -54,17 +54,19 @@ pub struct Publisher<'a> {
 
 impl Publisher<'_> {
     /// Brings one table up to checkpoint `head`: plan, commit through the guard, re-plan when
-    /// the table moved, until the table holds `head`.
+    /// the table moved, until the table holds `head`. A plan that spans a topic reset is
+    /// committed in two appends (one per input epoch).
     pub async fn table(
         &self,
         table: &Table,
         head: CheckpointId,
     ) -> Result<Published, PublishError> {
         let ident = table.identifier().clone();
+        let mut done = Published::UpToDate;
         for _ in 0..=REPLANS_MAX {
             let marks = self.committer.marks(&ident).await?;
             match protocol::plan_commit(self.committer.generation(), head, &marks) {
-                CommitPlan::UpToDate => return Ok(Published::UpToDate),
+                CommitPlan::UpToDate => return Ok(done),
                 CommitPlan::Fenced { ours, theirs } => {
                     return Err(CommitError::Fenced {
                         table: ident.to_string(),
@@ -85,16 +87,25 @@ impl Publisher<'_> {
                 CommitPlan::Commit { after, through } => {
                     let req = self.request(table, after, through).await?;
                     let started = std::time::Instant::now();
+                    let split = req.through < through;
                     match self.committer.commit(&req).await? {
                         CommitOutcome::Committed => {
-                            tracing::info!(table = %ident, first = %req.first, through = %through,
+                            tracing::info!(table = %ident, first = %req.first, through = %req.through,
                                 files = req.files.len(), duration_ms = started.elapsed().as_millis() as u64,
                                 "commit landed");
-                            return Ok(Published::Committed);
+                            done = Published::Committed;
+                            if !split {
+                                return Ok(done);
+                            }
                         }
                         CommitOutcome::AlreadyCommitted => {
-                            tracing::info!(table = %ident, through = %through, "already committed (verified)");
-                            return Ok(Published::AlreadyCommitted);
+                            tracing::info!(table = %ident, through = %req.through, "already committed (verified)");
+                            if done == Published::UpToDate {
+                                done = Published::AlreadyCommitted;
+                            }
+                            if !split {
+                                return Ok(done);
+                            }
                         }
                         CommitOutcome::Stale { committed } => {
                             tracing::warn!(table = %ident, ?committed, "table moved under the commit; re-planning");
@@ -122,7 +133,9 @@ impl Publisher<'_> {
         }
     }
 
-    /// Builds the commit of checkpoints `(after, through]` for one table.
+    /// Builds the commit of checkpoints `(after, through]` for one table, or of the part of
+    /// them in the first one's input epoch (offsets of two epochs are of different topics, so
+    /// one stamp cannot describe both); the request's `through` says which.
     pub async fn request(
         &self,
         table: &Table,
@@ -134,8 +147,12 @@ impl Publisher<'_> {
         let mut files = Vec::new();
         let mut offsets: BTreeMap<i32, (i64, i64, u64)> = BTreeMap::new();
         let mut id = first;
+        let mut epoch = None;
         while id <= through {
             let m = self.manifest_of(id).await?;
+            if *epoch.get_or_insert(m.input_epoch) != m.input_epoch {
+                break;
+            }
             if let Some(p) = m.pending.get(name) {
                 files.extend(decode_files(table, p.spec_id, p.schema_id, &p.files)?);
             }
@@ -167,6 +184,12 @@ impl Publisher<'_> {
                 .collect::<serde_json::Map<_, _>>(),
         )
         .expect("offsets serialize");
+        // `id` is the first checkpoint not included; the loop included at least `first`.
+        let through = CheckpointId(id.0 - 1);
+        assert!(
+            first <= through,
+            "a commit request includes at least one checkpoint"
+        );
         Ok(CommitRequest {
             table: table.identifier().clone(),
             after,
@@ -174,6 +197,7 @@ impl Publisher<'_> {
             through,
             files,
             offsets_json,
+            input_epoch: epoch.unwrap_or(0),
         })
     }
 }
@@ -209,4 +233,144 @@ pub fn decode_files(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use iceberg::TableIdent;
+    use iceberg::spec::{
+        DataContentType, DataFileBuilder, DataFileFormat, FormatVersion, StructType,
+        serialize_data_file_to_json,
+    };
+    use object_store::memory::InMemory;
+
+    use super::*;
+    use crate::checkpoint::log::ClaimKind;
+    use crate::checkpoint::manifest::{EntryKind, PartitionCut, PendingFiles};
+    use crate::checkpoint::protocol::{
+        PROP_CHECKPOINT_FIRST, PROP_CHECKPOINT_ID, PROP_INPUT_EPOCH,
+    };
+    use crate::checkpoint::simulation::{TABLES, memory_catalog};
+    use crate::checkpoint::store::ObjectCheckpointStore;
+    use crate::ids::{JobId, Offset, PartitionId};
+
+    /// Completes a checkpoint that consumed `[start, end)` of partition 0 (one file per table).
+    async fn checkpoint(log: &CheckpointLog, base: &Manifest, start: i64, end: i64) -> Manifest {
+        let id = CheckpointId(base.checkpoint_id.0 + 1);
+        let mut m = base.continuation(id, base.generation);
+        m.partitions.insert(
+            PartitionId(0),
+            PartitionCut {
+                start: Offset(start),
+                end: Offset(end),
+                records: (end - start) as u64,
+                last: None,
+            },
+        );
+        for t in TABLES {
+            let file = DataFileBuilder::default()
+                .content(DataContentType::Data)
+                .file_path(format!("memory://sim/{t}/data/p0-{start}-{end}.parquet"))
+                .file_format(DataFileFormat::Parquet)
+                .record_count((end - start) as u64)
+                .file_size_in_bytes(100)
+                .build()
+                .unwrap();
+            let json =
+                serialize_data_file_to_json(file, &StructType::new(vec![]), FormatVersion::V2)
+                    .unwrap();
+            m.pending.insert(
+                t.to_string(),
+                PendingFiles {
+                    files: vec![json],
+                    ..PendingFiles::default()
+                },
+            );
+        }
+        let entry = log.write_manifest(&m, EntryKind::Checkpoint).await.unwrap();
+        log.complete(&entry).await.unwrap();
+        m
+    }
+
+    /// Checkpoints of the old topic not yet committed when an operator accepts a topic reset:
+    /// the next publish lands them and the new topic's checkpoints in two appends, each stamped
+    /// with its own epoch and offsets.
+    #[tokio::test]
+    async fn no_commit_spans_a_topic_reset() {
+        let catalog = memory_catalog().await;
+        let store = Arc::new(ObjectCheckpointStore::new(Arc::new(InMemory::new())));
+        let log = CheckpointLog::new(store, "t", JobId::new("epochs").unwrap());
+        let first = log.claim(None).await.unwrap();
+        let c2 = checkpoint(&log, &first.manifest, 0, 10).await;
+        let c3 = checkpoint(&log, &c2, 10, 25).await;
+        // The job stops before committing; the topic is recreated; the operator accepts it.
+        let reset = log
+            .claim_as(&ClaimKind::TopicReset {
+                judged: c3.checkpoint_id,
+                restart: BTreeMap::from([(PartitionId(0), Some(Offset(0)))]),
+                reason: "test".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(reset.manifest.input_epoch, 1);
+        let c5 = checkpoint(&log, &reset.manifest, 0, 4).await;
+        assert_eq!(c5.input_epoch, 1);
+
+        let committer = Committer::new(
+            catalog.clone(),
+            log.job().clone(),
+            reset.entry.generation,
+            4,
+            Duration::from_secs(5),
+        );
+        let uncommitted = BTreeMap::new();
+        let publisher = Publisher {
+            committer: &committer,
+            log: &log,
+            uncommitted: &uncommitted,
+        };
+        for t in TABLES {
+            let ident = TableIdent::from_strs(["sim", t]).unwrap();
+            let table = catalog.load_table(&ident).await.unwrap();
+            assert_eq!(
+                publisher.table(&table, c5.checkpoint_id).await.unwrap(),
+                Published::Committed
+            );
+            let table = catalog.load_table(&ident).await.unwrap();
+            let md = table.metadata();
+            let mut stamps: Vec<_> = md
+                .snapshots()
+                .map(|s| s.summary().additional_properties.clone())
+                .collect();
+            stamps.sort_by_key(|p| p[PROP_CHECKPOINT_ID].parse::<u64>().unwrap());
+            let got: Vec<_> = stamps
+                .iter()
+                .map(|p| {
+                    (
+                        p[PROP_CHECKPOINT_FIRST].as_str(),
+                        p[PROP_CHECKPOINT_ID].as_str(),
+                        p.get(PROP_INPUT_EPOCH).map(String::as_str),
+                        p[protocol::PROP_OFFSETS].as_str(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    ("1", "3", None, r#"{"0":{"end":25,"records":25,"start":0}}"#),
+                    (
+                        "4",
+                        "5",
+                        Some("1"),
+                        r#"{"0":{"end":4,"records":4,"start":0}}"#
+                    ),
+                ],
+                "table {t}"
+            );
+        }
+    }
 }

@@ -44,7 +44,7 @@ use crate::checkpoint::publish::Publisher;
 use crate::checkpoint::store::{CheckpointStore, Created, ObjectCheckpointStore, StoreError};
 use crate::ids::{CheckpointId, Generation, JobId, Offset, PartitionId};
 
-const TABLES: [&str; 2] = ["ledger", "balances"];
+pub(super) const TABLES: [&str; 2] = ["ledger", "balances"];
 const PARTITIONS: i32 = 2;
 
 /// Fault rates of one run, drawn from its seed.
@@ -356,6 +356,7 @@ impl Process {
                 start: Offset(0),
                 end: Offset(0),
                 records: 0,
+                last: None,
             });
             let start = cut.end.0;
             let take = rng.random_range(0..=4).min(n - start);
@@ -363,6 +364,7 @@ impl Process {
                 start: Offset(start),
                 end: Offset(start + take),
                 records: take as u64,
+                last: None,
             };
             if take == 0 {
                 continue;
@@ -402,6 +404,7 @@ impl Process {
             counts: Counts::default(),
             replay_until: Default::default(),
             alerts: None,
+            input_epoch: 0,
         };
         let entry = self
             .log
@@ -438,7 +441,8 @@ impl Process {
     }
 }
 
-async fn memory_catalog() -> Arc<dyn Catalog> {
+/// An in-memory catalog with the namespace `sim` and the tables of [`TABLES`].
+pub(super) async fn memory_catalog() -> Arc<dyn Catalog> {
     let catalog = MemoryCatalogBuilder::default()
         .with_storage_factory(Arc::new(OpenDalStorageFactory::Memory))
         .load(

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::checkpoint::manifest::{Counts, EntryKind, FORMAT_VERSION, Manifest, PartitionCut};
+use crate::checkpoint::manifest::{Counts, EntryKind, FORMAT_VERSION, Manifest};
 use crate::config::DeliveryMode;
 use crate::crash::CrashPoint;
 use crate::outputs::balances_pg::BalanceRow;
@@ -82,6 +82,7 @@ impl Job {
             counts: self.counts,
             replay_until: self.replay_until.clone(),
             alerts,
+            input_epoch: self.input_epoch,
         };
         let entry = self
             .log
@@ -134,11 +135,7 @@ impl Job {
         );
         self.counts = Counts::default();
         for cut in self.cuts.values_mut() {
-            *cut = PartitionCut {
-                start: cut.end,
-                end: cut.end,
-                records: 0,
-            };
+            *cut = cut.continued();
         }
         if self.cfg.delivery == DeliveryMode::AtMostOnce {
             // Offsets first, files after: a crash in between loses the interval.

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 use crate::checkpoint::commit::{CommitError, Committer};
 use crate::checkpoint::log::{CheckpointLog, LogError};
-use crate::checkpoint::manifest::{Counts, Manifest, PartitionCut};
+use crate::checkpoint::manifest::{Counts, LastRecord, Manifest, PartitionCut};
 use crate::checkpoint::store::CheckpointStore;
 use crate::config::Config;
 use crate::crash::{self, CrashPoint};
@@ -175,6 +175,8 @@ pub(crate) struct Job {
     counts: Counts,
     /// After a rewind: offsets below which records are replayed into state only.
     replay_until: BTreeMap<PartitionId, Offset>,
+    /// Topic resets accepted so far (written into every manifest).
+    input_epoch: u32,
     report: RunReport,
     /// The optional exactly-once outputs (alerts topic, current balances).
     outputs: outputs::Outputs,
@@ -189,7 +191,14 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     let started = Instant::now();
     // Kafka first: an unreachable broker or a missing topic must not cost a generation.
     let partitions = recovery::owned_partitions(cfg)?;
+    // Then the topic's identity, before claiming: a recreated topic must not cost a generation
+    // either, and nothing may be consumed from it.
+    let verified = recovery::verify_head_input(cfg, &env, &partitions).await?;
     let mut job = recovery::recover(cfg, &env, &partitions).await?;
+    if recovery::positions(&job.cuts) != verified {
+        // Another instance completed a checkpoint between the check and the claim.
+        recovery::verify_input(cfg, job.last, &job.cuts, &partitions).await?;
+    }
     job.report.recovery = started.elapsed();
     job.report.trips_restored = job.state.trips();
     job.started = started;
@@ -261,6 +270,14 @@ impl Job {
         let next_id = self.last.next();
         let half = records.len() / 2;
         let before = self.counts;
+        // The identity of the last record per partition, recorded in the checkpoint so that a
+        // restart can tell the topic still holds it (one fingerprint per partition per batch).
+        let mut lasts: BTreeMap<PartitionId, LastRecord> = BTreeMap::new();
+        for r in records.iter().rev() {
+            lasts
+                .entry(PartitionId(r.partition))
+                .or_insert_with(|| r.identity());
+        }
         let mut by_type = [0u64; 6];
         for (i, r) in records.into_iter().enumerate() {
             if i == half {
@@ -271,6 +288,7 @@ impl Job {
                 start: Offset(r.offset),
                 end: Offset(r.offset),
                 records: 0,
+                last: None,
             });
             if r.offset < cut.end.0 {
                 return Err(JobError::Protocol(format!(
@@ -338,6 +356,11 @@ impl Job {
                 }
             }
         }
+        for (p, last) in lasts {
+            if let Some(cut) = self.cuts.get_mut(&p) {
+                cut.last = Some(last);
+            }
+        }
         crate::telemetry::records(
             self.counts.events - before.events,
             self.counts.duplicates - before.duplicates,
@@ -380,7 +403,7 @@ impl Job {
                 .balance();
             self.outputs.observe(
                 &self.cfg,
-                (r.partition, r.offset, checkpoint.0),
+                (r.partition, r.offset, checkpoint.0, self.input_epoch),
                 ev,
                 before,
                 &after,

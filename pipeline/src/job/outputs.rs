@@ -56,7 +56,7 @@ impl Outputs {
     pub(super) fn observe(
         &mut self,
         cfg: &Config,
-        at: (i32, i64, u64),
+        at: (i32, i64, u64, u32),
         ev: &Event,
         before: Option<TripStatus>,
         after: &recon_schemas::balance::TripBalance,
@@ -69,6 +69,7 @@ impl Outputs {
             partition: at.0,
             offset: at.1,
             checkpoint_id: at.2,
+            input_epoch: at.3,
         };
         if let Some(alert) = alerts::check(&a.watch, at, &ev.trip_id, &ev.event_id, before, after) {
             metrics::counter!("recon_alerts_raised_total", "transition" => if alert.transition == "entered" { "entered" } else { "left" }).increment(1);

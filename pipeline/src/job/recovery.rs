@@ -8,14 +8,15 @@ use recon_schemas::decode::Limits;
 
 use crate::checkpoint::commit::Committer;
 use crate::checkpoint::log::CheckpointLog;
-use crate::checkpoint::manifest::EntryKind;
+use crate::checkpoint::manifest::{EntryKind, LastRecord, PartitionCut};
 use crate::config::Config;
-use crate::ids::PartitionId;
+use crate::ids::{CheckpointId, Offset, PartitionId};
 use crate::lakehouse::{self, LakehouseError};
 use crate::orphans;
 use crate::sink::writer::TableTarget;
 use crate::sink::{Output, Sink};
-use crate::source;
+use crate::source::identity::{self, Verdict};
+use crate::source::{self, SourceError, probe};
 use crate::state::{State, codec};
 
 use super::{Job, JobEnv, JobError, RunReport};
@@ -38,6 +39,91 @@ pub(super) fn owned_partitions(cfg: &Config) -> Result<Vec<PartitionId>, JobErro
         owned.push(PartitionId(*p));
     }
     Ok(owned)
+}
+
+/// Saved positions as the identity check sees them: per partition, next offset and last
+/// consumed record.
+pub(super) type Positions = BTreeMap<PartitionId, (Offset, Option<LastRecord>)>;
+
+/// The part of `cuts` the identity check looks at.
+pub(super) fn positions(cuts: &BTreeMap<PartitionId, PartitionCut>) -> Positions {
+    cuts.iter().map(|(p, c)| (*p, (c.end, c.last))).collect()
+}
+
+/// Checks the topic against the newest checkpoint's positions without claiming anything.
+/// Returns the positions it verified (empty for a job that never checkpointed).
+pub(super) async fn verify_head_input(
+    cfg: &Config,
+    env: &JobEnv,
+    owned: &[PartitionId],
+) -> Result<Positions, JobError> {
+    let log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
+    let Some(head) = log.head().await? else {
+        return Ok(Positions::new());
+    };
+    verify_input(
+        cfg,
+        head.entry.checkpoint_id,
+        &head.manifest.partitions,
+        owned,
+    )
+    .await?;
+    Ok(positions(&head.manifest.partitions))
+}
+
+/// Stops with [`SourceError::NotTheSavedInput`] unless every saved position of an owned
+/// partition still refers to the records checkpoint `checkpoint` consumed; warns about the
+/// ones that cannot be verified (older checkpoint format, retention).
+pub(super) async fn verify_input(
+    cfg: &Config,
+    checkpoint: CheckpointId,
+    cuts: &BTreeMap<PartitionId, PartitionCut>,
+    owned: &[PartitionId],
+) -> Result<(), JobError> {
+    // With every partition owned (the default), a saved partition the topic lost is checked
+    // too; with an explicit list, only the listed ones are this instance's business.
+    let all = cfg.source.partitions.is_empty();
+    let saved: BTreeMap<PartitionId, PartitionCut> = cuts
+        .iter()
+        .filter(|(p, _)| all || owned.contains(p))
+        .map(|(p, c)| (*p, *c))
+        .collect();
+    if saved.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let source = cfg.source.clone();
+    let group = format!("recon-{}-identity", cfg.job_id);
+    let probe_saved = saved.clone();
+    let seen = tokio::task::spawn_blocking(move || probe::observe(&source, &group, &probe_saved))
+        .await
+        .map_err(|e| JobError::Protocol(format!("the topic identity check panicked: {e}")))??;
+    let mut stops = Vec::new();
+    let (mut verified, mut unverified) = (0u32, 0u32);
+    for (p, cut) in &saved {
+        let Some(s) = seen.get(p) else {
+            return Err(JobError::Protocol(format!(
+                "the topic identity check returned nothing for partition {p} (a bug)"
+            )));
+        };
+        match identity::judge(cut, s) {
+            Verdict::NothingConsumed => {}
+            Verdict::Verified => verified += 1,
+            Verdict::Unverified(why) => {
+                unverified += 1;
+                tracing::warn!(topic = %cfg.source.topic, partition = p.0, "input not verified: {why}");
+            }
+            Verdict::Stop(m) => stops.push((*p, m)),
+        }
+    }
+    if !stops.is_empty() {
+        let message = identity::stop_message(&cfg.source.topic, checkpoint.0, &stops);
+        tracing::error!(topic = %cfg.source.topic, checkpoint = %checkpoint, "{message}");
+        return Err(SourceError::NotTheSavedInput { message }.into());
+    }
+    tracing::info!(topic = %cfg.source.topic, checkpoint = %checkpoint, verified, unverified,
+        duration_ms = started.elapsed().as_millis() as u64, "input identity checked");
+    Ok(())
 }
 
 /// Claims a generation and brings tables, state and offsets to the newest checkpoint.
@@ -108,6 +194,7 @@ pub(super) async fn recover(
         state_chain: claimed.manifest.state_chain.clone(),
         cuts: claimed.manifest.partitions.clone(),
         replay_until: claimed.manifest.replay_until.clone(),
+        input_epoch: claimed.manifest.input_epoch,
         counts: Default::default(),
         report: RunReport {
             generation,

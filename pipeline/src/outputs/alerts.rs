@@ -84,12 +84,21 @@ impl Watch {
     }
 }
 
-/// The deterministic id of the alert caused by the record at `(partition, offset)`.
+/// The deterministic id of the alert caused by the record at `(partition, offset)` of input
+/// epoch 0 (the topic as first read).
 pub fn alert_id(job: &str, partition: i32, offset: i64) -> uuid::Uuid {
-    uuid::Uuid::new_v5(
-        &uuid::Uuid::NAMESPACE_URL,
-        format!("recon-alert:{job}:{partition}:{offset}").as_bytes(),
-    )
+    alert_id_in_epoch(job, 0, partition, offset)
+}
+
+/// The same for a record of input epoch `epoch`: after an accepted topic reset, offsets start
+/// over, so the epoch is part of the id (epoch 0 keeps the plain form).
+pub fn alert_id_in_epoch(job: &str, epoch: u32, partition: i32, offset: i64) -> uuid::Uuid {
+    let name = if epoch == 0 {
+        format!("recon-alert:{job}:{partition}:{offset}")
+    } else {
+        format!("recon-alert:{job}:e{epoch}:{partition}:{offset}")
+    };
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes())
 }
 
 /// Where the record that may cause an alert sits.
@@ -103,6 +112,8 @@ pub struct At<'a> {
     pub offset: i64,
     /// The checkpoint being built.
     pub checkpoint_id: u64,
+    /// Input epoch of the record (topic resets accepted before it).
+    pub input_epoch: u32,
 }
 
 /// Builds the alert for a trip that went from `before` to `after`, if the watch says so.
@@ -117,7 +128,7 @@ pub fn check(
     let to = after.status();
     let transition = watch.transition(before.map(|b| b.as_str()), to.as_str())?;
     Some(Alert {
-        alert_id: alert_id(at.job.as_str(), at.partition, at.offset),
+        alert_id: alert_id_in_epoch(at.job.as_str(), at.input_epoch, at.partition, at.offset),
         job_id: at.job.as_str().to_string(),
         trip_id: trip_id.to_string(),
         transition: transition.to_string(),
@@ -209,6 +220,7 @@ pub fn derive<'a>(
             partition: r.partition,
             offset: r.offset,
             checkpoint_id: 0,
+            input_epoch: 0,
         };
         if let Some(a) = check(watch, at, &ev.trip_id, &ev.event_id, before, &balance) {
             out.push(a);
@@ -237,6 +249,8 @@ mod tests {
         assert_eq!(alert_id("j", 1, 7), alert_id("j", 1, 7));
         assert_ne!(alert_id("j", 1, 7), alert_id("j", 1, 8));
         assert_ne!(alert_id("j", 1, 7), alert_id("k", 1, 7));
+        assert_eq!(alert_id("j", 1, 7), alert_id_in_epoch("j", 0, 1, 7));
+        assert_ne!(alert_id("j", 1, 7), alert_id_in_epoch("j", 1, 1, 7));
     }
 
     fn event(trip: &str, id: u128, kind: &str, amount: &str) -> Vec<u8> {

@@ -4,7 +4,12 @@
 //! Partitions are *assigned* (no consumer-group rebalancing): the job's checkpoint, not Kafka,
 //! owns the offsets, and `enable.auto.commit` is off. Reads are `read_committed`, so records of
 //! aborted upstream transactions never reach the job. A saved offset that is no longer in the
-//! log (retention) is an error, never a silent reset (`auto.offset.reset=error`).
+//! log (retention) is an error, never a silent reset (`auto.offset.reset=error`). Before
+//! reading, recovery checks that the topic still holds the records the checkpoint consumed
+//! ([`identity`], [`probe`]): offsets of a recreated topic are valid but mean other records.
+
+pub mod identity;
+pub mod probe;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +45,23 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// Value bytes (`None` for a tombstone).
     pub payload: Option<Vec<u8>>,
+    /// Kafka timestamp, ms since the Unix epoch (UTC), when the record has one.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Record {
+    /// Its identity for the checkpoint: offset and fingerprint of key, value and timestamp.
+    pub fn identity(&self) -> crate::checkpoint::manifest::LastRecord {
+        crate::checkpoint::manifest::LastRecord {
+            offset: Offset(self.offset),
+            fingerprint: identity::fingerprint(
+                self.key.as_deref(),
+                self.payload.as_deref(),
+                self.timestamp_ms,
+            ),
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
 }
 
 /// Errors of the source.
@@ -75,6 +97,12 @@ pub enum SourceError {
         topic: String,
         /// Brokers.
         brokers: String,
+    },
+    /// The topic does not hold the records the checkpoint consumed (recreated or truncated).
+    #[error("{message}")]
+    NotTheSavedInput {
+        /// What differs, per partition, and what to do ([`identity::stop_message`]).
+        message: String,
     },
     /// Reading failed in a way that needs an operator (offset out of range, fatal client error).
     #[error("reading {topic}: {message}")]
@@ -264,6 +292,7 @@ fn poll_loop(
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec),
+                    timestamp_ms: m.timestamp().to_millis(),
                 }),
                 Some(Err(e)) => {
                     let code = e.rdkafka_error_code();

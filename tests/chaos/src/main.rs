@@ -62,7 +62,7 @@ struct Cli {
     #[arg(long, short)]
     quiet: bool,
     /// Never draw this fault or terminal kind (repeatable; names as in the report), e.g.
-    /// `--exclude topic_deleted_and_recreated`.
+    /// `--exclude kafka_partition_added`.
     #[arg(long)]
     exclude: Vec<String>,
     /// Draw only these fault / terminal kinds (repeatable), e.g. `--only rewind_request`.

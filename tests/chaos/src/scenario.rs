@@ -1417,7 +1417,9 @@ impl<'a> Scenario<'a> {
     }
 
     /// Log truncated past the saved offsets, or the topic recreated: the job must stop with a
-    /// message and the tables must hold exactly what was read before.
+    /// message and the tables must hold exactly what was read before. A recreated topic must be
+    /// refused for its identity; then the operator accepts it (`accept-topic-reset`) and a
+    /// draining run must bring the tables to both topics' input exactly once.
     fn terminal(&mut self, t: Terminal, out: &mut Outcome) -> Result<(), Failure> {
         let (brokers, topic) = (self.brokers(), self.topic());
         self.orch.during = t.kind().into();
@@ -1520,13 +1522,66 @@ impl<'a> Scenario<'a> {
         };
         out.observations
             .push(format!("{}: job stopped loudly: {}", t.kind(), short(&msg)));
-        // The tables hold exactly the first life's records (the Kafka truth is gone: files truth).
-        self.expected = before_expected;
-        self.sent = before_sent;
-        out.traffic = self.counts();
-        out.verdict = self.verify_files()?;
+        if t == Terminal::TopicRecreated && self.orch.job.has_subcommand("accept-topic-reset") {
+            if !msg.contains("is not the input checkpoint") {
+                return Err(Failure::Pipeline(format!(
+                    "{}: the job stopped, but not because the topic is not its input: {msg}",
+                    t.kind()
+                )));
+            }
+            out.verdict = self.accept_topic_reset(out)?;
+        } else {
+            // The tables hold exactly the first life's records (the Kafka truth is gone: files
+            // truth).
+            self.expected = before_expected;
+            self.sent = before_sent;
+            out.traffic = self.counts();
+            out.verdict = self.verify_files()?;
+        }
         self.cleanup();
         Ok(())
+    }
+
+    /// The operator's way on after a refused recreated topic: `accept-topic-reset`, then a
+    /// draining run; the tables must hold the old topic's records and the new one's, each once
+    /// (files truth: the old topic is gone).
+    fn accept_topic_reset(&mut self, out: &mut Outcome) -> Result<Verdict, Failure> {
+        let (status, text) = self.orch.job.operator(
+            &[
+                "accept-topic-reset",
+                "--reason",
+                "recon-chaos: topic deleted and recreated",
+                "--yes",
+            ],
+            Duration::from_secs(90),
+        )?;
+        if !status.success() || !text.contains("topic reset written") {
+            return Err(Failure::Pipeline(format!(
+                "`accept-topic-reset` after a recreated topic failed ({status}):\n{text}"
+            )));
+        }
+        out.observations.push(format!(
+            "topic_deleted_and_recreated: operator accepted the reset ({})",
+            short(
+                text.lines()
+                    .find(|l| l.starts_with("topic reset written"))
+                    .unwrap_or("")
+            )
+        ));
+        self.orch.restarts += 1;
+        let mut run = self.orch.job.spawn(Some(4_000), &[])?;
+        let status = pipeline(run.wait(Duration::from_secs(180)))?;
+        self.orch.record_exit(&run, status, None);
+        let drained = status.success();
+        let tail = run.tail(5);
+        self.orch.ended.push(run);
+        if !drained {
+            return Err(Failure::Pipeline(format!(
+                "the run after `accept-topic-reset` failed ({status}): {tail}"
+            )));
+        }
+        out.traffic = self.counts();
+        self.verify_files()
     }
 
     fn verify_files_against(

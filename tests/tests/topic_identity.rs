@@ -1,0 +1,373 @@
+//! A topic deleted and recreated under the same name must never be resumed silently
+//! (issue #6), against the real broker, catalog and S3.
+//!
+//! `a_recreated_topic_stops_the_job_loudly`: the real binary consumes, checkpoints and stops;
+//! a restart with more input resumes normally (the identity check verifies every partition);
+//! then the topic is deleted and recreated with more records than the saved offsets (so the old
+//! offsets are valid in the new topic). The restart must exit non-zero naming the topic, the
+//! partitions and the expected vs found record, claim no generation and write nothing.
+//! Then the operator path: `accept-topic-reset` refuses without `--yes`, with it writes the
+//! entry, and the next run reads the new topic from its start; the tables then hold both
+//! topics' input exactly, and the offset stamps stay contiguous per input epoch.
+
+use std::time::{Duration, Instant};
+
+use recon_pipeline::checkpoint::log::{CheckpointLog, Completed};
+use recon_pipeline::checkpoint::manifest::EntryKind;
+use recon_pipeline::config::Config;
+use recon_pipeline::reconcile::{self, Expected};
+use recon_pipeline::{checkpoint, demo, generate, lakehouse};
+use recon_tests::pipeline::{JobSetup, wait_with_deadline};
+use recon_tests::services_or_skip;
+
+const PARTITIONS: i32 = 3;
+
+/// The generator's records for `trips` trips of `seed`.
+fn traffic(topic: &str, trips: u64, seed: u64) -> Vec<generate::Record> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: generate::GenerateArgs,
+    }
+    let args = Wrap::parse_from([
+        "generate",
+        "--topic",
+        topic,
+        "--trips",
+        &trips.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--partitions",
+        &PARTITIONS.to_string(),
+    ])
+    .args;
+    let (traffic, _, _) = args.resolve().expect("generator args");
+    generate::plan(&traffic).collect()
+}
+
+fn admin(brokers: &str) -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client")
+}
+
+fn admin_opts() -> rdkafka::admin::AdminOptions {
+    rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)))
+}
+
+/// Creates the topic; while a deletion of the same name is still in progress the broker
+/// refuses, so this retries until `deadline`.
+async fn create_topic(brokers: &str, topic: &str, deadline: Duration) {
+    use rdkafka::admin::{NewTopic, TopicReplication};
+    let start = Instant::now();
+    loop {
+        let res = admin(brokers)
+            .create_topics(
+                &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
+                &admin_opts(),
+            )
+            .await
+            .expect("create_topics request");
+        match res.into_iter().next().expect("one result") {
+            Ok(_) => return,
+            Err((_, e)) if start.elapsed() < deadline => {
+                eprintln!("create {topic}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err((_, e)) => panic!("topic {topic} not created within {deadline:?}: {e}"),
+        }
+    }
+}
+
+/// Deletes the topic and waits (bounded) until the broker no longer lists it.
+async fn delete_topic(brokers: &str, topic: &str) {
+    for r in admin(brokers)
+        .delete_topics(&[topic], &admin_opts())
+        .await
+        .expect("delete_topics request")
+    {
+        r.expect("topic deleted");
+    }
+    recon_tests::wait_until(
+        "the deleted topic to disappear from metadata",
+        Duration::from_secs(60),
+        || async { partitions_of(brokers, topic).is_empty().then_some(()) },
+    )
+    .await;
+}
+
+/// `(partition, high watermark)` of every partition of `topic` (empty when it does not exist).
+fn partitions_of(brokers: &str, topic: &str) -> Vec<(i32, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let Some(t) = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+    else {
+        return Vec::new();
+    };
+    t.partitions()
+        .iter()
+        .map(|p| {
+            let (_, high) = c
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            (p.id(), high)
+        })
+        .collect()
+}
+
+async fn head(cfg: &Config) -> Completed {
+    let (store, prefix) = checkpoint::store::open(cfg).expect("checkpoint store");
+    CheckpointLog::new(store, &prefix, cfg.job_id.clone())
+        .head()
+        .await
+        .expect("log")
+        .expect("a checkpoint")
+}
+
+/// Current snapshot id of every table.
+async fn snapshots(cfg: &Config) -> Vec<Option<i64>> {
+    let catalog = lakehouse::open_catalog(cfg).await.expect("catalog");
+    let mut out = Vec::new();
+    for name in ["ledger_events", "trip_balances", "rejected_events"] {
+        let t = catalog
+            .load_table(&lakehouse::table_ident(cfg, name))
+            .await
+            .expect("table");
+        out.push(t.metadata().current_snapshot_id());
+    }
+    out
+}
+
+async fn reconcile(cfg: &Config, expected: &Expected) -> reconcile::Reconciliation {
+    let catalog = lakehouse::open_catalog(cfg).await.expect("catalog");
+    reconcile::check(catalog.as_ref(), cfg, expected)
+        .await
+        .expect("reconcile")
+}
+
+/// Runs the job until it idles out; returns whether it succeeded and its log.
+fn run(setup: &JobSetup, logdir: &std::path::Path, name: &str) -> (bool, String) {
+    let log = logdir.join(format!("{name}.log"));
+    let child = setup.spawn(3_000, &[], &log);
+    let (status, out) = wait_with_deadline(child, &log, Duration::from_secs(180));
+    (status.success(), out)
+}
+
+#[test]
+fn a_recreated_topic_stops_the_job_loudly() {
+    let Some(s) = services_or_skip("a_recreated_topic_stops_the_job_loudly") else {
+        return;
+    };
+    let brokers = s.kafka_bootstrap.clone();
+    let setup = JobSetup::new(&s, "topic_identity", 300);
+    let cfg = Config::load(Some(&setup.config)).expect("config");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(create_topic(
+        &brokers,
+        &setup.topic,
+        Duration::from_secs(30),
+    ));
+    let logdir = tempfile::tempdir().unwrap();
+    let seed = u64::from(uuid::Uuid::new_v4().as_u128() as u32);
+    let mut expected = Expected::default();
+
+    // First life: consume, checkpoint, commit, stop.
+    demo::publish(
+        &brokers,
+        &setup.topic,
+        &traffic(&setup.topic, 300, seed),
+        &mut expected,
+    )
+    .expect("publish");
+    let (ok, out) = run(&setup, logdir.path(), "first");
+    assert!(ok && out.contains("stopped cleanly"), "first run:\n{out}");
+    let first = rt.block_on(head(&cfg));
+    assert_eq!(first.manifest.partitions.len(), PARTITIONS as usize);
+    for (p, cut) in &first.manifest.partitions {
+        let last = cut
+            .last
+            .unwrap_or_else(|| panic!("partition {p}: no last record in {cut:?}"));
+        assert_eq!(last.offset.0, cut.end.0 - 1, "partition {p}: {cut:?}");
+    }
+
+    // The normal restart: more input, the identity check passes on every partition.
+    demo::publish(
+        &brokers,
+        &setup.topic,
+        &traffic(&setup.topic, 200, seed + 1),
+        &mut expected,
+    )
+    .expect("publish");
+    let (ok, out) = run(&setup, logdir.path(), "second");
+    assert!(ok && out.contains("stopped cleanly"), "second run:\n{out}");
+    assert!(
+        out.contains("input identity checked") && out.contains("verified=3 unverified=0"),
+        "the restart must verify every partition:\n{out}"
+    );
+    if let Some(l) = out.lines().find(|l| l.contains("input identity checked")) {
+        println!("{l}");
+    }
+    let rec = rt.block_on(reconcile(&cfg, &expected));
+    assert!(rec.is_clean(), "{rec}");
+    let before = rt.block_on(head(&cfg));
+    let saved: Vec<(i32, i64)> = before
+        .manifest
+        .partitions
+        .iter()
+        .map(|(p, c)| (p.0, c.end.0))
+        .collect();
+    let tables_before = rt.block_on(snapshots(&cfg));
+
+    // Recreate the topic with more records than the saved offsets in every partition.
+    rt.block_on(delete_topic(&brokers, &setup.topic));
+    rt.block_on(create_topic(
+        &brokers,
+        &setup.topic,
+        Duration::from_secs(60),
+    ));
+    let first_topic = expected.clone();
+    demo::publish(
+        &brokers,
+        &setup.topic,
+        &traffic(&setup.topic, 900, seed + 2),
+        &mut expected,
+    )
+    .expect("publish");
+    let now = partitions_of(&brokers, &setup.topic);
+    for (p, end) in &saved {
+        let high = now.iter().find(|(q, _)| q == p).map(|(_, h)| *h);
+        assert!(
+            high.is_some_and(|h| h > *end),
+            "precondition: partition {p} of the new topic must reach past the saved offset {end} (has {high:?})"
+        );
+    }
+
+    let (ok, out) = run(&setup, logdir.path(), "recreated");
+    assert!(!ok, "the job must not resume a recreated topic:\n{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("recon-pipeline: error: "))
+        .unwrap_or_else(|| panic!("no error line:\n{out}"));
+    println!("{line}");
+    for part in [
+        format!("topic {:?} is not the input checkpoint", setup.topic),
+        "partition 0: expected the consumed record (offset".to_string(),
+        "found a different one".to_string(),
+        "accept-topic-reset".to_string(),
+    ] {
+        assert!(line.contains(&part), "{part:?} missing from: {line}");
+    }
+    assert!(
+        !out.contains("generation claimed") && !out.contains("checkpoint complete"),
+        "nothing may be claimed or consumed:\n{out}"
+    );
+    let after = rt.block_on(head(&cfg));
+    assert_eq!(
+        (after.entry.checkpoint_id, after.entry.generation),
+        (before.entry.checkpoint_id, before.entry.generation),
+        "the log must not move"
+    );
+    assert_eq!(rt.block_on(snapshots(&cfg)), tables_before, "no commit");
+    let rec = rt.block_on(reconcile(&cfg, &first_topic));
+    assert!(
+        rec.is_clean(),
+        "the tables still hold exactly the first topic's input: {rec}"
+    );
+
+    // And it keeps refusing: a restart loop cannot wear it down.
+    let (ok, out) = run(&setup, logdir.path(), "recreated-again");
+    assert!(!ok && out.contains("is not the input checkpoint"), "{out}");
+
+    // The operator accepts the new topic. Without --yes nothing is written.
+    let (ok, out) = operator(&setup, &["--reason", "topic recreated by the test"]);
+    assert!(!ok && out.contains("re-run with --yes"), "{out}");
+    assert!(out.contains("partition 0: read from offset 0"), "{out}");
+    assert_eq!(
+        rt.block_on(head(&cfg)).entry.checkpoint_id,
+        before.entry.checkpoint_id
+    );
+    let (ok, out) = operator(
+        &setup,
+        &["--reason", "topic recreated by the test", "--yes"],
+    );
+    assert!(ok && out.contains("topic reset written"), "{out}");
+    let reset = rt.block_on(head(&cfg));
+    assert!(
+        matches!(&reset.entry.kind, EntryKind::TopicReset { reason } if reason == "topic recreated by the test"),
+        "{:?}",
+        reset.entry.kind
+    );
+    assert_eq!(reset.manifest.input_epoch, 1);
+    assert!(
+        reset
+            .manifest
+            .partitions
+            .values()
+            .all(|c| c.end.0 == 0 && c.last.is_none())
+    );
+
+    let (ok, out) = run(&setup, logdir.path(), "after-reset");
+    assert!(
+        ok && out.contains("stopped cleanly"),
+        "run after the reset:\n{out}"
+    );
+    let rec = rt.block_on(reconcile(&cfg, &expected));
+    assert!(rec.is_clean(), "both topics' input exactly once: {rec}");
+    assert_eq!(rec.ledger_rows, expected.events.len() as u64);
+    rt.block_on(offsets_contiguous_per_epoch(&cfg));
+
+    // A second accept finds nothing to accept.
+    let (ok, out) = operator(&setup, &["--reason", "again", "--yes"]);
+    assert!(!ok && out.contains("no topic reset to accept"), "{out}");
+}
+
+/// Runs `recon-pipeline accept-topic-reset` with `args`; returns success and output.
+fn operator(setup: &JobSetup, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(recon_tests::pipeline::binary())
+        .args(["accept-topic-reset", "--config"])
+        .arg(&setup.config)
+        .args(args)
+        .env("RUST_LOG", "warn,recon_pipeline=info")
+        .output()
+        .expect("run accept-topic-reset");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// batch-verify's offset check on every table: no gap, no overlap, and the new topic's
+/// commits carry input epoch 1.
+async fn offsets_contiguous_per_epoch(cfg: &Config) {
+    use batch_verify::offsets;
+    use batch_verify::report::Findings;
+    let catalog = lakehouse::open_catalog(cfg).await.expect("catalog");
+    for name in ["ledger_events", "trip_balances", "rejected_events"] {
+        let t = catalog
+            .load_table(&lakehouse::table_ident(cfg, name))
+            .await
+            .expect("table");
+        let commits = offsets::commits(&t).expect("commits");
+        assert!(
+            commits.iter().any(|c| c.input_epoch == 0)
+                && commits.iter().any(|c| c.input_epoch == 1),
+            "{name}: commits of both epochs: {commits:?}"
+        );
+        let mut findings = Findings::new(10);
+        offsets::check(name, &commits, &Default::default(), &mut findings);
+        assert!(findings.kept.is_empty(), "{name}: {:?}", findings.kept);
+    }
+}
