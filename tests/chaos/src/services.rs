@@ -61,7 +61,8 @@ pub struct ServiceSet {
     pub endpoints: Endpoints,
     root: PathBuf,
     state_dir: Option<PathBuf>,
-    ports: [u16; 4],
+    /// Kafka, controller, PostgreSQL, S3, Kafka SASL_PLAINTEXT, Kafka SASL_SSL.
+    ports: [u16; 6],
     keep: bool,
 }
 
@@ -100,7 +101,7 @@ impl ServiceSet {
             }
             set_mode(dir, 0o755)?;
         }
-        let ports = free_ports::<4>()?;
+        let ports = free_ports::<6>()?;
         let set = ServiceSet {
             mode: ServiceMode::Private,
             endpoints: Endpoints {
@@ -164,7 +165,7 @@ impl ServiceSet {
             },
             root: repo_root(),
             state_dir: None,
-            ports: [0; 4],
+            ports: [0; 6],
             keep: true,
         })
     }
@@ -190,6 +191,8 @@ impl ServiceSet {
             )
             .env("RECON_LOCAL_PG_PORT", self.ports[2].to_string())
             .env("RECON_LOCAL_S3_PORT", self.ports[3].to_string())
+            .env("RECON_LOCAL_KAFKA_SASL_PORT", self.ports[4].to_string())
+            .env("RECON_LOCAL_KAFKA_SASL_SSL_PORT", self.ports[5].to_string())
             .env("RECON_KAFKA_HEAP", "768m")
             .env("RECON_SKIP_INSTALL", "1")
             .stdin(Stdio::null())
