@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod bench;
+pub mod catalog_wrap;
 pub mod checkpoint;
 pub mod config;
 pub mod crash;

@@ -27,9 +27,7 @@ use iceberg::spec::{
     Schema, StructType, Type, serialize_data_file_to_json,
 };
 use iceberg::table::Table;
-use iceberg::{
-    Catalog, CatalogBuilder, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent,
-};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCommit, TableCreation, TableIdent};
 use iceberg_storage_opendal::OpenDalStorageFactory;
 use object_store::memory::InMemory;
 use rand::{Rng, SeedableRng};
@@ -196,63 +194,13 @@ impl std::fmt::Debug for FaultyCatalog {
     }
 }
 
-#[async_trait]
+crate::catalog_passthrough! {
 impl Catalog for FaultyCatalog {
-    async fn list_namespaces(
-        &self,
-        p: Option<&NamespaceIdent>,
-    ) -> iceberg::Result<Vec<NamespaceIdent>> {
-        self.inner.list_namespaces(p).await
-    }
-    async fn create_namespace(
-        &self,
-        n: &NamespaceIdent,
-        p: HashMap<String, String>,
-    ) -> iceberg::Result<Namespace> {
-        self.inner.create_namespace(n, p).await
-    }
-    async fn get_namespace(&self, n: &NamespaceIdent) -> iceberg::Result<Namespace> {
-        self.inner.get_namespace(n).await
-    }
-    async fn namespace_exists(&self, n: &NamespaceIdent) -> iceberg::Result<bool> {
-        self.inner.namespace_exists(n).await
-    }
-    async fn update_namespace(
-        &self,
-        n: &NamespaceIdent,
-        p: HashMap<String, String>,
-    ) -> iceberg::Result<()> {
-        self.inner.update_namespace(n, p).await
-    }
-    async fn drop_namespace(&self, n: &NamespaceIdent) -> iceberg::Result<()> {
-        self.inner.drop_namespace(n).await
-    }
-    async fn list_tables(&self, n: &NamespaceIdent) -> iceberg::Result<Vec<TableIdent>> {
-        self.inner.list_tables(n).await
-    }
-    async fn create_table(&self, n: &NamespaceIdent, c: TableCreation) -> iceberg::Result<Table> {
-        self.inner.create_table(n, c).await
-    }
     async fn load_table(&self, t: &TableIdent) -> iceberg::Result<Table> {
         match self.faults.roll(&self.dead, false) {
             Fault::None | Fault::Liar | Fault::LostReply => self.inner.load_table(t).await,
             _ => Err(catalog_fault("load_table")),
         }
-    }
-    async fn drop_table(&self, t: &TableIdent) -> iceberg::Result<()> {
-        self.inner.drop_table(t).await
-    }
-    async fn purge_table(&self, t: &TableIdent) -> iceberg::Result<()> {
-        self.inner.purge_table(t).await
-    }
-    async fn table_exists(&self, t: &TableIdent) -> iceberg::Result<bool> {
-        self.inner.table_exists(t).await
-    }
-    async fn rename_table(&self, s: &TableIdent, d: &TableIdent) -> iceberg::Result<()> {
-        self.inner.rename_table(s, d).await
-    }
-    async fn register_table(&self, t: &TableIdent, m: String) -> iceberg::Result<Table> {
-        self.inner.register_table(t, m).await
     }
     async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
         match self.faults.roll(&self.dead, true) {
@@ -269,7 +217,7 @@ impl Catalog for FaultyCatalog {
             _ => Err(catalog_fault("update_table")),
         }
     }
-}
+}}
 
 /// One process of the simulated job.
 struct Process {
