@@ -2,6 +2,7 @@
 //! listeners from the environment, job configurations that authenticate, and running the
 //! binaries with every byte of their output captured.
 
+use crate::traffic::create_topic;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -86,26 +87,6 @@ pub fn sasl_or_skip(test: &str) -> Option<(Services, Sasl)> {
 /// `&[String]` as `Vec<&str>`, for argument lists.
 pub fn as_refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-/// Creates `topic` with `partitions` partitions (replication 1).
-pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let res = rt
-        .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        ))
-        .expect("create topic");
-    for r in res {
-        r.expect("topic created");
-    }
 }
 
 /// Publishes a small seeded traffic over PLAINTEXT (the job is what must authenticate).

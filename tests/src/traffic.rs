@@ -10,30 +10,60 @@ struct Wrap {
     args: GenerateArgs,
 }
 
-/// The generator's records for `trips` trips with every kind of noise switched on.
-pub fn traffic(topic: &str, trips: u64, seed: u64, partitions: i32) -> Vec<generate::Record> {
-    let args = Wrap::parse_from([
+/// The generator's records for `trips` trips of `seed` on `partitions`, plus `extra` flags.
+fn plan(
+    topic: &str,
+    trips: u64,
+    seed: u64,
+    partitions: i32,
+    extra: &[&str],
+) -> Vec<generate::Record> {
+    let (trips, seed, partitions) = (trips.to_string(), seed.to_string(), partitions.to_string());
+    let mut argv = vec![
         "generate",
         "--topic",
         topic,
         "--trips",
-        &trips.to_string(),
+        &trips,
         "--seed",
-        &seed.to_string(),
+        &seed,
         "--partitions",
-        &partitions.to_string(),
-        "--duplicate-rate",
-        "0.03",
-        "--conflict-rate",
-        "0.005",
-        "--out-of-order-rate",
-        "0.05",
-        "--poison-rate",
-        "0.01",
-    ])
-    .args;
+        &partitions,
+    ];
+    argv.extend_from_slice(extra);
+    let args = Wrap::parse_from(argv).args;
     let (traffic, _, _) = args.resolve().expect("generator args");
     generate::plan(&traffic).collect()
+}
+
+/// The generator's records for `trips` trips with every kind of noise switched on.
+pub fn traffic(topic: &str, trips: u64, seed: u64, partitions: i32) -> Vec<generate::Record> {
+    plan(
+        topic,
+        trips,
+        seed,
+        partitions,
+        &[
+            "--duplicate-rate",
+            "0.03",
+            "--conflict-rate",
+            "0.005",
+            "--out-of-order-rate",
+            "0.05",
+            "--poison-rate",
+            "0.01",
+        ],
+    )
+}
+
+/// The generator's records for `trips` trips with its default noise.
+pub fn default_traffic(
+    topic: &str,
+    trips: u64,
+    seed: u64,
+    partitions: i32,
+) -> Vec<generate::Record> {
+    plan(topic, trips, seed, partitions, &[])
 }
 
 /// Creates `topic` with `partitions` partitions (replication 1) on `brokers`; panics on failure.

@@ -26,51 +26,10 @@ use recon_pipeline::config::Config;
 use recon_pipeline::maintain::references::object_key;
 use recon_pipeline::maintain::{self, Options};
 use recon_pipeline::reconcile::{self, Expected};
-use recon_pipeline::{checkpoint, demo, generate, lakehouse, orphans};
+use recon_pipeline::{checkpoint, demo, lakehouse, orphans};
 use recon_tests::pipeline::{JobSetup, binary, wait_with_deadline};
 use recon_tests::services_or_skip;
-
-fn traffic(topic: &str, trips: u64, seed: u64) -> Vec<generate::Record> {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: generate::GenerateArgs,
-    }
-    let args = Wrap::parse_from([
-        "generate",
-        "--topic",
-        topic,
-        "--trips",
-        &trips.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--partitions",
-        "2",
-    ])
-    .args;
-    let (traffic, _, _) = args.resolve().expect("generator args");
-    generate::plan(&traffic).collect()
-}
-
-fn create_topic(brokers: &str, topic: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let res = rt
-        .block_on(admin.create_topics(
-            &[NewTopic::new(topic, 2, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        ))
-        .expect("create topic");
-    for r in res {
-        r.expect("topic created");
-    }
-}
+use recon_tests::traffic::{create_topic, default_traffic};
 
 /// Runs the job binary until it stops by itself (idle); returns its log.
 fn run_job(
@@ -116,8 +75,8 @@ fn maintain_keeps_what_the_job_needs() {
         return;
     };
     let setup = JobSetup::new(&s, "maint", 200);
-    create_topic(&s.kafka_bootstrap, &setup.topic);
-    let records = traffic(&setup.topic, 1200, 21);
+    create_topic(&s.kafka_bootstrap, &setup.topic, 2);
+    let records = default_traffic(&setup.topic, 1200, 21, 2);
     let third = records.len() / 3;
     let mut expected = Expected::default();
     let logs = tempfile::tempdir().unwrap();
@@ -268,8 +227,8 @@ fn maintain_while_the_job_commits() {
         return;
     };
     let setup = JobSetup::new(&s, "maint_live", 150);
-    create_topic(&s.kafka_bootstrap, &setup.topic);
-    let records = traffic(&setup.topic, 1600, 22);
+    create_topic(&s.kafka_bootstrap, &setup.topic, 2);
+    let records = default_traffic(&setup.topic, 1600, 22, 2);
     let mut chunks = records.chunks(records.len().div_ceil(8));
     let mut expected = Expected::default();
     demo::publish(

@@ -16,35 +16,12 @@ use recon_pipeline::checkpoint::log::{CheckpointLog, Completed};
 use recon_pipeline::checkpoint::manifest::EntryKind;
 use recon_pipeline::config::Config;
 use recon_pipeline::reconcile::{self, Expected};
-use recon_pipeline::{checkpoint, demo, generate, lakehouse};
+use recon_pipeline::{checkpoint, demo, lakehouse};
 use recon_tests::pipeline::{JobSetup, wait_with_deadline};
 use recon_tests::services_or_skip;
+use recon_tests::traffic::default_traffic;
 
 const PARTITIONS: i32 = 3;
-
-/// The generator's records for `trips` trips of `seed`.
-fn traffic(topic: &str, trips: u64, seed: u64) -> Vec<generate::Record> {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: generate::GenerateArgs,
-    }
-    let args = Wrap::parse_from([
-        "generate",
-        "--topic",
-        topic,
-        "--trips",
-        &trips.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--partitions",
-        &PARTITIONS.to_string(),
-    ])
-    .args;
-    let (traffic, _, _) = args.resolve().expect("generator args");
-    generate::plan(&traffic).collect()
-}
 
 fn admin(brokers: &str) -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
     rdkafka::ClientConfig::new()
@@ -186,7 +163,7 @@ fn a_recreated_topic_stops_the_job_loudly() {
     demo::publish(
         &brokers,
         &setup.topic,
-        &traffic(&setup.topic, 300, seed),
+        &default_traffic(&setup.topic, 300, seed, PARTITIONS),
         &mut expected,
     )
     .expect("publish");
@@ -205,7 +182,7 @@ fn a_recreated_topic_stops_the_job_loudly() {
     demo::publish(
         &brokers,
         &setup.topic,
-        &traffic(&setup.topic, 200, seed + 1),
+        &default_traffic(&setup.topic, 200, seed + 1, PARTITIONS),
         &mut expected,
     )
     .expect("publish");
@@ -240,7 +217,7 @@ fn a_recreated_topic_stops_the_job_loudly() {
     demo::publish(
         &brokers,
         &setup.topic,
-        &traffic(&setup.topic, 900, seed + 2),
+        &default_traffic(&setup.topic, 900, seed + 2, PARTITIONS),
         &mut expected,
     )
     .expect("publish");
