@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use recon_pipeline::checkpoint::log::CheckpointLog;
 use recon_pipeline::config::Config;
 use recon_pipeline::ids::CheckpointId;
-use recon_pipeline::job::{self, CrashPlan, JobEnv};
+use recon_pipeline::job::{self, CrashPlan, JobEnv, StopClass};
 use recon_pipeline::{bench, checkpoint, demo, generate, lakehouse, maintain};
 use tokio::sync::watch;
 
@@ -37,6 +37,13 @@ enum Command {
         /// Stop gracefully after this many milliseconds without input (backfills, tests).
         #[arg(long)]
         exit_when_idle_ms: Option<u64>,
+        /// On a stop that restarting cannot fix (configuration, operator needed, fenced), stay
+        /// alive instead of exiting: write nothing, answer /healthz 200 and /readyz 503 with the
+        /// reason, set `recon_stopped{class=...} 1`, repeat the message once a minute, and exit
+        /// with the class's code on SIGTERM. For supervisors that restart unconditionally
+        /// (Kubernetes, compose).
+        #[arg(long, env = "RECON_HOLD_ON_STOP")]
+        hold_on_stop: bool,
     },
     /// The zero-setup demo: in-process Kafka mock cluster, SQLite catalog and a local
     /// warehouse under `./lakehouse`; crashes and restarts the job mid-stream, then reconciles.
@@ -150,16 +157,67 @@ async fn main() -> ExitCode {
         "info"
     };
     init_logs(&cli.log_format, level);
+    let hold = matches!(
+        cli.command,
+        Command::Run {
+            hold_on_stop: true,
+            ..
+        }
+    );
     match dispatch(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let class = classify(&e);
+            recon_pipeline::telemetry::stopped(class.name());
             eprintln!("recon-pipeline: error: {e:#}");
-            if e.downcast_ref::<recon_pipeline::config::ConfigError>()
-                .is_some()
-            {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
+            if hold && !class.restart() {
+                hold_stopped(class, &format!("{e:#}")).await;
+            }
+            eprintln!(
+                "recon-pipeline: stopped: class {class} (exit {}): {}",
+                class.exit_code(),
+                class.advice()
+            );
+            ExitCode::from(class.exit_code())
+        }
+    }
+}
+
+/// The stop class of an error of any command: the first classified error in its chain.
+/// Anything unclassified (e.g. the metrics address cannot be bound) counts as transient.
+fn classify(e: &anyhow::Error) -> StopClass {
+    for cause in e.chain() {
+        if let Some(j) = cause.downcast_ref::<job::JobError>() {
+            return j.class();
+        }
+        if cause
+            .downcast_ref::<recon_pipeline::config::ConfigError>()
+            .is_some()
+        {
+            return StopClass::Config;
+        }
+        if let Some(l) = cause.downcast_ref::<recon_pipeline::checkpoint::log::LogError>() {
+            // Operator commands (rewind, accept-topic-reset, checkpoints) fail on the log.
+            return job::log_class(l);
+        }
+    }
+    StopClass::Transient
+}
+
+/// `run --hold-on-stop`: stays alive after a stop that restarting cannot fix, writing nothing,
+/// until SIGTERM/SIGINT. /readyz answers 503 with the reason; the message repeats once a minute.
+async fn hold_stopped(class: StopClass, message: &str) {
+    recon_pipeline::telemetry::hold(class.name(), message);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = tick.tick() => {
+                tracing::error!(class = class.name(), exit_code = class.exit_code(),
+                    "held after a stop (--hold-on-stop; nothing is written; SIGTERM exits): {message}");
             }
         }
     }
@@ -170,6 +228,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Run {
             config,
             exit_when_idle_ms,
+            hold_on_stop: _,
         } => run(config, exit_when_idle_ms).await,
         Command::Demo(args) => demo::run(args).await.map(|_| ()),
         Command::Bench(args) => bench::run(args).await.map(|_| ()),

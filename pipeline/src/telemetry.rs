@@ -7,7 +7,8 @@
 //! - `GET /metrics`: Prometheus text format;
 //! - `GET /healthz`: 200 while the process runs (liveness);
 //! - `GET /readyz`: 200 once recovery is done and the first checkpoint after it completed,
-//!   503 before (readiness).
+//!   503 before (readiness), and 503 with the reason while `run --hold-on-stop` holds after a
+//!   stop.
 //!
 //! The first thing to alert on: `recon_seconds_since_last_commit` (updated every second).
 
@@ -20,6 +21,8 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 static READY: AtomicBool = AtomicBool::new(false);
+/// Why the process holds after a stop (`run --hold-on-stop`); `/readyz` answers 503 with it.
+static HELD: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 static LAST_COMMIT_UNIX_MS: AtomicI64 = AtomicI64::new(0);
 
 fn now_ms() -> i64 {
@@ -50,10 +53,16 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
         .route(
             "/readyz",
             axum::routing::get(|| async {
+                if let Some(reason) = HELD.lock().expect("held lock").clone() {
+                    return (axum::http::StatusCode::SERVICE_UNAVAILABLE, reason);
+                }
                 if READY.load(Ordering::Relaxed) {
-                    (axum::http::StatusCode::OK, "ready")
+                    (axum::http::StatusCode::OK, "ready".to_string())
                 } else {
-                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "recovering")
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "recovering".to_string(),
+                    )
                 }
             }),
         );
@@ -87,6 +96,26 @@ pub fn recovered(generation: u64, trips: usize, took: Duration) {
     counter!("recon_restarts_total").increment(1);
     gauge!("recon_open_trips").set(trips as f64);
     histogram!("recon_recovery_duration_seconds").record(took.as_secs_f64());
+}
+
+/// The job stopped with an error of `class` (`transient`, `config`, `operator-needed`,
+/// `fenced`): `recon_stopped{class} 1`. Visible while the process lives (`--hold-on-stop`).
+pub fn stopped(class: &'static str) {
+    gauge!("recon_stopped", "class" => class).set(1.0);
+    READY.store(false, Ordering::Relaxed);
+}
+
+/// `run --hold-on-stop`: the process stays up after a stop; `/readyz` answers 503 with why.
+pub fn hold(class: &'static str, message: &str) {
+    stopped(class);
+    *HELD.lock().expect("held lock") =
+        Some(format!("stopped ({class}); nothing is written: {message}\n"));
+}
+
+/// Consecutive generation claims at the log head without a checkpoint between them (a crash
+/// loop after the claim); each is one log entry, pruned after the next commit.
+pub fn consecutive_claims(n: u64) {
+    gauge!("recon_log_consecutive_claims").set(n as f64);
 }
 
 /// Records consumed by one batch, by outcome.

@@ -12,7 +12,6 @@
 //! Every outcome is verified by reloading: the 0.10.1 SQL catalog can report success for a
 //! failed `COMMIT` (iceberg-rust#3061), and a timeout says nothing about what happened.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +20,9 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableCommit, TableIdent};
 
-use crate::checkpoint::protocol::{self, AttemptVerdict, TableMarks};
+use crate::checkpoint::protocol::{
+    self, AncestryEnd, AttemptVerdict, MarksVerdict, Ownership, Refusal, TableFindings, TableMarks,
+};
 use crate::ids::{CheckpointId, Generation, JobId};
 
 /// Most snapshots walked when reading marks; beyond it the table is treated as unstamped.
@@ -58,6 +59,21 @@ pub enum CommitError {
         /// Last error seen.
         last: String,
     },
+    /// The table cannot be written safely: rolled back behind the job's marker, or another
+    /// job's table. An operator must act.
+    #[error("{refusal}")]
+    Refused {
+        /// What was found and what to do.
+        refusal: Refusal,
+    },
+    /// The catalog did not answer (or failed) when loading the table.
+    #[error("table {table}: {message}; check the catalog (catalog.uri) is up")]
+    Unreachable {
+        /// Table.
+        table: String,
+        /// What failed.
+        message: String,
+    },
     /// The table's history cannot be read safely.
     #[error("table {table}: {message}")]
     Protocol {
@@ -68,35 +84,102 @@ pub enum CommitError {
     },
 }
 
-/// Reads this job's marks from the table's current ancestry.
-pub fn marks_of(job: &JobId, table: &Table) -> Result<TableMarks, String> {
+/// Why a table's marks cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MarksError {
+    /// A stamp or marker of the job cannot be parsed: never guess.
+    #[error("{0}")]
+    Unreadable(String),
+    /// The table is behind its marker (rolled back), or another job writes it.
+    #[error("{0}")]
+    Refused(Refusal),
+}
+
+/// Reads, without writing, what the table says about `job`: how the ancestry walk (newest
+/// first, to the job's newest stamp) ended, the marker property, the owner, and where the
+/// marker's checkpoint is stamped. `log_sha256` is left for the caller (it reads the log).
+pub fn read_table(job: &JobId, table: &Table) -> Result<TableFindings, String> {
     let metadata = table.metadata();
-    let mut summaries = Vec::new();
+    let mut walked = 0usize;
     let mut next = metadata.current_snapshot_id();
-    while let Some(id) = next {
-        if summaries.len() >= ANCESTRY_SNAPSHOTS_MAX {
-            break;
+    let end = loop {
+        let Some(id) = next else {
+            break AncestryEnd::Root;
+        };
+        if walked >= ANCESTRY_SNAPSHOTS_MAX {
+            break AncestryEnd::Limit;
         }
+        walked += 1;
         let Some(s) = metadata.snapshot_by_id(id) else {
-            // Expired parents end the walk; the marker that matters is the newest one.
-            break;
+            break AncestryEnd::Expired;
         };
         let props = &s.summary().additional_properties;
         // The newest stamp decides: stop walking as soon as it is found.
-        if props.contains_key(protocol::PROP_JOB_ID) && protocol::parse_stamp(job, props)?.is_some()
+        if props.contains_key(protocol::PROP_JOB_ID)
+            && let Some(stamp) = protocol::parse_stamp(job, props)?
         {
-            summaries.push(props.clone());
-            break;
+            break AncestryEnd::Stamp {
+                stamp,
+                snapshot: id,
+                checkpoint_sha256: props.get(protocol::PROP_CHECKPOINT_SHA256).cloned(),
+            };
         }
-        summaries.push(HashMap::new());
         next = s.parent_snapshot_id();
-    }
-    let ancestry = protocol::table_marks(job, summaries.iter())?;
+    };
     let property = match metadata.properties().get(&protocol::marker_property(job)) {
         Some(v) => Some(protocol::parse_marker(v)?),
         None => None,
     };
-    Ok(protocol::merge_marks(ancestry, property))
+    let marker_snapshot = property.and_then(|p| {
+        metadata
+            .snapshots()
+            .filter(|s| {
+                matches!(protocol::parse_stamp(job, &s.summary().additional_properties),
+                    Ok(Some(st)) if Some(st.through) == p.committed)
+            })
+            .map(|s| s.snapshot_id())
+            .max()
+    });
+    Ok(TableFindings {
+        table: table.identifier().to_string(),
+        ownership: protocol::ownership(job, metadata.properties()),
+        end,
+        property,
+        current_snapshot: metadata.current_snapshot_id(),
+        marker_snapshot,
+        log_sha256: None,
+    })
+}
+
+/// Reads this job's marks from the table: the ancestry decides, the marker property fills in
+/// where expiry hid the stamp ([`protocol::judge_marks`]); a table behind its marker is an
+/// error, never marks to build on.
+pub fn marks_of(job: &JobId, table: &Table) -> Result<TableMarks, MarksError> {
+    let found = read_table(job, table).map_err(MarksError::Unreadable)?;
+    match protocol::judge_marks(&found.end, found.property) {
+        MarksVerdict::Trust(m) => Ok(m),
+        MarksVerdict::BehindMarker { marker, found: at } => {
+            Err(MarksError::Refused(Refusal::BehindMarker {
+                table: found.table,
+                marker: marker.committed.expect("a marker names a checkpoint"),
+                found: at.map(|s| s.through),
+                current_snapshot: found.current_snapshot,
+                marker_snapshot: found.marker_snapshot,
+            }))
+        }
+    }
+}
+
+/// The refusal of a table this job must not write (another job's), if any.
+pub fn foreign(job: &JobId, table: &Table) -> Option<Refusal> {
+    match protocol::ownership(job, table.metadata().properties()) {
+        Ownership::OwnedBy(other) | Ownership::MarkedBy(other) => Some(Refusal::NotOwner {
+            table: table.identifier().to_string(),
+            job: job.to_string(),
+            other,
+        }),
+        Ownership::Ours | Ownership::Unclaimed => None,
+    }
 }
 
 /// A catalog that lets an append land only on a base the plan expects.
@@ -107,6 +190,7 @@ pub struct GuardedCatalog {
     after: Option<CheckpointId>,
     through: CheckpointId,
     verdict: Mutex<Option<AttemptVerdict>>,
+    refusal: Mutex<Option<Refusal>>,
 }
 
 impl std::fmt::Debug for GuardedCatalog {
@@ -124,6 +208,16 @@ impl GuardedCatalog {
     fn last_verdict(&self) -> Option<AttemptVerdict> {
         *self.verdict.lock().expect("verdict lock")
     }
+
+    fn refused(&self) -> Option<Refusal> {
+        self.refusal.lock().expect("refusal lock").clone()
+    }
+
+    fn refuse(&self, refusal: Refusal) -> iceberg::Error {
+        let message = format!("recon commit guard refused the attempt: {refusal}");
+        *self.refusal.lock().expect("refusal lock") = Some(refusal);
+        iceberg::Error::new(iceberg::ErrorKind::PreconditionFailed, message)
+    }
 }
 
 crate::catalog_passthrough! {
@@ -131,8 +225,17 @@ impl Catalog for GuardedCatalog {
     /// Loads the base of an attempt and refuses it unless the plan still holds on it.
     async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
         let loaded = self.inner.load_table(table).await?;
-        let marks = marks_of(&self.job, &loaded)
-            .map_err(|m| iceberg::Error::new(iceberg::ErrorKind::DataInvalid, m))?;
+        // One owner per table, checked on the very base the attempt builds on.
+        if let Some(refusal) = foreign(&self.job, &loaded) {
+            return Err(self.refuse(refusal));
+        }
+        let marks = match marks_of(&self.job, &loaded) {
+            Ok(m) => m,
+            Err(MarksError::Refused(r)) => return Err(self.refuse(r)),
+            Err(MarksError::Unreadable(m)) => {
+                return Err(iceberg::Error::new(iceberg::ErrorKind::DataInvalid, m));
+            }
+        };
         let verdict = protocol::check_attempt(self.generation, self.after, self.through, &marks);
         *self.verdict.lock().expect("verdict lock") = Some(verdict);
         match verdict {
@@ -165,6 +268,9 @@ pub struct CommitRequest {
     pub offsets_json: String,
     /// Input epoch of the included checkpoints (topic resets accepted before them).
     pub input_epoch: u32,
+    /// The log entry's `manifest_sha256` of checkpoint `through` (stamped as
+    /// `recon.checkpoint-sha256`); `None` only where it cannot be known.
+    pub through_sha256: Option<String>,
 }
 
 /// The verified outcome of a table commit.
@@ -224,13 +330,37 @@ impl Committer {
         &self.catalog
     }
 
-    /// Loads a table and reads this job's marks from it.
+    /// Loads a table and reads this job's marks from it; refuses another job's table and a
+    /// table behind its marker.
     pub async fn marks(&self, table: &TableIdent) -> Result<TableMarks, CommitError> {
+        Ok(self.reading(table).await?.0)
+    }
+
+    /// Loads a table; returns this job's marks and what the table says about it (for the
+    /// checkpoint identity check); refuses another job's table and a table behind its marker.
+    pub async fn reading(
+        &self,
+        table: &TableIdent,
+    ) -> Result<(TableMarks, TableFindings), CommitError> {
         let t = tokio::time::timeout(self.timeout, self.catalog.load_table(table))
             .await
-            .map_err(|_| self.protocol_err(table, "loading the table timed out".into()))?
-            .map_err(|e| self.protocol_err(table, format!("cannot load: {e}")))?;
-        marks_of(&self.job, &t).map_err(|m| self.protocol_err(table, m))
+            .map_err(|_| CommitError::Unreachable {
+                table: table.to_string(),
+                message: format!("loading the table took longer than {:?}", self.timeout),
+            })?
+            .map_err(|e| CommitError::Unreachable {
+                table: table.to_string(),
+                message: format!("cannot load: {e}"),
+            })?;
+        if let Some(refusal) = foreign(&self.job, &t) {
+            return Err(CommitError::Refused { refusal });
+        }
+        let marks = marks_of(&self.job, &t).map_err(|e| match e {
+            MarksError::Refused(refusal) => CommitError::Refused { refusal },
+            MarksError::Unreadable(m) => self.protocol_err(table, m),
+        })?;
+        let found = read_table(&self.job, &t).map_err(|m| self.protocol_err(table, m))?;
+        Ok((marks, found))
     }
 
     fn protocol_err(&self, table: &TableIdent, message: String) -> CommitError {
@@ -255,6 +385,7 @@ impl Committer {
                 after: req.after,
                 through: req.through,
                 verdict: Mutex::new(None),
+                refusal: Mutex::new(None),
             });
             let result = tokio::time::timeout(self.timeout, self.attempt(&guard, req)).await;
             let answer = match result {
@@ -262,6 +393,9 @@ impl Committer {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("no answer within {:?}", self.timeout),
             };
+            if let Some(refusal) = guard.refused() {
+                return Err(CommitError::Refused { refusal });
+            }
             match guard.last_verdict() {
                 Some(AttemptVerdict::Fenced { theirs }) => {
                     return Err(CommitError::Fenced {
@@ -336,6 +470,9 @@ impl Committer {
             req.through,
             req.offsets_json.clone(),
         );
+        if let Some(sha) = &req.through_sha256 {
+            props.insert(protocol::PROP_CHECKPOINT_SHA256.to_string(), sha.clone());
+        }
         if req.input_epoch > 0 {
             props.insert(
                 protocol::PROP_INPUT_EPOCH.to_string(),
@@ -352,13 +489,14 @@ impl Committer {
             .set_snapshot_properties(props);
         let tx = action.apply(tx)?;
         // The same marker as a table property, atomically with the append: it outlives
-        // snapshot expiration.
+        // snapshot expiration. And the owner: one job id per table.
         let tx = tx
             .update_table_properties()
             .set(
                 protocol::marker_property(&self.job),
                 protocol::marker_value(self.generation, req.through),
             )
+            .set(protocol::PROP_OWNER.to_string(), self.job.to_string())
             .apply(tx)?;
         tx.commit(guard.as_ref()).await.map(|_| ())
     }

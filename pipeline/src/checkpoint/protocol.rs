@@ -18,6 +18,13 @@
 
 use std::collections::HashMap;
 
+pub mod preflight;
+
+pub use preflight::{
+    AncestryEnd, MarksVerdict, Ownership, PROP_CHECKPOINT_SHA256, PROP_OWNER, PreflightVerdict,
+    Refusal, Stage, TableFindings, judge_marks, ownership, preflight,
+};
+
 use crate::checkpoint::manifest::LogEntry;
 use crate::ids::{CheckpointId, Generation, JobId};
 
@@ -139,7 +146,8 @@ pub fn parse_marker(v: &str) -> Result<TableMarks, String> {
 }
 
 /// The newer of the ancestry's marks and the marker property's (both are written by the same
-/// commits, so they agree unless expiration removed the stamped snapshot).
+/// commits, so they agree unless expiration removed the stamped snapshot). Recovery and the
+/// commit guard use [`judge_marks`] instead, which also tells a rolled-back table apart.
 pub fn merge_marks(ancestry: TableMarks, property: Option<TableMarks>) -> TableMarks {
     match property {
         Some(p) if p.committed > ancestry.committed => p,

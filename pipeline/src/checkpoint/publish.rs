@@ -11,7 +11,7 @@ use iceberg::table::Table;
 use crate::checkpoint::commit::{CommitError, CommitOutcome, CommitRequest, Committer};
 use crate::checkpoint::log::{CheckpointLog, LogError};
 use crate::checkpoint::manifest::Manifest;
-use crate::checkpoint::protocol::{self, CommitPlan};
+use crate::checkpoint::protocol::{self, AncestryEnd, CommitPlan, Refusal};
 use crate::ids::CheckpointId;
 
 /// Re-plans allowed when the table keeps moving under a commit (another process of the job).
@@ -26,6 +26,20 @@ pub enum PublishError {
     /// The checkpoint log could not be read.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The table cannot take this log's checkpoints (ahead of the log, or a different
+    /// checkpoint under the same number): an operator must act; nothing was committed.
+    #[error("{0}")]
+    Refused(Refusal),
+    /// The table kept moving under every plan: another instance of the job is committing.
+    #[error(
+        "table {table}: the table kept moving under {REPLANS_MAX} commit plans; is another instance of job {job} running?"
+    )]
+    KeptMoving {
+        /// Table.
+        table: String,
+        /// Job.
+        job: String,
+    },
     /// The protocol refuses to continue; the message says why and what to do.
     #[error("{0}")]
     Protocol(String),
@@ -64,7 +78,8 @@ impl Publisher<'_> {
         let ident = table.identifier().clone();
         let mut done = Published::UpToDate;
         for _ in 0..=REPLANS_MAX {
-            let marks = self.committer.marks(&ident).await?;
+            let (marks, found) = self.committer.reading(&ident).await?;
+            self.same_checkpoint(&found.table, &found.end).await?;
             match protocol::plan_commit(self.committer.generation(), head, &marks) {
                 CommitPlan::UpToDate => return Ok(done),
                 CommitPlan::Fenced { ours, theirs } => {
@@ -77,12 +92,12 @@ impl Publisher<'_> {
                     .into());
                 }
                 CommitPlan::TableAhead { committed, head } => {
-                    return Err(PublishError::Protocol(format!(
-                        "table {ident} holds checkpoint {committed} of job {} but the checkpoint log ends at {head}: \
-                         the log was lost or replaced. Committing now could duplicate data; restore the checkpoint \
-                         store or start under a new job_id",
-                        self.committer.job()
-                    )));
+                    return Err(PublishError::Refused(Refusal::TableAhead {
+                        table: ident.to_string(),
+                        job: self.committer.job().to_string(),
+                        committed,
+                        head: Some(head),
+                    }));
                 }
                 CommitPlan::Commit { after, through } => {
                     let req = self.request(table, after, through).await?;
@@ -114,10 +129,36 @@ impl Publisher<'_> {
                 }
             }
         }
-        Err(PublishError::Protocol(format!(
-            "table {ident}: the table kept moving under {REPLANS_MAX} commit plans; is another instance of job {} running?",
-            self.committer.job()
-        )))
+        Err(PublishError::KeptMoving {
+            table: ident.to_string(),
+            job: self.committer.job().to_string(),
+        })
+    }
+
+    /// Refuses when the table's newest stamp names a checkpoint the log still holds under
+    /// another manifest (an older copy of the log that re-grew to the same id): the number
+    /// matches, the checkpoint does not. Stamps from before the sha existed pass.
+    async fn same_checkpoint(&self, table: &str, end: &AncestryEnd) -> Result<(), PublishError> {
+        let AncestryEnd::Stamp {
+            stamp,
+            checkpoint_sha256: Some(table_sha),
+            snapshot,
+        } = end
+        else {
+            return Ok(());
+        };
+        let Some(entry) = self.log.entry(stamp.through).await? else {
+            return Ok(());
+        };
+        if entry.manifest_sha256 != *table_sha {
+            return Err(PublishError::Refused(Refusal::NotTheLogsCheckpoint {
+                table: format!("{table} (snapshot {snapshot})"),
+                checkpoint: stamp.through,
+                table_sha256: table_sha.clone(),
+                log_sha256: entry.manifest_sha256,
+            }));
+        }
+        Ok(())
     }
 
     /// The manifest of a completed checkpoint, from memory or the log.
@@ -190,6 +231,8 @@ impl Publisher<'_> {
             first <= through,
             "a commit request includes at least one checkpoint"
         );
+        // The identity of the checkpoint the stamp names, beside its number.
+        let through_sha256 = self.log.entry(through).await?.map(|e| e.manifest_sha256);
         Ok(CommitRequest {
             table: table.identifier().clone(),
             after,
@@ -198,6 +241,7 @@ impl Publisher<'_> {
             files,
             offsets_json,
             input_epoch: epoch.unwrap_or(0),
+            through_sha256,
         })
     }
 }

@@ -19,8 +19,12 @@
 
 mod barrier;
 mod outputs;
+mod preflight;
 mod publish;
 mod recovery;
+mod stop;
+
+pub use stop::{StopClass, log_class, refusal_class, refusals_class};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -98,7 +102,18 @@ pub enum JobError {
     /// Writing data files failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
-    /// The protocol refuses to continue (e.g. the table is ahead of the log).
+    /// Recovery's checks refused to write (table ahead of the log, rolled back, another job's
+    /// table, fenced); nothing was written. One line per table.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; also: "))]
+    Refused(Vec<crate::checkpoint::protocol::Refusal>),
+    /// The configuration does not fit what was found (e.g. a partition the topic lacks).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The Kafka consumer thread ended without an error (it should never): restart.
+    #[error("the Kafka consumer thread stopped")]
+    ConsumerStopped,
+    /// The protocol refuses to continue (offsets moving backwards, unreadable state); the
+    /// message says why and what to do.
     #[error("{0}")]
     Protocol(String),
     /// A simulated crash (tests and demo only).
@@ -194,6 +209,11 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     // Then the topic's identity, before claiming: a recreated topic must not cost a generation
     // either, and nothing may be consumed from it.
     let verified = recovery::verify_head_input(cfg, &env, &partitions).await?;
+    // Then the tables against the log, read-only: a table ahead of the log, rolled back behind
+    // its marker, or owned by another job stops here, before the claim writes anything.
+    crate::lakehouse::ensure_tables(env.catalog.as_ref(), &cfg.catalog.namespace).await?;
+    let log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
+    preflight::before_claim(cfg, env.catalog.as_ref(), &log).await?;
     let mut job = recovery::recover(cfg, &env, &partitions).await?;
     if recovery::positions(&job.cuts) != verified {
         // Another instance completed a checkpoint between the check and the claim.
@@ -245,7 +265,7 @@ impl Job {
                             self.process(records).await?;
                         }
                         Some(Err(e)) => return Err(e.into()),
-                        None => return Err(JobError::Protocol("the Kafka consumer thread stopped".into())),
+                        None => return Err(JobError::ConsumerStopped),
                     }
                 }
                 _ = tokio::time::sleep(idle_tick), if env.idle_exit.is_some() => {

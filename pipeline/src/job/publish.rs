@@ -10,6 +10,7 @@ use crate::checkpoint::protocol;
 use crate::checkpoint::publish::{Published, Publisher};
 use crate::crash::CrashPoint;
 use crate::ids::CheckpointId;
+use crate::lakehouse::LakehouseError;
 use crate::sink::Output;
 
 use super::{Job, JobError};
@@ -85,7 +86,11 @@ impl Job {
                 .catalog()
                 .load_table(table.identifier())
                 .await
-                .map_err(|e| JobError::Protocol(format!("loading {}: {e}", table.identifier())))?;
+                .map_err(|source| LakehouseError::Catalog {
+                    op: "load_table",
+                    what: table.identifier().to_string(),
+                    source,
+                })?;
             let props = HashMap::from([
                 (
                     "recon.delivery".to_string(),
@@ -100,11 +105,17 @@ impl Job {
                 .add_data_files(fs.clone())
                 .set_snapshot_properties(props)
                 .apply(tx)
-                .map_err(|e| JobError::Protocol(e.to_string()))?;
+                .map_err(|source| LakehouseError::Catalog {
+                    op: "build the append of",
+                    what: table.identifier().to_string(),
+                    source,
+                })?;
             tx.commit(self.committer.catalog().as_ref())
                 .await
-                .map_err(|e| {
-                    JobError::Protocol(format!("commit to {}: {e}", table.identifier()))
+                .map_err(|source| LakehouseError::Catalog {
+                    op: "commit to",
+                    what: table.identifier().to_string(),
+                    source,
                 })?;
             self.report.commits += 1;
         }

@@ -30,7 +30,7 @@ pub(super) fn owned_partitions(cfg: &Config) -> Result<Vec<PartitionId>, JobErro
     let mut owned = Vec::new();
     for p in &cfg.source.partitions {
         if !all.contains(&PartitionId(*p)) {
-            return Err(JobError::Protocol(format!(
+            return Err(JobError::Config(format!(
                 "source.partitions names partition {p}, but topic {} has partitions {:?}",
                 cfg.source.topic,
                 all.iter().map(|p| p.0).collect::<Vec<_>>()
@@ -126,17 +126,49 @@ pub(super) async fn verify_input(
     Ok(())
 }
 
+/// Claims counted back from the head before giving up counting (a bound on reads at start).
+const CLAIMS_COUNTED_MAX: usize = 64;
+/// From this many claims in a row without a checkpoint, the start warns.
+const CLAIMS_WARN_FROM: u64 = 5;
+
+/// Counts the generation claims at the log head with no checkpoint between them: a crash loop
+/// that gets past the claim adds one entry per start (pruned after the next commit). Sets
+/// `recon_log_consecutive_claims` and warns from [`CLAIMS_WARN_FROM`].
+async fn claims_in_a_row(log: &CheckpointLog) -> Result<(), JobError> {
+    let ids = log.ids_after(None).await?;
+    let mut n = 0u64;
+    for id in ids.iter().rev().take(CLAIMS_COUNTED_MAX) {
+        match log.entry(*id).await? {
+            Some(e) if matches!(e.kind, EntryKind::GenerationStart { .. }) => n += 1,
+            _ => break,
+        }
+    }
+    crate::telemetry::consecutive_claims(n);
+    if n >= CLAIMS_WARN_FROM {
+        tracing::warn!(claims = n, "the checkpoint log ends in {n} generation claims without a checkpoint: the job keeps starting and dying before its first checkpoint (crash loop?); each start adds one entry, pruned after the next commit");
+    }
+    Ok(())
+}
+
 /// Claims a generation and brings tables, state and offsets to the newest checkpoint.
 pub(super) async fn recover(
     cfg: &Config,
     env: &JobEnv,
     partitions: &[PartitionId],
 ) -> Result<Job, JobError> {
-    lakehouse::ensure_tables(env.catalog.as_ref(), &cfg.catalog.namespace).await?;
     let log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
+    // Nothing is written before every check passed (the caller ran the pre-flight).
     let claimed = log.claim(None).await?;
     let generation = claimed.entry.generation;
     tracing::info!(generation = %generation, checkpoint = %claimed.entry.checkpoint_id, kind = ?claimed.entry.kind, "generation claimed");
+    let resumed = match claimed.entry.kind {
+        EntryKind::GenerationStart { resumes } => resumes,
+        _ => claimed.entry.checkpoint_id.0.checked_sub(1).map(CheckpointId),
+    };
+    // Again against the claim: another instance may have moved between the pre-flight and
+    // the claim. A refusal here still publishes and deletes nothing.
+    super::preflight::after_claim(cfg, env.catalog.as_ref(), &log, generation, resumed).await?;
+    claims_in_a_row(&log).await?;
     let committer = Committer::new(
         env.catalog.clone(),
         cfg.job_id.clone(),

@@ -171,7 +171,7 @@ impl Expirer {
             {
                 let marks = marks_of(&self.job, &after).map_err(|m| ExpireError::Load {
                     table: table_name.clone(),
-                    message: m,
+                    message: m.to_string(),
                 })?;
                 if marks.committed < plan.marks.committed
                     || marks.generation < plan.marks.generation

@@ -218,7 +218,7 @@ impl Sweep<'_> {
         t: &mut TableReport,
     ) -> Result<(), String> {
         let job = &self.cfg.job_id;
-        let marks = marks_of(job, table)?;
+        let marks = marks_of(job, table).map_err(|e| e.to_string())?;
         // The log must not be behind the table: a wrong checkpoint.store or job_id would
         // hide pending files. The table may be ahead of the log as read at the start (the
         // running job completed and committed more since): then the log must have moved on.

@@ -25,7 +25,7 @@ use std::num::NonZeroUsize;
 use iceberg::spec::{MAIN_BRANCH, TableMetadata};
 
 use crate::checkpoint::commit::ANCESTRY_SNAPSHOTS_MAX;
-use crate::checkpoint::protocol::{self, TableMarks};
+use crate::checkpoint::protocol::{self, AncestryEnd, MarksVerdict, TableMarks};
 use crate::ids::JobId;
 
 /// What the planner needs to know about one snapshot.
@@ -93,20 +93,21 @@ impl TableFacts {
         })
     }
 
-    /// The ancestry of `head`, newest first, ending where a parent is missing or in `removed`.
-    fn ancestry(
+    /// The ancestry of `head`, newest first, ending where a parent is missing or in `removed`;
+    /// and whether it ended at the root (a snapshot without a parent).
+    fn walk(
         &self,
         head: Option<i64>,
         removed: &HashSet<i64>,
-    ) -> Result<Vec<i64>, RetentionError> {
+    ) -> Result<(Vec<i64>, bool), RetentionError> {
         let mut out = Vec::new();
         let mut next = head;
         while let Some(id) = next {
             if removed.contains(&id) {
-                break;
+                return Ok((out, false));
             }
             let Some(s) = self.snapshots.get(&id) else {
-                break;
+                return Ok((out, false));
             };
             if out.len() >= ANCESTRY_SNAPSHOTS_MAX {
                 return Err(RetentionError::AncestryTooLong { head: id });
@@ -114,19 +115,36 @@ impl TableFacts {
             out.push(id);
             next = s.parent;
         }
-        Ok(out)
+        Ok((out, true))
     }
 
-    /// A job's marks as `commit::marks_of` reads them, on this table minus `removed`.
-    fn marks(&self, job: &JobId, removed: &HashSet<i64>) -> Result<TableMarks, RetentionError> {
-        let mut ancestry = TableMarks::default();
-        for id in self.ancestry(self.current, removed)? {
+    /// The ancestry of `head`, newest first, ending where a parent is missing or in `removed`.
+    fn ancestry(
+        &self,
+        head: Option<i64>,
+        removed: &HashSet<i64>,
+    ) -> Result<Vec<i64>, RetentionError> {
+        Ok(self.walk(head, removed)?.0)
+    }
+
+    /// A job's marks as `commit::marks_of` reads them, on this table minus `removed`: the
+    /// ancestry decides, the marker property fills in past an expired parent. Expiry ends the
+    /// walk at a missing parent, never at the root, so it can never look like a rollback.
+    fn verdict(&self, job: &JobId, removed: &HashSet<i64>) -> Result<MarksVerdict, RetentionError> {
+        let (ancestry, at_root) = self.walk(self.current, removed)?;
+        let mut end = if at_root {
+            AncestryEnd::Root
+        } else {
+            AncestryEnd::Expired
+        };
+        for id in ancestry {
             if let Some(stamp) = protocol::parse_stamp(job, &self.snapshots[&id].summary)
                 .map_err(RetentionError::Unreadable)?
             {
-                ancestry = TableMarks {
-                    committed: Some(stamp.through),
-                    generation: Some(stamp.generation),
+                end = AncestryEnd::Stamp {
+                    stamp,
+                    snapshot: id,
+                    checkpoint_sha256: None,
                 };
                 break;
             }
@@ -135,7 +153,19 @@ impl TableFacts {
             Some(v) => Some(protocol::parse_marker(v).map_err(RetentionError::Unreadable)?),
             None => None,
         };
-        Ok(protocol::merge_marks(ancestry, property))
+        Ok(protocol::judge_marks(&end, property))
+    }
+
+    /// [`Self::verdict`] as marks; a table behind the job's marker is an error.
+    fn marks(&self, job: &JobId, removed: &HashSet<i64>) -> Result<TableMarks, RetentionError> {
+        match self.verdict(job, removed)? {
+            MarksVerdict::Trust(m) => Ok(m),
+            MarksVerdict::BehindMarker { marker, found } => Err(RetentionError::BehindMarker {
+                job: job.to_string(),
+                marker,
+                found: found.map(|s| s.through),
+            }),
+        }
     }
 }
 
@@ -177,6 +207,19 @@ pub enum RetentionError {
     /// A stamp or marker property that names a job cannot be parsed.
     #[error("{0}")]
     Unreadable(String),
+    /// The table's current snapshot is behind the job's marker (rolled back): expiring now
+    /// could remove the snapshot an operator rolls forward to. Nothing is expired.
+    #[error(
+        "the table was rolled back behind job {job}'s marker (checkpoint {marker:?}, the ancestry holds {found:?}); nothing expired: start the job to see the operator's choices"
+    )]
+    BehindMarker {
+        /// The job.
+        job: String,
+        /// The marker property's marks.
+        marker: TableMarks,
+        /// The ancestry's newest stamp.
+        found: Option<crate::ids::CheckpointId>,
+    },
     /// Safety net: the plan would change a job's marks. A bug if it ever fires.
     #[error(
         "expiring would change the marks of job {job} from {before:?} to {after:?}; nothing expired (this is a bug in maintain: report it)"
@@ -185,9 +228,9 @@ pub enum RetentionError {
         /// The job.
         job: String,
         /// Its marks now.
-        before: TableMarks,
+        before: MarksVerdict,
         /// Its marks after the planned expiry.
-        after: TableMarks,
+        after: MarksVerdict,
     },
 }
 
@@ -252,7 +295,7 @@ pub fn plan(
     let removed = removal(keep_through);
     for other in others {
         let changes = match JobId::new(other) {
-            Ok(id) => facts.marks(&id, &removed)? != facts.marks(&id, &none)?,
+            Ok(id) => facts.verdict(&id, &removed)? != facts.verdict(&id, &none)?,
             // Not a valid job id: no recon job reads it, but keep it rather than guess.
             Err(_) => true,
         };
@@ -271,8 +314,10 @@ pub fn plan(
             .filter_map(|j| JobId::new(j).ok())
             .collect::<BTreeSet<_>>(),
     );
+    // The configured job's table behind its marker: refuse (the roll-forward target would go).
+    facts.marks(job, &none)?;
     for j in &jobs {
-        let (before, after) = (facts.marks(j, &none)?, facts.marks(j, &removed)?);
+        let (before, after) = (facts.verdict(j, &none)?, facts.verdict(j, &removed)?);
         if before != after {
             return Err(RetentionError::MarksWouldChange {
                 job: j.to_string(),
