@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 use crate::Services;
 
 /// Locates the `recon-pipeline` binary of this workspace build, building it if missing.
+/// `RECON_PIPELINE_BIN` overrides it (e.g. an older build, to show a test fails without a fix).
 pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("RECON_PIPELINE_BIN") {
+        return PathBuf::from(bin);
+    }
     // target/<profile>/deps/<test-binary> -> target/<profile>/recon-pipeline
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe

@@ -254,7 +254,10 @@ mod tests {
             LogError::Store(StoreError::Io {
                 op: "get",
                 path: "p".into(),
-                source: object_store::Error::NotImplemented,
+                source: object_store::Error::Generic {
+                    store: "test",
+                    source: "down".into(),
+                },
             })
             .into(),
             StopClass::Transient,
