@@ -140,6 +140,25 @@ fn refused_every_time(
         let log = logdir.join(format!("refused-{i}.log"));
         let child = setup.spawn(3_000, &[], &log);
         let (status, out) = wait_with_deadline(child, &log, Duration::from_secs(60));
+        // What was written first (the finding), then how the stop was reported.
+        let after = rt.block_on(world(s, setup, cfg));
+        assert_eq!(
+            after.store.keys().collect::<Vec<_>>(),
+            before.store.keys().collect::<Vec<_>>(),
+            "start {i} changed the checkpoint store's objects:\n{out}"
+        );
+        assert!(
+            after.store == before.store,
+            "start {i} changed a checkpoint store object's bytes"
+        );
+        assert_eq!(
+            after.tables, before.tables,
+            "start {i} changed a table's metadata:\n{out}"
+        );
+        assert_eq!(
+            after.warehouse, before.warehouse,
+            "start {i} wrote or deleted warehouse files"
+        );
         assert_eq!(
             status.code(),
             Some(OPERATOR_NEEDED),
@@ -151,24 +170,6 @@ fn refused_every_time(
         assert!(
             !out.contains("start under a new job_id"),
             "advice that leads to duplicates:\n{out}"
-        );
-        let after = rt.block_on(world(s, setup, cfg));
-        assert_eq!(
-            after.store.keys().collect::<Vec<_>>(),
-            before.store.keys().collect::<Vec<_>>(),
-            "start {i} changed the checkpoint store's objects"
-        );
-        assert!(
-            after.store == before.store,
-            "start {i} changed a checkpoint store object's bytes"
-        );
-        assert_eq!(
-            after.tables, before.tables,
-            "start {i} changed a table's metadata"
-        );
-        assert_eq!(
-            after.warehouse, before.warehouse,
-            "start {i} wrote or deleted warehouse files"
         );
         if i == 1 {
             if let Some(l) = out.lines().find(|l| l.contains("recon-pipeline: stopped")) {
@@ -422,4 +423,100 @@ fn a_second_job_id_on_the_same_tables_is_refused() {
     );
     // No row written twice: the tables reconcile exactly against what was published once.
     f.reconcile_clean();
+}
+
+/// The exit codes of `recon-pipeline run` as a supervisor sees them: 2 for a configuration
+/// error, 1 for an unreachable broker (restart), each with the class on the final line.
+#[test]
+fn exit_codes_name_the_stop_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &FsPath| {
+        let out = std::process::Command::new(recon_tests::pipeline::binary())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("spawn recon-pipeline");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, err) = run(&dir.path().join("missing.toml"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("stopped: class config (exit 2)"), "{err}");
+    let unreachable = dir.path().join("unreachable.toml");
+    std::fs::write(
+        &unreachable,
+        "job_id = \"exit-codes\"\n[source]\nbrokers = \"127.0.0.1:1\"\ntopic = \"t\"\n",
+    )
+    .unwrap();
+    let (code, err) = run(&unreachable);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("stopped: class transient (exit 1)"), "{err}");
+}
+
+/// `GET path` over HTTP/1.0; `None` while nothing listens.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// `run --hold-on-stop` (Kubernetes, compose): an operator-needed stop keeps the process up,
+/// live but not ready, with the reason and a metric; it writes nothing; SIGTERM exits 3.
+#[test]
+fn hold_on_stop_stays_up_not_ready_and_writes_nothing() {
+    let Some(s) = services_or_skip("hold_on_stop_stays_up_not_ready_and_writes_nothing") else {
+        return;
+    };
+    let mut f = Fixture::new(s, "hold_on_stop");
+    f.feed_and_run(50, "first");
+    let toml = std::fs::read_to_string(&f.setup.config).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let second = toml.replacen(
+        &format!("job_id = \"{}\"", f.setup.name),
+        &format!("job_id = \"{}-second\"", f.setup.name),
+        1,
+    ) + &format!("\n[observability]\nlisten = \"127.0.0.1:{port}\"\n");
+    std::fs::write(&f.setup.config, second).unwrap();
+    let cfg2 = Config::load(Some(&f.setup.config)).unwrap();
+    let before = f.rt.block_on(world(&f.s, &f.setup, &cfg2));
+    let log = f.logdir.path().join("held.log");
+    let child = f
+        .setup
+        .spawn(3_000, &[("RECON_HOLD_ON_STOP", "true".to_string())], &log);
+    let pid = child.id();
+    let reason = f.rt.block_on(recon_tests::wait_until(
+        "/readyz to answer 503 with the stop",
+        Duration::from_secs(60),
+        || async {
+            match get(port, "/readyz") {
+                Some((503, body)) if body.contains("operator-needed") => Some(body),
+                _ => None,
+            }
+        },
+    ));
+    assert!(reason.contains("is written by job"), "{reason}");
+    assert_eq!(get(port, "/healthz").map(|(c, _)| c), Some(200));
+    let metrics = get(port, "/metrics").expect("metrics").1;
+    assert!(
+        metrics.contains("recon_stopped{class=\"operator-needed\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(f.rt.block_on(world(&f.s, &f.setup, &cfg2)), before);
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let (status, out) = wait_with_deadline(child, &log, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(OPERATOR_NEEDED), "{out}");
+    assert_eq!(f.rt.block_on(world(&f.s, &f.setup, &cfg2)), before);
 }
