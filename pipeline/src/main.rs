@@ -284,6 +284,9 @@ async fn run(config: Option<PathBuf>, idle_ms: Option<u64>) -> anyhow::Result<()
     let (store, prefix) = checkpoint::store::open(&cfg).context("opening the checkpoint store")?;
     if let Some(listen) = cfg.metrics_listen {
         recon_pipeline::telemetry::serve(listen).await?;
+        for class in StopClass::ALL {
+            recon_pipeline::telemetry::running(class.name());
+        }
     }
     let catalog = lakehouse::open_catalog(&cfg).await?;
     let (tx, rx) = watch::channel(false);

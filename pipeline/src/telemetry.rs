@@ -105,6 +105,12 @@ pub fn stopped(class: &'static str) {
     READY.store(false, Ordering::Relaxed);
 }
 
+/// The job runs: `recon_stopped{class} 0` for `class` (exported from the start, so the alert
+/// and the dashboard see the series before any stop).
+pub fn running(class: &'static str) {
+    gauge!("recon_stopped", "class" => class).set(0.0);
+}
+
 /// `run --hold-on-stop`: the process stays up after a stop; `/readyz` answers 503 with why.
 pub fn hold(class: &'static str, message: &str) {
     stopped(class);
