@@ -114,8 +114,9 @@ pub fn running(class: &'static str) {
 /// `run --hold-on-stop`: the process stays up after a stop; `/readyz` answers 503 with why.
 pub fn hold(class: &'static str, message: &str) {
     stopped(class);
-    *HELD.lock().expect("held lock") =
-        Some(format!("stopped ({class}); nothing is written: {message}\n"));
+    *HELD.lock().expect("held lock") = Some(format!(
+        "stopped ({class}); nothing is written: {message}\n"
+    ));
 }
 
 /// Consecutive generation claims at the log head without a checkpoint between them (a crash

@@ -104,6 +104,7 @@ async fn commit(
         files: vec![],
         offsets_json: "{}".into(),
         input_epoch: 0,
+        through_sha256: None,
     };
     committer.commit(&req).await.unwrap()
 }

@@ -3,7 +3,8 @@
 //! `job_reads_over_sasl_ssl_and_a_wrong_password_stops_it`: the real binary consumes a topic
 //! through the broker's SASL_SSL listener (SCRAM-SHA-256, the local CA in `ssl.ca.location`, the
 //! password verbatim from `RECON__SOURCE__SASL_PASSWORD`) and commits every event exactly once;
-//! with a wrong password it stops within seconds, exit 1, naming the SASL authentication failure.
+//! with a wrong password it stops within seconds, exit 2 (configuration: restarting will not help),
+//! naming the SASL authentication failure.
 //! Needs the broker's SASL listeners (`RECON_KAFKA_SASL_*` from `infra/local/env`).
 
 use std::time::Duration;
@@ -67,7 +68,11 @@ fn job_reads_over_sasl_ssl_and_a_wrong_password_stops_it() {
         &env,
         Duration::from_secs(60),
     );
-    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        code,
+        Some(2),
+        "a refused login is a configuration stop: {out}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "took {:?}",

@@ -22,8 +22,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use iceberg::spec::{MAIN_BRANCH, SnapshotReference, SnapshotRetention};
 use iceberg::MetadataLocation;
+use iceberg::spec::{MAIN_BRANCH, SnapshotReference, SnapshotRetention};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use recon_pipeline::checkpoint::commit::marks_of;
@@ -171,10 +171,10 @@ fn refused_every_time(
             !out.contains("start under a new job_id"),
             "advice that leads to duplicates:\n{out}"
         );
-        if i == 1 {
-            if let Some(l) = out.lines().find(|l| l.contains("recon-pipeline: stopped")) {
-                println!("{l}");
-            }
+        if i == 1
+            && let Some(l) = out.lines().find(|l| l.contains("recon-pipeline: stopped"))
+        {
+            println!("{l}");
         }
     }
 }
@@ -242,7 +242,8 @@ fn an_older_checkpoint_store_copy_is_refused_at_every_start() {
     };
     let mut f = Fixture::new(s, "restore_old_store");
     f.feed_and_run(150, "first");
-    let copy = f.rt.block_on(objects(&f.s, &f.s.s3.checkpoint_bucket, &f.setup.name));
+    let copy =
+        f.rt.block_on(objects(&f.s, &f.s.s3.checkpoint_bucket, &f.setup.name));
     f.feed_and_run(150, "second");
     f.reconcile_clean();
     // The operator restores the older copy of the checkpoint store.
@@ -298,7 +299,12 @@ fn deleting_the_newest_log_entry_is_refused_at_every_start() {
     );
     f.rt.block_on(async {
         let store = f.s.s3.object_store(&f.s.s3.checkpoint_bucket).unwrap();
-        let key = format!("{}/{}/{}", f.setup.name, f.cfg.job_id, log_path(head.entry.checkpoint_id));
+        let key = format!(
+            "{}/{}/{}",
+            f.setup.name,
+            f.cfg.job_id,
+            log_path(head.entry.checkpoint_id)
+        );
         store.delete(&Path::from(key.as_str())).await.unwrap();
     });
     refused_every_time(
@@ -320,7 +326,10 @@ async fn roll_back(s: &Services, cfg: &Config, name: &str, snapshot: i64) {
     let catalog = lakehouse::open_catalog(cfg).await.expect("catalog");
     let ident = lakehouse::table_ident(cfg, name);
     let t = catalog.load_table(&ident).await.expect("table");
-    let old = t.metadata_location().expect("metadata location").to_string();
+    let old = t
+        .metadata_location()
+        .expect("metadata location")
+        .to_string();
     let metadata = t
         .metadata()
         .clone()
@@ -437,7 +446,10 @@ fn exit_codes_name_the_stop_class() {
             .env("RUST_LOG", "off")
             .output()
             .expect("spawn recon-pipeline");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let (code, err) = run(&dir.path().join("missing.toml"));
     assert_eq!(code, Some(2), "{err}");

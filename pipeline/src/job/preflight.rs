@@ -41,12 +41,11 @@ async fn findings(
                 what: ident.to_string(),
                 source,
             })?;
-        let mut found = commit::read_table(&cfg.job_id, &table).map_err(|message| {
-            CommitError::Protocol {
+        let mut found =
+            commit::read_table(&cfg.job_id, &table).map_err(|message| CommitError::Protocol {
                 table: ident.to_string(),
                 message,
-            }
-        })?;
+            })?;
         if let AncestryEnd::Stamp { stamp, .. } = &found.end {
             found.log_sha256 = log.entry(stamp.through).await?.map(|e| e.manifest_sha256);
         }
@@ -64,17 +63,14 @@ pub(super) async fn before_claim(
 ) -> Result<(), JobError> {
     let tables = findings(cfg, catalog, log).await?;
     let head = match log.ids_after(None).await?.last() {
-        Some(id) => log.entry(*id).await?.map(|e| (e.checkpoint_id, e.generation)),
+        Some(id) => log
+            .entry(*id)
+            .await?
+            .map(|e| (e.checkpoint_id, e.generation)),
         None => None,
     };
     let ours = head.map_or(Generation(1), |(_, g)| g.next());
-    judge(
-        cfg,
-        Stage::BeforeClaim,
-        ours,
-        head.map(|(c, _)| c),
-        &tables,
-    )
+    judge(cfg, Stage::BeforeClaim, ours, head.map(|(c, _)| c), &tables)
 }
 
 /// Right after the claim: `resumed` is the checkpoint the claim continues; nobody can have

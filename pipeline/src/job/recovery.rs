@@ -145,7 +145,10 @@ async fn claims_in_a_row(log: &CheckpointLog) -> Result<(), JobError> {
     }
     crate::telemetry::consecutive_claims(n);
     if n >= CLAIMS_WARN_FROM {
-        tracing::warn!(claims = n, "the checkpoint log ends in {n} generation claims without a checkpoint: the job keeps starting and dying before its first checkpoint (crash loop?); each start adds one entry, pruned after the next commit");
+        tracing::warn!(
+            claims = n,
+            "the checkpoint log ends in {n} generation claims without a checkpoint: the job keeps starting and dying before its first checkpoint (crash loop?); each start adds one entry, pruned after the next commit"
+        );
     }
     Ok(())
 }
@@ -163,7 +166,12 @@ pub(super) async fn recover(
     tracing::info!(generation = %generation, checkpoint = %claimed.entry.checkpoint_id, kind = ?claimed.entry.kind, "generation claimed");
     let resumed = match claimed.entry.kind {
         EntryKind::GenerationStart { resumes } => resumes,
-        _ => claimed.entry.checkpoint_id.0.checked_sub(1).map(CheckpointId),
+        _ => claimed
+            .entry
+            .checkpoint_id
+            .0
+            .checked_sub(1)
+            .map(CheckpointId),
     };
     // Again against the claim: another instance may have moved between the pre-flight and
     // the claim. A refusal here still publishes and deletes nothing.

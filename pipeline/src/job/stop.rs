@@ -113,7 +113,10 @@ impl JobError {
 
 /// Fenced when any table says so (another instance took over), otherwise an operator's stop.
 pub fn refusals_class(refusals: &[Refusal]) -> StopClass {
-    if refusals.iter().any(|r| refusal_class(r) == StopClass::Fenced) {
+    if refusals
+        .iter()
+        .any(|r| refusal_class(r) == StopClass::Fenced)
+    {
         StopClass::Fenced
     } else {
         StopClass::OperatorNeeded
@@ -280,7 +283,10 @@ mod tests {
             PublishError::Refused(ahead.clone()).into(),
             StopClass::OperatorNeeded,
         );
-        check(JobError::Refused(vec![ahead.clone()]), StopClass::OperatorNeeded);
+        check(
+            JobError::Refused(vec![ahead.clone()]),
+            StopClass::OperatorNeeded,
+        );
         check(
             JobError::Refused(vec![
                 ahead,

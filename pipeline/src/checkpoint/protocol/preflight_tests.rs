@@ -34,10 +34,18 @@ fn at(generation: u64, through: u64, sha: Option<&str>) -> AncestryEnd {
 #[test]
 fn the_ancestry_decides_and_the_property_only_fills_in() {
     let check = |end: AncestryEnd, property: Option<TableMarks>, expected: MarksVerdict| {
-        assert_eq!(judge_marks(&end, property), expected, "{end:?} {property:?}");
+        assert_eq!(
+            judge_marks(&end, property),
+            expected,
+            "{end:?} {property:?}"
+        );
     };
     // Stamp and property agree, or there is no property (tables from before it existed).
-    check(at(2, 7, None), Some(marks(2, 7)), MarksVerdict::Trust(marks(2, 7)));
+    check(
+        at(2, 7, None),
+        Some(marks(2, 7)),
+        MarksVerdict::Trust(marks(2, 7)),
+    );
     check(at(2, 7, None), None, MarksVerdict::Trust(marks(2, 7)));
     // A stamp below the property: rolled back.
     check(
@@ -58,17 +66,35 @@ fn the_ancestry_decides_and_the_property_only_fills_in() {
             found: None,
         },
     );
-    check(AncestryEnd::Root, None, MarksVerdict::Trust(TableMarks::default()));
+    check(
+        AncestryEnd::Root,
+        None,
+        MarksVerdict::Trust(TableMarks::default()),
+    );
     // Expiry (a compaction after the last append, then expire_snapshots): the property fills in.
-    check(AncestryEnd::Expired, Some(marks(3, 7)), MarksVerdict::Trust(marks(3, 7)));
-    check(AncestryEnd::Limit, Some(marks(3, 7)), MarksVerdict::Trust(marks(3, 7)));
-    check(AncestryEnd::Expired, None, MarksVerdict::Trust(TableMarks::default()));
+    check(
+        AncestryEnd::Expired,
+        Some(marks(3, 7)),
+        MarksVerdict::Trust(marks(3, 7)),
+    );
+    check(
+        AncestryEnd::Limit,
+        Some(marks(3, 7)),
+        MarksVerdict::Trust(marks(3, 7)),
+    );
+    check(
+        AncestryEnd::Expired,
+        None,
+        MarksVerdict::Trust(TableMarks::default()),
+    );
 }
 
 #[test]
 fn ownership_comes_from_the_owner_property_then_from_other_jobs_markers() {
     let props = |kv: &[(&str, &str)]| -> HashMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     };
     assert_eq!(ownership(&job(), &props(&[])), Ownership::Unclaimed);
     assert_eq!(
@@ -140,7 +166,10 @@ fn a_table_ahead_of_the_log_is_refused_before_the_claim() {
         }]
     );
     let m = r[0].to_string();
-    assert!(m.contains("holds checkpoint 7") && m.contains("ends at 5"), "{m}");
+    assert!(
+        m.contains("holds checkpoint 7") && m.contains("ends at 5"),
+        "{m}"
+    );
     assert!(
         m.contains("NEW tables") && !m.contains("start under a new job_id"),
         "advice must never lead to duplicates: {m}"
@@ -196,7 +225,13 @@ fn a_rolled_back_table_is_named_with_both_checkpoints_and_snapshots() {
         }]
     );
     let m = r[0].to_string();
-    for want in ["rolled back", "checkpoint 7", "checkpoint 5", "snapshot 42", "snapshot 107"] {
+    for want in [
+        "rolled back",
+        "checkpoint 7",
+        "checkpoint 5",
+        "snapshot 42",
+        "snapshot 107",
+    ] {
         assert!(m.contains(want), "{want:?} missing: {m}");
     }
 }
