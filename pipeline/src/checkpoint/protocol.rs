@@ -5,6 +5,8 @@
 //! simulation in `checkpoint::simulation` drive the protocol through every crash interleaving.
 //!
 //! Caller sequence for one process:
+//! 0. Before writing anything, [`preflight`] (read-only: tables first, then the log head); only
+//!    on [`PreflightVerdict::Proceed`] go on, and run it again right after step 1.
 //! 1. [`claim`] a generation from the log head; write a `GenerationStart` entry at the claimed
 //!    id with create-if-absent; on `AlreadyExists`, re-read the head and claim again.
 //! 2. Per checkpoint: before creating log entry `n`, list entries after `n - 1`: any entry there
@@ -12,7 +14,8 @@
 //!    [`judge_completion`] read the outcome.
 //! 3. Per table and commit: [`table_marks`] over the table's ancestry (newest first) ->
 //!    [`plan_commit`] -> build the append of files of checkpoints in `(after, through]` -> on
-//!    *every* attempt, against the exact base the attempt lands on, [`check_attempt`] -> after
+//!    *every* attempt, against the exact base the attempt lands on, [`ownership`] and
+//!    [`check_attempt`] -> after
 //!    the catalog answers (or fails, or times out), reload and ask [`table_marks`] again: the
 //!    commit happened iff `committed >= through`.
 

@@ -417,4 +417,60 @@ mod tests {
             );
         }
     }
+
+    /// One owner per table, on the commit path itself (past any pre-flight): a commit stamps
+    /// `recon.owner` and the checkpoint's sha; another job's commit attempt is refused by the
+    /// guard and appends nothing.
+    #[tokio::test]
+    async fn the_guard_refuses_another_jobs_table_and_commits_stamp_owner_and_sha() {
+        use crate::checkpoint::commit::CommitError;
+        use crate::checkpoint::protocol::{PROP_CHECKPOINT_SHA256, PROP_OWNER, Refusal};
+        use crate::ids::Generation;
+
+        let catalog = memory_catalog().await;
+        let ident = TableIdent::from_strs(["sim", TABLES[0]]).unwrap();
+        let req = CommitRequest {
+            table: ident.clone(),
+            after: None,
+            first: CheckpointId(1),
+            through: CheckpointId(1),
+            files: vec![],
+            offsets_json: "{}".into(),
+            input_epoch: 0,
+            through_sha256: Some("abc".into()),
+        };
+        let committer = |job: &str| {
+            Committer::new(
+                catalog.clone(),
+                JobId::new(job).unwrap(),
+                Generation(1),
+                3,
+                Duration::from_secs(5),
+            )
+        };
+        assert_eq!(
+            committer("first").commit(&req).await.unwrap(),
+            CommitOutcome::Committed
+        );
+        let t = catalog.load_table(&ident).await.unwrap();
+        let md = t.metadata();
+        assert_eq!(md.properties()[PROP_OWNER], "first");
+        let current = md.current_snapshot().unwrap();
+        assert_eq!(
+            current.summary().additional_properties[PROP_CHECKPOINT_SHA256],
+            "abc"
+        );
+        match committer("second").commit(&req).await {
+            Err(CommitError::Refused {
+                refusal: Refusal::NotOwner { other, .. },
+            }) => assert_eq!(other, "first"),
+            other => panic!("a second job id must be refused: {other:?}"),
+        }
+        let after = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(
+            after.metadata().current_snapshot_id(),
+            Some(current.snapshot_id()),
+            "nothing appended"
+        );
+    }
 }

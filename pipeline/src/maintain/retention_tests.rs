@@ -266,3 +266,41 @@ proptest! {
         prop_assert_eq!(p.kept + p.expire.len(), facts.snapshots.len());
     }
 }
+
+/// Expiry never looks like a rollback: whatever it removes, the job's marks read the same
+/// (the walk ends at a missing parent, never at the root). A table already rolled back behind
+/// the job's marker is refused: the snapshot to roll forward to must not be expired.
+#[test]
+fn expiry_never_looks_like_a_rollback_and_a_rolled_back_table_is_left_alone() {
+    // Stamps at 2 (checkpoint 3) and 4 (checkpoint 7); a compaction (5) on top; marker 7.
+    let facts = with_marker(
+        chain(&[
+            snap(1),
+            stamped(2, "j", 1, 3),
+            snap(3),
+            stamped(4, "j", 2, 7),
+            snap(5),
+        ]),
+        "j",
+        2,
+        7,
+    );
+    let p = check(&facts, 100, 1);
+    assert_eq!(p.marks.committed, Some(CheckpointId(7)));
+    let removed: HashSet<i64> = p.expire.iter().copied().collect();
+    assert_eq!(
+        facts.verdict(&JobId::new("j").unwrap(), &removed).unwrap(),
+        facts
+            .verdict(&JobId::new("j").unwrap(), &HashSet::new())
+            .unwrap()
+    );
+    // Rolled back to snapshot 3 (below the stamp of checkpoint 7, marker still 7).
+    let mut rolled = facts.clone();
+    rolled.current = Some(3);
+    let policy = RetentionPolicy {
+        expire_before_ms: 100 * HOUR_MS,
+        retain_last: NonZeroUsize::MIN,
+    };
+    let err = plan(&rolled, &JobId::new("j").unwrap(), &policy).unwrap_err();
+    assert!(matches!(err, RetentionError::BehindMarker { .. }), "{err}");
+}
