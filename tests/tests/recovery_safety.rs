@@ -443,6 +443,8 @@ fn exit_codes_name_the_stop_class() {
         let out = std::process::Command::new(recon_tests::pipeline::binary())
             .args(["run", "--config"])
             .arg(config)
+            // The default catalog and warehouse are relative to the working directory.
+            .current_dir(dir.path())
             .env("RUST_LOG", "off")
             .output()
             .expect("spawn recon-pipeline");
