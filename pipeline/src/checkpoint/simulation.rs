@@ -38,6 +38,7 @@ use crate::checkpoint::log::CheckpointLog;
 use crate::checkpoint::manifest::{
     Counts, EntryKind, FORMAT_VERSION, Manifest, PartitionCut, PendingFiles,
 };
+use crate::checkpoint::presence::FileSizes;
 use crate::checkpoint::publish::Publisher;
 use crate::checkpoint::store::{CheckpointStore, Created, ObjectCheckpointStore, StoreError};
 use crate::ids::{CheckpointId, Generation, JobId, Offset, PartitionId};
@@ -219,8 +220,31 @@ impl Catalog for FaultyCatalog {
     }
 }}
 
+/// The simulated warehouse: the data files written so far and their sizes. A question about a
+/// file can meet the "file missing" fault (answered `None`, as if an operator had deleted it
+/// and restored it later): publishing must then stop without committing anything.
+struct Warehouse {
+    files: Arc<Mutex<HashMap<String, u64>>>,
+    faults: Arc<Faults>,
+    dead: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl FileSizes for Warehouse {
+    async fn size_bytes(&self, uri: &str) -> Result<Option<u64>, String> {
+        match self.faults.roll(&self.dead, false) {
+            Fault::None | Fault::Liar | Fault::LostReply => {
+                Ok(self.files.lock().unwrap().get(uri).copied())
+            }
+            Fault::FailBefore => Ok(None),
+            Fault::Crash => Err("injected fault: crash".into()),
+        }
+    }
+}
+
 /// One process of the simulated job.
 struct Process {
+    warehouse: Warehouse,
     log: CheckpointLog,
     committer: Committer,
     generation: Generation,
@@ -237,6 +261,7 @@ struct World {
     faults: Arc<Faults>,
     job: JobId,
     input: BTreeMap<PartitionId, i64>,
+    files: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 type SimResult<T> = Result<T, String>;
@@ -275,6 +300,11 @@ impl World {
             );
         }
         let mut p = Process {
+            warehouse: Warehouse {
+                files: self.files.clone(),
+                faults: self.faults.clone(),
+                dead: dead.clone(),
+            },
             log,
             committer,
             generation,
@@ -318,16 +348,24 @@ impl Process {
                 continue;
             }
             for t in TABLES {
+                let path = format!(
+                    "memory://sim/{t}/data/p{}-{start}-{}-g{}-c{}-{}.parquet",
+                    p.0,
+                    start + take,
+                    self.generation,
+                    id,
+                    rng.random::<u32>()
+                );
+                let written = self
+                    .warehouse
+                    .files
+                    .lock()
+                    .unwrap()
+                    .insert(path.clone(), take as u64 * 100);
+                assert!(written.is_none(), "file names are unique");
                 let file = DataFileBuilder::default()
                     .content(DataContentType::Data)
-                    .file_path(format!(
-                        "memory://sim/{t}/data/p{}-{start}-{}-g{}-c{}-{}.parquet",
-                        p.0,
-                        start + take,
-                        self.generation,
-                        id,
-                        rng.random::<u32>()
-                    ))
+                    .file_path(path)
                     .file_format(DataFileFormat::Parquet)
                     .record_count(take as u64)
                     .file_size_in_bytes(take as u64 * 100)
@@ -367,14 +405,19 @@ impl Process {
     }
 
     async fn publish(&mut self) -> SimResult<()> {
-        let publisher = Publisher {
-            committer: &self.committer,
-            log: &self.log,
-            uncommitted: &self.uncommitted,
-        };
-        for t in &self.tables {
+        let publisher = Publisher::new(
+            &self.committer,
+            &self.log,
+            &self.uncommitted,
+            Some(&self.warehouse),
+        );
+        let marks = publisher
+            .check_pending(&self.tables, self.last)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (t, marks) in self.tables.iter().zip(marks) {
             publisher
-                .table(t, self.last)
+                .table(t, self.last, Some(marks))
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -420,8 +463,12 @@ pub(super) async fn memory_catalog() -> Arc<dyn Catalog> {
     Arc::new(catalog)
 }
 
-/// Per table and partition, the record ranges of every committed file.
-async fn committed_ranges(catalog: &dyn Catalog) -> BTreeMap<(String, i32), Vec<(i64, i64)>> {
+/// Per table and partition, the record ranges of every committed file; `Err` names a committed
+/// file the warehouse never held.
+async fn committed_ranges(
+    catalog: &dyn Catalog,
+    written: &HashMap<String, u64>,
+) -> SimResult<BTreeMap<(String, i32), Vec<(i64, i64)>>> {
     let mut out: BTreeMap<(String, i32), Vec<(i64, i64)>> = BTreeMap::new();
     for t in TABLES {
         let table = catalog
@@ -442,6 +489,12 @@ async fn committed_ranges(catalog: &dyn Catalog) -> BTreeMap<(String, i32), Vec<
             .await
             .unwrap();
         for task in tasks {
+            if !written.contains_key(&task.data_file_path) {
+                return Err(format!(
+                    "committed file {} was never written",
+                    task.data_file_path
+                ));
+            }
             let name = task.data_file_path.rsplit('/').next().unwrap().to_string();
             let mut parts = name.trim_start_matches('p').split('-');
             let p: i32 = parts.next().unwrap().parse().unwrap();
@@ -450,7 +503,7 @@ async fn committed_ranges(catalog: &dyn Catalog) -> BTreeMap<(String, i32), Vec<
             out.entry((t.to_string(), p)).or_default().push((a, b));
         }
     }
-    out
+    Ok(out)
 }
 
 /// One seeded run; returns a description of the violation, if any.
@@ -476,6 +529,7 @@ async fn run_seed(seed: u64) -> Result<(u32, u32), String> {
         faults: faults.clone(),
         job: JobId::new("sim").unwrap(),
         input: input.clone(),
+        files: Arc::default(),
     };
     let mut restarts = 0u32;
     let mut zombies_fenced = 0u32;
@@ -545,7 +599,8 @@ async fn run_seed(seed: u64) -> Result<(u32, u32), String> {
     }
 
     // Oracle: every record of every partition exactly once in every table.
-    let ranges = committed_ranges(world.catalog.as_ref()).await;
+    let written = world.files.lock().unwrap().clone();
+    let ranges = committed_ranges(world.catalog.as_ref(), &written).await?;
     for t in TABLES {
         for (p, n) in &input {
             let mut rs = ranges

@@ -167,6 +167,8 @@ pub(crate) struct Job {
     last: CheckpointId,
     /// Manifests of completed checkpoints not yet known committed everywhere.
     uncommitted: BTreeMap<CheckpointId, Manifest>,
+    /// The warehouse, asked whether pending files exist before they are committed.
+    files: Arc<dyn crate::checkpoint::presence::FileSizes>,
     /// State files the next checkpoint extends.
     state_chain: Vec<String>,
     /// Current cut: per partition, offsets since the last checkpoint.
@@ -194,6 +196,8 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     // Then the topic's identity, before claiming: a recreated topic must not cost a generation
     // either, and nothing may be consumed from it.
     let verified = recovery::verify_head_input(cfg, &env, &partitions).await?;
+    // And the pending files, before claiming: a missing one must not cost a generation either.
+    recovery::verify_pending_files(cfg, &env).await?;
     let mut job = recovery::recover(cfg, &env, &partitions).await?;
     if recovery::positions(&job.cuts) != verified {
         // Another instance completed a checkpoint between the check and the claim.
