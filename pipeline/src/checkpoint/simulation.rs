@@ -4,11 +4,12 @@
 //! [`Publisher`], on an in-memory object store and iceberg's in-memory catalog) consumes two
 //! partitions of numbered records through checkpoints and commits into two tables, while a
 //! fault injector makes store and catalog calls fail before acting, act and then lose the
-//! reply, report a commit that never happened (iceberg-rust#3061), or kill the process between
-//! any two calls. Processes restart from the log; sometimes the old one is only paused and
-//! comes back as a zombie. At the end a fault-free process drains the input, and the oracle
+//! reply, report a commit that never happened (iceberg-rust#3061), say a pending file is missing
+//! (publishing must then commit nothing), or kill the process between any two calls (the faulty
+//! parts are in `simulation/faults.rs`). Processes restart from the log; sometimes the old one
+//! is only paused and comes back as a zombie. At the end a fault-free process drains the input, and the oracle
 //! checks that each table holds every record exactly once: the committed files' record ranges
-//! tile `[0, n)` per partition, with no gap and no overlap.
+//! tile `[0, n)` per partition, with no gap and no overlap, and every committed file was written.
 //!
 //! A failure prints its seed; `RECON_SIM_SEED=<seed>` replays one run, `RECON_SIM_RUNS=<n>`
 //! runs more.
@@ -18,8 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use futures::TryStreamExt;
 use iceberg::memory::{MEMORY_CATALOG_WAREHOUSE, MemoryCatalogBuilder};
 use iceberg::spec::{
@@ -27,7 +26,7 @@ use iceberg::spec::{
     Schema, StructType, Type, serialize_data_file_to_json,
 };
 use iceberg::table::Table;
-use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCommit, TableCreation, TableIdent};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_storage_opendal::OpenDalStorageFactory;
 use object_store::memory::InMemory;
 use rand::{Rng, SeedableRng};
@@ -38,209 +37,16 @@ use crate::checkpoint::log::CheckpointLog;
 use crate::checkpoint::manifest::{
     Counts, EntryKind, FORMAT_VERSION, Manifest, PartitionCut, PendingFiles,
 };
-use crate::checkpoint::presence::FileSizes;
 use crate::checkpoint::publish::Publisher;
-use crate::checkpoint::store::{CheckpointStore, Created, ObjectCheckpointStore, StoreError};
+use crate::checkpoint::store::{CheckpointStore, ObjectCheckpointStore};
 use crate::ids::{CheckpointId, Generation, JobId, Offset, PartitionId};
+
+mod faults;
+
+use faults::{Faults, FaultyCatalog, FaultyStore, Rates, Warehouse};
 
 pub(super) const TABLES: [&str; 2] = ["ledger", "balances"];
 const PARTITIONS: i32 = 2;
-
-/// Fault rates of one run, drawn from its seed.
-#[derive(Clone, Copy, Debug)]
-struct Rates {
-    /// Call fails before acting.
-    fail: f64,
-    /// Call acts, then its reply is lost.
-    lost: f64,
-    /// Catalog says a commit landed when it did not.
-    liar: f64,
-    /// Process dies at this call.
-    crash: f64,
-}
-
-/// Shared, seeded source of faults; each process has its own `dead` flag.
-struct Faults {
-    rng: Mutex<ChaCha8Rng>,
-    rates: Rates,
-    enabled: AtomicBool,
-}
-
-#[derive(Debug, PartialEq)]
-enum Fault {
-    None,
-    FailBefore,
-    LostReply,
-    Liar,
-    Crash,
-}
-
-impl Faults {
-    fn roll(&self, dead: &AtomicBool, may_lie: bool) -> Fault {
-        if dead.load(Ordering::SeqCst) {
-            return Fault::Crash;
-        }
-        if !self.enabled.load(Ordering::SeqCst) {
-            return Fault::None;
-        }
-        let mut rng = self.rng.lock().unwrap();
-        let r: f64 = rng.random();
-        let Rates {
-            fail,
-            lost,
-            liar,
-            crash,
-        } = self.rates;
-        if r < crash {
-            dead.store(true, Ordering::SeqCst);
-            Fault::Crash
-        } else if r < crash + fail {
-            Fault::FailBefore
-        } else if r < crash + fail + lost {
-            Fault::LostReply
-        } else if may_lie && r < crash + fail + lost + liar {
-            Fault::Liar
-        } else {
-            Fault::None
-        }
-    }
-}
-
-fn injected(op: &'static str, path: &str) -> StoreError {
-    StoreError::Io {
-        op,
-        path: path.to_string(),
-        source: object_store::Error::Generic {
-            store: "sim",
-            source: "injected fault".into(),
-        },
-    }
-}
-
-struct FaultyStore {
-    inner: ObjectCheckpointStore,
-    faults: Arc<Faults>,
-    dead: Arc<AtomicBool>,
-}
-
-#[async_trait]
-impl CheckpointStore for FaultyStore {
-    async fn create(&self, path: &str, bytes: Bytes) -> Result<Created, StoreError> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar => self.inner.create(path, bytes).await,
-            Fault::LostReply => {
-                self.inner.create(path, bytes).await?;
-                Err(injected("create", path))
-            }
-            _ => Err(injected("create", path)),
-        }
-    }
-    async fn put(&self, path: &str, bytes: Bytes) -> Result<(), StoreError> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar => self.inner.put(path, bytes).await,
-            Fault::LostReply => {
-                self.inner.put(path, bytes).await?;
-                Err(injected("put", path))
-            }
-            _ => Err(injected("put", path)),
-        }
-    }
-    async fn get(&self, path: &str) -> Result<Option<Bytes>, StoreError> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar | Fault::LostReply => self.inner.get(path).await,
-            _ => Err(injected("get", path)),
-        }
-    }
-    async fn list_after(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-    ) -> Result<Vec<String>, StoreError> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar | Fault::LostReply => {
-                self.inner.list_after(prefix, after).await
-            }
-            _ => Err(injected("list", prefix)),
-        }
-    }
-    async fn delete(&self, path: &str) -> Result<(), StoreError> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar => self.inner.delete(path).await,
-            Fault::LostReply => {
-                self.inner.delete(path).await?;
-                Err(injected("delete", path))
-            }
-            _ => Err(injected("delete", path)),
-        }
-    }
-}
-
-fn catalog_fault(what: &str) -> iceberg::Error {
-    iceberg::Error::new(
-        iceberg::ErrorKind::Unexpected,
-        format!("injected fault: {what}"),
-    )
-}
-
-/// The catalog as one process sees it: every call can fail, lose its reply, or lie.
-struct FaultyCatalog {
-    inner: Arc<dyn Catalog>,
-    faults: Arc<Faults>,
-    dead: Arc<AtomicBool>,
-}
-
-impl std::fmt::Debug for FaultyCatalog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FaultyCatalog")
-    }
-}
-
-crate::catalog_passthrough! {
-impl Catalog for FaultyCatalog {
-    async fn load_table(&self, t: &TableIdent) -> iceberg::Result<Table> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar | Fault::LostReply => self.inner.load_table(t).await,
-            _ => Err(catalog_fault("load_table")),
-        }
-    }
-    async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
-        match self.faults.roll(&self.dead, true) {
-            Fault::None => self.inner.update_table(commit).await,
-            Fault::LostReply => {
-                self.inner.update_table(commit).await?;
-                Err(catalog_fault("update_table reply lost"))
-            }
-            Fault::Liar => {
-                // Report success for a commit that was never applied (iceberg-rust#3061).
-                let current = self.inner.load_table(commit.identifier()).await?;
-                commit.apply(current)
-            }
-            _ => Err(catalog_fault("update_table")),
-        }
-    }
-}}
-
-/// The simulated warehouse: the data files written so far and their sizes. A question about a
-/// file can meet the "file missing" fault (answered `None`, as if an operator had deleted it
-/// and restored it later): publishing must then stop without committing anything.
-struct Warehouse {
-    files: Arc<Mutex<HashMap<String, u64>>>,
-    faults: Arc<Faults>,
-    dead: Arc<AtomicBool>,
-}
-
-#[async_trait]
-impl FileSizes for Warehouse {
-    async fn size_bytes(&self, uri: &str) -> Result<Option<u64>, String> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar | Fault::LostReply => {
-                Ok(self.files.lock().unwrap().get(uri).copied())
-            }
-            Fault::FailBefore => Ok(None),
-            Fault::Crash => Err("injected fault: crash".into()),
-        }
-    }
-}
 
 /// One process of the simulated job.
 struct Process {
