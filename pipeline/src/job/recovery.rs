@@ -283,6 +283,7 @@ pub(super) async fn recover(
         .iter()
         .map(|o| job.sink.table(*o).identifier().clone())
         .collect();
+    let cleanup_started = std::time::Instant::now();
     let cleaned = orphans::clean(
         warehouse.as_ref(),
         env.catalog.as_ref(),
@@ -298,6 +299,7 @@ pub(super) async fn recover(
             kept_referenced = c.referenced,
             kept_pending = c.pending,
             listed = c.listed,
+            duration_ms = cleanup_started.elapsed().as_millis() as u64,
             "orphan cleanup done"
         ),
         Err(e) => {
