@@ -117,14 +117,20 @@ pub async fn collect(
     let mut seen = HashSet::new();
     for s in &snapshots {
         refs.add(s.manifest_list())?;
-        let list = table
+    }
+    // Manifest lists are read like manifests, several at once: a table keeps one per snapshot.
+    let mut lists = futures::stream::iter(snapshots.iter().map(|s| async move {
+        table
             .manifest_list_reader(s)
             .load()
             .await
             .map_err(|source| ReferenceError::Read {
                 what: format!("manifest list {}", s.manifest_list()),
                 source,
-            })?;
+            })
+    }))
+    .buffer_unordered(READS_IN_FLIGHT);
+    while let Some(list) = lists.try_next().await? {
         for m in list.entries() {
             if seen.insert(m.manifest_path.clone()) {
                 manifests.push(m.clone());
