@@ -503,4 +503,87 @@ mod tests {
             );
         }
     }
+
+    /// The warehouse as a map of path -> size.
+    struct Sizes(std::collections::HashMap<String, u64>);
+
+    #[async_trait::async_trait]
+    impl FileSizes for Sizes {
+        async fn size_bytes(&self, uri: &str) -> Result<Option<u64>, String> {
+            Ok(self.0.get(uri).copied())
+        }
+    }
+
+    /// Issue 13, finding 3: a pending file of the second table is gone. Publishing stops before
+    /// the first commit, naming it; no table changes, the first one included. Once the file is
+    /// back, publishing commits everything.
+    #[tokio::test]
+    async fn a_missing_pending_file_commits_nothing_anywhere() {
+        let catalog = memory_catalog().await;
+        let store = Arc::new(ObjectCheckpointStore::new(Arc::new(InMemory::new())));
+        let log = CheckpointLog::new(store, "t", JobId::new("gone").unwrap());
+        let first = log.claim(None).await.unwrap();
+        let c2 = checkpoint(&log, &first.manifest, 0, 10).await;
+        let committer = Committer::new(
+            catalog.clone(),
+            log.job().clone(),
+            first.entry.generation,
+            4,
+            Duration::from_secs(5),
+        );
+        let mut tables = Vec::new();
+        for t in TABLES {
+            let ident = TableIdent::from_strs(["sim", t]).unwrap();
+            tables.push(catalog.load_table(&ident).await.unwrap());
+        }
+        let mut sizes = Sizes(
+            TABLES
+                .iter()
+                .map(|t| (format!("memory://sim/{t}/data/p0-0-10.parquet"), 100))
+                .collect(),
+        );
+        let gone = format!("memory://sim/{}/data/p0-0-10.parquet", TABLES[1]);
+        sizes.0.remove(&gone);
+        let uncommitted = BTreeMap::new();
+        let publisher = Publisher::new(&committer, &log, &uncommitted, Some(&sizes));
+        let e = publisher
+            .check_pending(&tables, c2.checkpoint_id)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, PublishError::PendingFile(p) if p.needs_operator()),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains(&format!("pending data file {gone} of checkpoint 2")),
+            "{e}"
+        );
+        for t in &tables {
+            let now = catalog.load_table(t.identifier()).await.unwrap();
+            assert_eq!(
+                now.metadata().current_snapshot_id(),
+                None,
+                "{}",
+                t.identifier()
+            );
+        }
+        // A publish that skips the pre-check still checks each request.
+        let e = publisher
+            .table(&tables[1], c2.checkpoint_id, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PublishError::PendingFile(_)), "{e}");
+
+        sizes.0.insert(gone, 100);
+        let publisher = Publisher::new(&committer, &log, &uncommitted, Some(&sizes));
+        let marks = publisher
+            .check_pending(&tables, c2.checkpoint_id)
+            .await
+            .unwrap();
+        for (t, m) in tables.iter().zip(marks) {
+            let done = publisher.table(t, c2.checkpoint_id, Some(m)).await.unwrap();
+            assert_eq!(done, Published::Committed);
+        }
+    }
 }
