@@ -4,11 +4,13 @@
 //! - [`manifest`]: the on-disk records;
 //! - [`store`]: the storage contract (create-if-absent) and its `object_store` implementation;
 //! - [`log`]: reading and extending the checkpoint log through that contract;
-//! - [`commit`]: publishing completed checkpoints to Iceberg through a guarded catalog.
+//! - [`commit`]: publishing completed checkpoints to Iceberg through a guarded catalog;
+//! - [`presence`]: every pending file exists with its recorded size before it is committed.
 
 pub mod commit;
 pub mod log;
 pub mod manifest;
+pub mod presence;
 pub mod protocol;
 pub mod publish;
 #[cfg(test)]

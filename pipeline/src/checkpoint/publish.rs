@@ -3,7 +3,8 @@
 //!
 //! Shared by the job and by the seeded simulation, so the simulation proves the code that runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 
 use iceberg::spec::{DataFile, deserialize_data_file_from_json};
 use iceberg::table::Table;
@@ -11,6 +12,7 @@ use iceberg::table::Table;
 use crate::checkpoint::commit::{CommitError, CommitOutcome, CommitRequest, Committer};
 use crate::checkpoint::log::{CheckpointLog, LogError};
 use crate::checkpoint::manifest::Manifest;
+use crate::checkpoint::presence::{self, Expected, FileSizes, PendingFileError};
 use crate::checkpoint::protocol::{self, AncestryEnd, CommitPlan, Refusal};
 use crate::ids::CheckpointId;
 
@@ -43,6 +45,10 @@ pub enum PublishError {
     /// The protocol refuses to continue; the message says why and what to do.
     #[error("{0}")]
     Protocol(String),
+    /// A pending file is missing or the wrong size (operator needed), or could not be checked
+    /// (transient); see [`PendingFileError::needs_operator`]. Nothing was committed.
+    #[error(transparent)]
+    PendingFile(#[from] PendingFileError),
 }
 
 /// What publishing did to one table.
@@ -57,19 +63,116 @@ pub enum Published {
 }
 
 /// Everything publishing reads.
+///
+/// Caller sequence for one publish: [`Publisher::new`] once, [`Publisher::check_pending`] over
+/// every table (nothing is committed anywhere if a pending file is missing), then
+/// [`Publisher::table`] per table with the marks the check returned.
 pub struct Publisher<'a> {
     /// Commits for this process.
-    pub committer: &'a Committer,
+    committer: &'a Committer,
     /// The job's checkpoint log (for manifests not in memory).
-    pub log: &'a CheckpointLog,
+    log: &'a CheckpointLog,
     /// Manifests of recent completed checkpoints, to spare reads.
-    pub uncommitted: &'a BTreeMap<CheckpointId, Manifest>,
+    uncommitted: &'a BTreeMap<CheckpointId, Manifest>,
+    /// Where pending files are checked before a commit; `None` only where files live nowhere
+    /// (unit tests of the planning).
+    files: Option<&'a dyn FileSizes>,
+    /// Paths checked present during this publish (each file is asked about once).
+    checked: Mutex<HashSet<String>>,
 }
 
-impl Publisher<'_> {
+impl<'a> Publisher<'a> {
+    /// A publisher for one round of publishing.
+    pub fn new(
+        committer: &'a Committer,
+        log: &'a CheckpointLog,
+        uncommitted: &'a BTreeMap<CheckpointId, Manifest>,
+        files: Option<&'a dyn FileSizes>,
+    ) -> Publisher<'a> {
+        Publisher {
+            committer,
+            log,
+            uncommitted,
+            files,
+            checked: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Checks, for every table, that each file of the checkpoints it lacks up to `head` exists
+    /// with its recorded size, before any commit: a missing one stops publishing with
+    /// [`PendingFileError::Missing`] and no table changes. Returns the marks read, one per
+    /// table, for [`Publisher::table`].
+    pub async fn check_pending(
+        &self,
+        tables: &[Table],
+        head: CheckpointId,
+    ) -> Result<(), PublishError> {
+        let mut expected = Vec::new();
+        let mut committed = HashMap::new();
+        for table in tables {
+            let ident = table.identifier();
+            let marks = self.committer.marks(ident).await?;
+            committed.insert(ident.to_string(), marks.committed);
+            if let CommitPlan::Commit { after, through } =
+                protocol::plan_commit(self.committer.generation(), head, &marks)
+            {
+                let first = after.map(CheckpointId::next).unwrap_or(CheckpointId(1));
+                let mut id = first;
+                while id <= through {
+                    let m = self.manifest_of(id).await?;
+                    expected.extend(self.pending_of(table, &m)?);
+                    id = id.next();
+                }
+            }
+        }
+        self.verify(&expected, |t| committed.get(t).copied().flatten())
+            .await
+    }
+
+    /// The files of `m` for `table`, with what the manifest records.
+    fn pending_of(&self, table: &Table, m: &Manifest) -> Result<Vec<Expected>, PublishError> {
+        let Some(p) = m.pending.get(table.identifier().name()) else {
+            return Ok(Vec::new());
+        };
+        let files = decode_files(table, p.spec_id, p.schema_id, &p.files)?;
+        Ok(expectations(table, m.checkpoint_id, &files))
+    }
+
+    /// Checks the files not yet checked during this publish.
+    async fn verify(
+        &self,
+        files: &[Expected],
+        last_committed: impl Fn(&str) -> Option<CheckpointId>,
+    ) -> Result<(), PublishError> {
+        let Some(sizes) = self.files else {
+            return Ok(());
+        };
+        let todo: Vec<Expected> = {
+            let checked = self.checked.lock().expect("checked set");
+            files
+                .iter()
+                .filter(|f| !checked.contains(&f.path))
+                .cloned()
+                .collect()
+        };
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        presence::verify(sizes, self.committer.job(), &todo, last_committed).await?;
+        tracing::debug!(
+            files = todo.len(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "pending files present"
+        );
+        let mut checked = self.checked.lock().expect("checked set");
+        checked.extend(todo.into_iter().map(|f| f.path));
+        Ok(())
+    }
+
     /// Brings one table up to checkpoint `head`: plan, commit through the guard, re-plan when
     /// the table moved, until the table holds `head`. A plan that spans a topic reset is
-    /// committed in two appends (one per input epoch).
+    /// committed in two appends (one per input epoch). Every file is checked present before its commit (once per publish).
     pub async fn table(
         &self,
         table: &Table,
@@ -78,6 +181,8 @@ impl Publisher<'_> {
         let ident = table.identifier().clone();
         let mut done = Published::UpToDate;
         for _ in 0..=REPLANS_MAX {
+            // Read on every plan (not taken from `check_pending`): the checkpoint identity check
+            // needs the stamp's snapshot, and the guard refuses any base but the plan's anyway.
             let (marks, found) = self.committer.reading(&ident).await?;
             self.same_checkpoint(&found.table, &found.end).await?;
             match protocol::plan_commit(self.committer.generation(), head, &marks) {
@@ -195,7 +300,10 @@ impl Publisher<'_> {
                 break;
             }
             if let Some(p) = m.pending.get(name) {
-                files.extend(decode_files(table, p.spec_id, p.schema_id, &p.files)?);
+                let decoded = decode_files(table, p.spec_id, p.schema_id, &p.files)?;
+                self.verify(&expectations(table, id, &decoded), |_| after)
+                    .await?;
+                files.extend(decoded);
             }
             for (pid, cut) in &m.partitions {
                 // Records below a rewind's replay bound were committed before: not this commit's.
@@ -244,6 +352,19 @@ impl Publisher<'_> {
             through_sha256,
         })
     }
+}
+
+/// What the manifest of checkpoint `checkpoint` records about `files` of `table`.
+fn expectations(table: &Table, checkpoint: CheckpointId, files: &[DataFile]) -> Vec<Expected> {
+    files
+        .iter()
+        .map(|f| Expected {
+            checkpoint,
+            table: table.identifier().to_string(),
+            path: f.file_path().to_string(),
+            size_bytes: f.file_size_in_bytes(),
+        })
+        .collect()
 }
 
 /// Turns serialized pending files back into `DataFile`s with the spec and schema they were
@@ -372,16 +493,15 @@ mod tests {
             Duration::from_secs(5),
         );
         let uncommitted = BTreeMap::new();
-        let publisher = Publisher {
-            committer: &committer,
-            log: &log,
-            uncommitted: &uncommitted,
-        };
+        let publisher = Publisher::new(&committer, &log, &uncommitted, None);
         for t in TABLES {
             let ident = TableIdent::from_strs(["sim", t]).unwrap();
             let table = catalog.load_table(&ident).await.unwrap();
             assert_eq!(
-                publisher.table(&table, c5.checkpoint_id).await.unwrap(),
+                publisher
+                    .table(&table, c5.checkpoint_id)
+                    .await
+                    .unwrap(),
                 Published::Committed
             );
             let table = catalog.load_table(&ident).await.unwrap();
@@ -472,5 +592,88 @@ mod tests {
             Some(current.snapshot_id()),
             "nothing appended"
         );
+    }
+
+    /// The warehouse as a map of path -> size.
+    struct Sizes(std::collections::HashMap<String, u64>);
+
+    #[async_trait::async_trait]
+    impl FileSizes for Sizes {
+        async fn size_bytes(&self, uri: &str) -> Result<Option<u64>, String> {
+            Ok(self.0.get(uri).copied())
+        }
+    }
+
+    /// Issue 13, finding 3: a pending file of the second table is gone. Publishing stops before
+    /// the first commit, naming it; no table changes, the first one included. Once the file is
+    /// back, publishing commits everything.
+    #[tokio::test]
+    async fn a_missing_pending_file_commits_nothing_anywhere() {
+        let catalog = memory_catalog().await;
+        let store = Arc::new(ObjectCheckpointStore::new(Arc::new(InMemory::new())));
+        let log = CheckpointLog::new(store, "t", JobId::new("gone").unwrap());
+        let first = log.claim(None).await.unwrap();
+        let c2 = checkpoint(&log, &first.manifest, 0, 10).await;
+        let committer = Committer::new(
+            catalog.clone(),
+            log.job().clone(),
+            first.entry.generation,
+            4,
+            Duration::from_secs(5),
+        );
+        let mut tables = Vec::new();
+        for t in TABLES {
+            let ident = TableIdent::from_strs(["sim", t]).unwrap();
+            tables.push(catalog.load_table(&ident).await.unwrap());
+        }
+        let mut sizes = Sizes(
+            TABLES
+                .iter()
+                .map(|t| (format!("memory://sim/{t}/data/p0-0-10.parquet"), 100))
+                .collect(),
+        );
+        let gone = format!("memory://sim/{}/data/p0-0-10.parquet", TABLES[1]);
+        sizes.0.remove(&gone);
+        let uncommitted = BTreeMap::new();
+        let publisher = Publisher::new(&committer, &log, &uncommitted, Some(&sizes));
+        let e = publisher
+            .check_pending(&tables, c2.checkpoint_id)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, PublishError::PendingFile(p) if p.needs_operator()),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains(&format!("pending data file {gone} of checkpoint 2")),
+            "{e}"
+        );
+        for t in &tables {
+            let now = catalog.load_table(t.identifier()).await.unwrap();
+            assert_eq!(
+                now.metadata().current_snapshot_id(),
+                None,
+                "{}",
+                t.identifier()
+            );
+        }
+        // A publish that skips the pre-check still checks each request.
+        let e = publisher
+            .table(&tables[1], c2.checkpoint_id)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PublishError::PendingFile(_)), "{e}");
+
+        sizes.0.insert(gone, 100);
+        let publisher = Publisher::new(&committer, &log, &uncommitted, Some(&sizes));
+        publisher
+            .check_pending(&tables, c2.checkpoint_id)
+            .await
+            .unwrap();
+        for t in &tables {
+            let done = publisher.table(t, c2.checkpoint_id).await.unwrap();
+            assert_eq!(done, Published::Committed);
+        }
     }
 }

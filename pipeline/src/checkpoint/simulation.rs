@@ -4,11 +4,12 @@
 //! [`Publisher`], on an in-memory object store and iceberg's in-memory catalog) consumes two
 //! partitions of numbered records through checkpoints and commits into two tables, while a
 //! fault injector makes store and catalog calls fail before acting, act and then lose the
-//! reply, report a commit that never happened (iceberg-rust#3061), or kill the process between
-//! any two calls. Processes restart from the log; sometimes the old one is only paused and
-//! comes back as a zombie. At the end a fault-free process drains the input, and the oracle
+//! reply, report a commit that never happened (iceberg-rust#3061), say a pending file is missing
+//! (publishing must then commit nothing), or kill the process between any two calls (the faulty
+//! parts are in `simulation/faults.rs`). Processes restart from the log; sometimes the old one
+//! is only paused and comes back as a zombie. At the end a fault-free process drains the input, and the oracle
 //! checks that each table holds every record exactly once: the committed files' record ranges
-//! tile `[0, n)` per partition, with no gap and no overlap.
+//! tile `[0, n)` per partition, with no gap and no overlap, and every committed file was written.
 //!
 //! A failure prints its seed; `RECON_SIM_SEED=<seed>` replays one run, `RECON_SIM_RUNS=<n>`
 //! runs more.
@@ -18,8 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use futures::TryStreamExt;
 use iceberg::memory::{MEMORY_CATALOG_WAREHOUSE, MemoryCatalogBuilder};
 use iceberg::spec::{
@@ -27,7 +26,7 @@ use iceberg::spec::{
     Schema, StructType, Type, serialize_data_file_to_json,
 };
 use iceberg::table::Table;
-use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCommit, TableCreation, TableIdent};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_storage_opendal::OpenDalStorageFactory;
 use object_store::memory::InMemory;
 use rand::{Rng, SeedableRng};
@@ -39,188 +38,19 @@ use crate::checkpoint::manifest::{
     Counts, EntryKind, FORMAT_VERSION, Manifest, PartitionCut, PendingFiles,
 };
 use crate::checkpoint::publish::Publisher;
-use crate::checkpoint::store::{CheckpointStore, Created, ObjectCheckpointStore, StoreError};
+use crate::checkpoint::store::{CheckpointStore, ObjectCheckpointStore};
 use crate::ids::{CheckpointId, Generation, JobId, Offset, PartitionId};
+
+mod faults;
+
+use faults::{Faults, FaultyCatalog, FaultyStore, Rates, Warehouse};
 
 pub(super) const TABLES: [&str; 2] = ["ledger", "balances"];
 const PARTITIONS: i32 = 2;
 
-/// Fault rates of one run, drawn from its seed.
-#[derive(Clone, Copy, Debug)]
-struct Rates {
-    /// Call fails before acting.
-    fail: f64,
-    /// Call acts, then its reply is lost.
-    lost: f64,
-    /// Catalog says a commit landed when it did not.
-    liar: f64,
-    /// Process dies at this call.
-    crash: f64,
-}
-
-/// Shared, seeded source of faults; each process has its own `dead` flag.
-struct Faults {
-    rng: Mutex<ChaCha8Rng>,
-    rates: Rates,
-    enabled: AtomicBool,
-}
-
-#[derive(Debug, PartialEq)]
-enum Fault {
-    None,
-    FailBefore,
-    LostReply,
-    Liar,
-    Crash,
-}
-
-impl Faults {
-    fn roll(&self, dead: &AtomicBool, may_lie: bool) -> Fault {
-        if dead.load(Ordering::SeqCst) {
-            return Fault::Crash;
-        }
-        if !self.enabled.load(Ordering::SeqCst) {
-            return Fault::None;
-        }
-        let mut rng = self.rng.lock().unwrap();
-        let r: f64 = rng.random();
-        let Rates {
-            fail,
-            lost,
-            liar,
-            crash,
-        } = self.rates;
-        if r < crash {
-            dead.store(true, Ordering::SeqCst);
-            Fault::Crash
-        } else if r < crash + fail {
-            Fault::FailBefore
-        } else if r < crash + fail + lost {
-            Fault::LostReply
-        } else if may_lie && r < crash + fail + lost + liar {
-            Fault::Liar
-        } else {
-            Fault::None
-        }
-    }
-}
-
-fn injected(op: &'static str, path: &str) -> StoreError {
-    StoreError::Io {
-        op,
-        path: path.to_string(),
-        source: object_store::Error::Generic {
-            store: "sim",
-            source: "injected fault".into(),
-        },
-    }
-}
-
-struct FaultyStore {
-    inner: ObjectCheckpointStore,
-    faults: Arc<Faults>,
-    dead: Arc<AtomicBool>,
-}
-
-#[async_trait]
-impl CheckpointStore for FaultyStore {
-    async fn create(&self, path: &str, bytes: Bytes) -> Result<Created, StoreError> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar => self.inner.create(path, bytes).await,
-            Fault::LostReply => {
-                self.inner.create(path, bytes).await?;
-                Err(injected("create", path))
-            }
-            _ => Err(injected("create", path)),
-        }
-    }
-    async fn put(&self, path: &str, bytes: Bytes) -> Result<(), StoreError> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar => self.inner.put(path, bytes).await,
-            Fault::LostReply => {
-                self.inner.put(path, bytes).await?;
-                Err(injected("put", path))
-            }
-            _ => Err(injected("put", path)),
-        }
-    }
-    async fn get(&self, path: &str) -> Result<Option<Bytes>, StoreError> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar | Fault::LostReply => self.inner.get(path).await,
-            _ => Err(injected("get", path)),
-        }
-    }
-    async fn list_after(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-    ) -> Result<Vec<String>, StoreError> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar | Fault::LostReply => {
-                self.inner.list_after(prefix, after).await
-            }
-            _ => Err(injected("list", prefix)),
-        }
-    }
-    async fn delete(&self, path: &str) -> Result<(), StoreError> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar => self.inner.delete(path).await,
-            Fault::LostReply => {
-                self.inner.delete(path).await?;
-                Err(injected("delete", path))
-            }
-            _ => Err(injected("delete", path)),
-        }
-    }
-}
-
-fn catalog_fault(what: &str) -> iceberg::Error {
-    iceberg::Error::new(
-        iceberg::ErrorKind::Unexpected,
-        format!("injected fault: {what}"),
-    )
-}
-
-/// The catalog as one process sees it: every call can fail, lose its reply, or lie.
-struct FaultyCatalog {
-    inner: Arc<dyn Catalog>,
-    faults: Arc<Faults>,
-    dead: Arc<AtomicBool>,
-}
-
-impl std::fmt::Debug for FaultyCatalog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FaultyCatalog")
-    }
-}
-
-crate::catalog_passthrough! {
-impl Catalog for FaultyCatalog {
-    async fn load_table(&self, t: &TableIdent) -> iceberg::Result<Table> {
-        match self.faults.roll(&self.dead, false) {
-            Fault::None | Fault::Liar | Fault::LostReply => self.inner.load_table(t).await,
-            _ => Err(catalog_fault("load_table")),
-        }
-    }
-    async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
-        match self.faults.roll(&self.dead, true) {
-            Fault::None => self.inner.update_table(commit).await,
-            Fault::LostReply => {
-                self.inner.update_table(commit).await?;
-                Err(catalog_fault("update_table reply lost"))
-            }
-            Fault::Liar => {
-                // Report success for a commit that was never applied (iceberg-rust#3061).
-                let current = self.inner.load_table(commit.identifier()).await?;
-                commit.apply(current)
-            }
-            _ => Err(catalog_fault("update_table")),
-        }
-    }
-}}
-
 /// One process of the simulated job.
 struct Process {
+    warehouse: Warehouse,
     log: CheckpointLog,
     committer: Committer,
     generation: Generation,
@@ -237,6 +67,7 @@ struct World {
     faults: Arc<Faults>,
     job: JobId,
     input: BTreeMap<PartitionId, i64>,
+    files: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 type SimResult<T> = Result<T, String>;
@@ -275,6 +106,11 @@ impl World {
             );
         }
         let mut p = Process {
+            warehouse: Warehouse {
+                files: self.files.clone(),
+                faults: self.faults.clone(),
+                dead: dead.clone(),
+            },
             log,
             committer,
             generation,
@@ -318,16 +154,24 @@ impl Process {
                 continue;
             }
             for t in TABLES {
+                let path = format!(
+                    "memory://sim/{t}/data/p{}-{start}-{}-g{}-c{}-{}.parquet",
+                    p.0,
+                    start + take,
+                    self.generation,
+                    id,
+                    rng.random::<u32>()
+                );
+                let written = self
+                    .warehouse
+                    .files
+                    .lock()
+                    .unwrap()
+                    .insert(path.clone(), take as u64 * 100);
+                assert!(written.is_none(), "file names are unique");
                 let file = DataFileBuilder::default()
                     .content(DataContentType::Data)
-                    .file_path(format!(
-                        "memory://sim/{t}/data/p{}-{start}-{}-g{}-c{}-{}.parquet",
-                        p.0,
-                        start + take,
-                        self.generation,
-                        id,
-                        rng.random::<u32>()
-                    ))
+                    .file_path(path)
                     .file_format(DataFileFormat::Parquet)
                     .record_count(take as u64)
                     .file_size_in_bytes(take as u64 * 100)
@@ -367,11 +211,16 @@ impl Process {
     }
 
     async fn publish(&mut self) -> SimResult<()> {
-        let publisher = Publisher {
-            committer: &self.committer,
-            log: &self.log,
-            uncommitted: &self.uncommitted,
-        };
+        let publisher = Publisher::new(
+            &self.committer,
+            &self.log,
+            &self.uncommitted,
+            Some(&self.warehouse),
+        );
+        publisher
+            .check_pending(&self.tables, self.last)
+            .await
+            .map_err(|e| e.to_string())?;
         for t in &self.tables {
             publisher
                 .table(t, self.last)
@@ -420,8 +269,12 @@ pub(super) async fn memory_catalog() -> Arc<dyn Catalog> {
     Arc::new(catalog)
 }
 
-/// Per table and partition, the record ranges of every committed file.
-async fn committed_ranges(catalog: &dyn Catalog) -> BTreeMap<(String, i32), Vec<(i64, i64)>> {
+/// Per table and partition, the record ranges of every committed file; `Err` names a committed
+/// file the warehouse never held.
+async fn committed_ranges(
+    catalog: &dyn Catalog,
+    written: &HashMap<String, u64>,
+) -> SimResult<BTreeMap<(String, i32), Vec<(i64, i64)>>> {
     let mut out: BTreeMap<(String, i32), Vec<(i64, i64)>> = BTreeMap::new();
     for t in TABLES {
         let table = catalog
@@ -442,6 +295,12 @@ async fn committed_ranges(catalog: &dyn Catalog) -> BTreeMap<(String, i32), Vec<
             .await
             .unwrap();
         for task in tasks {
+            if !written.contains_key(&task.data_file_path) {
+                return Err(format!(
+                    "committed file {} was never written",
+                    task.data_file_path
+                ));
+            }
             let name = task.data_file_path.rsplit('/').next().unwrap().to_string();
             let mut parts = name.trim_start_matches('p').split('-');
             let p: i32 = parts.next().unwrap().parse().unwrap();
@@ -450,7 +309,7 @@ async fn committed_ranges(catalog: &dyn Catalog) -> BTreeMap<(String, i32), Vec<
             out.entry((t.to_string(), p)).or_default().push((a, b));
         }
     }
-    out
+    Ok(out)
 }
 
 /// One seeded run; returns a description of the violation, if any.
@@ -476,6 +335,7 @@ async fn run_seed(seed: u64) -> Result<(u32, u32), String> {
         faults: faults.clone(),
         job: JobId::new("sim").unwrap(),
         input: input.clone(),
+        files: Arc::default(),
     };
     let mut restarts = 0u32;
     let mut zombies_fenced = 0u32;
@@ -545,7 +405,8 @@ async fn run_seed(seed: u64) -> Result<(u32, u32), String> {
     }
 
     // Oracle: every record of every partition exactly once in every table.
-    let ranges = committed_ranges(world.catalog.as_ref()).await;
+    let written = world.files.lock().unwrap().clone();
+    let ranges = committed_ranges(world.catalog.as_ref(), &written).await?;
     for t in TABLES {
         for (p, n) in &input {
             let mut rs = ranges

@@ -182,6 +182,8 @@ pub(crate) struct Job {
     last: CheckpointId,
     /// Manifests of completed checkpoints not yet known committed everywhere.
     uncommitted: BTreeMap<CheckpointId, Manifest>,
+    /// The warehouse, asked whether pending files exist before they are committed.
+    files: Arc<dyn crate::checkpoint::presence::FileSizes>,
     /// State files the next checkpoint extends.
     state_chain: Vec<String>,
     /// Current cut: per partition, offsets since the last checkpoint.
@@ -214,6 +216,8 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     crate::lakehouse::ensure_tables(env.catalog.as_ref(), &cfg.catalog.namespace).await?;
     let log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
     preflight::before_claim(cfg, env.catalog.as_ref(), &log).await?;
+    // And the pending files, before claiming: a missing one must not cost a generation either.
+    recovery::verify_pending_files(cfg, &env).await?;
     let mut job = recovery::recover(cfg, &env, &partitions).await?;
     if recovery::positions(&job.cuts) != verified {
         // Another instance completed a checkpoint between the check and the claim.

@@ -21,14 +21,21 @@ impl Job {
         let through = self.last;
         let started = std::time::Instant::now();
         let mut landed = false;
-        for (i, output) in Output::ALL.into_iter().enumerate() {
-            let table = self.sink.table(output).clone();
-            let publisher = Publisher {
-                committer: &self.committer,
-                log: &self.log,
-                uncommitted: &self.uncommitted,
-            };
-            if publisher.table(&table, through).await? == Published::Committed {
+        let publisher = Publisher::new(
+            &self.committer,
+            &self.log,
+            &self.uncommitted,
+            Some(self.files.as_ref()),
+        );
+        let tables: Vec<_> = Output::ALL
+            .into_iter()
+            .map(|o| self.sink.table(o).clone())
+            .collect();
+        // Every table's pending files before the first commit: a missing one stops the job with
+        // no table changed.
+        publisher.check_pending(&tables, through).await?;
+        for (i, table) in tables.iter().enumerate() {
+            if publisher.table(table, through).await? == Published::Committed {
                 self.report.commits += 1;
                 landed = true;
             }

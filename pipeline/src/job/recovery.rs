@@ -2,6 +2,7 @@
 //! state and offsets.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use recon_schemas::decode::Limits;
@@ -9,6 +10,8 @@ use recon_schemas::decode::Limits;
 use crate::checkpoint::commit::Committer;
 use crate::checkpoint::log::CheckpointLog;
 use crate::checkpoint::manifest::{EntryKind, LastRecord, PartitionCut};
+use crate::checkpoint::presence::ObjectStoreSizes;
+use crate::checkpoint::publish::Publisher;
 use crate::config::Config;
 use crate::ids::{CheckpointId, Offset, PartitionId};
 use crate::lakehouse::{self, LakehouseError};
@@ -153,6 +156,57 @@ async fn claims_in_a_row(log: &CheckpointLog) -> Result<(), JobError> {
     Ok(())
 }
 
+/// Read-only pre-flight, before claiming: every pending file of every table (the files of the
+/// checkpoints each table lacks up to the head) exists with its recorded size. A missing one
+/// stops the start with [`PendingFileError::Missing`](crate::checkpoint::presence::PendingFileError)
+/// before anything is written (no claim, no orphan deletion, no commit). Publishing checks
+/// again after the claim (another instance may have completed more meanwhile).
+pub(super) async fn verify_pending_files(cfg: &Config, env: &JobEnv) -> Result<(), JobError> {
+    let log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
+    let Some(head) = log.head().await? else {
+        return Ok(());
+    };
+    let warehouse = orphans::warehouse_store(cfg).map_err(|e| {
+        JobError::Protocol(format!(
+            "cannot open the warehouse {} to check pending files: {e}",
+            cfg.catalog.warehouse
+        ))
+    })?;
+    // The generation a claim would take: only compared with the tables' stamps, never written.
+    let (_, generation) = crate::checkpoint::protocol::claim(Some(&head.entry));
+    let committer = Committer::new(
+        env.catalog.clone(),
+        cfg.job_id.clone(),
+        generation,
+        cfg.commit.attempts_max,
+        Duration::from_millis(cfg.commit.timeout_ms),
+    );
+    let mut tables = Vec::new();
+    for name in crate::maintain::TABLES {
+        let ident = lakehouse::table_ident(cfg, name);
+        match env.catalog.load_table(&ident).await {
+            Ok(t) => tables.push(t),
+            // No table yet: nothing of it can be pending.
+            Err(_) if !env.catalog.table_exists(&ident).await.unwrap_or(true) => {}
+            Err(source) => {
+                return Err(LakehouseError::Catalog {
+                    op: "load_table",
+                    what: ident.to_string(),
+                    source,
+                }
+                .into());
+            }
+        }
+    }
+    let uncommitted = BTreeMap::new();
+    let sizes = ObjectStoreSizes(warehouse);
+    let publisher = Publisher::new(&committer, &log, &uncommitted, Some(&sizes));
+    publisher
+        .check_pending(&tables, head.entry.checkpoint_id)
+        .await?;
+    Ok(())
+}
+
 /// Claims a generation and brings tables, state and offsets to the newest checkpoint.
 pub(super) async fn recover(
     cfg: &Config,
@@ -210,6 +264,13 @@ pub(super) async fn recover(
     }
     let sink = Sink::new(cfg.job_id.clone(), generation, cfg.sink.batch_rows, targets);
 
+    // Pending files are checked against the warehouse before every commit.
+    let warehouse = orphans::warehouse_store(cfg).map_err(|e| {
+        JobError::Protocol(format!(
+            "cannot open the warehouse {} to check pending files: {e}",
+            cfg.catalog.warehouse
+        ))
+    })?;
     let mut state = State::default();
     for (i, rel) in claimed.manifest.state_chain.iter().enumerate() {
         let bytes = log.read_state(rel).await?;
@@ -231,6 +292,7 @@ pub(super) async fn recover(
         crash: env.crash.clone(),
         last: claimed.entry.checkpoint_id,
         uncommitted: BTreeMap::new(),
+        files: Arc::new(ObjectStoreSizes(warehouse.clone())),
         state_chain: claimed.manifest.state_chain.clone(),
         cuts: claimed.manifest.partitions.clone(),
         replay_until: claimed.manifest.replay_until.clone(),
@@ -251,27 +313,38 @@ pub(super) async fn recover(
     job.publish().await?;
     // The optional outputs: fence older instances, then emit what they lack.
     job.recover_outputs(partitions).await?;
-    // Then remove the files of attempts that never completed (best effort: a failure here
-    // leaves garbage, never wrong data).
+    // Then remove the files of attempts that never completed, never a file a snapshot or a
+    // retained checkpoint references (best effort: a failure leaves garbage, never wrong data).
     let resumed = match claimed.entry.kind {
         EntryKind::GenerationStart { resumes: Some(h) } => h,
         _ => claimed.entry.checkpoint_id,
     };
-    match orphans::warehouse_store(cfg) {
-        Ok(store) => {
-            let tables: Vec<_> = Output::ALL
-                .iter()
-                .map(|o| job.sink.table(*o).clone())
-                .collect();
-            match orphans::clean(store.as_ref(), &job.log, &tables, generation, resumed).await {
-                Ok(n) if n > 0 => tracing::info!(deleted = n, "orphan data files removed"),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "orphan cleanup failed; garbage stays until the next start")
-                }
-            }
+    let tables: Vec<_> = Output::ALL
+        .iter()
+        .map(|o| job.sink.table(*o).identifier().clone())
+        .collect();
+    let cleanup_started = std::time::Instant::now();
+    let cleaned = orphans::clean(
+        warehouse.as_ref(),
+        env.catalog.as_ref(),
+        &job.log,
+        &tables,
+        generation,
+        resumed,
+    )
+    .await;
+    match cleaned {
+        Ok(c) => tracing::info!(
+            deleted = c.deleted,
+            kept_referenced = c.referenced,
+            kept_pending = c.pending,
+            listed = c.listed,
+            duration_ms = cleanup_started.elapsed().as_millis() as u64,
+            "orphan cleanup done"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "orphan cleanup skipped, nothing more deleted; garbage stays until the next start or `recon-pipeline maintain`")
         }
-        Err(e) => tracing::warn!(error = %e, "cannot open the warehouse for orphan cleanup"),
     }
     Ok(job)
 }

@@ -172,6 +172,10 @@ fn publish_class(e: &PublishError) -> StopClass {
         PublishError::Log(l) => log_class(l),
         PublishError::Refused(r) => refusal_class(r),
         PublishError::KeptMoving { .. } => StopClass::Transient,
+        // A missing or wrong-size pending file needs an operator; a warehouse that did not
+        // answer in time is transient.
+        PublishError::PendingFile(p) if p.needs_operator() => StopClass::OperatorNeeded,
+        PublishError::PendingFile(_) => StopClass::Transient,
         PublishError::Protocol(_) => StopClass::OperatorNeeded,
     }
 }

@@ -251,7 +251,7 @@ impl Sweep<'_> {
                 "checkpoint {id} of job {job} is not committed to this table and its manifest is unreadable; no file deleted (see `checkpoints show {id}`)"
             ));
         }
-        let refs = references::collect(table, expiring)
+        let refs = references::collect(table, expiring, references::MAINTAIN_LIMITS)
             .await
             .map_err(|e| e.to_string())?;
         let root = orphans::table_root(table).ok_or_else(|| {

@@ -8,7 +8,7 @@
 //! it, so a checkpoint missing from this read was committed before it, and a table loaded
 //! afterwards references its files.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 
@@ -32,6 +32,9 @@ pub struct Pending {
     pub unreadable: Vec<CheckpointId>,
     /// Checkpoints read.
     pub checkpoints: usize,
+    /// Every entry read and the generation that wrote it (checkpoints, claims, rewinds):
+    /// recovery's orphan rule asks whether the writer of a file completed its checkpoint.
+    pub entries: BTreeMap<CheckpointId, Generation>,
 }
 
 /// Only the path of a serialized `DataFile` is needed here.
@@ -57,6 +60,9 @@ pub async fn read(log: &CheckpointLog) -> Result<Pending, String> {
         };
         let head = (entry.checkpoint_id, entry.generation);
         pending.head = pending.head.max(Some(head));
+        pending
+            .entries
+            .insert(entry.checkpoint_id, entry.generation);
         let manifest = match log.manifest(&entry).await {
             Ok(m) => m,
             // Pruning deletes the manifest before the entry.

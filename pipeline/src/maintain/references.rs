@@ -10,11 +10,21 @@ use std::collections::HashSet;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::table::Table;
 
-/// Most manifests read for one table; beyond it the sweep refuses (a partial reference set
-/// would make referenced files look orphaned).
-pub const MANIFESTS_MAX: usize = 1_000_000;
-/// Most referenced files collected for one table (about 200 bytes of memory each).
-pub const REFERENCED_FILES_MAX: usize = 20_000_000;
+/// How much [`collect`] may read for one table; beyond it, it refuses (a partial reference set
+/// would make referenced files look orphaned), and the caller deletes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most distinct manifests read.
+    pub manifests_max: usize,
+    /// Most referenced files collected (about 200 bytes of memory each).
+    pub files_max: usize,
+}
+
+/// `recon-pipeline maintain`'s limits: a run of its own, so it may read a large table whole.
+pub const MAINTAIN_LIMITS: Limits = Limits {
+    manifests_max: 1_000_000,
+    files_max: 20_000_000,
+};
 /// Manifests read at once.
 const READS_IN_FLIGHT: usize = 16;
 
@@ -48,21 +58,23 @@ pub enum ReferenceError {
 }
 
 /// Files referenced by a table.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct References {
     /// Object keys.
     pub keys: HashSet<String>,
     /// Manifests read.
     pub manifests: usize,
+    files_max: usize,
 }
 
 impl References {
     fn add(&mut self, uri: &str) -> Result<(), ReferenceError> {
         let key = object_key(uri).ok_or_else(|| ReferenceError::NotAUrl(uri.to_string()))?;
         self.keys.insert(key);
-        if self.keys.len() > REFERENCED_FILES_MAX {
+        if self.keys.len() > self.files_max {
             return Err(ReferenceError::TooMany(format!(
-                "more than {REFERENCED_FILES_MAX} referenced files"
+                "more than {} referenced files",
+                self.files_max
             )));
         }
         Ok(())
@@ -71,9 +83,19 @@ impl References {
 
 /// Collects every file `table` references, ignoring the snapshots in `expiring` (a dry run
 /// passes the snapshots it would expire; a real run reloads the table after expiring instead).
-pub async fn collect(table: &Table, expiring: &HashSet<i64>) -> Result<References, ReferenceError> {
+/// Every snapshot still in the metadata counts, not only the current one's ancestry: a
+/// rolled-back or branched snapshot may become current again.
+pub async fn collect(
+    table: &Table,
+    expiring: &HashSet<i64>,
+    limits: Limits,
+) -> Result<References, ReferenceError> {
     let md = table.metadata();
-    let mut refs = References::default();
+    let mut refs = References {
+        keys: HashSet::new(),
+        manifests: 0,
+        files_max: limits.files_max,
+    };
     if let Some(loc) = table.metadata_location() {
         refs.add(loc)?;
     }
@@ -95,20 +117,28 @@ pub async fn collect(table: &Table, expiring: &HashSet<i64>) -> Result<Reference
     let mut seen = HashSet::new();
     for s in &snapshots {
         refs.add(s.manifest_list())?;
-        let list = table
+    }
+    // Manifest lists are read like manifests, several at once: a table keeps one per snapshot.
+    let mut lists = futures::stream::iter(snapshots.iter().map(|s| async move {
+        table
             .manifest_list_reader(s)
             .load()
             .await
             .map_err(|source| ReferenceError::Read {
                 what: format!("manifest list {}", s.manifest_list()),
                 source,
-            })?;
+            })
+    }))
+    .buffer_unordered(READS_IN_FLIGHT);
+    while let Some(list) = lists.try_next().await? {
         for m in list.entries() {
             if seen.insert(m.manifest_path.clone()) {
                 manifests.push(m.clone());
-                if manifests.len() > MANIFESTS_MAX {
+                if manifests.len() > limits.manifests_max {
                     return Err(ReferenceError::TooMany(format!(
-                        "more than {MANIFESTS_MAX} manifests (rewrite manifests first)"
+                        "table {} has more than {} manifests (rewrite manifests first)",
+                        table.identifier(),
+                        limits.manifests_max
                     )));
                 }
             }

@@ -58,7 +58,8 @@ pub struct Rules<'a> {
     pub delete_before: DateTime<Utc>,
 }
 
-fn plain(key: &str) -> bool {
+/// Whether `key` is made of characters that every layer spells the same way (`[A-Za-z0-9._=/-]`).
+pub(crate) fn plain(key: &str) -> bool {
     !key.is_empty()
         && key
             .bytes()
