@@ -12,6 +12,7 @@
 mod catalog;
 mod checkpoint;
 mod load;
+pub mod ranges;
 mod maintenance;
 mod sink;
 mod source;
@@ -194,35 +195,7 @@ impl Config {
         if raw.source.topic.trim().is_empty() {
             return err("source.topic is empty; name the topic of trip events".into());
         }
-        if raw.source.poll_batch_records_max == 0 || raw.source.queue_batches_max == 0 {
-            return err(
-                "source.poll_batch_records_max and source.queue_batches_max must be at least 1"
-                    .into(),
-            );
-        }
-        if raw.checkpoint.interval_ms < 10 {
-            return err(format!(
-                "checkpoint.interval_ms = {} is below 10 ms; use 10000 for production",
-                raw.checkpoint.interval_ms
-            ));
-        }
-        if raw.commit.every_checkpoints == 0 || raw.commit.attempts_max == 0 {
-            return err(
-                "commit.every_checkpoints and commit.attempts_max must be at least 1".into(),
-            );
-        }
-        if raw.checkpoint.full_state_every == 0 {
-            return err("checkpoint.full_state_every must be at least 1".into());
-        }
-        if !(1..=22).contains(&raw.sink.zstd_level) {
-            return err(format!(
-                "sink.zstd_level = {} must be within 1..=22",
-                raw.sink.zstd_level
-            ));
-        }
-        if raw.sink.batch_rows == 0 {
-            return err("sink.batch_rows must be at least 1".into());
-        }
+        ranges::check(&raw)?;
         let uri = &raw.catalog.uri;
         if !(uri.starts_with("sqlite:")
             || uri.starts_with("postgres://")
@@ -280,17 +253,6 @@ impl Config {
             }
             None => StoreLocation::Local(PathBuf::from(&raw.checkpoint.store)),
         };
-        let m = &raw.maintenance;
-        if m.retain_last == 0 {
-            return err("maintenance.retain_last must be at least 1 (the current snapshot)".into());
-        }
-        if Duration::from_millis(m.orphan_older_than_ms) < ORPHAN_AGE_MIN {
-            return err(format!(
-                "maintenance.orphan_older_than_ms = {} is below one hour ({}): a younger unreferenced file may be one a writer is about to commit; use 259200000 (3 days)",
-                m.orphan_older_than_ms,
-                ORPHAN_AGE_MIN.as_millis()
-            ));
-        }
         let metrics_listen = match raw.observability.listen.trim() {
             "" => None,
             a => Some(a.parse().map_err(|e| {

@@ -191,3 +191,68 @@ fn bad_secret_values_are_not_repeated() {
         .to_string();
     assert!(e.contains("sasl_password_file"), "{e}");
 }
+
+/// Loads a file setting `key` (dotted, `section.name`) to `value`; `expected` is `None` when
+/// the value must be accepted, else a fragment of the refusal.
+fn check(key: &str, value: i128, expected: Option<&str>) {
+    let (section, name) = key.split_once('.').unwrap();
+    let got = load_str(&format!("[{section}]\n{name} = {value}\n"));
+    match (expected, got) {
+        (None, Ok(_)) => {}
+        (None, Err(e)) => panic!("{key} = {value} refused: {e}"),
+        (Some(_), Ok(_)) => panic!("{key} = {value} accepted"),
+        (Some(want), Err(e)) => {
+            let e = e.to_string();
+            assert!(e.contains(want), "{key} = {value}: {e:?} lacks {want:?}");
+        }
+    }
+}
+
+/// The values of issue 13 that panicked, aborted or were accepted.
+#[test]
+fn huge_values_are_refused_by_name() {
+    let huge = i64::MAX as i128;
+    for key in [
+        "source.poll_batch_records_max",
+        "source.queue_batches_max",
+        "checkpoint.interval_ms",
+        "commit.timeout_ms",
+        "sink.file_size_bytes_target",
+    ] {
+        check(key, huge, Some(&format!("{key} = {huge} is outside ")));
+    }
+    check("source.queue_batches_max", 0, Some("is outside 1..=1024"));
+}
+
+/// Every numeric key: its bounds are accepted, one past them refused with the key, the value and
+/// the range.
+#[test]
+fn every_numeric_key_has_a_range() {
+    let keys = ranges::numeric_keys(&RawConfig::default());
+    assert!(keys.len() >= 20, "{keys:?}");
+    for n in keys {
+        assert!(
+            (n.min..=n.max).contains(&n.value),
+            "default of {} outside its range",
+            n.key
+        );
+        check(n.key, n.min, None);
+        check(n.key, n.max, None);
+        let range = format!("is outside {}..={}", n.min, n.max);
+        check(n.key, n.max + 1, Some(&format!("{} = {} {range}", n.key, n.max + 1)));
+        if n.min > 0 {
+            check(n.key, n.min - 1, Some(&format!("{} = {} {range}", n.key, n.min - 1)));
+        }
+    }
+}
+
+/// docs/CONFIGURATION.md lists every key's range as the code has it.
+#[test]
+fn docs_list_every_range() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/CONFIGURATION.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for n in ranges::numeric_keys(&RawConfig::default()) {
+        let row = format!("| `{}` | {}..={} | {} |", n.key, n.min, n.max, n.why);
+        assert!(text.contains(&row), "docs/CONFIGURATION.md lacks {row}");
+    }
+}

@@ -61,23 +61,11 @@ impl Default for RawAlerts {
 }
 
 impl RawAlerts {
-    /// Checks the section; returns the watched statuses as the names the state uses.
+    /// Checks the section (its numeric keys are checked by [`crate::config::ranges`]); returns the watched statuses as the names the state uses.
     pub fn validate(&self) -> Result<Vec<&'static str>, ConfigError> {
         if self.topic.trim().is_empty() {
             return Err(ConfigError(
                 "alerts.topic is empty; name the alerts topic".into(),
-            ));
-        }
-        if self.partitions < 1 {
-            return Err(ConfigError(format!(
-                "alerts.partitions = {} must be at least 1",
-                self.partitions
-            )));
-        }
-        if self.call_timeout_ms == 0 || self.transaction_timeout_ms < 1000 {
-            return Err(ConfigError(
-                "alerts.call_timeout_ms must be > 0 and alerts.transaction_timeout_ms >= 1000"
-                    .into(),
             ));
         }
         let mut out = Vec::new();
@@ -146,7 +134,7 @@ impl Default for RawCurrentBalances {
 }
 
 impl RawCurrentBalances {
-    /// Checks the section; `catalog_uri` is the fallback database.
+    /// Checks the section (numeric keys: [`crate::config::ranges`]); `catalog_uri` is the fallback database.
     pub fn validate(&self, catalog_uri: &str) -> Result<String, ConfigError> {
         let url = if self.url.trim().is_empty() {
             catalog_uri.to_string()
@@ -175,11 +163,6 @@ impl RawCurrentBalances {
                     "{key} = {name:?} must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 characters)"
                 )));
             }
-        }
-        if self.batch_rows == 0 {
-            return Err(ConfigError(
-                "current_balances.batch_rows must be at least 1".into(),
-            ));
         }
         Ok(url)
     }
