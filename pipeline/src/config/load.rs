@@ -14,12 +14,7 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
         if let Some(p) = path {
-            if !p.exists() {
-                return Err(ConfigError(format!(
-                    "file {} does not exist; pass an existing --config FILE",
-                    p.display()
-                )));
-            }
+            check_file(p)?;
             fig = fig.merge(Toml::file_exact(p));
         }
         fig = fig.merge(
@@ -43,6 +38,59 @@ impl Config {
         let raw: RawConfig = fig.extract().map_err(|e| ConfigError(figment_message(e)))?;
         Config::resolve(raw)
     }
+}
+
+/// Refuses a `--config` path that is missing, a directory, unreadable, or that sets no key at
+/// all (empty, or only comments and empty tables): such a file silently ran on the defaults,
+/// which are those of a local demo, when the operator believed the job read their settings.
+/// To run on the defaults (plus `RECON__` variables), pass no `--config`.
+fn check_file(p: &Path) -> Result<(), ConfigError> {
+    let shown = p.display();
+    let text = match std::fs::read(p) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ConfigError(format!(
+                "file {shown} does not exist; pass an existing --config FILE"
+            )));
+        }
+        Err(_) if p.is_dir() => {
+            return Err(ConfigError(format!(
+                "{shown} is a directory; pass the TOML file (e.g. {shown}/recon.toml) to --config"
+            )));
+        }
+        Err(e) => {
+            return Err(ConfigError(format!(
+                "cannot read --config file {shown}: {e}; check its permissions"
+            )));
+        }
+    };
+    let Ok(text) = String::from_utf8(text) else {
+        return Err(ConfigError(format!(
+            "file {shown} is not UTF-8 text; a configuration file is TOML"
+        )));
+    };
+    // A syntax error is left to figment, which names the line without repeating it.
+    if let Ok(table) = text.parse::<toml::Table>()
+        && keys_in(&table) == 0
+    {
+        return Err(ConfigError(format!(
+            "file {shown} sets no key (it is empty or holds only comments); \
+             write the job's settings into it (see recon.example.toml), \
+             or pass no --config to run on the defaults and RECON__ variables"
+        )));
+    }
+    Ok(())
+}
+
+/// Keys of `table` that hold a value, counting nested tables' keys, not the tables themselves.
+fn keys_in(table: &toml::Table) -> usize {
+    table
+        .values()
+        .map(|v| match v {
+            toml::Value::Table(t) => keys_in(t),
+            _ => 1,
+        })
+        .sum()
 }
 
 /// One line per problem, naming the key, without figment's multi-line noise. The value of a

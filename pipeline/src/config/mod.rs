@@ -12,8 +12,8 @@
 mod catalog;
 mod checkpoint;
 mod load;
-pub mod ranges;
 mod maintenance;
+pub mod ranges;
 mod sink;
 mod source;
 
@@ -27,7 +27,7 @@ pub use self::catalog::RawCatalog;
 pub use self::checkpoint::{RawCheckpoint, RawCommit};
 pub use self::maintenance::{ORPHAN_AGE_MIN, RawMaintenance, RawObservability};
 pub use self::sink::{RawSink, RawState};
-pub use self::source::{RawSource, StartFrom};
+pub use self::source::{OWNED_CONSUMER_PROPERTIES, RawSource, StartFrom};
 use crate::ids::JobId;
 pub use crate::secrets::redact_url;
 use crate::secrets::{self, RedactedMap};
@@ -196,6 +196,16 @@ impl Config {
             return err("source.topic is empty; name the topic of trip events".into());
         }
         ranges::check(&raw)?;
+        source::refuse_owned(
+            "source.properties",
+            &raw.source.properties,
+            source::OWNED_CONSUMER_PROPERTIES,
+        )?;
+        source::refuse_owned(
+            "alerts.properties",
+            &raw.alerts.properties,
+            crate::outputs::config::OWNED_PRODUCER_PROPERTIES,
+        )?;
         let uri = &raw.catalog.uri;
         if !(uri.starts_with("sqlite:")
             || uri.starts_with("postgres://")

@@ -74,3 +74,82 @@ impl Default for RawSource {
         }
     }
 }
+
+/// librdkafka consumer properties the job sets itself (see `source::client_config`), refused in
+/// `[source.properties]`: `(name, why the job owns it, what to set instead)`. Properties are
+/// applied after the job's own, so each of these would silently override the job: e.g.
+/// `auto.offset.reset = earliest` turns an offset lost to retention into a silent re-read.
+pub const OWNED_CONSUMER_PROPERTIES: &[(&str, &str, &str)] = &[
+    (
+        "bootstrap.servers",
+        "the job connects to source.brokers",
+        "set source.brokers",
+    ),
+    (
+        "metadata.broker.list",
+        "the job connects to source.brokers",
+        "set source.brokers",
+    ),
+    (
+        "group.id",
+        "the job names its consumer group after job_id; partitions are assigned, not balanced",
+        "set job_id",
+    ),
+    (
+        "auto.offset.reset",
+        "the checkpoint owns the offsets; a saved offset no longer in the log must stop the job (`error`), never silently reset",
+        "set source.start_from for partitions without a checkpoint",
+    ),
+    (
+        "enable.auto.commit",
+        "the checkpoint, not Kafka, records what was consumed",
+        "remove it",
+    ),
+    (
+        "auto.commit.enable",
+        "the checkpoint, not Kafka, records what was consumed",
+        "remove it",
+    ),
+    (
+        "enable.auto.offset.store",
+        "the checkpoint, not Kafka, records what was consumed",
+        "remove it",
+    ),
+    (
+        "isolation.level",
+        "the job reads committed records only; `read_uncommitted` would count aborted transactions",
+        "remove it",
+    ),
+    (
+        "enable.partition.eof",
+        "the job's reader and its topic probes set it each for their own use",
+        "remove it",
+    ),
+    (
+        "transactional.id",
+        "a producer key; the alerts producer's transactional id is alerts.transactional_id",
+        "set alerts.transactional_id",
+    ),
+    (
+        "enable.idempotence",
+        "a producer key; the alerts producer is always idempotent",
+        "remove it",
+    ),
+];
+
+/// Refuses a property of `properties` (the section `section`) that `owned` lists.
+pub(crate) fn refuse_owned(
+    section: &str,
+    properties: &BTreeMap<String, String>,
+    owned: &[(&str, &str, &str)],
+) -> Result<(), super::ConfigError> {
+    for name in properties.keys() {
+        let normal = name.trim().to_ascii_lowercase();
+        if let Some((_, why, instead)) = owned.iter().find(|(k, _, _)| *k == normal) {
+            return Err(super::ConfigError(format!(
+                "{section}.\"{name}\" is set by the job: {why}; {instead} and delete the property"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -11,7 +11,7 @@ fn load_str(toml: &str) -> Result<Config, ConfigError> {
 
 #[test]
 fn defaults_resolve() {
-    let c = load_str("").unwrap();
+    let c = Config::load(None).unwrap();
     assert_eq!(c.checkpoint_interval, Duration::from_secs(10));
     assert_eq!(c.delivery, DeliveryMode::ExactlyOnce);
     assert!(
@@ -239,9 +239,17 @@ fn every_numeric_key_has_a_range() {
         check(n.key, n.min, None);
         check(n.key, n.max, None);
         let range = format!("is outside {}..={}", n.min, n.max);
-        check(n.key, n.max + 1, Some(&format!("{} = {} {range}", n.key, n.max + 1)));
+        check(
+            n.key,
+            n.max + 1,
+            Some(&format!("{} = {} {range}", n.key, n.max + 1)),
+        );
         if n.min > 0 {
-            check(n.key, n.min - 1, Some(&format!("{} = {} {range}", n.key, n.min - 1)));
+            check(
+                n.key,
+                n.min - 1,
+                Some(&format!("{} = {} {range}", n.key, n.min - 1)),
+            );
         }
     }
 }
@@ -255,4 +263,56 @@ fn docs_list_every_range() {
         let row = format!("| `{}` | {}..={} | {} |", n.key, n.min, n.max, n.why);
         assert!(text.contains(&row), "docs/CONFIGURATION.md lacks {row}");
     }
+}
+
+/// A `--config` that is missing, a directory, or sets nothing is refused by name (issue 13:
+/// an empty file silently ran on the defaults).
+#[test]
+fn config_file_must_exist_and_set_something() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Config::load(Some(dir.path())).unwrap_err().to_string();
+    assert!(
+        e.contains(&dir.path().display().to_string()) && e.contains("is a directory"),
+        "{e}"
+    );
+    for text in [
+        "",
+        "  \n\n",
+        "# job_id = \"x\"\n",
+        "[source]\n# nothing\n[source.properties]\n",
+    ] {
+        let e = load_str(text).unwrap_err().to_string();
+        assert!(e.contains("c.toml sets no key"), "{text:?}: {e}");
+        assert!(e.contains("pass no --config"), "{e}");
+    }
+    load_str("job_id = \"x\"\n").unwrap();
+    load_str("[source]\ntopic = \"t\"\n").unwrap();
+}
+
+/// librdkafka keys the job sets itself are refused in `[source.properties]` and
+/// `[alerts.properties]` (issue 13: `auto.offset.reset` silently overrode the job's offsets).
+#[test]
+fn properties_the_job_owns_are_refused() {
+    let sections = [
+        ("source", OWNED_CONSUMER_PROPERTIES),
+        ("alerts", crate::outputs::config::OWNED_PRODUCER_PROPERTIES),
+    ];
+    for (section, owned) in sections {
+        for (name, why, instead) in owned {
+            let e = load_str(&format!("[{section}.properties]\n\"{name}\" = \"x\"\n"))
+                .unwrap_err()
+                .to_string();
+            let key = format!("{section}.properties.\"{name}\" is set by the job");
+            assert!(
+                e.contains(&key) && e.contains(why) && e.contains(instead),
+                "{e}"
+            );
+        }
+    }
+    let e = load_str("[source.properties]\n\"Auto.Offset.Reset\" = \"earliest\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("source.start_from"), "{e}");
+    // Properties the job does not set still pass through.
+    load_str("[source.properties]\n\"fetch.max.bytes\" = \"1048576\"\n").unwrap();
 }

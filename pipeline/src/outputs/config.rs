@@ -92,6 +92,43 @@ impl RawAlerts {
     }
 }
 
+/// Producer properties the alerts output sets itself, refused in `[alerts.properties]`:
+/// `(name, why the job owns it, what to set instead)`. They are applied after the job's own, so
+/// each would silently override it.
+pub const OWNED_PRODUCER_PROPERTIES: &[(&str, &str, &str)] = &[
+    (
+        "bootstrap.servers",
+        "the producer connects to source.brokers",
+        "set source.brokers",
+    ),
+    (
+        "metadata.broker.list",
+        "the producer connects to source.brokers",
+        "set source.brokers",
+    ),
+    (
+        "transactional.id",
+        "it fences an older instance of this job and names the group recording alert progress",
+        "set alerts.transactional_id",
+    ),
+    (
+        "enable.idempotence",
+        "transactions need an idempotent producer",
+        "remove it",
+    ),
+    (
+        "transaction.timeout.ms",
+        "the job bounds its transactions",
+        "set alerts.transaction_timeout_ms",
+    ),
+    ("acks", "an idempotent producer needs acks=all", "remove it"),
+    (
+        "request.required.acks",
+        "an idempotent producer needs acks=all",
+        "remove it",
+    ),
+];
+
 /// `[current_balances]`: every trip's current balance in a PostgreSQL table, upserted in one
 /// transaction per checkpoint with a progress row (off by default).
 #[derive(Clone, Serialize, Deserialize)]
