@@ -4,8 +4,10 @@
 //! - [`manifest`]: the on-disk records;
 //! - [`store`]: the storage contract (create-if-absent) and its `object_store` implementation;
 //! - [`log`]: reading and extending the checkpoint log through that contract;
-//! - [`commit`]: publishing completed checkpoints to Iceberg through a guarded catalog.
+//! - [`commit`]: publishing completed checkpoints to Iceberg through a guarded catalog;
+//! - [`clock`]: naming a clock skew that makes Iceberg refuse every commit.
 
+pub mod clock;
 pub mod commit;
 pub mod log;
 pub mod manifest;
