@@ -134,7 +134,10 @@ pub fn table_ident(cfg: &Config, name: &str) -> TableIdent {
 }
 
 /// Creates the namespace and every product table that does not exist yet; leaves existing
-/// tables alone. Safe to run concurrently (a lost creation race counts as success).
+/// tables alone. Safe to run concurrently: a creation that fails because another process
+/// created the same namespace or table meanwhile counts as success (the SQL catalog reports
+/// that race as a UNIQUE-constraint error, not as "already exists"), once the table is
+/// reloaded and found to have the expected schema.
 pub async fn ensure_tables(catalog: &dyn Catalog, namespace: &str) -> Result<(), LakehouseError> {
     let ns = NamespaceIdent::new(namespace.to_string());
     let cat_err = |op, what: String| move |source| LakehouseError::Catalog { op, what, source };
@@ -145,7 +148,15 @@ pub async fn ensure_tables(catalog: &dyn Catalog, namespace: &str) -> Result<(),
         && let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await
         && e.kind() != iceberg::ErrorKind::NamespaceAlreadyExists
     {
-        return Err(cat_err("create_namespace", namespace.into())(e));
+        // Lost the race to another process? Then the namespace exists now.
+        let exists = catalog
+            .namespace_exists(&ns)
+            .await
+            .map_err(cat_err("namespace_exists", namespace.into()))?;
+        if !exists {
+            return Err(cat_err("create_namespace", namespace.into())(e));
+        }
+        tracing::info!(namespace, "namespace created by another process meanwhile");
     }
     for def in tables::all() {
         create_if_missing(catalog, &ns, def).await?;
@@ -160,17 +171,19 @@ async fn create_if_missing(
 ) -> Result<(), LakehouseError> {
     let ident = TableIdent::new(ns.clone(), def.name.to_string());
     let what = ident.to_string();
+    let err = |op, source| LakehouseError::Catalog {
+        op,
+        what: what.clone(),
+        source,
+    };
     let exists = catalog
         .table_exists(&ident)
         .await
-        .map_err(|source| LakehouseError::Catalog {
-            op: "table_exists",
-            what: what.clone(),
-            source,
-        })?;
+        .map_err(|e| err("table_exists", e))?;
     if exists {
         return Ok(());
     }
+    let expected = def.schema.clone();
     let creation = TableCreation::builder()
         .name(def.name.to_string())
         .schema(def.schema)
@@ -183,15 +196,39 @@ async fn create_if_missing(
             ),
         ])
         .build();
-    match catalog.create_table(ns, creation).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == iceberg::ErrorKind::TableAlreadyExists => Ok(()),
-        Err(source) => Err(LakehouseError::Catalog {
-            op: "create_table",
-            what,
-            source,
-        }),
+    let created = match catalog.create_table(ns, creation).await {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    // Another process may have created it between our check and our create: reload.
+    let exists = catalog
+        .table_exists(&ident)
+        .await
+        .map_err(|e| err("table_exists", e))?;
+    if !exists {
+        return Err(err("create_table", created));
     }
+    let table = catalog
+        .load_table(&ident)
+        .await
+        .map_err(|e| err("load_table", e))?;
+    let found = table.metadata().current_schema();
+    if found.as_struct() != expected.as_struct() {
+        return Err(err(
+            "create_table",
+            iceberg::Error::new(
+                iceberg::ErrorKind::DataInvalid,
+                format!(
+                    "another process created {what} meanwhile, with a schema other than this build's: \
+                     found {:?}, expected {:?}; run one build of recon-pipeline per namespace",
+                    found.as_struct(),
+                    expected.as_struct()
+                ),
+            ),
+        ));
+    }
+    tracing::info!(table = %what, "table created by another process meanwhile; schema verified");
+    Ok(())
 }
 
 /// Reads the named columns of a table's current snapshot (all rows). For tests, the demo and
