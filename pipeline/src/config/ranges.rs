@@ -15,6 +15,23 @@ const DAY_MS: i128 = 24 * 60 * 60 * 1000;
 /// One mebibyte.
 const MIB: i128 = 1 << 20;
 
+/// Numeric pool properties the SQL catalog reads from `[catalog.properties]`:
+/// `(name, min, max, why)`.
+pub const CATALOG_POOL_PROPERTIES: &[(&str, i128, i128, &str)] = &[
+    (
+        "pool.max-connections",
+        1,
+        100,
+        "connections of the catalog pool; the job makes a few calls at a time",
+    ),
+    (
+        "pool.idle-timeout",
+        1,
+        86_400,
+        "seconds an idle catalog connection is kept",
+    ),
+];
+
 /// A numeric key: its dotted name, its value, its inclusive bounds and why they are so.
 #[derive(Clone, Copy, Debug)]
 pub struct NumericKey {
@@ -203,6 +220,27 @@ pub fn check(raw: &RawConfig) -> Result<(), ConfigError> {
                 n.key, n.value, n.min, n.max, n.why, d.value
             )));
         }
+    }
+    // The SQL catalog parses these with `unwrap()`: a bad value would panic at open.
+    for (name, min, max, why) in CATALOG_POOL_PROPERTIES {
+        let Some(v) = raw.catalog.properties.get(*name) else {
+            continue;
+        };
+        match v.trim().parse::<i128>() {
+            Ok(n) if (*min..=*max).contains(&n) && v.trim() == n.to_string() => {}
+            _ => {
+                return Err(ConfigError(format!(
+                    "catalog.properties.\"{name}\" = {v:?} is not a whole number within {min}..={max} ({why})"
+                )));
+            }
+        }
+    }
+    if let Some(v) = raw.catalog.properties.get("pool.test-before-acquire")
+        && v.parse::<bool>().is_err()
+    {
+        return Err(ConfigError(format!(
+            "catalog.properties.\"pool.test-before-acquire\" = {v:?} must be true or false"
+        )));
     }
     for p in &raw.source.partitions {
         if *p < 0 {

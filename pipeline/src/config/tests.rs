@@ -316,3 +316,27 @@ fn properties_the_job_owns_are_refused() {
     // Properties the job does not set still pass through.
     load_str("[source.properties]\n\"fetch.max.bytes\" = \"1048576\"\n").unwrap();
 }
+
+/// `[catalog.properties]` pool settings the SQL catalog parses with `unwrap()` are checked here
+/// (a bad one panicked when the catalog opened).
+#[test]
+fn catalog_pool_properties_are_checked() {
+    for (name, min, max, _) in ranges::CATALOG_POOL_PROPERTIES {
+        for (v, ok) in [
+            (min.to_string(), true),
+            (max.to_string(), true),
+            ((max + 1).to_string(), false),
+            ((min - 1).to_string(), false),
+            ("ten".to_string(), false),
+        ] {
+            let got = load_str(&format!("[catalog.properties]\n\"{name}\" = \"{v}\"\n"));
+            match (ok, got) {
+                (true, Ok(_)) => {}
+                (false, Err(e)) => assert!(e.to_string().contains(name), "{e}"),
+                (ok, got) => panic!("{name} = {v}: expected ok={ok}, got {:?}", got.err()),
+            }
+        }
+    }
+    let e = load_str("[catalog.properties]\n\"pool.test-before-acquire\" = \"yes\"\n").unwrap_err();
+    assert!(e.to_string().contains("true or false"), "{e}");
+}
