@@ -52,6 +52,20 @@ pub enum LakehouseError {
         /// The last attempt's error, or that it was still waiting.
         last: String,
     },
+    /// Another process created a product table meanwhile, with a schema other than this
+    /// build's (operator needed: two builds write one namespace).
+    #[error(
+        "another process created {table} meanwhile, with a schema other than this build's: found {found}, expected {expected}; \
+         run one build of recon-pipeline per namespace (drop the table if nothing was written to it yet)"
+    )]
+    SchemaMismatch {
+        /// Table.
+        table: String,
+        /// Its schema as created.
+        found: String,
+        /// This build's schema.
+        expected: String,
+    },
     /// A catalog call failed.
     #[error("catalog {op} {what}: {source}")]
     Catalog {
@@ -214,18 +228,11 @@ async fn create_if_missing(
         .map_err(|e| err("load_table", e))?;
     let found = table.metadata().current_schema();
     if found.as_struct() != expected.as_struct() {
-        return Err(err(
-            "create_table",
-            iceberg::Error::new(
-                iceberg::ErrorKind::DataInvalid,
-                format!(
-                    "another process created {what} meanwhile, with a schema other than this build's: \
-                     found {:?}, expected {:?}; run one build of recon-pipeline per namespace",
-                    found.as_struct(),
-                    expected.as_struct()
-                ),
-            ),
-        ));
+        return Err(LakehouseError::SchemaMismatch {
+            table: what,
+            found: format!("{:?}", found.as_struct()),
+            expected: format!("{:?}", expected.as_struct()),
+        });
     }
     tracing::info!(table = %what, "table created by another process meanwhile; schema verified");
     Ok(())
