@@ -17,6 +17,11 @@ use crate::config::{Config, redact_url};
 /// Attempts to open the catalog: two processes creating the catalog tables at once on an empty
 /// PostgreSQL database can collide (`pg_type_typname_nsp_index`); a retry settles it.
 const OPEN_ATTEMPTS_MAX: u32 = 5;
+/// Bound on opening the catalog, all attempts together. Without it an unreachable database
+/// took 2.5 minutes to fail (five attempts, each waiting out sqlx's 30 s acquire timeout, which
+/// the SQL catalog does not let us set); 15 s is ample for a reachable database on a slow
+/// network, and the job is restarted anyway (transient).
+pub const OPEN_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Errors of the lakehouse side.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,35 @@ pub enum LakehouseError {
         /// Cause.
         #[source]
         source: iceberg::Error,
+    },
+    /// The catalog did not answer within [`OPEN_DEADLINE`] (transient: restart me).
+    #[error(
+        "the Iceberg catalog at {uri} did not answer within {waited:?} ({attempts} attempts; last: {last}); check catalog.uri, \
+         that the database is up and reachable from this host (firewall, DNS); restarting retries"
+    )]
+    OpenTimeout {
+        /// The catalog URI, password redacted.
+        uri: String,
+        /// How long opening took.
+        waited: Duration,
+        /// Attempts started.
+        attempts: u32,
+        /// The last attempt's error, or that it was still waiting.
+        last: String,
+    },
+    /// Another process created a product table meanwhile, with a schema other than this
+    /// build's (operator needed: two builds write one namespace).
+    #[error(
+        "another process created {table} meanwhile, with a schema other than this build's: found {found}, expected {expected}; \
+         run one build of recon-pipeline per namespace (drop the table if nothing was written to it yet)"
+    )]
+    SchemaMismatch {
+        /// Table.
+        table: String,
+        /// Its schema as created.
+        found: String,
+        /// This build's schema.
+        expected: String,
     },
     /// A catalog call failed.
     #[error("catalog {op} {what}: {source}")]
@@ -63,6 +97,8 @@ pub async fn open_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakehouseErr
     let mut props: HashMap<String, String> = cfg.catalog.properties.clone().into_iter().collect();
     props.insert("uri".into(), uri.clone());
     props.insert("warehouse".into(), cfg.catalog.warehouse.clone());
+    let started = tokio::time::Instant::now();
+    let deadline = started + OPEN_DEADLINE;
     let mut last = None;
     for attempt in 1..=OPEN_ATTEMPTS_MAX {
         let builder = SqlCatalogBuilder::default()
@@ -72,14 +108,30 @@ pub async fn open_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakehouseErr
                 SqlBindStyle::QMark
             })
             .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()));
-        match builder.load(cfg.catalog.name.clone(), props.clone()).await {
-            Ok(c) => return Ok(Arc::new(c)),
-            Err(e) => {
+        let load = builder.load(cfg.catalog.name.clone(), props.clone());
+        match tokio::time::timeout_at(deadline, load).await {
+            Ok(Ok(c)) => return Ok(Arc::new(c)),
+            Ok(Err(e)) => {
                 tracing::warn!(attempt, error = %e, "opening the catalog failed");
                 last = Some(e);
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            Err(_) => {
+                return Err(LakehouseError::OpenTimeout {
+                    uri: redact_url(&uri),
+                    waited: started.elapsed(),
+                    attempts: attempt,
+                    last: last.map_or_else(
+                        || "no answer".to_string(),
+                        |e| e.to_string().replace(&uri, &redact_url(&uri)),
+                    ),
+                });
             }
         }
+        let pause = Duration::from_millis(100 * u64::from(attempt));
+        if tokio::time::Instant::now() + pause >= deadline {
+            break;
+        }
+        tokio::time::sleep(pause).await;
     }
     Err(LakehouseError::Open {
         uri: redact_url(&uri),
@@ -96,7 +148,10 @@ pub fn table_ident(cfg: &Config, name: &str) -> TableIdent {
 }
 
 /// Creates the namespace and every product table that does not exist yet; leaves existing
-/// tables alone. Safe to run concurrently (a lost creation race counts as success).
+/// tables alone. Safe to run concurrently: a creation that fails because another process
+/// created the same namespace or table meanwhile counts as success (the SQL catalog reports
+/// that race as a UNIQUE-constraint error, not as "already exists"), once the table is
+/// reloaded and found to have the expected schema.
 pub async fn ensure_tables(catalog: &dyn Catalog, namespace: &str) -> Result<(), LakehouseError> {
     let ns = NamespaceIdent::new(namespace.to_string());
     let cat_err = |op, what: String| move |source| LakehouseError::Catalog { op, what, source };
@@ -107,7 +162,15 @@ pub async fn ensure_tables(catalog: &dyn Catalog, namespace: &str) -> Result<(),
         && let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await
         && e.kind() != iceberg::ErrorKind::NamespaceAlreadyExists
     {
-        return Err(cat_err("create_namespace", namespace.into())(e));
+        // Lost the race to another process? Then the namespace exists now.
+        let exists = catalog
+            .namespace_exists(&ns)
+            .await
+            .map_err(cat_err("namespace_exists", namespace.into()))?;
+        if !exists {
+            return Err(cat_err("create_namespace", namespace.into())(e));
+        }
+        tracing::info!(namespace, "namespace created by another process meanwhile");
     }
     for def in tables::all() {
         create_if_missing(catalog, &ns, def).await?;
@@ -122,17 +185,19 @@ async fn create_if_missing(
 ) -> Result<(), LakehouseError> {
     let ident = TableIdent::new(ns.clone(), def.name.to_string());
     let what = ident.to_string();
+    let err = |op, source| LakehouseError::Catalog {
+        op,
+        what: what.clone(),
+        source,
+    };
     let exists = catalog
         .table_exists(&ident)
         .await
-        .map_err(|source| LakehouseError::Catalog {
-            op: "table_exists",
-            what: what.clone(),
-            source,
-        })?;
+        .map_err(|e| err("table_exists", e))?;
     if exists {
         return Ok(());
     }
+    let expected = def.schema.clone();
     let creation = TableCreation::builder()
         .name(def.name.to_string())
         .schema(def.schema)
@@ -145,15 +210,32 @@ async fn create_if_missing(
             ),
         ])
         .build();
-    match catalog.create_table(ns, creation).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == iceberg::ErrorKind::TableAlreadyExists => Ok(()),
-        Err(source) => Err(LakehouseError::Catalog {
-            op: "create_table",
-            what,
-            source,
-        }),
+    let created = match catalog.create_table(ns, creation).await {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    // Another process may have created it between our check and our create: reload.
+    let exists = catalog
+        .table_exists(&ident)
+        .await
+        .map_err(|e| err("table_exists", e))?;
+    if !exists {
+        return Err(err("create_table", created));
     }
+    let table = catalog
+        .load_table(&ident)
+        .await
+        .map_err(|e| err("load_table", e))?;
+    let found = table.metadata().current_schema();
+    if found.as_struct() != expected.as_struct() {
+        return Err(LakehouseError::SchemaMismatch {
+            table: what,
+            found: format!("{:?}", found.as_struct()),
+            expected: format!("{:?}", expected.as_struct()),
+        });
+    }
+    tracing::info!(table = %what, "table created by another process meanwhile; schema verified");
+    Ok(())
 }
 
 /// Reads the named columns of a table's current snapshot (all rows). For tests, the demo and
@@ -181,4 +263,36 @@ pub async fn scan(
         .await
         .map_err(err("scan"))?;
     stream.try_collect().await.map_err(err("scan"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::config::{Config, RawConfig};
+
+    /// An unreachable catalog fails within the open deadline (it took 2.5 minutes: five
+    /// attempts of sqlx's 30 s acquire timeout), naming the URI without its password.
+    #[tokio::test]
+    async fn an_unreachable_catalog_fails_fast_and_named() {
+        let mut raw = RawConfig::default();
+        // Port 1 on loopback: nothing listens, every connection is refused.
+        raw.catalog.uri = "postgres://recon:planted-pw@127.0.0.1:1/catalog".into();
+        let cfg = Config::resolve(raw).unwrap();
+        let started = Instant::now();
+        let e = match super::open_catalog(&cfg).await {
+            Ok(_) => panic!("a catalog on a closed port opened"),
+            Err(e) => e.to_string(),
+        };
+        let took = started.elapsed();
+        assert!(
+            took < super::OPEN_DEADLINE + Duration::from_secs(5),
+            "took {took:?}: {e}"
+        );
+        assert!(
+            e.contains("postgres://recon:***@127.0.0.1:1/catalog"),
+            "{e}"
+        );
+        assert!(!e.contains("planted-pw"), "{e}");
+    }
 }

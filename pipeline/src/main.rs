@@ -374,6 +374,10 @@ async fn rewind(
         head.entry.checkpoint_id
     );
     anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+    // The target's state must be intact: a rewind onto an edited state file would restore it.
+    log.read_state_chain(&target.manifest)
+        .await
+        .with_context(|| format!("cannot rewind to checkpoint {to}: its state does not verify"))?;
     println!(
         "rewind job {}: head is checkpoint {} (generation {}); restart from checkpoint {to} (offsets {:?})",
         cfg.job_id,
@@ -397,6 +401,20 @@ async fn rewind(
     Ok(())
 }
 
+/// `ok` when every state file of `m` matches its checksum, `unchecked` when `m` recorded none
+/// (an older build), `BAD` when a file differs or is missing.
+async fn state_verdict(log: &CheckpointLog, m: &checkpoint::manifest::Manifest) -> &'static str {
+    match log.read_state_chain(m).await {
+        Ok(_) if m.state_chain.iter().all(|p| m.state_sha256.contains_key(p)) => "ok",
+        Ok(_) => "unchecked",
+        Err(
+            checkpoint::log::LogError::StateChecksum { .. }
+            | checkpoint::log::LogError::Corrupt { .. },
+        ) => "BAD",
+        Err(_) => "unreadable",
+    }
+}
+
 async fn checkpoints(config: Option<PathBuf>, what: CheckpointsCmd) -> anyhow::Result<()> {
     let cfg = Config::load(config.as_deref())?;
     let (store, prefix) = checkpoint::store::open(&cfg)?;
@@ -404,8 +422,8 @@ async fn checkpoints(config: Option<PathBuf>, what: CheckpointsCmd) -> anyhow::R
     match what {
         CheckpointsCmd::List => {
             println!(
-                "{:>10} {:>6} {:>10} {:>10} {:>8} {:>6}  kind",
-                "id", "gen", "records", "events", "rejected", "files"
+                "{:>10} {:>6} {:>10} {:>10} {:>8} {:>6} {:>9}  kind",
+                "id", "gen", "records", "events", "rejected", "files", "state"
             );
             for id in log.ids_after(None).await? {
                 let Some(c) = log.completed(id).await? else {
@@ -413,13 +431,14 @@ async fn checkpoints(config: Option<PathBuf>, what: CheckpointsCmd) -> anyhow::R
                 };
                 let files: usize = c.manifest.pending.values().map(|p| p.files.len()).sum();
                 println!(
-                    "{:>10} {:>6} {:>10} {:>10} {:>8} {:>6}  {:?}",
+                    "{:>10} {:>6} {:>10} {:>10} {:>8} {:>6} {:>9}  {:?}",
                     id,
                     c.entry.generation,
                     c.manifest.counts.records,
                     c.manifest.counts.events,
                     c.manifest.counts.rejected,
                     files,
+                    state_verdict(&log, &c.manifest).await,
                     c.entry.kind
                 );
             }
@@ -428,6 +447,9 @@ async fn checkpoints(config: Option<PathBuf>, what: CheckpointsCmd) -> anyhow::R
             let c = log.completed(CheckpointId(id)).await?.with_context(|| {
                 format!("checkpoint {id} is not in the log of job {}", cfg.job_id)
             })?;
+            if let Err(e) = log.read_state_chain(&c.manifest).await {
+                eprintln!("state of checkpoint {id} does not verify: {e}");
+            }
             println!(
                 "{}",
                 serde_json::to_string_pretty(

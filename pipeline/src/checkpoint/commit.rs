@@ -74,6 +74,17 @@ pub enum CommitError {
         /// What failed.
         message: String,
     },
+    /// The table's last update is ahead of this host's clock by more than Iceberg tolerates:
+    /// every commit fails until the clocks agree. Operator needed when
+    /// [`ClockSkew::operator_needed`](crate::checkpoint::clock::ClockSkew::operator_needed),
+    /// else transient (see [`crate::checkpoint::clock`]).
+    #[error("table {table}: {skew}")]
+    ClockSkew {
+        /// Table.
+        table: String,
+        /// Both clocks.
+        skew: crate::checkpoint::clock::ClockSkew,
+    },
     /// The table's history cannot be read safely.
     #[error("table {table}: {message}")]
     Protocol {
@@ -363,6 +374,16 @@ impl Committer {
         Ok((marks, found))
     }
 
+    /// The table's clock skew against this host, if any (`None` also when it cannot load).
+    async fn clock_skew(&self, table: &TableIdent) -> Option<crate::checkpoint::clock::ClockSkew> {
+        let t = tokio::time::timeout(self.timeout, self.catalog.load_table(table))
+            .await
+            .ok()?
+            .ok()?;
+        let now = chrono::Utc::now().timestamp_millis();
+        crate::checkpoint::clock::ClockSkew::of(t.metadata(), now)
+    }
+
     fn protocol_err(&self, table: &TableIdent, message: String) -> CommitError {
         CommitError::Protocol {
             table: table.to_string(),
@@ -388,6 +409,8 @@ impl Committer {
                 refusal: Mutex::new(None),
             });
             let result = tokio::time::timeout(self.timeout, self.attempt(&guard, req)).await;
+            let refused =
+                matches!(&result, Ok(Err(e)) if e.kind() == iceberg::ErrorKind::DataInvalid);
             let answer = match result {
                 Ok(Ok(())) => "ok".to_string(),
                 Ok(Err(e)) => e.to_string(),
@@ -409,6 +432,14 @@ impl Committer {
                     return Ok(CommitOutcome::Stale { committed });
                 }
                 _ => {}
+            }
+            // Iceberg refuses snapshots older than the table's last update (DataInvalid): name
+            // the clocks rather than retrying what cannot succeed.
+            if refused && let Some(skew) = self.clock_skew(&req.table).await {
+                return Err(CommitError::ClockSkew {
+                    table: table_name,
+                    skew,
+                });
             }
             // Whatever the answer said, the table decides.
             match self.marks(&req.table).await {

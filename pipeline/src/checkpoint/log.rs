@@ -19,6 +19,14 @@ use crate::checkpoint::protocol::{self, Completion};
 use crate::checkpoint::store::{CheckpointStore, Created, StoreError};
 use crate::ids::{CheckpointId, Generation, JobId, Offset, PartitionId};
 
+/// "checkpoint N" for a state file path `ckpt/<id:020>-g<gen>/state.bin`, else the path.
+fn state_writer(rel: &str) -> String {
+    rel.split('/')
+        .find_map(|part| part.split_once("-g"))
+        .and_then(|(id, _)| id.parse::<u64>().ok())
+        .map_or_else(|| rel.to_string(), |id| format!("checkpoint {id}"))
+}
+
 /// Attempts to claim a generation when other processes keep winning the race.
 pub const CLAIM_ATTEMPTS_MAX: u32 = 16;
 
@@ -61,6 +69,30 @@ pub enum LogError {
         judged: CheckpointId,
         /// The head now.
         head: Option<CheckpointId>,
+    },
+    /// A state file is not the one its checkpoint recorded (edited, truncated, replaced):
+    /// restoring it could accept a re-sent event twice. An operator must act.
+    #[error(
+        "checkpoint log of job {job}: state file {path} has SHA-256 {found}, but checkpoint {checkpoint} recorded {expected}: \
+         the file changed after it was written (edited, truncated or copied from elsewhere), and restoring it could \
+         accept a re-sent event twice, so nothing is restored. Either put the original file back (from a backup of the \
+         checkpoint store), or restart from an older checkpoint whose state does not use this file: \
+         `recon-pipeline checkpoints list` marks each checkpoint's state `ok` or `BAD`; pick an `ok` one older than \
+         {written_by}, then `recon-pipeline rewind --to-checkpoint N --reason \"...\" --yes`"
+    )]
+    StateChecksum {
+        /// Job.
+        job: JobId,
+        /// The checkpoint whose manifest holds the expected checksum.
+        checkpoint: CheckpointId,
+        /// Path of the state file, relative to the job root.
+        path: String,
+        /// The checkpoint that wrote the file (from its path), or the path when unparsable.
+        written_by: String,
+        /// SHA-256 recorded in the manifest.
+        expected: String,
+        /// SHA-256 of the bytes read.
+        found: String,
     },
     /// Too many processes raced for a generation.
     #[error(
@@ -238,6 +270,40 @@ impl CheckpointLog {
             .ok_or_else(|| self.corrupt(format!("state file {rel} is missing")))
     }
 
+    /// Reads the state chain of `m` in order, each file checked against the checksum `m`
+    /// recorded ([`LogError::StateChecksum`] on a mismatch). A manifest written before
+    /// checksums existed restores with a warning. Call it before anything is written: a
+    /// mismatch must stop the job the same way at every start.
+    pub async fn read_state_chain(&self, m: &Manifest) -> Result<Vec<(String, Bytes)>, LogError> {
+        let mut out = Vec::with_capacity(m.state_chain.len());
+        for rel in &m.state_chain {
+            let bytes = self.read_state(rel).await?;
+            match m.state_sha256.get(rel) {
+                Some(expected) => {
+                    let found = manifest::state_checksum(&bytes);
+                    if &found != expected {
+                        return Err(LogError::StateChecksum {
+                            job: self.job.clone(),
+                            checkpoint: m.checkpoint_id,
+                            path: rel.clone(),
+                            written_by: state_writer(rel),
+                            expected: expected.clone(),
+                            found,
+                        });
+                    }
+                }
+                None => tracing::warn!(
+                    job = %self.job,
+                    checkpoint = %m.checkpoint_id,
+                    path = %rel,
+                    "state file has no recorded checksum (written by an older build): restored unverified"
+                ),
+            }
+            out.push((rel.clone(), bytes));
+        }
+        Ok(out)
+    }
+
     /// Writes a manifest and returns the entry that would complete it.
     pub async fn write_manifest(
         &self,
@@ -388,6 +454,7 @@ impl CheckpointLog {
                     partitions: Default::default(),
                     pending: Default::default(),
                     state_chain: Vec::new(),
+                    state_sha256: Default::default(),
                     counts: Default::default(),
                     replay_until: Default::default(),
                     alerts: None,

@@ -191,6 +191,11 @@ pub struct Manifest {
     pub pending: BTreeMap<String, PendingFiles>,
     /// State files to read in order (a full file first, then deltas), relative to the job root.
     pub state_chain: Vec<String>,
+    /// SHA-256 (hex) of each file of `state_chain`, by path, checked on restore: a state file
+    /// edited in place would otherwise be restored and could accept a re-sent event twice.
+    /// Empty in manifests written before it existed (those restore with a warning).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub state_sha256: BTreeMap<String, String>,
     /// Counts of this checkpoint.
     pub counts: Counts,
     /// After a rewind: per partition, the offset below which records were already committed
@@ -241,12 +246,19 @@ impl Manifest {
                 .collect(),
             pending: BTreeMap::new(),
             state_chain: self.state_chain.clone(),
+            state_sha256: self.state_sha256.clone(),
             counts: Counts::default(),
             replay_until: self.replay_until.clone(),
             alerts: None,
             input_epoch: self.input_epoch,
         }
     }
+}
+
+/// The checksum recorded for a state file in [`Manifest::state_sha256`]: SHA-256, hex.
+pub fn state_checksum(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Path of the log entry of `id`, relative to the job root.
@@ -323,6 +335,22 @@ mod tests {
         let bad = json.replace("feed000000000001", "feed");
         let err = serde_json::from_str::<PartitionCut>(&bad).unwrap_err();
         assert!(err.to_string().contains("16 hex digits"), "{err}");
+    }
+
+    /// A manifest written before state checksums existed still reads (with none), and a
+    /// continuation carries the checksums of the state it reuses.
+    #[test]
+    fn state_checksums_are_optional_and_carried_on() {
+        let old = r#"{"format":1,"job_id":"j","checkpoint_id":4,"generation":1,"partitions":{},
+            "pending":{},"state_chain":["ckpt/00000000000000000004-g1/state.bin"],
+            "counts":{"records":0,"events":0,"duplicates":0,"rejected":0,"balance_rows":0}}"#;
+        let mut m: Manifest = serde_json::from_str(old).unwrap();
+        assert!(m.state_sha256.is_empty());
+        let rel = m.state_chain[0].clone();
+        m.state_sha256.insert(rel.clone(), state_checksum(b"state"));
+        let next = m.continuation(CheckpointId(5), Generation(2));
+        assert_eq!(next.state_sha256[&rel], state_checksum(b"state"));
+        assert_ne!(state_checksum(b"state"), state_checksum(b"statf"));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - [`log`]: reading and extending the checkpoint log through that contract;
 //! - [`commit`]: publishing completed checkpoints to Iceberg through a guarded catalog;
 //! - [`presence`]: every pending file exists with its recorded size before it is committed.
+//! - [`clock`]: naming a clock skew that makes Iceberg refuse every commit.
 
+pub mod clock;
 pub mod commit;
 pub mod log;
 pub mod manifest;

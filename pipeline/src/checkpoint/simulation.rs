@@ -193,6 +193,7 @@ impl Process {
             partitions: cuts.clone(),
             pending,
             state_chain: Vec::new(),
+            state_sha256: Default::default(),
             counts: Counts::default(),
             replay_until: Default::default(),
             alerts: None,

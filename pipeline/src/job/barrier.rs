@@ -43,14 +43,21 @@ impl Job {
         self.crash.hit(CrashPoint::AfterFilesWritten)?;
 
         let state_bytes = bytes.len();
+        let checksum = crate::checkpoint::manifest::state_checksum(&bytes);
         let path = self.log.write_state(id, self.generation, bytes).await?;
         let chain = if full {
-            vec![path]
+            vec![path.clone()]
         } else {
             let mut c = self.state_chain.clone();
-            c.push(path);
+            c.push(path.clone());
             c
         };
+        // A file of an older manifest without checksums stays unchecked (None): never invented.
+        let mut sums: BTreeMap<String, String> = chain
+            .iter()
+            .filter_map(|p| Some((p.clone(), self.state_sha256.get(p)?.clone())))
+            .collect();
+        sums.insert(path, checksum);
 
         let mut pending = BTreeMap::new();
         let mut files = BTreeMap::new();
@@ -79,6 +86,7 @@ impl Job {
                 BTreeMap::new()
             },
             state_chain: chain.clone(),
+            state_sha256: sums.clone(),
             counts: self.counts,
             replay_until: self.replay_until.clone(),
             alerts,
@@ -116,6 +124,7 @@ impl Job {
         // The checkpoint counts from here on.
         self.last = id;
         self.state_chain = chain;
+        self.state_sha256 = sums;
         self.since_full = if full { 0 } else { self.since_full + 1 };
         self.report.checkpoints += 1;
         add_counts(&mut self.report.counts, &self.counts);

@@ -186,6 +186,8 @@ pub(crate) struct Job {
     files: Arc<dyn crate::checkpoint::presence::FileSizes>,
     /// State files the next checkpoint extends.
     state_chain: Vec<String>,
+    /// SHA-256 of each file of `state_chain` (into every manifest, checked on restore).
+    state_sha256: BTreeMap<String, String>,
     /// Current cut: per partition, offsets since the last checkpoint.
     cuts: BTreeMap<PartitionId, PartitionCut>,
     /// Counts since the last checkpoint.

@@ -214,7 +214,16 @@ pub(super) async fn recover(
     partitions: &[PartitionId],
 ) -> Result<Job, JobError> {
     let log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
-    // Nothing is written before every check passed (the caller ran the pre-flight).
+    // Nothing is written before every check passed (the caller ran the pre-flight); the
+    // head's state files are checked against their checksums here, still before the claim, so a
+    // mismatch stops every start the same way.
+    let head_state = match log.head().await? {
+        Some(h) => Some((
+            h.manifest.state_chain.clone(),
+            log.read_state_chain(&h.manifest).await?,
+        )),
+        None => None,
+    };
     let claimed = log.claim(None).await?;
     let generation = claimed.entry.generation;
     tracing::info!(generation = %generation, checkpoint = %claimed.entry.checkpoint_id, kind = ?claimed.entry.kind, "generation claimed");
@@ -272,9 +281,13 @@ pub(super) async fn recover(
         ))
     })?;
     let mut state = State::default();
-    for (i, rel) in claimed.manifest.state_chain.iter().enumerate() {
-        let bytes = log.read_state(rel).await?;
-        codec::apply_file(&mut state, rel, &bytes, i == 0)
+    // Each file checked against the checksum its checkpoint recorded (LogError::StateChecksum).
+    let chain = match head_state {
+        Some((paths, files)) if paths == claimed.manifest.state_chain => files,
+        _ => log.read_state_chain(&claimed.manifest).await?,
+    };
+    for (i, (rel, bytes)) in chain.iter().enumerate() {
+        codec::apply_file(&mut state, rel, bytes, i == 0)
             .map_err(|e| JobError::Protocol(e.to_string()))?;
     }
 
@@ -294,6 +307,7 @@ pub(super) async fn recover(
         uncommitted: BTreeMap::new(),
         files: Arc::new(ObjectStoreSizes(warehouse.clone())),
         state_chain: claimed.manifest.state_chain.clone(),
+        state_sha256: claimed.manifest.state_sha256.clone(),
         cuts: claimed.manifest.partitions.clone(),
         replay_until: claimed.manifest.replay_until.clone(),
         input_epoch: claimed.manifest.input_epoch,

@@ -136,7 +136,11 @@ pub fn refusal_class(r: &Refusal) -> StopClass {
 
 fn lakehouse_class(e: &LakehouseError) -> StopClass {
     match e {
-        LakehouseError::Open { .. } | LakehouseError::Catalog { .. } => StopClass::Transient,
+        LakehouseError::Open { .. }
+        | LakehouseError::Catalog { .. }
+        | LakehouseError::OpenTimeout { .. } => StopClass::Transient,
+        // Two builds writing one namespace: an operator must say which schema is right.
+        LakehouseError::SchemaMismatch { .. } => StopClass::OperatorNeeded,
     }
 }
 
@@ -151,7 +155,7 @@ fn store_class(e: &StoreError) -> StopClass {
 pub fn log_class(e: &LogError) -> StopClass {
     match e {
         LogError::Store(s) => store_class(s),
-        LogError::Corrupt { .. } => StopClass::OperatorNeeded,
+        LogError::Corrupt { .. } | LogError::StateChecksum { .. } => StopClass::OperatorNeeded,
         LogError::Fenced { .. } | LogError::Moved { .. } => StopClass::Fenced,
         LogError::ClaimRace { .. } => StopClass::Transient,
     }
@@ -163,6 +167,9 @@ fn commit_class(e: &CommitError) -> StopClass {
         CommitError::Exhausted { .. } | CommitError::Unreachable { .. } => StopClass::Transient,
         CommitError::Refused { refusal } => refusal_class(refusal),
         CommitError::Protocol { .. } => StopClass::OperatorNeeded,
+        // Only an operator can tell which clock is wrong once the wait is long.
+        CommitError::ClockSkew { skew, .. } if skew.operator_needed() => StopClass::OperatorNeeded,
+        CommitError::ClockSkew { .. } => StopClass::Transient,
     }
 }
 

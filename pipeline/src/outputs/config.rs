@@ -61,23 +61,11 @@ impl Default for RawAlerts {
 }
 
 impl RawAlerts {
-    /// Checks the section; returns the watched statuses as the names the state uses.
+    /// Checks the section (its numeric keys are checked by [`crate::config::ranges`]); returns the watched statuses as the names the state uses.
     pub fn validate(&self) -> Result<Vec<&'static str>, ConfigError> {
         if self.topic.trim().is_empty() {
             return Err(ConfigError(
                 "alerts.topic is empty; name the alerts topic".into(),
-            ));
-        }
-        if self.partitions < 1 {
-            return Err(ConfigError(format!(
-                "alerts.partitions = {} must be at least 1",
-                self.partitions
-            )));
-        }
-        if self.call_timeout_ms == 0 || self.transaction_timeout_ms < 1000 {
-            return Err(ConfigError(
-                "alerts.call_timeout_ms must be > 0 and alerts.transaction_timeout_ms >= 1000"
-                    .into(),
             ));
         }
         let mut out = Vec::new();
@@ -103,6 +91,43 @@ impl RawAlerts {
         Ok(out)
     }
 }
+
+/// Producer properties the alerts output sets itself, refused in `[alerts.properties]`:
+/// `(name, why the job owns it, what to set instead)`. They are applied after the job's own, so
+/// each would silently override it.
+pub const OWNED_PRODUCER_PROPERTIES: &[(&str, &str, &str)] = &[
+    (
+        "bootstrap.servers",
+        "the producer connects to source.brokers",
+        "set source.brokers",
+    ),
+    (
+        "metadata.broker.list",
+        "the producer connects to source.brokers",
+        "set source.brokers",
+    ),
+    (
+        "transactional.id",
+        "it fences an older instance of this job and names the group recording alert progress",
+        "set alerts.transactional_id",
+    ),
+    (
+        "enable.idempotence",
+        "transactions need an idempotent producer",
+        "remove it",
+    ),
+    (
+        "transaction.timeout.ms",
+        "the job bounds its transactions",
+        "set alerts.transaction_timeout_ms",
+    ),
+    ("acks", "an idempotent producer needs acks=all", "remove it"),
+    (
+        "request.required.acks",
+        "an idempotent producer needs acks=all",
+        "remove it",
+    ),
+];
 
 /// `[current_balances]`: every trip's current balance in a PostgreSQL table, upserted in one
 /// transaction per checkpoint with a progress row (off by default).
@@ -146,7 +171,7 @@ impl Default for RawCurrentBalances {
 }
 
 impl RawCurrentBalances {
-    /// Checks the section; `catalog_uri` is the fallback database.
+    /// Checks the section (numeric keys: [`crate::config::ranges`]); `catalog_uri` is the fallback database.
     pub fn validate(&self, catalog_uri: &str) -> Result<String, ConfigError> {
         let url = if self.url.trim().is_empty() {
             catalog_uri.to_string()
@@ -175,11 +200,6 @@ impl RawCurrentBalances {
                     "{key} = {name:?} must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 characters)"
                 )));
             }
-        }
-        if self.batch_rows == 0 {
-            return Err(ConfigError(
-                "current_balances.batch_rows must be at least 1".into(),
-            ));
         }
         Ok(url)
     }

@@ -11,7 +11,7 @@ fn load_str(toml: &str) -> Result<Config, ConfigError> {
 
 #[test]
 fn defaults_resolve() {
-    let c = load_str("").unwrap();
+    let c = Config::load(None).unwrap();
     assert_eq!(c.checkpoint_interval, Duration::from_secs(10));
     assert_eq!(c.delivery, DeliveryMode::ExactlyOnce);
     assert!(
@@ -190,4 +190,153 @@ fn bad_secret_values_are_not_repeated() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("sasl_password_file"), "{e}");
+}
+
+/// Loads a file setting `key` (dotted, `section.name`) to `value`; `expected` is `None` when
+/// the value must be accepted, else a fragment of the refusal.
+fn check(key: &str, value: i128, expected: Option<&str>) {
+    let (section, name) = key.split_once('.').unwrap();
+    let got = load_str(&format!("[{section}]\n{name} = {value}\n"));
+    match (expected, got) {
+        (None, Ok(_)) => {}
+        (None, Err(e)) => panic!("{key} = {value} refused: {e}"),
+        (Some(_), Ok(_)) => panic!("{key} = {value} accepted"),
+        (Some(want), Err(e)) => {
+            let e = e.to_string();
+            assert!(e.contains(want), "{key} = {value}: {e:?} lacks {want:?}");
+        }
+    }
+}
+
+/// The values of issue 13 that panicked, aborted or were accepted.
+#[test]
+fn huge_values_are_refused_by_name() {
+    let huge = i64::MAX as i128;
+    for key in [
+        "source.poll_batch_records_max",
+        "source.queue_batches_max",
+        "checkpoint.interval_ms",
+        "commit.timeout_ms",
+        "sink.file_size_bytes_target",
+    ] {
+        check(key, huge, Some(&format!("{key} = {huge} is outside ")));
+    }
+    check("source.queue_batches_max", 0, Some("is outside 1..=1024"));
+}
+
+/// Every numeric key: its bounds are accepted, one past them refused with the key, the value and
+/// the range.
+#[test]
+fn every_numeric_key_has_a_range() {
+    let keys = ranges::numeric_keys(&RawConfig::default());
+    assert!(keys.len() >= 20, "{keys:?}");
+    for n in keys {
+        assert!(
+            (n.min..=n.max).contains(&n.value),
+            "default of {} outside its range",
+            n.key
+        );
+        check(n.key, n.min, None);
+        check(n.key, n.max, None);
+        let range = format!("is outside {}..={}", n.min, n.max);
+        check(
+            n.key,
+            n.max + 1,
+            Some(&format!("{} = {} {range}", n.key, n.max + 1)),
+        );
+        if n.min > 0 {
+            check(
+                n.key,
+                n.min - 1,
+                Some(&format!("{} = {} {range}", n.key, n.min - 1)),
+            );
+        }
+    }
+}
+
+/// docs/CONFIGURATION.md lists every key's range as the code has it.
+#[test]
+fn docs_list_every_range() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/CONFIGURATION.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for n in ranges::numeric_keys(&RawConfig::default()) {
+        let row = format!("| `{}` | {}..={} | {} |", n.key, n.min, n.max, n.why);
+        assert!(text.contains(&row), "docs/CONFIGURATION.md lacks {row}");
+    }
+}
+
+/// A `--config` that is missing, a directory, or sets nothing is refused by name (issue 13:
+/// an empty file silently ran on the defaults).
+#[test]
+fn config_file_must_exist_and_set_something() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Config::load(Some(dir.path())).unwrap_err().to_string();
+    assert!(
+        e.contains(&dir.path().display().to_string()) && e.contains("is a directory"),
+        "{e}"
+    );
+    for text in [
+        "",
+        "  \n\n",
+        "# job_id = \"x\"\n",
+        "[source]\n# nothing\n[source.properties]\n",
+    ] {
+        let e = load_str(text).unwrap_err().to_string();
+        assert!(e.contains("c.toml sets no key"), "{text:?}: {e}");
+        assert!(e.contains("pass no --config"), "{e}");
+    }
+    load_str("job_id = \"x\"\n").unwrap();
+    load_str("[source]\ntopic = \"t\"\n").unwrap();
+}
+
+/// librdkafka keys the job sets itself are refused in `[source.properties]` and
+/// `[alerts.properties]` (issue 13: `auto.offset.reset` silently overrode the job's offsets).
+#[test]
+fn properties_the_job_owns_are_refused() {
+    let sections = [
+        ("source", OWNED_CONSUMER_PROPERTIES),
+        ("alerts", crate::outputs::config::OWNED_PRODUCER_PROPERTIES),
+    ];
+    for (section, owned) in sections {
+        for (name, why, instead) in owned {
+            let e = load_str(&format!("[{section}.properties]\n\"{name}\" = \"x\"\n"))
+                .unwrap_err()
+                .to_string();
+            let key = format!("{section}.properties.\"{name}\" is set by the job");
+            assert!(
+                e.contains(&key) && e.contains(why) && e.contains(instead),
+                "{e}"
+            );
+        }
+    }
+    let e = load_str("[source.properties]\n\"Auto.Offset.Reset\" = \"earliest\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("source.start_from"), "{e}");
+    // Properties the job does not set still pass through.
+    load_str("[source.properties]\n\"fetch.max.bytes\" = \"1048576\"\n").unwrap();
+}
+
+/// `[catalog.properties]` pool settings the SQL catalog parses with `unwrap()` are checked here
+/// (a bad one panicked when the catalog opened).
+#[test]
+fn catalog_pool_properties_are_checked() {
+    for (name, min, max, _) in ranges::CATALOG_POOL_PROPERTIES {
+        for (v, ok) in [
+            (min.to_string(), true),
+            (max.to_string(), true),
+            ((max + 1).to_string(), false),
+            ((min - 1).to_string(), false),
+            ("ten".to_string(), false),
+        ] {
+            let got = load_str(&format!("[catalog.properties]\n\"{name}\" = \"{v}\"\n"));
+            match (ok, got) {
+                (true, Ok(_)) => {}
+                (false, Err(e)) => assert!(e.to_string().contains(name), "{e}"),
+                (ok, got) => panic!("{name} = {v}: expected ok={ok}, got {:?}", got.err()),
+            }
+        }
+    }
+    let e = load_str("[catalog.properties]\n\"pool.test-before-acquire\" = \"yes\"\n").unwrap_err();
+    assert!(e.to_string().contains("true or false"), "{e}");
 }
