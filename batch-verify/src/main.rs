@@ -214,13 +214,8 @@ fn write_metrics(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let started = std::time::Instant::now();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,batch_verify=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Credentials stay out of every line: `recon_pipeline::logging`.
+    recon_pipeline::logging::init("human", "warn,batch_verify=info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

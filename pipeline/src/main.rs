@@ -125,19 +125,10 @@ enum CheckpointsCmd {
     },
 }
 
+/// Filter, format, and the guards that keep credentials out of every line (capped targets,
+/// redaction of every known secret): `recon_pipeline::logging`.
 fn init_logs(format: &str, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    // Colours only on a terminal: log files and collectors get plain `key=value` text.
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
+    recon_pipeline::logging::init(format, default_level);
 }
 
 #[tokio::main]
