@@ -149,5 +149,9 @@ fn an_overflowing_trip_is_dead_lettered_and_the_stream_flows() {
             .await
             .expect("batch-verify (kafka)");
         assert_eq!(report.status, Status::Clean, "{report}");
+        assert!(
+            report.truth_rejects >= 1 && report.rejected_events >= 1,
+            "the refusal is counted as a dead letter on both sides:\n{report}"
+        );
     });
 }
