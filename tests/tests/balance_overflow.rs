@@ -114,9 +114,11 @@ fn an_overflowing_trip_is_dead_lettered_and_the_stream_flows() {
             for i in 0..b.num_rows() {
                 if reason.value(i) == "balance_overflow" {
                     let text = |a: &arrow_array::StringArray| {
-                        a.is_valid(i)
-                            .then(|| a.value(i).to_string())
-                            .unwrap_or_default()
+                        if a.is_valid(i) {
+                            a.value(i).to_string()
+                        } else {
+                            String::new()
+                        }
                     };
                     rows.push((reason.value(i).to_string(), text(&id), text(&t)));
                 }
