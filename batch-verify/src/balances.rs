@@ -22,6 +22,8 @@ pub struct Incomplete {
     pub latest: BalanceRow,
     /// The trip's rows read so far.
     pub events: Vec<(EventRow, Position)>,
+    /// Positions among `events` the job dead-lettered as `balance_overflow`.
+    pub refused: Vec<Position>,
 }
 
 /// Result of one bucket.
@@ -49,7 +51,7 @@ impl BalanceOutcome {
 pub fn check_trips(items: Vec<TripItem>, day: &BusinessDay, out: &mut BalanceOutcome) {
     fn trip_of(item: &TripItem) -> &str {
         match item {
-            TripItem::Ledger { row, .. } => &row.trip_id,
+            TripItem::Ledger { row, .. } | TripItem::Refused { row, .. } => &row.trip_id,
             TripItem::Balance(b) => &b.trip_id,
         }
     }
@@ -75,13 +77,19 @@ pub fn check_trips(items: Vec<TripItem>, day: &BusinessDay, out: &mut BalanceOut
         a.0 == b.0 && trip_of(&items[a.1 as usize]) == trip_of(&items[b.1 as usize])
     };
     let mut events: Vec<(&EventRow, Position)> = Vec::new();
+    let mut refused: Vec<Position> = Vec::new();
     for run in index.chunk_by(same) {
         events.clear();
+        refused.clear();
         let mut latest: Option<&BalanceRow> = None;
         let mut ambiguous = false;
         for (_, i) in run {
             match &items[*i as usize] {
                 TripItem::Ledger { row, position } => events.push((row, *position)),
+                TripItem::Refused { row, position } => {
+                    events.push((row, *position));
+                    refused.push(*position);
+                }
                 TripItem::Balance(b) => match latest {
                     Some(cur) if cur.checkpoint_id > b.checkpoint_id => {}
                     // Two rows of one trip in one checkpoint: ambiguous unless identical.
@@ -94,13 +102,13 @@ pub fn check_trips(items: Vec<TripItem>, day: &BusinessDay, out: &mut BalanceOut
             }
         }
         let trip = trip_of(&items[run[0].1 as usize]).to_string();
-        check_trip(trip, &events, latest, ambiguous, day, out);
+        check_trip(trip, (&events, &refused), latest, ambiguous, day, out);
     }
 }
 
 fn check_trip(
     trip: String,
-    events: &[(&EventRow, Position)],
+    (events, refused): (&[(&EventRow, Position)], &[Position]),
     latest: Option<&BalanceRow>,
     ambiguous: bool,
     day: &BusinessDay,
@@ -148,12 +156,20 @@ fn check_trip(
             );
             return;
         }
-        match compare(events, latest) {
+        match compare(events, refused, latest) {
             Verdict::Equal => {}
             Verdict::NeedsMore => {
                 let events = events.iter().map(|(r, p)| ((*r).clone(), *p)).collect();
                 let latest = latest.clone();
-                out.incomplete.insert(trip, Incomplete { latest, events });
+                let refused = refused.to_vec();
+                out.incomplete.insert(
+                    trip,
+                    Incomplete {
+                        latest,
+                        events,
+                        refused,
+                    },
+                );
             }
             Verdict::Differs(what) => out
                 .findings
@@ -182,10 +198,34 @@ pub enum Verdict {
 pub fn fold_rows<'a>(
     rows_in_log_order: impl IntoIterator<Item = &'a EventRow>,
 ) -> (Option<TripBalance>, usize) {
+    let f = fold_checked(rows_in_log_order.into_iter().map(|r| (r, false)));
+    (f.balance, f.unreadable)
+}
+
+/// A fold of rows, with where it disagrees with the job's refusals.
+#[derive(Debug, Default)]
+pub struct CheckedFold {
+    /// The balance.
+    pub balance: Option<TripBalance>,
+    /// Rows holding values no event can have (skipped).
+    pub unreadable: usize,
+    /// Rows the job refused as `balance_overflow` that the fold sums, and ledger rows the fold
+    /// refuses: described.
+    pub disagreements: Vec<String>,
+}
+
+/// [`fold_rows`] over `(row, refused by the job)` in log order: a row the job dead-lettered as
+/// `balance_overflow` must be refused by the fold ([`recon_schemas::balance::Applied::Overflow`])
+/// at the same place, and no ledger row may be.
+pub fn fold_checked<'a>(
+    rows_in_log_order: impl IntoIterator<Item = (&'a EventRow, bool)>,
+) -> CheckedFold {
+    use recon_schemas::balance::Applied;
     let mut seen: HashMap<uuid::Uuid, &EventRow> = HashMap::new();
     let mut balance: Option<TripBalance> = None;
     let mut unreadable = 0;
-    for row in rows_in_log_order {
+    let mut disagreements = Vec::new();
+    for (row, job_refused) in rows_in_log_order {
         let Some(ev) = row.balance_event() else {
             unreadable += 1;
             continue;
@@ -201,23 +241,52 @@ pub fn fold_rows<'a>(
                 seen.insert(row.event_id, row);
             }
         }
-        b.apply(&ev);
+        let overflow = b.apply(&ev) == Applied::Overflow;
+        if overflow != job_refused {
+            disagreements.push(if job_refused {
+                format!(
+                    "rejected_events refuses {} {} (balance_overflow) but the fold sums it",
+                    row.type_name(),
+                    row.amount_text()
+                )
+            } else {
+                format!(
+                    "ledger_events holds {} {} but it takes the trip beyond decimal(18,3)",
+                    row.type_name(),
+                    row.amount_text()
+                )
+            });
+        }
     }
-    (balance, unreadable)
+    CheckedFold {
+        balance,
+        unreadable,
+        disagreements,
+    }
 }
 
-/// Folds `events` (any order; sorted here by Kafka position) and compares with `latest`.
-pub fn compare(events: &[(&EventRow, Position)], latest: &BalanceRow) -> Verdict {
+/// Folds `events` (any order; sorted here by Kafka position; those at `refused` positions are
+/// the job's `balance_overflow` dead letters) and compares with `latest`.
+pub fn compare(
+    events: &[(&EventRow, Position)],
+    refused: &[Position],
+    latest: &BalanceRow,
+) -> Verdict {
     let mut sorted: Vec<&(&EventRow, Position)> = events.iter().collect();
     sorted.sort_by_key(|(_, p)| *p);
-    let (fold, unreadable) = fold_rows(sorted.iter().map(|(r, _)| *r));
+    let checked = fold_checked(sorted.iter().map(|(r, p)| (*r, refused.contains(p))));
+    let (fold, unreadable) = (checked.balance, checked.unreadable);
     let Some(fold) = fold else {
         return Verdict::Differs(format!(
             "{unreadable} ledger rows of the trip hold values no event can have"
         ));
     };
+    // Before the refusals: with part of the trip's history, the fold cannot tell them.
     if i64::from(latest.event_count) > i64::from(fold.events) {
         return Verdict::NeedsMore;
+    }
+    if !checked.disagreements.is_empty() {
+        return Verdict::Differs(checked.disagreements.join("; "));
     }
     let diffs = differences(&fold, latest);
     if diffs.is_empty() {
@@ -293,7 +362,7 @@ fn differences(fold: &TripBalance, row: &BalanceRow) -> Vec<String> {
 pub fn recheck(incomplete: HashMap<String, Incomplete>, span_days: u32, findings: &mut Findings) {
     for (trip, inc) in incomplete {
         let events: Vec<(&EventRow, Position)> = inc.events.iter().map(|(r, p)| (r, *p)).collect();
-        match compare(&events, &inc.latest) {
+        match compare(&events, &inc.refused, &inc.latest) {
             Verdict::Equal => {}
             Verdict::NeedsMore => findings.add(
                 Discrepancy::new(
@@ -317,6 +386,37 @@ mod tests {
     use recon_pipeline::generate::plan::RecordKind;
     use recon_pipeline::generate::{TrafficConfig, plan};
     use recon_schemas::event::Event;
+
+    /// The fold refuses exactly what the job refused: a second charge of the largest amount;
+    /// a refusal the fold does not make, or a ledger row it refuses, is a mismatch.
+    #[test]
+    fn refusals_must_agree_with_the_fold() {
+        let row = |n: u128, amount: i64| EventRow {
+            event_id: uuid::Uuid::from_u128(n),
+            event_type: 0,
+            trip_id: "trip-1".into(),
+            amount,
+            currency: "USD".into(),
+            occurred_at_us: 1_741_003_200_000_000,
+            extra: 0,
+        };
+        let max = 999_999_999_999_999_990;
+        let (a, b) = (row(1, max), row(2, max));
+        let agree = fold_checked([(&a, false), (&b, true)]);
+        assert!(agree.disagreements.is_empty(), "{agree:?}");
+        assert_eq!(agree.balance.unwrap().events, 1);
+        let ledgered = fold_checked([(&a, false), (&b, false)]);
+        assert_eq!(ledgered.disagreements.len(), 1, "{ledgered:?}");
+        // A rider payment of 0.10 (type index 1) fits beside the largest charge.
+        let mut small = row(3, 100);
+        small.event_type = 1;
+        let wrongly_refused = fold_checked([(&a, false), (&small, true)]);
+        assert_eq!(
+            wrongly_refused.disagreements.len(),
+            1,
+            "{wrongly_refused:?}"
+        );
+    }
 
     /// The row fold equals the reference fold, trip by trip, over traffic full of exact
     /// re-sends, conflicting versions, refunds, adjustments, open and overpaid trips.

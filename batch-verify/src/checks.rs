@@ -76,6 +76,8 @@ struct Group<'a> {
     truth: Vec<(&'a EventRow, Option<Position>, (i32, i64))>,
     ledger: Vec<(&'a EventRow, Position)>,
     conflicts: Vec<&'a RejectRow>,
+    /// `balance_overflow` dead letters: the job refused the event itself.
+    refused: Vec<&'a RejectRow>,
 }
 
 impl Group<'_> {
@@ -83,6 +85,7 @@ impl Group<'_> {
         self.truth.clear();
         self.ledger.clear();
         self.conflicts.clear();
+        self.refused.clear();
     }
 }
 
@@ -128,6 +131,9 @@ pub fn check_events(items: Vec<EventItem>, day: &BusinessDay, out: &mut Outcome)
                     order,
                 } => g.truth.push((row, *position, *order)),
                 EventItem::Ledger { row, position, .. } => g.ledger.push((row, *position)),
+                EventItem::Conflict(r) if r.reason == recon_schemas::decode::BALANCE_OVERFLOW => {
+                    g.refused.push(r);
+                }
                 EventItem::Conflict(r) => g.conflicts.push(r),
             }
             at += 1;
@@ -150,7 +156,29 @@ fn check_group(id: Uuid, g: &mut Group<'_>, day: &BusinessDay, out: &mut Outcome
                 }
             }
         }
+        // The job refused the event (balance overflow): it is a dead letter on both sides,
+        // not a ledger event; check (e) proves the refusal by folding the trip.
+        let refusal = match g.truth.first() {
+            Some((t, tpos, _)) if g.ledger.is_empty() => g
+                .refused
+                .iter()
+                .position(|r| tpos.is_none() || r.position == *tpos)
+                .map(|i| (t, g.refused.swap_remove(i))),
+            _ => None,
+        };
+        for r in g.refused.iter().filter(|r| r.scope == Scope::InDay) {
+            out.findings.add(phantom_reject(
+                r,
+                "no truth event the job could have refused at this position (or it is also in ledger_events)",
+            ));
+        }
         match g.truth.first() {
+            Some((t, _, _)) if refusal.is_some() => {
+                if day.contains_micros(t.occurred_at_us) {
+                    out.truth_rejects += 1;
+                    out.lake_rejects += 1;
+                }
+            }
             Some((t, tpos, _)) if day.contains_micros(t.occurred_at_us) => {
                 out.truth_events += 1;
                 add_total(&mut out.truth_totals, t);

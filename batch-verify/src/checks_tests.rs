@@ -317,3 +317,66 @@ fn totals_to_the_smallest_unit() {
         ("1.234", "1.235")
     );
 }
+
+fn refused(id: u128, offset: i64) -> EventItem {
+    let EventItem::Conflict(mut r) = conflict(id, offset) else {
+        unreachable!()
+    };
+    r.reason = recon_schemas::decode::BALANCE_OVERFLOW.into();
+    EventItem::Conflict(r)
+}
+
+/// An event the job refused for balance overflow is a dead letter on both sides, not a missing
+/// ledger row; a refusal without its truth event, or beside a ledger row, is a phantom.
+#[test]
+fn balance_overflow_refusals() {
+    // Counts out: truth dead letters, lakehouse dead letters.
+    let cases: Vec<Case<EventItem>> = vec![
+        (
+            "refused where the truth has it",
+            vec![truth(ev(1, 100), 4), refused(1, 4)],
+            vec![],
+            1,
+            1,
+        ),
+        (
+            "a re-send of a refused event is a re-send",
+            vec![truth(ev(1, 100), 4), truth(ev(1, 100), 9), refused(1, 4)],
+            vec![],
+            1,
+            1,
+        ),
+        (
+            "refused at another position",
+            vec![truth(ev(1, 100), 4), refused(1, 5)],
+            vec![Kind::Missing, Kind::PhantomReject],
+            0,
+            0,
+        ),
+        (
+            "refused and ledgered",
+            vec![truth(ev(1, 100), 4), ledger(ev(1, 100), 4), refused(1, 4)],
+            vec![Kind::PhantomReject],
+            0,
+            0,
+        ),
+        (
+            "refused, no truth",
+            vec![refused(1, 4)],
+            vec![Kind::PhantomReject],
+            0,
+            0,
+        ),
+    ];
+    for (name, items, kinds, truth_rejects, lake_rejects) in cases {
+        let mut out = Outcome::new(100);
+        check_events(items, &day(), &mut out);
+        let mut found: Vec<Kind> = out.findings.kept.iter().map(|d| d.kind).collect();
+        found.sort();
+        assert_eq!(
+            (found, out.truth_rejects, out.lake_rejects),
+            (kinds, truth_rejects, lake_rejects),
+            "{name}"
+        );
+    }
+}

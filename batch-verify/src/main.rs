@@ -182,7 +182,7 @@ fn error_report(cli: &Cli, e: &anyhow::Error) -> serde_json::Value {
         "business_date": cli.date.to_string(),
         "time_zone": cli.tz,
         "truth_source": format!("{:?}", cli.truth).to_lowercase(),
-        "error": format!("{e:#}"),
+        "error": recon_pipeline::redactor::redact_str(&format!("{e:#}")),
     })
 }
 
@@ -214,13 +214,8 @@ fn write_metrics(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let started = std::time::Instant::now();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,batch_verify=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Credentials stay out of every line: `recon_pipeline::logging`.
+    recon_pipeline::logging::init("human", "warn,batch_verify=info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -239,8 +234,12 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             println!(
-                "batch-verify {} ({}) against {:?}: COULD NOT VERIFY\n  why: {e:#}",
-                cli.date, cli.tz, cli.truth
+                "batch-verify {} ({}) against {:?}: COULD NOT VERIFY\n  why: {}",
+                cli.date,
+                cli.tz,
+                cli.truth,
+                // Printed outside the log writer: redacted here.
+                recon_pipeline::redactor::redact_str(&format!("{e:#}"))
             );
             (
                 2,

@@ -293,6 +293,14 @@ pub enum TripItem {
     },
     /// A balance row.
     Balance(BalanceRow),
+    /// An event the job dead-lettered as `balance_overflow` (decoded from the `rejected_events`
+    /// payload): the fold must refuse it at this position too.
+    Refused {
+        /// The event.
+        row: EventRow,
+        /// Its Kafka position.
+        position: Position,
+    },
 }
 
 /// The borrowed form of [`TripItem::Ledger`]: encodes to the same bytes, so a ledger row can be

@@ -448,8 +448,35 @@ async fn read_lake(
             scope,
         };
         let conflict_id = r.event_id.and_then(|s| uuid::Uuid::parse_str(s).ok());
-        match conflict_id {
-            Some(id) if kafka_mode && r.reason == truth_conflict_reason() => lake
+        // An event refused for balance overflow is a truth *event* in every truth: matched by
+        // event id like a ledger row, and folded with its trip (check (e)) where the fold must
+        // refuse it as well.
+        let refused = (r.reason == recon_schemas::decode::BALANCE_OVERFLOW)
+            .then(|| {
+                recon_schemas::decode::decode(
+                    r.key,
+                    r.payload,
+                    &recon_schemas::decode::Limits::default(),
+                )
+                .ok()
+            })
+            .flatten()
+            .and_then(|ev| crate::row::EventRow::from_event(&ev));
+        match (conflict_id, refused) {
+            (Some(id), Some(event)) => {
+                if scope == crate::row::Scope::InDay {
+                    lake.trips.push(
+                        hash_bytes(event.trip_id.as_bytes()),
+                        &TripItem::Refused {
+                            row: event,
+                            position: r.position,
+                        },
+                    )?;
+                }
+                lake.events
+                    .push(hash_bytes(id.as_bytes()), &EventItem::Conflict(row))
+            }
+            (Some(id), None) if kafka_mode && r.reason == truth_conflict_reason() => lake
                 .events
                 .push(hash_bytes(id.as_bytes()), &EventItem::Conflict(row)),
             _ => lake.rejects.push(match_hash(&key), &row),
@@ -470,7 +497,7 @@ async fn read_lake(
 
 /// The reason code of a conflicting duplicate in `rejected_events`.
 fn truth_conflict_reason() -> &'static str {
-    "conflicting_duplicate"
+    recon_schemas::decode::CONFLICTING_DUPLICATE
 }
 
 /// Adds the neighbouring days' ledger rows of the incomplete trips.

@@ -132,19 +132,10 @@ enum CheckpointsCmd {
     },
 }
 
+/// Filter, format, and the guards that keep credentials out of every line (capped targets,
+/// redaction of every known secret): `recon_pipeline::logging`.
 fn init_logs(format: &str, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    // Colours only on a terminal: log files and collectors get plain `key=value` text.
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
+    recon_pipeline::logging::init(format, default_level);
 }
 
 #[tokio::main]
@@ -169,9 +160,12 @@ async fn main() -> ExitCode {
         Err(e) => {
             let class = classify(&e);
             recon_pipeline::telemetry::stopped(class.name());
-            eprintln!("recon-pipeline: error: {e:#}");
+            // Printed outside the log writer: redacted here (a library's error text may quote a
+            // credential).
+            let message = recon_pipeline::redactor::redact_str(&format!("{e:#}"));
+            eprintln!("recon-pipeline: error: {message}");
             if hold && !class.restart() {
-                hold_stopped(class, &format!("{e:#}")).await;
+                hold_stopped(class, &message).await;
             }
             eprintln!(
                 "recon-pipeline: stopped: class {class} (exit {}): {}",

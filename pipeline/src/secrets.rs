@@ -182,6 +182,32 @@ pub fn redact_url(url: &str) -> String {
     u.to_string()
 }
 
+/// Every secret value of a resolved configuration, for the log redactor
+/// ([`crate::redactor::remember`]): secret-looking properties of `[source.properties]`
+/// (including the SASL password, wherever it came from), `[catalog.properties]`,
+/// `[checkpoint.store_options]` and `[alerts.properties]`, and the passwords of the catalog
+/// and current-balance database URLs (as written and percent-decoded).
+pub fn values_of(cfg: &crate::config::Config) -> Vec<String> {
+    let maps = [
+        &cfg.source.properties,
+        &cfg.catalog.properties,
+        &cfg.checkpoint_store_options,
+        &cfg.alerts.properties,
+    ];
+    let mut out: Vec<String> = maps
+        .iter()
+        .flat_map(|m| m.iter())
+        .filter(|(k, _)| is_secret_name(k))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let urls = [
+        Some(cfg.catalog.uri.as_str()),
+        cfg.current_balances_url.as_deref(),
+    ];
+    out.extend(crate::redactor::url_passwords(urls.into_iter().flatten()));
+    out
+}
+
 /// A librdkafka client error as text, without the property value that rdkafka's own message for
 /// a configuration error repeats (a mistyped `sasl.pasword` would otherwise print the password).
 pub fn kafka_error_text(e: &rdkafka::error::KafkaError) -> String {

@@ -64,6 +64,10 @@ pub enum Applied {
     Summed,
     /// The event's currency differs from the trip's: nothing summed, `currency_mismatch` set.
     CurrencyMismatch,
+    /// Summing the amount would take a sum or a balance beyond `decimal(18,3)` (what
+    /// `trip_balances` can hold): nothing summed, the balance unchanged. The event goes to
+    /// `rejected_events` as [`BALANCE_OVERFLOW`](crate::decode::BALANCE_OVERFLOW).
+    Overflow,
 }
 
 /// Where a trip stands.
@@ -139,8 +143,9 @@ impl TripBalance {
         }
     }
 
-    /// Adds `ev`'s amount to its sum, unless its currency differs from the trip's. Does not
-    /// deduplicate: the caller applies each distinct event once.
+    /// Adds `ev`'s amount to its sum, unless its currency differs from the trip's or the result
+    /// would not fit `decimal(18,3)` ([`Applied::Overflow`]: the balance is left unchanged).
+    /// Does not deduplicate: the caller applies each distinct event once.
     pub fn apply(&mut self, ev: &Event) -> Applied {
         if ev.currency != self.currency {
             self.currency_mismatch = true;
@@ -154,10 +159,44 @@ impl TripBalance {
             EventType::PlatformFee => &mut self.fees,
             EventType::Adjustment => &mut self.adjusted,
         };
+        let before = *sum;
+        // Cannot overflow `Decimal` itself: sums stay below 10^15 and amounts are validated.
         *sum += ev.amount;
+        if !self.representable() {
+            self.set_sum(ev.event_type, before);
+            return Applied::Overflow;
+        }
         self.events = self.events.saturating_add(1);
         self.last_occurred_at = self.last_occurred_at.max(Some(ev.occurred_at));
         Applied::Summed
+    }
+
+    /// Whether every sum and both balances fit the money columns of `trip_balances`.
+    pub fn representable(&self) -> bool {
+        let max = crate::money::max_abs();
+        [
+            self.charged,
+            self.collected,
+            self.refunded,
+            self.paid_out,
+            self.fees,
+            self.adjusted,
+            self.rider_balance(),
+            self.settlement_balance(),
+        ]
+        .iter()
+        .all(|v| v.abs() <= max)
+    }
+
+    fn set_sum(&mut self, t: EventType, value: Decimal) {
+        match t {
+            EventType::TripCharge => self.charged = value,
+            EventType::RiderPayment => self.collected = value,
+            EventType::Refund => self.refunded = value,
+            EventType::DriverPayout => self.paid_out = value,
+            EventType::PlatformFee => self.fees = value,
+            EventType::Adjustment => self.adjusted = value,
+        }
     }
 
     /// What the rider still owes: `(charged + adjusted) - collected`. Negative = overpaid.
@@ -202,8 +241,9 @@ impl TripBalance {
 /// The trip's currency is that of the first event. An exact duplicate (seen `event_id`, same
 /// [`Event::fingerprint`]) is counted once; a seen `event_id` with a different fingerprint is
 /// not summed and sets `conflicting_duplicate`; an event in another currency is not summed and
-/// sets `currency_mismatch`. This is the reference the pipeline's state and batch-verify must
-/// agree with.
+/// sets `currency_mismatch`; an event that would overflow the trip ([`Applied::Overflow`]) is
+/// not summed (its id counts as seen: a re-send is an exact duplicate). This is the reference
+/// the pipeline's state and batch-verify must agree with.
 pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<TripBalance> {
     let mut seen: HashMap<Uuid, u64> = HashMap::new();
     let mut balance: Option<TripBalance> = None;

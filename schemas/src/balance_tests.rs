@@ -292,3 +292,47 @@ fn status_and_reason_codes_are_stable() {
         assert_eq!(TripStatus::Discrepancy(r).as_str(), "DISCREPANCY");
     }
 }
+
+const MAX: &str = "999999999999999.999";
+
+#[test]
+fn a_sum_beyond_decimal_18_3_is_refused_and_the_balance_kept() {
+    // Two charges of the largest amount: the second would make `charged` 2 * 10^15.
+    let first = usd(1, TripCharge, MAX);
+    let second = usd(2, TripCharge, MAX);
+    let mut b = TripBalance::new(Currency::USD);
+    assert_eq!(b.apply(&first), Applied::Summed);
+    let before = b.clone();
+    assert_eq!(b.apply(&second), Applied::Overflow);
+    assert_eq!(b, before, "an overflowing event changes nothing");
+    // The fold refuses it the same way, and a re-send of it is an exact duplicate.
+    let later = usd(3, RiderPayment, "1");
+    let folded = check(
+        &[first.clone(), second.clone(), second.clone(), later],
+        "999999999999998.999",
+        MAX,
+        TripStatus::Open,
+        2,
+    );
+    assert_eq!(folded.charged, d(MAX));
+}
+
+#[test]
+fn a_balance_beyond_decimal_18_3_is_refused_too() {
+    // Each sum fits, but rider_balance = charged + adjusted would not.
+    let mut b = TripBalance::new(Currency::USD);
+    assert_eq!(b.apply(&usd(1, TripCharge, MAX)), Applied::Summed);
+    assert_eq!(b.apply(&usd(2, Adjustment, "0.001")), Applied::Overflow);
+    // Collected and split first, then the same adjustment fits: the refusal is decided in log
+    // order (settlement_balance = charged + adjusted - fees needs the fee as well).
+    assert_eq!(b.apply(&usd(3, RiderPayment, "5")), Applied::Summed);
+    assert_eq!(b.apply(&usd(2, Adjustment, "0.001")), Applied::Overflow);
+    assert_eq!(b.apply(&usd(6, PlatformFee, "5")), Applied::Summed);
+    assert_eq!(b.apply(&usd(2, Adjustment, "0.001")), Applied::Summed);
+    assert!(b.representable());
+    // settlement_balance = charged + adjusted - refunded - paid_out - fees can go below -10^15.
+    let mut s = TripBalance::new(Currency::USD);
+    assert_eq!(s.apply(&usd(4, DriverPayout, MAX)), Applied::Summed);
+    assert_eq!(s.apply(&usd(5, PlatformFee, "0.001")), Applied::Overflow);
+    assert_eq!(s.fees, Decimal::ZERO);
+}

@@ -36,7 +36,9 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use uuid::Uuid;
 
-pub use self::error::{DecodeError, RejectReason};
+pub use self::error::{
+    BALANCE_OVERFLOW, CONFLICTING_DUPLICATE, DecodeError, EVENT_REASONS, RejectReason, every_reason,
+};
 use self::object::TopLevel;
 use crate::currency::Currency;
 use crate::event::{Event, EventType, SCHEMA_VERSION};

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
-use recon_schemas::balance::fold;
+use recon_schemas::balance::{TripBalance, fold};
 use recon_schemas::currency::Currency;
 use recon_schemas::decode::{Limits, decode};
 use recon_schemas::event::{Event, EventType, SCHEMA_VERSION};
@@ -125,10 +125,28 @@ proptest! {
         }
     }
 
-    /// Any order and any exact duplication of a trip's distinct events fold to the same balance.
+    /// Whatever the amounts, a fold never leaves `decimal(18,3)`: an event that would is refused
+    /// (not summed, not counted), and the same log order always refuses the same events.
+    #[test]
+    fn balance_always_fits_its_columns(events in trip_events()) {
+        let b = fold(&events).unwrap();
+        prop_assert!(b.representable(), "{b:?}");
+        prop_assert_eq!(fold(&events).unwrap(), b.clone());
+        let summed = events.iter().fold(TripBalance::new(events[0].currency), |mut acc, e| {
+            acc.apply(e);
+            acc
+        });
+        prop_assert_eq!(summed, b);
+    }
+
+    /// Any order and any exact duplication of a trip's distinct events fold to the same balance,
+    /// as long as no sum or balance leaves `decimal(18,3)` (amounts cut to a sixteenth, so that
+    /// twelve of them cannot: an overflowing event is refused in log order, see below).
     #[test]
     fn balance_ignores_order_and_exact_duplicates(
-        (events, shuffled) in trip_events().prop_flat_map(|evs| (Just(evs.clone()), Just(evs).prop_shuffle())),
+        (events, shuffled) in trip_events()
+            .prop_map(|evs| evs.into_iter().map(|mut e| { e.amount = (e.amount / Decimal::from(16)).round_dp(3); e }).collect::<Vec<_>>())
+            .prop_flat_map(|evs| (Just(evs.clone()), Just(evs).prop_shuffle())),
         dups in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 0..8),
     ) {
         let reference = fold(&events).unwrap();

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use crate::Services;
 
 /// Locates the `recon-pipeline` binary of this workspace build, building it if missing.
-/// `RECON_PIPELINE_BIN` overrides it (e.g. an older build, to show a test fails without a fix).
+///
+/// `RECON_PIPELINE_BIN` names another build to test instead (a release binary, or a copy taken
+/// while several worktrees share one target directory).
 pub fn binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("RECON_PIPELINE_BIN") {
+    if let Some(bin) = std::env::var_os(ENV_PIPELINE_BIN) {
         return PathBuf::from(bin);
     }
     // target/<profile>/deps/<test-binary> -> target/<profile>/recon-pipeline
@@ -29,6 +31,9 @@ pub fn binary() -> PathBuf {
     assert!(bin.exists(), "{} not found after build", bin.display());
     bin
 }
+
+/// Environment variable naming the `recon-pipeline` binary the tests run (default: this build's).
+pub const ENV_PIPELINE_BIN: &str = "RECON_PIPELINE_BIN";
 
 /// A job configuration on the real services, isolated by `name` (topic, namespace, buckets' prefixes).
 pub struct JobSetup {

@@ -204,8 +204,12 @@ aws_virtual_hosted_style_request = "false"
     )
 }
 
-/// The `batch-verify` binary of this build (built if missing), beside `recon-pipeline`.
+/// The `batch-verify` binary of this build (built if missing), beside `recon-pipeline`;
+/// `RECON_BATCH_VERIFY_BIN` names another build.
 pub fn batch_verify_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("RECON_BATCH_VERIFY_BIN") {
+        return PathBuf::from(bin);
+    }
     let bin = binary().with_file_name("batch-verify");
     if !bin.exists() {
         let status = Command::new(env!("CARGO"))
@@ -239,4 +243,84 @@ pub fn run(
     let child = cmd.spawn().expect("spawn");
     let (status, text) = wait_with_deadline(child, &log, deadline);
     (status.code(), text)
+}
+
+/// `toml` with `lines` added right under the `[section]` header (which must be there).
+pub fn add_to_section(toml: &str, section: &str, lines: &[String]) -> String {
+    let header = format!("[{section}]\n");
+    let at = toml
+        .find(&header)
+        .unwrap_or_else(|| panic!("no {header:?} in the job's TOML"))
+        + header.len();
+    format!("{}{}\n{}", &toml[..at], lines.join("\n"), &toml[at..])
+}
+
+/// The forms a planted secret could be printed in: as is, percent-encoded (`/`, `+`, `@`, `:`,
+/// space) and base64 (computed here, independently of the redactor under test).
+pub fn printed_forms(secret: &str) -> Vec<String> {
+    let mut pct = String::new();
+    for c in secret.chars() {
+        match c {
+            '/' | '+' | '@' | ':' | ' ' | '=' | '&' | '%' => {
+                pct.push_str(&format!("%{:02X}", c as u32));
+            }
+            c => pct.push(c),
+        }
+    }
+    let mut forms = vec![secret.to_string(), base64(secret.as_bytes())];
+    if pct != secret {
+        forms.push(pct);
+    }
+    forms
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Every line of `outputs` (label, text) holding a form ([`printed_forms`]) of a `planted` value.
+pub fn leaks(outputs: &[(String, String)], planted: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (label, out) in outputs {
+        for p in planted {
+            for form in printed_forms(p) {
+                for line in out.lines().filter(|l| l.contains(&form)) {
+                    let shown: String = line.chars().take(400).collect();
+                    found.push(format!("{label}: {form:?} (of {p:?}) in: {shown}"));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_and_percent_forms() {
+        assert_eq!(super::base64(b"hunter2"), "aHVudGVyMg==");
+        assert_eq!(super::base64(b"ab"), "YWI=");
+        assert_eq!(super::base64(b"abc"), "YWJj");
+        assert_eq!(
+            super::printed_forms("a/b+c"),
+            ["a/b+c", "YS9iK2M=", "a%2Fb%2Bc"]
+        );
+    }
 }

@@ -5,6 +5,13 @@
 //! in the URL and in a password file, a truth database URL); the binaries run the success path
 //! (at trace level), every failure path below, `checkpoints list`, batch-verify over SASL and
 //! every `--help`; no planted value may appear in anything they print.
+//!
+//! `no_credential_in_any_log_line`: S3 keys in `[catalog.properties]` and
+//! `[checkpoint.store_options]`, the catalog database password in its URL and the SASL password;
+//! `run`, `maintain`, `checkpoints list` and batch-verify at `RUST_LOG=trace`, in both log
+//! formats: no line may hold a planted value, percent-encoded or in base64 (issue 13, finding
+//! 7: reqsign printed the S3 secret key in 168 DEBUG lines of one run).
+//!
 //! Needs the broker's SASL listeners (`RECON_KAFKA_SASL_*` from `infra/local/env`).
 
 use std::path::Path;
@@ -12,7 +19,8 @@ use std::time::Duration;
 
 use recon_tests::pipeline::binary;
 use recon_tests::security::{
-    JobSpec, as_refs, batch_verify_binary, job_toml, publish, run, sasl_or_skip, split_password,
+    JobSpec, add_to_section, as_refs, batch_verify_binary, job_toml, leaks, publish, run,
+    sasl_or_skip, split_password,
 };
 use recon_tests::unique_name;
 
@@ -352,4 +360,178 @@ fn secrets_never_printed() {
     }
     assert!(leaks.is_empty(), "secrets printed:\n{}", leaks.join("\n"));
     assert!(outputs.len() >= 26, "{} runs", outputs.len());
+}
+
+#[test]
+fn no_credential_in_any_log_line() {
+    let Some((s, sasl)) = sasl_or_skip("no_credential_in_any_log_line") else {
+        return;
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    // `/` and `+` as in real AWS secret keys, so the percent-encoded form differs.
+    let planted_catalog_s3 = format!("planted/catalog+s3-{id}");
+    let planted_store_s3 = format!("planted/store+s3-{id}");
+    let planted_env = format!("planted-env-secret-{id}");
+    let (_, pg_password) = split_password(&s.pg_catalog_url);
+    let name = unique_name("sec_logs");
+    let expected = publish(&s, &format!("{name}.events"), 30);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let logs = d.join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let sasl_file = d.join("kafka-password");
+    std::fs::write(&sasl_file, format!("{}\n", sasl.password)).unwrap();
+    let toml = job_toml(
+        &s,
+        &sasl,
+        &JobSpec {
+            name: &name,
+            brokers: &sasl.plaintext,
+            protocol: "SASL_PLAINTEXT",
+            source_secret: &format!("sasl_password_file = \"{}\"", sasl_file.display()),
+            // The database password inside the URL.
+            catalog_uri: &s.pg_catalog_url,
+            catalog_password: "",
+        },
+    );
+    let toml = add_to_section(
+        &toml,
+        "catalog.properties",
+        &[
+            format!("\"s3.access-key-id\" = \"planted-catalog-key-id-{id}\""),
+            format!("\"s3.secret-access-key\" = \"{planted_catalog_s3}\""),
+        ],
+    );
+    let toml = add_to_section(
+        &toml,
+        "checkpoint.store_options",
+        &[
+            format!("aws_access_key_id = \"planted-store-key-id-{id}\""),
+            format!("aws_secret_access_key = \"{planted_store_s3}\""),
+        ],
+    );
+    let config = d.join("job.toml");
+    std::fs::write(&config, toml).unwrap();
+    let config = config.display().to_string();
+    let env = |format: &str| {
+        vec![
+            ("RUST_LOG", "trace".to_string()),
+            ("RECON_LOG_FORMAT", format.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", planted_env.clone()),
+            ("AWS_ACCESS_KEY_ID", format!("planted-env-key-id-{id}")),
+        ]
+    };
+    let pipeline = binary();
+    let verify = batch_verify_binary();
+    let run_args = ["run", "--config", &config, "--exit-when-idle-ms", "2000"];
+    let records = format!("records {}", expected.records);
+    let steps: [(&str, &Path, &[&str], &str, &str); 6] = [
+        ("run human", &pipeline, &run_args, "human", &records),
+        (
+            "run json (nothing new)",
+            &pipeline,
+            &run_args,
+            "json",
+            "records 0",
+        ),
+        (
+            "checkpoints list json",
+            &pipeline,
+            &["checkpoints", "list", "--config", &config],
+            "json",
+            "GenerationStart",
+        ),
+        (
+            "maintain human",
+            &pipeline,
+            &["maintain", "--config", &config],
+            "human",
+            "ledger_events",
+        ),
+        (
+            "maintain json",
+            &pipeline,
+            &["maintain", "--config", &config],
+            "json",
+            "ledger_events",
+        ),
+        (
+            "batch-verify kafka truth",
+            &verify,
+            &[
+                "--config",
+                &config,
+                "--date",
+                "2025-03-03",
+                "--truth",
+                "kafka",
+                "--no-record",
+                "--no-progress",
+            ],
+            "human",
+            "CLEAN",
+        ),
+    ];
+    let mut outputs = Vec::new();
+    for (label, bin, args, format, needle) in steps {
+        let (code, out) = run(
+            &logs,
+            label,
+            bin,
+            args,
+            &env(format),
+            Duration::from_secs(180),
+        );
+        assert_eq!(code, Some(0), "{label}: {out}");
+        assert!(
+            out.contains(needle),
+            "{label}: expected {needle:?} in:\n{out}"
+        );
+        outputs.push((label.to_string(), out));
+    }
+    // The runs did log at debug and trace, S3 requests included: the test looked where the
+    // credentials are used.
+    for (label, out) in &outputs[..2] {
+        assert!(
+            out.contains("opendal") && out.contains("TRACE"),
+            "{label}: no trace lines of the S3 file IO: {out:.2000}"
+        );
+    }
+    // Second guard: the signer's targets are capped at INFO whatever RUST_LOG says.
+    for (label, out) in &outputs {
+        let signer_debug = out
+            .lines()
+            .filter(|l| l.contains("reqsign") && (l.contains("DEBUG") || l.contains("TRACE")))
+            .count();
+        assert_eq!(
+            signer_debug, 0,
+            "{label}: reqsign logged below INFO:\n{out:.3000}"
+        );
+    }
+    let planted = [
+        planted_catalog_s3,
+        planted_store_s3,
+        planted_env,
+        sasl.password.clone(),
+        format!(":{pg_password}@"),
+    ];
+    let found = leaks(&outputs, &planted);
+    let per_step: Vec<String> = outputs
+        .iter()
+        .map(|(label, _)| {
+            let n = found
+                .iter()
+                .filter(|f| f.starts_with(&format!("{label}:")))
+                .count();
+            format!("{label}: {n}")
+        })
+        .collect();
+    let shown: Vec<&str> = found.iter().take(20).map(String::as_str).collect();
+    assert!(
+        found.is_empty(),
+        "{} lines print a credential ({}):\n{}",
+        found.len(),
+        per_step.join(", "),
+        shown.join("\n")
+    );
 }

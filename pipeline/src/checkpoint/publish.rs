@@ -498,10 +498,7 @@ mod tests {
             let ident = TableIdent::from_strs(["sim", t]).unwrap();
             let table = catalog.load_table(&ident).await.unwrap();
             assert_eq!(
-                publisher
-                    .table(&table, c5.checkpoint_id)
-                    .await
-                    .unwrap(),
+                publisher.table(&table, c5.checkpoint_id).await.unwrap(),
                 Published::Committed
             );
             let table = catalog.load_table(&ident).await.unwrap();

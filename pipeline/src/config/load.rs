@@ -36,7 +36,10 @@ impl Config {
             }
         }
         let raw: RawConfig = fig.extract().map_err(|e| ConfigError(figment_message(e)))?;
-        Config::resolve(raw)
+        let cfg = Config::resolve(raw)?;
+        // Before any library sees them: hidden from every log line from now on.
+        crate::redactor::remember(secrets::values_of(&cfg));
+        Ok(cfg)
     }
 }
 

@@ -348,21 +348,23 @@ impl Job {
                     }
                     Outcome::ExactDuplicate => self.counts.duplicates += 1,
                     Outcome::ConflictingDuplicate => {
-                        self.counts.rejected += 1;
-                        crate::telemetry::rejected("conflicting_duplicate");
-                        self.sink.rejected.push(Rejected {
-                            partition: r.partition,
-                            offset: r.offset,
-                            key: r.key,
-                            payload: payload.to_vec(),
-                            reason: "conflicting_duplicate",
-                            error: format!(
-                                "event_id {} was seen before with different content; the first version stands and trip {} is flagged",
-                                ev.event_id, ev.trip_id
-                            ),
-                            event_id: Some(ev.event_id.hyphenated().to_string()),
-                            trip_id: Some(ev.trip_id.clone()),
-                        });
+                        let why = format!(
+                            "event_id {} was seen before with different content; the first version stands and trip {} is flagged",
+                            ev.event_id, ev.trip_id
+                        );
+                        self.reject_event(&r, &ev, decode::CONFLICTING_DUPLICATE, why);
+                    }
+                    Outcome::BalanceOverflow => {
+                        let why = format!(
+                            "{} {} {} would take a sum or balance of trip {} beyond decimal({},{}); not summed, the trip's balance is unchanged",
+                            ev.event_type.as_str(),
+                            ev.amount,
+                            ev.currency.code(),
+                            ev.trip_id,
+                            recon_schemas::money::PRECISION,
+                            recon_schemas::money::SCALE
+                        );
+                        self.reject_event(&r, &ev, decode::BALANCE_OVERFLOW, why);
                     }
                 },
                 Err(e) => {
@@ -403,6 +405,29 @@ impl Job {
 }
 
 impl Job {
+    /// Dead-letters a decoded record whose event state refused (`reason`: one of
+    /// `recon_schemas::decode::EVENT_REASONS`), counted like every rejected record.
+    fn reject_event(
+        &mut self,
+        r: &Record,
+        ev: &recon_schemas::event::Event,
+        reason: &'static str,
+        error: String,
+    ) {
+        self.counts.rejected += 1;
+        crate::telemetry::rejected(reason);
+        self.sink.rejected.push(Rejected {
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.clone(),
+            payload: r.payload.clone().unwrap_or_default(),
+            reason,
+            error,
+            event_id: Some(ev.event_id.hyphenated().to_string()),
+            trip_id: Some(ev.trip_id.clone()),
+        });
+    }
+
     /// Applies a decoded event to state; with alerts on, records the alert its status
     /// transition raises (exact duplicates change nothing).
     fn apply_tracked(

@@ -16,7 +16,7 @@ pub mod codec;
 use std::collections::HashMap;
 
 use compact_str::CompactString;
-use recon_schemas::balance::TripBalance;
+use recon_schemas::balance::{Applied, TripBalance};
 use recon_schemas::currency::Currency;
 use recon_schemas::event::Event;
 use recon_schemas::money;
@@ -151,6 +151,10 @@ pub enum Outcome {
     ExactDuplicate,
     /// Same event id, different content: dead-lettered; the trip is flagged.
     ConflictingDuplicate,
+    /// A new event whose amount would take a sum or balance of its trip beyond `decimal(18,3)`:
+    /// dead-lettered as `balance_overflow`, the trip's balance unchanged; its id is remembered,
+    /// so a re-send is an exact duplicate (as `recon_schemas::balance::fold` does).
+    BalanceOverflow,
 }
 
 /// All trips this process owns.
@@ -186,10 +190,16 @@ impl State {
             }
             None => {
                 let mut b = trip.balance();
-                b.apply(ev);
-                trip.set_balance(&b)?;
+                let applied = b.apply(ev);
+                if applied != Applied::Overflow {
+                    trip.set_balance(&b)?;
+                }
                 trip.seen.push((key, fp));
-                Outcome::Accepted
+                if applied == Applied::Overflow {
+                    Outcome::BalanceOverflow
+                } else {
+                    Outcome::Accepted
+                }
             }
         };
         if !trip.dirty {
@@ -331,13 +341,25 @@ mod tests {
     }
 
     #[test]
-    fn a_sum_beyond_the_money_type_is_an_error() {
+    fn an_event_beyond_the_money_type_is_refused_and_the_trip_kept() {
         let mut s = State::default();
+        let max = Decimal::new(999_999_999_999_999_999, 3);
         let mut big = ev(1, EventType::TripCharge, 0);
-        big.amount = Decimal::new(999_999_999_999_999, 0);
-        s.apply(&big, 0).unwrap();
+        big.amount = max;
+        assert_eq!(s.apply(&big, 0).unwrap(), Outcome::Accepted);
+        let _ = s.take_changed();
+        let before = s.get("trip-1").unwrap().balance();
         let mut big2 = big.clone();
         big2.event_id = uuid::Uuid::from_u128(2);
-        assert!(s.apply(&big2, 0).is_err());
+        assert_eq!(s.apply(&big2, 0).unwrap(), Outcome::BalanceOverflow);
+        assert_eq!(s.get("trip-1").unwrap().balance(), before);
+        // Dirty (its seen set changed, the checkpoint must hold it), and a re-send is an exact
+        // duplicate, as in the reference fold.
+        assert_eq!(s.take_changed().len(), 1);
+        assert_eq!(s.apply(&big2, 0).unwrap(), Outcome::ExactDuplicate);
+        let pay = ev(3, EventType::RiderPayment, 100);
+        assert_eq!(s.apply(&pay, 0).unwrap(), Outcome::Accepted);
+        let want = recon_schemas::balance::fold([&big, &big2, &big2, &pay]).unwrap();
+        assert_eq!(s.get("trip-1").unwrap().balance(), want);
     }
 }

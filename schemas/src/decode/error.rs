@@ -159,6 +159,28 @@ pub enum DecodeError {
     },
 }
 
+/// `rejected_events.reason` of a record that decoded, but whose event id was seen before with
+/// other content: the first version stands and the trip is flagged.
+pub const CONFLICTING_DUPLICATE: &str = "conflicting_duplicate";
+
+/// `rejected_events.reason` of a record that decoded, but whose amount would take one of its
+/// trip's sums or balances beyond `decimal(18,3)`
+/// ([`Applied::Overflow`](crate::balance::Applied::Overflow)): not summed, the trip's balance
+/// unchanged, the rest of the stream flows.
+pub const BALANCE_OVERFLOW: &str = "balance_overflow";
+
+/// Reasons of records that decoded but whose event was not applied; with [`RejectReason::ALL`]
+/// (the decoding errors), every reason a `rejected_events` row can carry.
+pub const EVENT_REASONS: [&str; 2] = [CONFLICTING_DUPLICATE, BALANCE_OVERFLOW];
+
+/// Every `rejected_events.reason` code: the decoding errors, then [`EVENT_REASONS`].
+pub fn every_reason() -> impl Iterator<Item = &'static str> {
+    RejectReason::ALL
+        .iter()
+        .map(RejectReason::as_str)
+        .chain(EVENT_REASONS)
+}
+
 /// Stable class of a [`DecodeError`], written to `rejected_events.reason` and used as a metric
 /// label. Codes never change meaning; new classes get new codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
