@@ -18,6 +18,7 @@
 //! once thanks to the markers.
 
 mod barrier;
+mod input;
 mod outputs;
 mod publish;
 mod recovery;
@@ -40,7 +41,7 @@ use crate::ids::{CheckpointId, Generation, Offset, PartitionId};
 use crate::lakehouse::LakehouseError;
 use crate::sink::rows::Rejected;
 use crate::sink::{Sink, SinkError};
-use crate::source::{Record, Source, SourceError};
+use crate::source::{InputGuard, Record, Source, SourceError};
 use crate::state::{Outcome, State};
 
 /// How a test or the demo injects a crash without killing the process.
@@ -191,6 +192,10 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     let started = Instant::now();
     // Kafka first: an unreachable broker or a missing topic must not cost a generation.
     let partitions = recovery::owned_partitions(cfg)?;
+    // The topic id before the record check: a topic recreated after this answer is caught by
+    // the record check or, while running, by the monitor and the barrier.
+    let mut source = Source::open(&cfg.source, &partitions)?;
+    input::check_recorded_topic_id(cfg, &env, &source).await?;
     // Then the topic's identity, before claiming: a recreated topic must not cost a generation
     // either, and nothing may be consumed from it.
     let verified = recovery::verify_head_input(cfg, &env, &partitions).await?;
@@ -212,7 +217,7 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     );
     let saved: BTreeMap<PartitionId, Offset> = job.cuts.iter().map(|(p, c)| (*p, c.end)).collect();
     let group = format!("recon-{}", cfg.job_id);
-    let mut source = Source::start(&cfg.source, &group, &partitions, &saved)?;
+    source.start(&group, &saved)?;
     let result = job.main_loop(&mut source, &mut env).await;
     source.stop();
     result?;
@@ -226,22 +231,26 @@ impl Job {
         let interval = self.cfg.checkpoint_interval;
         let mut next_barrier = tokio::time::Instant::now() + interval;
         let mut last_input = Instant::now();
+        // When the newest batch arrived: the barrier confirms the topic's identity after it.
+        let mut received: Option<Instant> = None;
+        let guard = source.guard();
         let idle_tick = Duration::from_millis(50);
         loop {
             tokio::select! {
                 biased;
                 _ = env.shutdown.changed() => {
                     tracing::info!("shutdown requested: final checkpoint and commit");
-                    return self.finish().await;
+                    return self.finish(&guard, received).await;
                 }
                 _ = tokio::time::sleep_until(next_barrier) => {
-                    self.barrier().await?;
+                    self.barrier(&guard, received).await?;
                     next_barrier = tokio::time::Instant::now() + interval;
                 }
                 batch = source.next() => {
                     match batch {
                         Some(Ok(records)) => {
                             last_input = Instant::now();
+                            received = Some(last_input);
                             self.process(records).await?;
                         }
                         Some(Err(e)) => return Err(e.into()),
@@ -249,19 +258,26 @@ impl Job {
                     }
                 }
                 _ = tokio::time::sleep(idle_tick), if env.idle_exit.is_some() => {
+                    // Idle only when every owned partition is at its end and nothing waits in
+                    // the queue: a slow consumer is not an idle one (issue 13, finding 8).
                     if let Some(idle) = env.idle_exit
                         && last_input.elapsed() >= idle
+                        && source.drained()
                     {
-                        tracing::info!(idle_ms = idle.as_millis() as u64, "no input: final checkpoint and commit");
-                        return self.finish().await;
+                        tracing::info!(idle_ms = idle.as_millis() as u64, "no input and every partition at its end: final checkpoint and commit");
+                        return self.finish(&guard, received).await;
                     }
                 }
             }
         }
     }
 
-    async fn finish(&mut self) -> Result<(), JobError> {
-        self.barrier().await?;
+    async fn finish(
+        &mut self,
+        guard: &InputGuard,
+        received: Option<Instant>,
+    ) -> Result<(), JobError> {
+        self.barrier(guard, received).await?;
         self.publish().await
     }
 
