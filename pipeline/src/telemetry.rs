@@ -137,26 +137,16 @@ pub fn lag(partition: i32, records: i64) {
         .set(records.max(0) as f64);
 }
 
-/// Consumer lag summed over the owned partitions.
-pub fn lag_total(records: i64) {
-    gauge!("recon_consumer_lag_total_records").set(records.max(0) as f64);
-}
-
 /// Longest time an owned partition with records waiting has delivered none (0 when none is
 /// stalled); the watchdog acts at `source.stall_timeout_ms`.
 pub fn source_stalled(stalled: std::time::Duration) {
     gauge!("recon_source_stalled_seconds").set(stalled.as_secs_f64());
 }
 
-/// Time the barrier spent confirming the topic's id (0 when the monitor had confirmed it
-/// after the newest record arrived).
-pub fn input_confirmed(took: std::time::Duration) {
-    histogram!("recon_input_confirm_seconds").record(took.as_secs_f64());
-}
-
-/// The watchdog recreated the Kafka consumer after a stall.
-pub fn source_recovered() {
-    counter!("recon_source_recoveries_total").increment(1);
+/// The watchdog recreated the Kafka consumer after a stall (`n` = 1), or registers the
+/// counter at 0 when the source starts (`n` = 0), so that it is exported before the first one.
+pub fn source_recovered(n: u64) {
+    counter!("recon_source_recoveries_total").increment(n);
 }
 
 /// One table maintained by `recon-pipeline maintain` (snapshots expired, orphans deleted).

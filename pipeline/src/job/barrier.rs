@@ -72,7 +72,7 @@ impl Job {
         }
         let confirming = Instant::now();
         input.confirm(received).await?;
-        crate::telemetry::input_confirmed(confirming.elapsed());
+        let input_confirm_us = confirming.elapsed().as_micros() as u64;
         let alerts = self.stage_alerts(id).await?;
         let exactly_once = self.cfg.delivery == DeliveryMode::ExactlyOnce;
         if self.cfg.delivery == DeliveryMode::AtLeastOnce {
@@ -144,6 +144,7 @@ impl Job {
             state_bytes,
             full_state = full,
             pending_bytes,
+            input_confirm_us,
             duration_ms = started.elapsed().as_millis() as u64,
             "checkpoint complete"
         );

@@ -136,6 +136,11 @@ pub struct RunReport {
     pub trips_restored: usize,
     /// Records replayed into state only, after a rewind.
     pub replayed: u64,
+    /// Time from start until the newest batch arrived (`None`: none did).
+    pub last_input: Option<Duration>,
+    /// Time from the stop decision (shutdown, idle) until `run` returned: final checkpoint,
+    /// commit, and the consumer's close.
+    pub stop: Duration,
 }
 
 /// External parts and knobs of one run.
@@ -195,10 +200,12 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     // The topic id before the record check: a topic recreated after this answer is caught by
     // the record check or, while running, by the monitor and the barrier.
     let mut source = Source::open(&cfg.source, &partitions)?;
-    input::check_recorded_topic_id(cfg, &env, &source).await?;
     // Then the topic's identity, before claiming: a recreated topic must not cost a generation
     // either, and nothing may be consumed from it.
     let verified = recovery::verify_head_input(cfg, &env, &partitions).await?;
+    // The records named each partition's difference; the recorded topic id also covers what
+    // they cannot verify (records removed by retention, checkpoints of older builds).
+    input::check_recorded_topic_id(cfg, &env, &source).await?;
     let mut job = recovery::recover(cfg, &env, &partitions).await?;
     if recovery::positions(&job.cuts) != verified {
         // Another instance completed a checkpoint between the check and the claim.
@@ -219,8 +226,10 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     let group = format!("recon-{}", cfg.job_id);
     source.start(&group, &saved)?;
     let result = job.main_loop(&mut source, &mut env).await;
+    let stopping = Instant::now();
     source.stop();
     result?;
+    job.report.stop += stopping.elapsed();
     job.report.trips = job.state.trips();
     job.report.last_checkpoint = job.last;
     Ok(job.report)
@@ -251,6 +260,7 @@ impl Job {
                         Some(Ok(records)) => {
                             last_input = Instant::now();
                             received = Some(last_input);
+                            self.report.last_input = Some(self.started.elapsed());
                             self.process(records).await?;
                         }
                         Some(Err(e)) => return Err(e.into()),
@@ -277,8 +287,11 @@ impl Job {
         guard: &InputGuard,
         received: Option<Instant>,
     ) -> Result<(), JobError> {
+        let stopping = Instant::now();
         self.barrier(guard, received).await?;
-        self.publish().await
+        self.publish().await?;
+        self.report.stop = stopping.elapsed();
+        Ok(())
     }
 
     /// Decodes and applies a batch of records; routes each to a table or the dead-letter table.

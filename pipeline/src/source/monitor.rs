@@ -235,6 +235,8 @@ pub(super) fn run(
     stall_bound: Duration,
 ) {
     let mut watchdog = Watchdog::new(stall_bound);
+    crate::telemetry::source_recovered(0);
+    crate::telemetry::source_stalled(Duration::ZERO);
     let mut next = Instant::now();
     let mut warned_unverified = false;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -254,7 +256,7 @@ pub(super) fn run(
             Action::Recover(ps) => {
                 tracing::warn!(topic = %shared.topic, partitions = ?ps, stalled_s = longest.as_secs(),
                     "source stalled: records are waiting but none arrived; recreating the Kafka consumer at its current positions");
-                crate::telemetry::source_recovered();
+                crate::telemetry::source_recovered(1);
                 shared.recover.store(true, Ordering::Relaxed);
             }
             Action::Stop(ps) => {
@@ -329,7 +331,6 @@ fn lag(client: &BaseConsumer<SecurityWatch>, shared: &Shared) -> BTreeMap<i32, (
         .lock()
         .map(|p| p.clone())
         .unwrap_or_default();
-    let mut total = 0i64;
     for e in ends.elements_for_topic(&shared.topic) {
         let (Some(end), Some(pos)) = (e.offset().to_raw(), positions.get(&e.partition())) else {
             continue;
@@ -338,11 +339,9 @@ fn lag(client: &BaseConsumer<SecurityWatch>, shared: &Shared) -> BTreeMap<i32, (
             continue;
         }
         let lag = (end - pos).max(0);
-        total += lag;
         crate::telemetry::lag(e.partition(), lag);
         out.insert(e.partition(), (*pos, lag));
     }
-    crate::telemetry::lag_total(total);
     out
 }
 
