@@ -365,7 +365,12 @@ fn a_topic_recreated_while_the_job_runs_stops_it_before_anything_is_durable() {
     ));
     let consumed = rt.block_on(head(&cfg)).manifest.resume_offsets();
 
-    // Deleted and recreated under the job, with more records than the old offsets.
+    // Deleted and recreated under the job, with more records than the old offsets. The job is
+    // paused meanwhile (SIGSTOP, as a long GC pause or a descheduled pod would): otherwise its
+    // consumer may first meet the new, still empty topic and stop on "offset out of range";
+    // paused, it resumes fetching at offsets that are valid in the new topic, the case that
+    // lost 12,284 events in the trial.
+    signal(&child, "-STOP");
     rt.block_on(delete_topic(&brokers, &setup.topic));
     rt.block_on(create_topic(
         &brokers,
@@ -379,6 +384,7 @@ fn a_topic_recreated_while_the_job_runs_stops_it_before_anything_is_durable() {
         &mut expected,
     )
     .expect("publish");
+    signal(&child, "-CONT");
     let (status, out) = wait_with_deadline(child, &log, Duration::from_secs(90));
     // Operator-needed class (exit 3 with the stop classes of the recovery work).
     assert!(!status.success(), "the job must stop by itself:\n{out}");
@@ -387,6 +393,13 @@ fn a_topic_recreated_while_the_job_runs_stops_it_before_anything_is_durable() {
         .find(|l| l.starts_with("recon-pipeline: error: "))
         .unwrap_or_else(|| panic!("no error line:\n{out}"));
     println!("{line}");
+    // Who saw it first: the monitor, the barrier, or the consumer (offset out of range).
+    for l in out
+        .lines()
+        .filter(|l| l.contains("while the job ran") && !l.starts_with("recon-pipeline: error"))
+    {
+        println!("{}", &l[..l.len().min(200)]);
+    }
     for part in [
         format!("topic {:?}", setup.topic),
         "while the job ran".to_string(),
@@ -425,6 +438,69 @@ fn a_topic_recreated_while_the_job_runs_stops_it_before_anything_is_durable() {
     assert!(ok && out.contains("stopped cleanly"), "{out}");
     let rec = rt.block_on(reconcile(&cfg, &expected));
     assert!(rec.is_clean(), "both topics' input exactly once: {rec}");
+}
+
+/// The barrier's own check, without the monitor thread (`Source::open` only): a confirmation
+/// for records received after the last one asks the broker, and a recreated or deleted topic
+/// is the operator-needed stop.
+#[test]
+fn the_barrier_confirms_the_topic_id_before_a_checkpoint() {
+    use recon_pipeline::config::RawConfig;
+    use recon_pipeline::ids::PartitionId;
+    use recon_pipeline::source::{Source, SourceError};
+    let Some(s) = services_or_skip("the_barrier_confirms_the_topic_id_before_a_checkpoint") else {
+        return;
+    };
+    let brokers = s.kafka_bootstrap.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for recreate in [true, false] {
+        let topic = recon_tests::unique_name("topic_guard");
+        rt.block_on(create_topic(&brokers, &topic, Duration::from_secs(30)));
+        let cfg = recon_pipeline::config::RawSource {
+            brokers: brokers.clone(),
+            topic: topic.clone(),
+            ..RawConfig::default().source
+        };
+        let partitions: Vec<PartitionId> = (0..PARTITIONS).map(PartitionId).collect();
+        let source = Source::open(&cfg, &partitions).expect("open");
+        let guard = source.guard();
+        assert!(
+            guard.topic_id().is_some(),
+            "the real broker reports topic ids"
+        );
+        rt.block_on(guard.confirm(Some(Instant::now())))
+            .expect("the same topic is confirmed");
+        rt.block_on(delete_topic(&brokers, &topic));
+        if recreate {
+            rt.block_on(create_topic(&brokers, &topic, Duration::from_secs(60)));
+        }
+        let err = rt
+            .block_on(guard.confirm(Some(Instant::now())))
+            .expect_err("a recreated or deleted topic must not be confirmed");
+        let want = if recreate {
+            "was deleted and recreated while the job ran"
+        } else {
+            "was deleted while the job ran"
+        };
+        assert!(
+            matches!(err, SourceError::NotTheSavedInput { .. }) && err.to_string().contains(want),
+            "{err}"
+        );
+        assert!(err.to_string().contains("accept-topic-reset"), "{err}");
+        if recreate {
+            rt.block_on(delete_topic(&brokers, &topic));
+        }
+    }
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`) to the child.
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {}", child.id());
 }
 
 /// Runs `recon-pipeline accept-topic-reset` with `args`; returns success and output.

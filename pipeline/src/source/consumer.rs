@@ -76,7 +76,7 @@ impl InputGuard {
             return Ok(());
         }
         let (shared, client) = (self.shared.clone(), self.client.clone());
-        tokio::task::spawn_blocking(move || confirm_now(&shared, &client))
+        tokio::task::spawn_blocking(move || confirm_now(&shared, &client, "barrier"))
             .await
             .map_err(|e| SourceError::Read {
                 topic: self.shared.topic.clone(),
@@ -90,7 +90,21 @@ fn poisoned() -> SourceError {
 }
 
 /// Asks now (twice at most, for a "no such topic" that may be a broker still loading).
-fn confirm_now(shared: &Shared, client: &BaseConsumer<SecurityWatch>) -> Result<(), SourceError> {
+/// `by` names the caller in the log line of a stop (`barrier`, `consumer`).
+fn confirm_now(
+    shared: &Shared,
+    client: &BaseConsumer<SecurityWatch>,
+    by: &str,
+) -> Result<(), SourceError> {
+    if shared
+        .identity
+        .lock()
+        .map_err(|_| poisoned())?
+        .expected
+        .is_none()
+    {
+        return Ok(());
+    }
     for _ in 0..monitor::MISSING_ANSWERS_MAX {
         let asked = Instant::now();
         let answer =
@@ -105,7 +119,7 @@ fn confirm_now(shared: &Shared, client: &BaseConsumer<SecurityWatch>) -> Result<
             })?;
         let mut i = shared.identity.lock().map_err(|_| poisoned())?;
         if let Some(stop) = monitor::judge_answer(&shared.topic, &mut i, asked, &answer) {
-            tracing::error!(topic = %shared.topic, "{stop}");
+            tracing::error!(topic = %shared.topic, by, "{stop}");
             return Err(stop);
         }
         if i.verified_at.is_some_and(|v| v >= asked) {
@@ -118,8 +132,9 @@ fn confirm_now(shared: &Shared, client: &BaseConsumer<SecurityWatch>) -> Result<
         brokers: String::new(),
         timeout: TOPIC_ID_TIMEOUT,
         message: format!(
-            "topic {:?}: the broker said twice it does not exist, once; the checkpoint was not written",
-            shared.topic
+            "topic {:?}: its id could not be confirmed after {} answers; the checkpoint was not written",
+            shared.topic,
+            monitor::MISSING_ANSWERS_MAX
         ),
     })
 }
@@ -434,6 +449,13 @@ impl Reader {
                 | Some(RDKafkaErrorCode::AutoOffsetReset)
                 | Some(RDKafkaErrorCode::Fatal)
         ) {
+            // A topic recreated under the job first looks like this (the new, still short
+            // partition ends before the saved offset): name that cause when it is the one.
+            if let Err(stop @ SourceError::NotTheSavedInput { .. }) =
+                confirm_now(&self.shared, consumer, "consumer")
+            {
+                return Some(stop);
+            }
             return Some(SourceError::Read {
                 topic: topic.clone(),
                 message: format!(

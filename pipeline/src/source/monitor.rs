@@ -293,7 +293,7 @@ fn check_identity(client: &BaseConsumer<SecurityWatch>, shared: &Shared, warned:
                 Err(_) => None,
             };
             if let Some(e) = stop {
-                tracing::error!(topic = %shared.topic, "{e}");
+                tracing::error!(topic = %shared.topic, by = "monitor", "{e}");
                 shared.fail(e);
             }
             *warned = false;
