@@ -71,6 +71,27 @@ fn text(p: *const std::os::raw::c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
+/// Whether the cluster names a controller among its brokers. Admin requests such as
+/// `DescribeTopics` go to the controller; librdkafka's mock cluster (the demo) names none, and
+/// asking it would only wait for the timeout. Blocking, bounded by `timeout`.
+pub fn has_controller<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    timeout: Duration,
+) -> Result<bool, DescribeFailed> {
+    use rdkafka::consumer::Consumer;
+    let md = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|e| DescribeFailed {
+            topic: String::new(),
+            message: format!("cluster metadata: {e}"),
+        })?;
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the live client handle; librdkafka answers from the metadata just fetched.
+    let controller =
+        unsafe { rd::rd_kafka_controllerid(consumer.client().native_ptr(), ms.min(1_000)) };
+    Ok(controller >= 0 && md.brokers().iter().any(|b| b.id() == controller))
+}
+
 /// Asks the cluster for `topic`'s id with one `DescribeTopics` request, waiting at most
 /// `timeout`. Blocking: call it from a thread that may block (a `spawn_blocking` task, the
 /// source's monitor thread).
