@@ -187,6 +187,7 @@ impl Source {
             not_at_end: AtomicUsize::new(owned.len()),
             owned,
             positions: Mutex::new(BTreeMap::new()),
+            at_end: Mutex::new(BTreeSet::new()),
             blocked_ms: AtomicU64::new(0),
             fault: Mutex::new(None),
             recover: AtomicBool::new(false),
@@ -374,6 +375,9 @@ impl Reader {
                 published = Instant::now();
                 if let Ok(mut p) = self.shared.positions.lock() {
                     p.extend(next.iter().map(|(k, v)| (*k, *v)));
+                }
+                if let Ok(mut a) = self.shared.at_end.lock() {
+                    a.clone_from(&at_end);
                 }
                 if let Some(e) = self.shared.take_fault() {
                     return self.fail(&tx, e);

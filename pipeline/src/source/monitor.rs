@@ -18,7 +18,7 @@
 //! Before, the consumer thread itself queried one partition's watermarks at a time every 5 s;
 //! at 1,000 partitions that blocked it for seconds per round (issue 13, finding 8).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,6 +58,10 @@ pub(super) struct Shared {
     /// Next offset to deliver per partition, as the consumer thread last published it
     /// (partitions that have no known position yet are absent).
     pub positions: Mutex<BTreeMap<i32, i64>>,
+    /// Partitions at their end (end-of-partition event after their last record), as the
+    /// consumer thread last published them. Their lag is 0 whatever the offsets say: after a
+    /// transaction's commit marker the end offset stays one past the last record forever.
+    pub at_end: Mutex<BTreeSet<i32>>,
     /// Owned partitions not known to be at their end. The consumer thread lowers it for an
     /// end-of-partition event only after the batch before that event was sent.
     pub not_at_end: AtomicUsize,
@@ -331,6 +335,7 @@ fn lag(client: &BaseConsumer<SecurityWatch>, shared: &Shared) -> BTreeMap<i32, (
         .lock()
         .map(|p| p.clone())
         .unwrap_or_default();
+    let at_end = shared.at_end.lock().map(|a| a.clone()).unwrap_or_default();
     for e in ends.elements_for_topic(&shared.topic) {
         let (Some(end), Some(pos)) = (e.offset().to_raw(), positions.get(&e.partition())) else {
             continue;
@@ -338,7 +343,11 @@ fn lag(client: &BaseConsumer<SecurityWatch>, shared: &Shared) -> BTreeMap<i32, (
         if end < 0 || e.error().is_err() {
             continue;
         }
-        let lag = (end - pos).max(0);
+        let lag = if at_end.contains(&e.partition()) {
+            0
+        } else {
+            (end - pos).max(0)
+        };
         crate::telemetry::lag(e.partition(), lag);
         out.insert(e.partition(), (*pos, lag));
     }
