@@ -266,9 +266,10 @@ impl Source {
         )?);
         let (client, shared) = (self.client.clone(), self.shared.clone());
         let bound = Duration::from_millis(self.cfg.stall_timeout_ms);
+        let from_earliest = self.cfg.start_from == StartFrom::Earliest;
         self.threads.push(spawn(
             "recon-source-monitor",
-            Box::new(move || monitor::run(client, shared, bound)),
+            Box::new(move || monitor::run(client, shared, bound, from_earliest)),
         )?);
         Ok(())
     }

@@ -114,7 +114,7 @@ pub enum SourceError {
     /// consumer was recreated. Transient: a restart (new process, new connections) resumes from
     /// the last checkpoint.
     #[error(
-        "reading {topic}: partitions {partitions:?} have records waiting but delivered none for {stalled:?}, even after the Kafka consumer was recreated; stopping so that the supervisor restarts the job (it resumes from the last checkpoint). Check the broker's logs and `recon_source_stalled_seconds`"
+        "reading {topic}: partitions {partitions:?} have records waiting but delivered none for {stalled:.0?}, even after the Kafka consumer was recreated; stopping so that the supervisor restarts the job (it resumes from the last checkpoint). Check the broker's logs and `recon_source_stalled_seconds`"
     )]
     Stalled {
         /// Topic.

@@ -233,10 +233,14 @@ impl Watchdog {
 }
 
 /// The monitor thread's body: runs until `shared.stop`.
+/// `from_earliest`: partitions without a saved offset start at their beginning
+/// (`start_from = "earliest"`); until their first record the watchdog takes the low watermark as
+/// their position.
 pub(super) fn run(
     client: Arc<BaseConsumer<SecurityWatch>>,
     shared: Arc<Shared>,
     stall_bound: Duration,
+    from_earliest: bool,
 ) {
     let mut watchdog = Watchdog::new(stall_bound);
     crate::telemetry::source_recovered(0);
@@ -251,7 +255,7 @@ pub(super) fn run(
         }
         next = now + MONITOR_EVERY;
         check_identity(&client, &shared, &mut warned_unverified);
-        let behind = lag(&client, &shared);
+        let behind = lag(&client, &shared, from_earliest);
         let blocked = shared.blocked_ms.load(Ordering::Relaxed);
         let (longest, action) = watchdog.tick(Instant::now(), &behind, blocked);
         crate::telemetry::source_stalled(longest);
@@ -311,7 +315,11 @@ fn check_identity(client: &BaseConsumer<SecurityWatch>, shared: &Shared, warned:
 }
 
 /// Publishes the lag of every owned partition; returns `(position, lag)` for the watchdog.
-fn lag(client: &BaseConsumer<SecurityWatch>, shared: &Shared) -> BTreeMap<i32, (i64, i64)> {
+fn lag(
+    client: &BaseConsumer<SecurityWatch>,
+    shared: &Shared,
+    from_earliest: bool,
+) -> BTreeMap<i32, (i64, i64)> {
     let mut out = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in &shared.owned {
@@ -330,11 +338,27 @@ fn lag(client: &BaseConsumer<SecurityWatch>, shared: &Shared) -> BTreeMap<i32, (
             return out;
         }
     };
-    let positions = shared
+    let mut positions = shared
         .positions
         .lock()
         .map(|p| p.clone())
         .unwrap_or_default();
+    if from_earliest {
+        // Not read yet: the first record to come is at the low watermark.
+        let mut unknown = TopicPartitionList::new();
+        for p in shared.owned.iter().filter(|p| !positions.contains_key(p)) {
+            let _ = unknown.add_partition_offset(&shared.topic, *p, KafkaOffset::Beginning);
+        }
+        if unknown.count() > 0
+            && let Ok(lows) = client.offsets_for_times(unknown, REQUEST_TIMEOUT)
+        {
+            for e in lows.elements_for_topic(&shared.topic) {
+                if let Some(low) = e.offset().to_raw().filter(|o| *o >= 0) {
+                    positions.insert(e.partition(), low);
+                }
+            }
+        }
+    }
     let at_end = shared.at_end.lock().map(|a| a.clone()).unwrap_or_default();
     for e in ends.elements_for_topic(&shared.topic) {
         let (Some(end), Some(pos)) = (e.offset().to_raw(), positions.get(&e.partition())) else {
