@@ -159,7 +159,7 @@ impl Source {
             timeout: TOPIC_ID_TIMEOUT,
             message: e.to_string(),
         };
-        let expected = if !topic_id::has_controller(&client, TOPIC_ID_TIMEOUT)
+        let expected = if !topic_id::has_controller(&client, &cfg.topic, TOPIC_ID_TIMEOUT)
             .map_err(unreachable)?
         {
             // librdkafka's mock cluster (the demo): info, not a warning on every demo start.

@@ -76,13 +76,15 @@ fn text(p: *const std::os::raw::c_char) -> String {
 /// asking it would only wait for the timeout. Blocking, bounded by `timeout`.
 pub fn has_controller<C: rdkafka::consumer::ConsumerContext>(
     consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
     timeout: Duration,
 ) -> Result<bool, DescribeFailed> {
     use rdkafka::consumer::Consumer;
+    // One topic's metadata: the broker list and the controller come with it.
     let md = consumer
-        .fetch_metadata(None, timeout)
+        .fetch_metadata(Some(topic), timeout)
         .map_err(|e| DescribeFailed {
-            topic: String::new(),
+            topic: topic.to_string(),
             message: format!("cluster metadata: {e}"),
         })?;
     let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
