@@ -173,6 +173,18 @@ pub fn lag(partition: i32, records: i64) {
         .set(records.max(0) as f64);
 }
 
+/// Longest time an owned partition with records waiting has delivered none (0 when none is
+/// stalled); the watchdog acts at `source.stall_timeout_ms`.
+pub fn source_stalled(stalled: std::time::Duration) {
+    gauge!("recon_source_stalled_seconds").set(stalled.as_secs_f64());
+}
+
+/// The watchdog recreated the Kafka consumer after a stall (`n` = 1), or registers the
+/// counter at 0 when the source starts (`n` = 0), so that it is exported before the first one.
+pub fn source_recovered(n: u64) {
+    counter!("recon_source_recoveries_total").increment(n);
+}
+
 /// One table maintained by `recon-pipeline maintain` (snapshots expired, orphans deleted).
 pub fn maintained(
     table: &str,

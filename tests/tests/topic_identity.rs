@@ -9,6 +9,12 @@
 //! Then the operator path: `accept-topic-reset` refuses without `--yes`, with it writes the
 //! entry, and the next run reads the new topic from its start; the tables then hold both
 //! topics' input exactly, and the offset stamps stay contiguous per input epoch.
+//!
+//! `a_topic_recreated_while_the_job_runs_stops_it_before_anything_is_durable` (issue 13,
+//! finding 2): the same, but the topic is deleted and recreated while the job runs. The job
+//! must stop by itself (topic id check of the source's monitor and of the barrier), with the
+//! tables holding exactly the first topic's input and no checkpoint holding a record of the
+//! new one; a restart refuses again; `accept-topic-reset` then works.
 
 use std::time::{Duration, Instant};
 
@@ -307,6 +313,198 @@ fn a_recreated_topic_stops_the_job_loudly() {
     // A second accept finds nothing to accept.
     let (ok, out) = operator(&setup, &["--reason", "again", "--yes"]);
     assert!(!ok && out.contains("no topic reset to accept"), "{out}");
+}
+
+#[test]
+fn a_topic_recreated_while_the_job_runs_stops_it_before_anything_is_durable() {
+    let Some(s) = services_or_skip("a_topic_recreated_while_the_job_runs_stops_it") else {
+        return;
+    };
+    let brokers = s.kafka_bootstrap.clone();
+    let setup = JobSetup::new(&s, "topic_live", 200);
+    let cfg = Config::load(Some(&setup.config)).expect("config");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(create_topic(
+        &brokers,
+        &setup.topic,
+        Duration::from_secs(30),
+    ));
+    let logdir = tempfile::tempdir().unwrap();
+    let seed = u64::from(uuid::Uuid::new_v4().as_u128() as u32);
+    let mut expected = Expected::default();
+    demo::publish(
+        &brokers,
+        &setup.topic,
+        &default_traffic(&setup.topic, 300, seed, PARTITIONS),
+        &mut expected,
+    )
+    .expect("publish");
+    let first_topic = expected.clone();
+    let highs = partitions_of(&brokers, &setup.topic);
+
+    // The job runs with no idle exit; wait until the first topic is consumed and committed.
+    let log = logdir.path().join("running.log");
+    let child = setup.spawn(3_600_000, &[], &log);
+    rt.block_on(recon_tests::wait_until(
+        "the first topic checkpointed and committed",
+        Duration::from_secs(60),
+        || async {
+            let (store, prefix) = checkpoint::store::open(&cfg).ok()?;
+            let head = CheckpointLog::new(store, &prefix, cfg.job_id.clone())
+                .head()
+                .await
+                .ok()??;
+            let all = highs.iter().all(|(p, h)| {
+                head.manifest
+                    .partitions
+                    .get(&recon_pipeline::ids::PartitionId(*p))
+                    .is_some_and(|c| c.end.0 == *h)
+            });
+            (all && reconcile(&cfg, &first_topic).await.is_clean()).then_some(())
+        },
+    ));
+    let consumed = rt.block_on(head(&cfg)).manifest.resume_offsets();
+
+    // Deleted and recreated under the job, with more records than the old offsets. The job is
+    // paused meanwhile (SIGSTOP, as a long GC pause or a descheduled pod would): otherwise its
+    // consumer may first meet the new, still empty topic and stop on "offset out of range";
+    // paused, it resumes fetching at offsets that are valid in the new topic, the case that
+    // lost 12,284 events in the issue's trial.
+    signal(&child, "-STOP");
+    rt.block_on(delete_topic(&brokers, &setup.topic));
+    rt.block_on(create_topic(
+        &brokers,
+        &setup.topic,
+        Duration::from_secs(60),
+    ));
+    demo::publish(
+        &brokers,
+        &setup.topic,
+        &default_traffic(&setup.topic, 900, seed + 2, PARTITIONS),
+        &mut expected,
+    )
+    .expect("publish");
+    signal(&child, "-CONT");
+    let (status, out) = wait_with_deadline(child, &log, Duration::from_secs(90));
+    // Operator-needed class: exit 3, and a supervisor does not restart it.
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the job must stop by itself, operator needed:\n{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("recon-pipeline: error: "))
+        .unwrap_or_else(|| panic!("no error line:\n{out}"));
+    println!("{line}");
+    // Who saw it first: the monitor, the barrier, or the consumer (offset out of range).
+    for l in out
+        .lines()
+        .filter(|l| l.contains("while the job ran") && !l.starts_with("recon-pipeline: error"))
+    {
+        println!("{}", &l[..l.len().min(200)]);
+    }
+    for part in [
+        format!("topic {:?}", setup.topic),
+        "while the job ran".to_string(),
+        "accept-topic-reset".to_string(),
+    ] {
+        assert!(line.contains(&part), "{part:?} missing from: {line}");
+    }
+    // Nothing of the new topic is durable: no checkpoint moved past the first topic's offsets,
+    // and the tables hold exactly the first topic's events.
+    let stopped = rt.block_on(head(&cfg));
+    assert_eq!(
+        stopped.manifest.resume_offsets(),
+        consumed,
+        "a checkpoint holds records of the new topic"
+    );
+    let rec = rt.block_on(reconcile(&cfg, &first_topic));
+    assert!(
+        rec.is_clean(),
+        "the tables hold the first topic only: {rec}"
+    );
+
+    // A restart refuses too, without writing.
+    let (ok, out) = run(&setup, logdir.path(), "restart");
+    assert!(!ok && out.contains("is not the input checkpoint"), "{out}");
+    let again = rt.block_on(head(&cfg));
+    assert_eq!(
+        (again.entry.checkpoint_id, again.entry.generation),
+        (stopped.entry.checkpoint_id, stopped.entry.generation),
+        "the refused restart must not move the log"
+    );
+
+    // The operator accepts the new topic; the next run reads all of it.
+    let (ok, out) = operator(&setup, &["--reason", "recreated while running", "--yes"]);
+    assert!(ok && out.contains("topic reset written"), "{out}");
+    let (ok, out) = run(&setup, logdir.path(), "after-reset");
+    assert!(ok && out.contains("stopped cleanly"), "{out}");
+    let rec = rt.block_on(reconcile(&cfg, &expected));
+    assert!(rec.is_clean(), "both topics' input exactly once: {rec}");
+}
+
+/// The barrier's own check, without the monitor thread (`Source::open` only): a confirmation
+/// for records received after the last one asks the broker, and a recreated or deleted topic
+/// is the operator-needed stop.
+#[test]
+fn the_barrier_confirms_the_topic_id_before_a_checkpoint() {
+    use recon_pipeline::config::RawConfig;
+    use recon_pipeline::ids::PartitionId;
+    use recon_pipeline::source::{Source, SourceError};
+    let Some(s) = services_or_skip("the_barrier_confirms_the_topic_id_before_a_checkpoint") else {
+        return;
+    };
+    let brokers = s.kafka_bootstrap.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for recreate in [true, false] {
+        let topic = recon_tests::unique_name("topic_guard");
+        rt.block_on(create_topic(&brokers, &topic, Duration::from_secs(30)));
+        let cfg = recon_pipeline::config::RawSource {
+            brokers: brokers.clone(),
+            topic: topic.clone(),
+            ..RawConfig::default().source
+        };
+        let partitions: Vec<PartitionId> = (0..PARTITIONS).map(PartitionId).collect();
+        let source = Source::open(&cfg, &partitions).expect("open");
+        let guard = source.guard();
+        assert!(
+            guard.topic_id().is_some(),
+            "the real broker reports topic ids"
+        );
+        rt.block_on(guard.confirm(Some(Instant::now())))
+            .expect("the same topic is confirmed");
+        rt.block_on(delete_topic(&brokers, &topic));
+        if recreate {
+            rt.block_on(create_topic(&brokers, &topic, Duration::from_secs(60)));
+        }
+        let err = rt
+            .block_on(guard.confirm(Some(Instant::now())))
+            .expect_err("a recreated or deleted topic must not be confirmed");
+        let want = if recreate {
+            "was deleted and recreated while the job ran"
+        } else {
+            "was deleted while the job ran"
+        };
+        assert!(
+            matches!(err, SourceError::NotTheSavedInput { .. }) && err.to_string().contains(want),
+            "{err}"
+        );
+        assert!(err.to_string().contains("accept-topic-reset"), "{err}");
+        if recreate {
+            rt.block_on(delete_topic(&brokers, &topic));
+        }
+    }
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`) to the child.
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {}", child.id());
 }
 
 /// Runs `recon-pipeline accept-topic-reset` with `args`; returns success and output.

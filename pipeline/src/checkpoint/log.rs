@@ -459,6 +459,7 @@ impl CheckpointLog {
                     replay_until: Default::default(),
                     alerts: None,
                     input_epoch: 0,
+                    topic_id: None,
                 },
             };
             let entry = self.write_manifest(&manifest, entry_kind).await?;
@@ -549,6 +550,8 @@ pub enum ClaimKind {
 /// restart with no identity and no rewind replay bound (their old offsets mean nothing now).
 fn apply_topic_reset(m: &mut Manifest, restart: &BTreeMap<PartitionId, Option<Offset>>) {
     m.input_epoch += 1;
+    // The old topic's id: the next checkpoint records the new one.
+    m.topic_id = None;
     for (p, at) in restart {
         m.replay_until.remove(p);
         match at {

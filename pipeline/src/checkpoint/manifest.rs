@@ -210,6 +210,12 @@ pub struct Manifest {
     /// are stamped with it (`recon.input-epoch`) when it is not 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub input_epoch: u32,
+    /// Kafka topic id (KIP-516) of the topic every record of this checkpoint came from, when
+    /// the broker reports one. A start that finds another id stops (the topic was deleted and
+    /// recreated). Absent in checkpoints of older builds, of brokers without ids, and after a
+    /// topic reset (the next checkpoint records the new topic's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_id: Option<crate::source::topic_id::TopicId>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -251,6 +257,7 @@ impl Manifest {
             replay_until: self.replay_until.clone(),
             alerts: None,
             input_epoch: self.input_epoch,
+            topic_id: self.topic_id.clone(),
         }
     }
 }

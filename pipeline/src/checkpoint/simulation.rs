@@ -198,6 +198,7 @@ impl Process {
             replay_until: Default::default(),
             alerts: None,
             input_epoch: 0,
+            topic_id: None,
         };
         let entry = self
             .log

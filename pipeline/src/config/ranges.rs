@@ -74,6 +74,13 @@ pub fn numeric_keys(raw: &RawConfig) -> Vec<NumericKey> {
             "the queue holds up to queue_batches_max x poll_batch_records_max records in memory",
         ),
         k(
+            "source.stall_timeout_ms",
+            s.stall_timeout_ms as i128,
+            10_000,
+            86_400_000,
+            "at least 10 s (a broker restart or a rebalance of leaders is not a stall); at most a day",
+        ),
+        k(
             "checkpoint.interval_ms",
             cp.interval_ms as i128,
             10,

@@ -34,6 +34,10 @@ pub struct RawSource {
     pub poll_batch_records_max: usize,
     /// Batches buffered between the consumer thread and the job (back-pressure bound).
     pub queue_batches_max: usize,
+    /// Progress watchdog: a partition with records waiting that delivers none for this long
+    /// (time blocked on the job does not count) makes the source recreate its Kafka consumer;
+    /// a second stall stops the job as transient (exit 1) so the supervisor restarts it.
+    pub stall_timeout_ms: u64,
     /// Extra librdkafka properties (TLS, SASL...). Values are never logged.
     pub properties: BTreeMap<String, String>,
     /// SASL password (librdkafka `sasl.password`). Prefer `sasl_password_file` or the
@@ -52,6 +56,7 @@ impl std::fmt::Debug for RawSource {
             .field("start_from", &self.start_from)
             .field("poll_batch_records_max", &self.poll_batch_records_max)
             .field("queue_batches_max", &self.queue_batches_max)
+            .field("stall_timeout_ms", &self.stall_timeout_ms)
             .field("properties", &RedactedMap(&self.properties))
             .field("sasl_password", &redacted_if_set(&self.sasl_password))
             .field("sasl_password_file", &self.sasl_password_file)
@@ -68,6 +73,7 @@ impl Default for RawSource {
             start_from: StartFrom::Earliest,
             poll_batch_records_max: 4096,
             queue_batches_max: 16,
+            stall_timeout_ms: 120_000,
             properties: BTreeMap::new(),
             sasl_password: String::new(),
             sasl_password_file: String::new(),

@@ -7,13 +7,23 @@ use crate::checkpoint::manifest::{Counts, EntryKind, FORMAT_VERSION, Manifest};
 use crate::config::DeliveryMode;
 use crate::crash::CrashPoint;
 use crate::outputs::balances_pg::BalanceRow;
+use crate::source::InputGuard;
 use crate::state::codec;
 
 use super::{Job, JobError};
 
 impl Job {
     /// Completes checkpoint `last + 1`, then publishes if the commit cadence says so.
-    pub(super) async fn barrier(&mut self) -> Result<(), JobError> {
+    ///
+    /// `input` confirms, before anything of this checkpoint is published or its log entry
+    /// written, that every record received up to `received` came from the topic the job
+    /// started on: a topic deleted or recreated while the job ran stops it here, with nothing
+    /// of the new topic durable (issue 13, finding 2).
+    pub(super) async fn barrier(
+        &mut self,
+        input: &InputGuard,
+        received: Option<Instant>,
+    ) -> Result<(), JobError> {
         let started = Instant::now();
         let id = self.last.next();
         // State: a full file every `full_state_every` checkpoints, else the changed trips only.
@@ -67,6 +77,9 @@ impl Job {
             pending.insert(table.clone(), p);
             files.insert(table, data_files);
         }
+        let confirming = Instant::now();
+        input.confirm(received).await?;
+        let input_confirm_us = confirming.elapsed().as_micros() as u64;
         let alerts = self.stage_alerts(id).await?;
         let exactly_once = self.cfg.delivery == DeliveryMode::ExactlyOnce;
         if self.cfg.delivery == DeliveryMode::AtLeastOnce {
@@ -91,6 +104,7 @@ impl Job {
             replay_until: self.replay_until.clone(),
             alerts,
             input_epoch: self.input_epoch,
+            topic_id: input.topic_id(),
         };
         let entry = self
             .log
@@ -139,6 +153,7 @@ impl Job {
             state_bytes,
             full_state = full,
             pending_bytes,
+            input_confirm_us,
             duration_ms = started.elapsed().as_millis() as u64,
             "checkpoint complete"
         );

@@ -18,6 +18,7 @@
 //! once thanks to the markers.
 
 mod barrier;
+mod input;
 mod outputs;
 mod preflight;
 mod publish;
@@ -44,7 +45,7 @@ use crate::ids::{CheckpointId, Generation, Offset, PartitionId};
 use crate::lakehouse::LakehouseError;
 use crate::sink::rows::Rejected;
 use crate::sink::{Sink, SinkError};
-use crate::source::{Record, Source, SourceError};
+use crate::source::{InputGuard, Record, Source, SourceError};
 use crate::state::{Outcome, State};
 
 /// How a test or the demo injects a crash without killing the process.
@@ -150,6 +151,11 @@ pub struct RunReport {
     pub trips_restored: usize,
     /// Records replayed into state only, after a rewind.
     pub replayed: u64,
+    /// Time from start until the newest batch arrived (`None`: none did).
+    pub last_input: Option<Duration>,
+    /// Time from the stop decision (shutdown, idle) until `run` returned: final checkpoint,
+    /// commit, and the consumer's close.
+    pub stop: Duration,
 }
 
 /// External parts and knobs of one run.
@@ -210,9 +216,15 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     let started = Instant::now();
     // Kafka first: an unreachable broker or a missing topic must not cost a generation.
     let partitions = recovery::owned_partitions(cfg)?;
+    // The topic id before the record check: a topic recreated after this answer is caught by
+    // the record check or, while running, by the monitor and the barrier.
+    let mut source = Source::open(&cfg.source, &partitions)?;
     // Then the topic's identity, before claiming: a recreated topic must not cost a generation
     // either, and nothing may be consumed from it.
     let verified = recovery::verify_head_input(cfg, &env, &partitions).await?;
+    // The records named each partition's difference; the recorded topic id also covers what
+    // they cannot verify (records removed by retention, checkpoints of older builds).
+    input::check_recorded_topic_id(cfg, &env, &source).await?;
     // Then the tables against the log, read-only: a table ahead of the log, rolled back behind
     // its marker, or owned by another job stops here, before the claim writes anything.
     crate::lakehouse::ensure_tables(env.catalog.as_ref(), &cfg.catalog.namespace).await?;
@@ -238,10 +250,12 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     );
     let saved: BTreeMap<PartitionId, Offset> = job.cuts.iter().map(|(p, c)| (*p, c.end)).collect();
     let group = format!("recon-{}", cfg.job_id);
-    let mut source = Source::start(&cfg.source, &group, &partitions, &saved)?;
+    source.start(&group, &saved)?;
     let result = job.main_loop(&mut source, &mut env).await;
+    let stopping = Instant::now();
     source.stop();
     result?;
+    job.report.stop += stopping.elapsed();
     job.report.trips = job.state.trips();
     job.report.last_checkpoint = job.last;
     Ok(job.report)
@@ -252,22 +266,27 @@ impl Job {
         let interval = self.cfg.checkpoint_interval;
         let mut next_barrier = tokio::time::Instant::now() + interval;
         let mut last_input = Instant::now();
+        // When the newest batch arrived: the barrier confirms the topic's identity after it.
+        let mut received: Option<Instant> = None;
+        let guard = source.guard();
         let idle_tick = Duration::from_millis(50);
         loop {
             tokio::select! {
                 biased;
                 _ = env.shutdown.changed() => {
                     tracing::info!("shutdown requested: final checkpoint and commit");
-                    return self.finish().await;
+                    return self.finish(&guard, received).await;
                 }
                 _ = tokio::time::sleep_until(next_barrier) => {
-                    self.barrier().await?;
+                    self.barrier(&guard, received).await?;
                     next_barrier = tokio::time::Instant::now() + interval;
                 }
                 batch = source.next() => {
                     match batch {
                         Some(Ok(records)) => {
                             last_input = Instant::now();
+                            received = Some(last_input);
+                            self.report.last_input = Some(self.started.elapsed());
                             self.process(records).await?;
                         }
                         Some(Err(e)) => return Err(e.into()),
@@ -275,20 +294,30 @@ impl Job {
                     }
                 }
                 _ = tokio::time::sleep(idle_tick), if env.idle_exit.is_some() => {
+                    // Idle only when every owned partition is at its end and nothing waits in
+                    // the queue: a slow consumer is not an idle one (issue 13, finding 8).
                     if let Some(idle) = env.idle_exit
                         && last_input.elapsed() >= idle
+                        && source.drained()
                     {
-                        tracing::info!(idle_ms = idle.as_millis() as u64, "no input: final checkpoint and commit");
-                        return self.finish().await;
+                        tracing::info!(idle_ms = idle.as_millis() as u64, "no input and every partition at its end: final checkpoint and commit");
+                        return self.finish(&guard, received).await;
                     }
                 }
             }
         }
     }
 
-    async fn finish(&mut self) -> Result<(), JobError> {
-        self.barrier().await?;
-        self.publish().await
+    async fn finish(
+        &mut self,
+        guard: &InputGuard,
+        received: Option<Instant>,
+    ) -> Result<(), JobError> {
+        let stopping = Instant::now();
+        self.barrier(guard, received).await?;
+        self.publish().await?;
+        self.report.stop = stopping.elapsed();
+        Ok(())
     }
 
     /// Decodes and applies a batch of records; routes each to a table or the dead-letter table.

@@ -191,7 +191,9 @@ fn source_class(e: &SourceError) -> StopClass {
     match e {
         SourceError::Config(_) | SourceError::Refused { .. } => StopClass::Config,
         // A missing topic may be created by someone else: restarting then helps.
-        SourceError::Unreachable { .. } | SourceError::NoTopic { .. } => StopClass::Transient,
+        SourceError::Unreachable { .. }
+        | SourceError::NoTopic { .. }
+        | SourceError::Stalled { .. } => StopClass::Transient,
         SourceError::NotTheSavedInput { .. } | SourceError::Read { .. } => {
             StopClass::OperatorNeeded
         }

@@ -8,26 +8,24 @@
 //! reading, recovery checks that the topic still holds the records the checkpoint consumed
 //! ([`identity`], [`probe`]): offsets of a recreated topic are valid but mean other records.
 
+mod consumer;
 pub mod identity;
+mod monitor;
 pub mod probe;
+pub mod topic_id;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+pub use consumer::{InputGuard, Source};
+
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
-use tokio::sync::mpsc;
 
-use crate::config::{RawSource, StartFrom};
+use crate::config::RawSource;
 use crate::ids::{Offset, PartitionId};
 
 pub mod security;
-use security::{SECURITY_HINT, SecurityWatch, is_security_error};
+use security::{SECURITY_HINT, SecurityWatch};
 
 /// How long metadata lookups may take before the broker counts as unreachable.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,6 +110,20 @@ pub enum SourceError {
         /// Cause.
         message: String,
     },
+    /// Records are waiting but none arrived for `source.stall_timeout_ms`, even after the
+    /// consumer was recreated. Transient: a restart (new process, new connections) resumes from
+    /// the last checkpoint.
+    #[error(
+        "reading {topic}: partitions {partitions:?} have records waiting but delivered none for {stalled:.0?}, even after the Kafka consumer was recreated; stopping so that the supervisor restarts the job (it resumes from the last checkpoint). Check the broker's logs and `recon_source_stalled_seconds`"
+    )]
+    Stalled {
+        /// Topic.
+        topic: String,
+        /// The partitions that made no progress.
+        partitions: Vec<i32>,
+        /// How long they made none.
+        stalled: Duration,
+    },
 }
 
 fn client_config(cfg: &RawSource, group: &str) -> ClientConfig {
@@ -122,7 +134,9 @@ fn client_config(cfg: &RawSource, group: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "error")
-        .set("enable.partition.eof", "false")
+        // End-of-partition events tell the idle exit that a partition is drained; the consumer
+        // thread consumes them silently.
+        .set("enable.partition.eof", "true")
         .set("fetch.min.bytes", "1")
         .set("fetch.wait.max.ms", "100")
         .set("queued.max.messages.kbytes", "65536");
@@ -170,173 +184,5 @@ pub fn topic_partitions(cfg: &RawSource) -> Result<Vec<PartitionId>, SourceError
             topic: cfg.topic.clone(),
             brokers: cfg.brokers.clone(),
         }),
-    }
-}
-
-/// The running consumer thread.
-pub struct Source {
-    rx: mpsc::Receiver<Result<Vec<Record>, SourceError>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Source {
-    /// Starts reading `partitions`, each from its saved offset or `start_from`.
-    pub fn start(
-        cfg: &RawSource,
-        group: &str,
-        partitions: &[PartitionId],
-        saved: &BTreeMap<PartitionId, Offset>,
-    ) -> Result<Source, SourceError> {
-        let consumer: BaseConsumer<SecurityWatch> = client_config(cfg, group)
-            .create_with_context(SecurityWatch::default())
-            .map_err(|e| SourceError::Config(crate::secrets::kafka_error_text(&e)))?;
-        let mut tpl = TopicPartitionList::new();
-        for p in partitions {
-            let off = match saved.get(p) {
-                Some(o) => KafkaOffset::Offset(o.0),
-                None => match cfg.start_from {
-                    StartFrom::Earliest => KafkaOffset::Beginning,
-                    StartFrom::Latest => KafkaOffset::End,
-                },
-            };
-            tpl.add_partition_offset(&cfg.topic, p.0, off)
-                .map_err(|e| SourceError::Config(e.to_string()))?;
-        }
-        consumer.assign(&tpl).map_err(|e| SourceError::Read {
-            topic: cfg.topic.clone(),
-            message: format!("assign: {e}"),
-        })?;
-        let (tx, rx) = mpsc::channel(cfg.queue_batches_max);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = Arc::clone(&stop);
-        let batch_max = cfg.poll_batch_records_max;
-        let topic = cfg.topic.clone();
-        let thread = std::thread::Builder::new()
-            .name("recon-source".into())
-            .spawn(move || poll_loop(consumer, tx, stop2, batch_max, topic))
-            .map_err(|e| SourceError::Config(format!("cannot start the consumer thread: {e}")))?;
-        Ok(Source {
-            rx,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// The next batch; `None` once the thread has stopped.
-    pub async fn next(&mut self) -> Option<Result<Vec<Record>, SourceError>> {
-        self.rx.recv().await
-    }
-
-    /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.rx.close();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Source {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// How often consumer lag is measured.
-pub const LAG_EVERY: Duration = Duration::from_secs(5);
-
-/// Lag per assigned partition: high watermark minus the consumer's position.
-fn report_lag(consumer: &BaseConsumer<SecurityWatch>, topic: &str) {
-    let Ok(positions) = consumer.position() else {
-        return;
-    };
-    for e in positions.elements_for_topic(topic) {
-        let Some(pos) = e.offset().to_raw() else {
-            continue;
-        };
-        if let Ok((_, high)) =
-            consumer.fetch_watermarks(topic, e.partition(), Duration::from_millis(500))
-        {
-            crate::telemetry::lag(e.partition(), high - pos.max(0));
-        }
-    }
-}
-
-fn poll_loop(
-    consumer: BaseConsumer<SecurityWatch>,
-    tx: mpsc::Sender<Result<Vec<Record>, SourceError>>,
-    stop: Arc<AtomicBool>,
-    batch_max: usize,
-    topic: String,
-) {
-    let mut batch = Vec::with_capacity(batch_max);
-    let mut lag_at = std::time::Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if lag_at.elapsed() >= LAG_EVERY {
-            lag_at = std::time::Instant::now();
-            report_lag(&consumer, &topic);
-        }
-        // Block briefly for the first record, then drain what is already fetched.
-        let mut wait = Duration::from_millis(50);
-        while batch.len() < batch_max {
-            match consumer.poll(wait) {
-                None => break,
-                Some(Ok(m)) => batch.push(Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    timestamp_ms: m.timestamp().to_millis(),
-                }),
-                Some(Err(e)) => {
-                    let code = e.rdkafka_error_code();
-                    let fatal = matches!(
-                        code,
-                        Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange)
-                            | Some(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset)
-                            | Some(rdkafka::types::RDKafkaErrorCode::Fatal)
-                    );
-                    if fatal {
-                        let _ = tx.blocking_send(Err(SourceError::Read {
-                            topic: topic.clone(),
-                            message: format!(
-                                "{e}; a saved offset is no longer in the topic (retention?) — stopping rather than skipping data"
-                            ),
-                        }));
-                        return;
-                    }
-                    // Credentials revoked or rotated while running: stop; a restart reads the
-                    // current secret.
-                    if is_security_error(code) {
-                        let reason = consumer
-                            .context()
-                            .failure()
-                            .unwrap_or_else(|| e.to_string());
-                        let _ = tx.blocking_send(Err(SourceError::Read {
-                            topic: topic.clone(),
-                            message: format!(
-                                "the broker refused the connection: {reason}; {SECURITY_HINT}"
-                            ),
-                        }));
-                        return;
-                    }
-                    tracing::warn!(error = %e, "Kafka consumer error (librdkafka retries)");
-                    break;
-                }
-            }
-            wait = Duration::ZERO;
-        }
-        if !batch.is_empty() {
-            let out = std::mem::replace(&mut batch, Vec::with_capacity(batch_max));
-            if tx.blocking_send(Ok(out)).is_err() {
-                return;
-            }
-        }
     }
 }

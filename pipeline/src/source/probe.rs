@@ -11,6 +11,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 
 use super::identity::{self, AtOffset, Seen, Watermarks};
+use super::security::SecurityWatch;
 use super::{METADATA_TIMEOUT, SourceError, client_config};
 use crate::checkpoint::manifest::{LastRecord, PartitionCut};
 use crate::config::RawSource;
@@ -40,9 +41,10 @@ pub fn observe(
     let mut config = client_config(cfg, group);
     // The end of a partition must be an answer, not a wait until the deadline.
     config.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = config
-        .create()
-        .map_err(|e| SourceError::Config(e.to_string()))?;
+    // SecurityWatch: its error callback drops the end-of-partition events this probe waits for.
+    let consumer: BaseConsumer<SecurityWatch> = config
+        .create_with_context(SecurityWatch::default())
+        .map_err(|e| SourceError::Config(crate::secrets::kafka_error_text(&e)))?;
     let unreachable = |e: KafkaError, what: &str| SourceError::Unreachable {
         brokers: cfg.brokers.clone(),
         timeout: PROBE_TIMEOUT,
@@ -93,7 +95,7 @@ pub fn observe(
 
 /// Reads the first committed record at or after each offset in `wanted`, until `deadline`.
 fn read_at(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<SecurityWatch>,
     topic: &str,
     wanted: &BTreeMap<PartitionId, Offset>,
     deadline: Instant,

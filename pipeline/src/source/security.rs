@@ -110,7 +110,14 @@ impl ClientContext for SecurityWatch {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if is_security_error(error.rdkafka_error_code()) {
+        let code = error.rdkafka_error_code();
+        // rdkafka hands every error event to this callback as well as to the poller, the end
+        // of a partition included: that is the consumers' expected answer, not an error
+        // (issue 13, finding 9: an ERROR line per partition on every start).
+        if code == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        if is_security_error(code) {
             self.remember(reason);
         }
         tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");

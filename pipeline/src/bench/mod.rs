@@ -8,6 +8,11 @@
 //!    restart's recovery time covers claim, committing the pending checkpoint, and state restore.
 //! 4. State: `--state-trips` open trips are loaded into state; resident memory per trip, and
 //!    the cost of a barrier's state work (a delta of 1% of trips; a full file) are measured.
+//!
+//! `--partition-scaling` measures only the drain of one backlog over a few and over many
+//! partitions ([`partitions`]).
+
+mod partitions;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -64,6 +69,13 @@ pub struct BenchArgs {
     /// PostgreSQL database of the current-balance output for `--outputs`.
     #[arg(long)]
     pub current_balances_url: Option<String>,
+    /// Measure only how the drain of `--events` scales with the partition count: one topic per
+    /// count in `--scaling-partitions`.
+    #[arg(long)]
+    pub partition_scaling: bool,
+    /// Partition counts of `--partition-scaling`, fewest first.
+    #[arg(long, value_delimiter = ',', default_values_t = [12, 1000])]
+    pub scaling_partitions: Vec<i32>,
 }
 
 #[derive(Parser)]
@@ -99,6 +111,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     let dir = std::fs::canonicalize(&dir)?;
     let mut result = json!({ "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } });
 
+    if args.partition_scaling {
+        result["partition_scaling"] = partitions::run(&args, &dir).await?;
+        let text = serde_json::to_string_pretty(&result)?;
+        println!("{text}");
+        if let Some(p) = &args.json {
+            std::fs::write(p, &text)?;
+        }
+        return Ok(result);
+    }
     result["state"] = state_bench(&dir, args.state_trips).await?;
     if !args.state_only {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
