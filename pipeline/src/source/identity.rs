@@ -142,6 +142,15 @@ pub enum Mismatch {
         /// Current high watermark.
         high: Offset,
     },
+    /// The partition now starts after the saved offset: records the job had not read yet were
+    /// removed (retention, `kafka-delete-records`) while it was stopped. Resuming would skip
+    /// them silently.
+    SavedOffsetRemoved {
+        /// Saved next offset.
+        saved: Offset,
+        /// Current low watermark.
+        low: Offset,
+    },
     /// The last consumed record's offset holds no committed record, though retention has not
     /// reached it.
     RecordGone {
@@ -205,6 +214,14 @@ pub fn judge(saved: &PartitionCut, seen: &Seen) -> Verdict {
             high: w.high,
         });
     }
+    if w.low > saved.end {
+        // Checked before the claim: otherwise the consumer only finds it (offset out of range)
+        // after a generation was claimed and the tables were published.
+        return Verdict::Stop(Mismatch::SavedOffsetRemoved {
+            saved: saved.end,
+            low: w.low,
+        });
+    }
     let Some(expected) = saved.last else {
         return if saved.end.0 == 0 {
             Verdict::NothingConsumed
@@ -260,6 +277,10 @@ impl fmt::Display for Mismatch {
             Mismatch::EndsBeforeSavedOffset { saved, high } => write!(
                 f,
                 "the checkpoint resumes at offset {saved}, but the partition ends at {high} (high watermark)"
+            ),
+            Mismatch::SavedOffsetRemoved { saved, low } => write!(
+                f,
+                "the checkpoint resumes at offset {saved}, but the partition now starts at {low} (low watermark): records {saved}..{low} were removed (retention or delete-records) before the job read them"
             ),
             Mismatch::RecordGone { expected, next } => {
                 write!(
@@ -424,6 +445,24 @@ mod tests {
             Verdict::Unverified(Unverified::RemovedByRetention {
                 offset: Offset(9),
                 low: Offset(10),
+            }),
+        );
+        // Records the job had not read yet were removed (retention, delete-records): stop
+        // before the claim, whether or not the last consumed record is still known.
+        check(
+            cut(10, Some(l)),
+            seen(14, 50, None),
+            Verdict::Stop(Mismatch::SavedOffsetRemoved {
+                saved: Offset(10),
+                low: Offset(14),
+            }),
+        );
+        check(
+            cut(10, None),
+            seen(11, 50, None),
+            Verdict::Stop(Mismatch::SavedOffsetRemoved {
+                saved: Offset(10),
+                low: Offset(11),
             }),
         );
         // ... but a partition that ends before the saved offset stops even then.
