@@ -8,7 +8,7 @@
 //! sent, with `recon_pipeline::reconcile` and with `batch_verify::verify` for every business day
 //! the records touch. See `tests/chaos/README.md`.
 //!
-//! Read in this order: [`plan`] (what a scenario is) -> [`scenario`] (running one: faults,
+//! Read in this order: [`plan`] (what a scenario is) -> [`scenario`] (running one: `orch`, `faults`,
 //! orchestrator, recovery) -> [`verify`] -> [`report`]. The fault machinery: [`services`] (a
 //! private service set whose broker and PostgreSQL can be stopped), [`proxy`] (S3 and PostgreSQL
 //! proxies that inject storage and catalog faults without any hook in the pipeline), [`traffic`]
