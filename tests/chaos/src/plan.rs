@@ -5,6 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use recon_pipeline::crash::CrashPoint;
 
+use crate::operator::OperatorFault;
 use crate::traffic::Hostile;
 
 /// How the catalog commit is made ambiguous (in the PostgreSQL proxy).
@@ -177,6 +178,8 @@ pub struct Plan {
     pub faults: Vec<Fault>,
     /// A terminal stop instead of faults.
     pub terminal: Option<Terminal>,
+    /// An operator fault instead of faults (the scenario then ends exact after the remedy).
+    pub operator: Option<OperatorFault>,
     /// Knobs.
     pub knobs: Knobs,
 }
@@ -377,6 +380,14 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
             .into_iter()
             .find(|t| !drawable && !filter.only.is_empty() && filter.allows(t.kind()))
     });
+    // `--only` operator kinds alone: no terminal either.
+    let terminal = terminal.filter(|_| {
+        filter.only.is_empty()
+            || !filter
+                .only
+                .iter()
+                .all(|o| crate::operator::KINDS.contains(&o.as_str()))
+    });
     let mut faults = Vec::new();
     if terminal.is_none() && drawable {
         let n = rng.random_range(1..=3);
@@ -412,6 +423,21 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
             faults.insert(at, f);
         }
     }
+    // Operator faults come from their own stream too, and replace the faults when drawn.
+    let mut op = ChaCha8Rng::seed_from_u64(seed ^ 0x6f70_6572_6174_6f72);
+    let op_only = !filter.only.is_empty()
+        && filter
+            .only
+            .iter()
+            .all(|o| crate::operator::KINDS.contains(&o.as_str()));
+    let operator = if terminal.is_none() && (op.random_bool(0.25) || op_only) {
+        OperatorFault::draw(&mut op, filter)
+    } else {
+        None
+    };
+    if operator.is_some() {
+        faults.clear();
+    }
     let order_safe = faults
         .iter()
         .any(|f| matches!(f, Fault::PartitionAdded { .. }));
@@ -424,6 +450,12 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
     while hostile.len() < k {
         let h = Hostile::ALL[rng.random_range(0..Hostile::ALL.len())];
         if order_safe && matches!(h, Hostile::DuplicateBurst | Hostile::TwoCurrencies) {
+            continue;
+        }
+        // Part of a recreated topic is lost: a second currency's verdict depends on it.
+        if operator == Some(OperatorFault::TopicRecreatedWhileRunning)
+            && h == Hostile::TwoCurrencies
+        {
             continue;
         }
         if !hostile.contains(&h) {
@@ -439,6 +471,7 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
         hostile,
         faults,
         terminal,
+        operator,
         knobs,
     }
 }
@@ -446,6 +479,7 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
 /// The bounded CI pass: a fixed list of scenario shapes that together inject every fault kind and
 /// every hostile class at least once; `seed` varies traffic and timings.
 pub fn ci(seed: u64, scale: Scale, controllable: bool) -> Vec<Plan> {
+    use crate::operator::{Condition, OperatorFault as O};
     use Fault as F;
     let shapes: Vec<(Vec<Fault>, Vec<Hostile>, Option<Terminal>)> = vec![
         (
@@ -535,10 +569,21 @@ pub fn ci(seed: u64, scale: Scale, controllable: bool) -> Vec<Plan> {
         ),
         (vec![], vec![], Some(Terminal::LogTruncated)),
     ];
-    shapes
+    // Two cheap operator faults: a second job id, and a crash loop over a deleted log entry.
+    let operators = [
+        O::SecondJobId,
+        O::CrashLoop {
+            condition: Condition::NewestEntryDeleted,
+            restarts: 4,
+        },
+    ];
+    let shapes = shapes
         .into_iter()
+        .map(|(f, h, t)| (f, h, t, None))
+        .chain(operators.map(|o| (vec![], vec![], None, Some(o))));
+    shapes
         .enumerate()
-        .map(|(i, (faults, hostile, terminal))| {
+        .map(|(i, (faults, hostile, terminal, operator))| {
             let s = derive_seed(seed, i as u32);
             let mut rng = ChaCha8Rng::seed_from_u64(s);
             let faults: Vec<Fault> = faults
@@ -553,6 +598,7 @@ pub fn ci(seed: u64, scale: Scale, controllable: bool) -> Vec<Plan> {
                 hostile,
                 faults,
                 terminal,
+                operator,
                 knobs: Knobs {
                     checkpoint_interval_ms: 250,
                     commit_attempts_max: 5,

@@ -495,6 +495,8 @@ struct Deliveries {
     ok: AtomicU64,
     failed: AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
+    /// `(partition, offset)` of each acknowledged record, by its index in the publish.
+    positions: std::sync::Mutex<Vec<Option<(i32, i64)>>>,
 }
 
 struct Counting(Arc<Deliveries>);
@@ -502,11 +504,14 @@ struct Counting(Arc<Deliveries>);
 impl ClientContext for Counting {}
 
 impl ProducerContext for Counting {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, i: usize) {
         match result {
-            Ok(_) => {
+            Ok(m) => {
                 self.0.ok.fetch_add(1, Ordering::Relaxed);
+                if let Some(slot) = self.0.positions.lock().expect("lock").get_mut(i) {
+                    *slot = Some((m.partition(), m.offset()));
+                }
             }
             Err((e, m)) => {
                 self.0.failed.fetch_add(1, Ordering::Relaxed);
@@ -520,10 +525,12 @@ impl ProducerContext for Counting {
 }
 
 /// What a publish did.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Published {
     /// Records acknowledged.
     pub acked: u64,
+    /// `(partition, offset)` of each record, in publish order.
+    pub positions: Vec<(i32, i64)>,
     /// Time taken.
     pub elapsed: Duration,
 }
@@ -550,6 +557,7 @@ pub fn publish(
 ) -> anyhow::Result<Published> {
     let started = Instant::now();
     let d = Arc::new(Deliveries::default());
+    *d.positions.lock().expect("lock") = vec![None; records.len()];
     let producer: BaseProducer<Counting> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -560,8 +568,9 @@ pub fn publish(
         .set("reconnect.backoff.max.ms", "1000")
         .create_with_context(Counting(d.clone()))
         .context("creating the producer")?;
-    for r in records {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(&r.payload[..]);
+    for (i, r) in records.iter().enumerate() {
+        let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, i).payload(&r.payload[..]);
         if let Some(k) = &r.key {
             rec = rec.key(&k[..]);
         }
@@ -617,8 +626,13 @@ pub fn publish(
         "{acked} acknowledged of {}",
         records.len()
     );
+    let positions = std::mem::take(&mut *d.positions.lock().expect("lock"))
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .context("a record was acknowledged without its position")?;
     Ok(Published {
         acked,
+        positions,
         elapsed: started.elapsed(),
     })
 }

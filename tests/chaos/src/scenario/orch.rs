@@ -325,3 +325,62 @@ impl Drop for Publisher {
         let _ = self.join();
     }
 }
+
+/// A supervisor's restart policy as a systemd unit states it (`Restart=`,
+/// `RestartPreventExitStatus=`).
+pub(super) struct RestartPolicy {
+    restart: String,
+    prevent: Vec<i32>,
+}
+
+impl RestartPolicy {
+    /// Reads the policy of a systemd unit file.
+    pub(super) fn read(unit: &Path) -> anyhow::Result<RestartPolicy> {
+        let text = std::fs::read_to_string(unit)
+            .with_context(|| format!("reading the systemd unit {}", unit.display()))?;
+        let value = |key: &str| {
+            text.lines()
+                .rev()
+                .map(str::trim)
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        };
+        Ok(RestartPolicy {
+            restart: value("Restart=").unwrap_or_else(|| "no".into()),
+            prevent: value("RestartPreventExitStatus=")
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+        })
+    }
+
+    /// Whether systemd restarts the service after it exits with `code`.
+    pub(super) fn restarts_after(&self, code: i32) -> bool {
+        if self.prevent.contains(&code) {
+            return false;
+        }
+        match self.restart.as_str() {
+            "always" => true,
+            "on-failure" | "on-abnormal" | "on-abort" | "on-watchdog" => {
+                code != 0 && self.restart == "on-failure"
+            }
+            "on-success" => code == 0,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Restart={}, RestartPreventExitStatus={}",
+            self.restart,
+            self.prevent
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    }
+}
