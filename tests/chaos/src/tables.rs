@@ -155,3 +155,18 @@ pub async fn set_main(verify_config: &Path, table: &str, snapshot_id: i64) -> an
     }
     Ok(())
 }
+
+/// Drops every table of the job's namespace and the namespace (clean-up; the files are deleted
+/// with the prefixes).
+pub async fn drop_namespace(verify_config: &Path) -> anyhow::Result<()> {
+    let (cfg, c) = open(verify_config).await?;
+    let ns = NamespaceIdent::new(cfg.catalog.namespace.clone());
+    if !c.namespace_exists(&ns).await? {
+        return Ok(());
+    }
+    for ident in c.list_tables(&ns).await? {
+        c.drop_table(&ident).await?;
+    }
+    c.drop_namespace(&ns).await?;
+    Ok(())
+}

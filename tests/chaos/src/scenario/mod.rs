@@ -227,7 +227,11 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Outcome {
     ctx.s3.faults.disable();
     ctx.pg.disarm();
     ctx.pg.accept();
+    // (`infra/local/up` only when a service was stopped on purpose or the scenario went wrong: it
+    // costs seconds per scenario.)
+    let stopped_a_service = plan.faults.iter().any(Fault::needs_service_control);
     if ctx.services.controllable()
+        && (stopped_a_service || out.result != "clean")
         && let Err(e) = ctx.services.ensure_up()
     {
         out.observations
@@ -311,6 +315,9 @@ impl<'a> Scenario<'a> {
             },
         )?;
         let brokers = ctx.services.endpoints.kafka.clone();
+        // Leftovers of an earlier run with the same seed on shared services (a failed scenario
+        // keeps its topic and tables for inspection).
+        finish::purge(ctx, &job, true);
         ctx.rt.block_on(crate::kafka::create_topic(
             &brokers,
             &job.topic,

@@ -223,7 +223,13 @@ impl Scenario<'_> {
             before.log_entries()
         ));
         // The shipped unit: would systemd restart after this exit?
-        let unit = crate::services::repo_root().join("infra/systemd/recon-pipeline.service");
+        // The unit shipped with the binary under test (`RECON_CHAOS_SYSTEMD_UNIT` when the binary
+        // comes from another tree).
+        let unit = std::env::var_os("RECON_CHAOS_SYSTEMD_UNIT")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                crate::services::repo_root().join("infra/systemd/recon-pipeline.service")
+            });
         let policy = RestartPolicy::read(&unit)?;
         if policy.restarts_after(OPERATOR_NEEDED) {
             return Err(Failure::Pipeline(format!(
