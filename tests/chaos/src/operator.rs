@@ -130,3 +130,71 @@ impl OperatorFault {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{self, Scale};
+
+    const SCALE: Scale = Scale {
+        trips_min: 10,
+        trips_max: 20,
+    };
+
+    #[test]
+    fn only_an_operator_kind_draws_it_every_time_and_nothing_else() {
+        let filter = Filter {
+            exclude: vec![],
+            only: vec!["table_rolled_back".into()],
+        };
+        for i in 0..50 {
+            let p = plan::random(i, plan::derive_seed(3, i), SCALE, true, &filter);
+            assert!(
+                matches!(
+                    p.operator,
+                    Some(OperatorFault::Condition(Condition::TableRolledBack { .. }))
+                ),
+                "{p:?}"
+            );
+            assert!(p.faults.is_empty() && p.terminal.is_none(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn random_mode_draws_every_operator_kind_and_excludes_them_on_request() {
+        let all = Filter::default();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut operator = 0;
+        for i in 0..400 {
+            let p = plan::random(i, plan::derive_seed(5, i), SCALE, true, &all);
+            if let Some(o) = p.operator {
+                operator += 1;
+                seen.insert(o.kind());
+                assert!(p.faults.is_empty() && p.terminal.is_none(), "{p:?}");
+            }
+        }
+        assert_eq!(seen.len(), KINDS.len(), "{seen:?}");
+        assert!((60..=140).contains(&operator), "{operator} of 400");
+        let none = Filter {
+            exclude: KINDS.map(String::from).to_vec(),
+            only: vec![],
+        };
+        for i in 0..100 {
+            let p = plan::random(i, plan::derive_seed(5, i), SCALE, true, &none);
+            assert!(p.operator.is_none(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn ci_list_holds_two_operator_faults() {
+        let ci = plan::ci(1, SCALE, true);
+        let ops: Vec<&str> = ci
+            .iter()
+            .filter_map(|p| p.operator.map(|o| o.kind()))
+            .collect();
+        assert_eq!(
+            ops,
+            ["second_job_id_same_tables", "crash_loop_restart_policy"]
+        );
+    }
+}

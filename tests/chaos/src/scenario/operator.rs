@@ -432,3 +432,59 @@ fn reclassify(records: &[Record], lost: &[Record]) -> Vec<Record> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::traffic::{TrafficSpec, build};
+
+    #[test]
+    fn a_resend_whose_first_version_was_lost_becomes_the_first_version() {
+        let t = build(&TrafficSpec {
+            seed: 9,
+            trips: 400,
+            partitions: 2,
+            hostile: vec![],
+            order_safe: false,
+        })
+        .unwrap();
+        // Lose the first version of every event that is re-sent later.
+        let resent: HashSet<uuid::Uuid> = t
+            .records
+            .iter()
+            .filter_map(|r| match &r.kind {
+                RecordKind::Duplicate(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert!(!resent.is_empty());
+        let (lost, kept): (Vec<Record>, Vec<Record>) = t.records.iter().cloned().partition(
+            |r| matches!(&r.kind, RecordKind::Valid(ev) if resent.contains(&ev.event_id)),
+        );
+        let out = reclassify(&kept, &lost);
+        assert_eq!(out.len(), kept.len());
+        for id in &resent {
+            let valid = out
+                .iter()
+                .filter(|r| matches!(&r.kind, RecordKind::Valid(ev) if ev.event_id == *id))
+                .count();
+            assert_eq!(
+                valid, 1,
+                "event {id}: one re-send must become the first version"
+            );
+        }
+        // Nothing lost: classification unchanged.
+        assert_eq!(
+            reclassify(&t.records, &[])
+                .iter()
+                .map(|r| std::mem::discriminant(&r.kind))
+                .collect::<Vec<_>>(),
+            t.records
+                .iter()
+                .map(|r| std::mem::discriminant(&r.kind))
+                .collect::<Vec<_>>()
+        );
+    }
+}

@@ -384,3 +384,26 @@ impl std::fmt::Display for RestartPolicy {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> RestartPolicy {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        RestartPolicy::read(f.path()).unwrap()
+    }
+
+    #[test]
+    fn restart_policy_follows_restart_prevent_exit_status() {
+        let old = policy("[Service]\nRestart=on-failure\nRestartPreventExitStatus=2\n");
+        assert!(old.restarts_after(3) && old.restarts_after(1) && !old.restarts_after(2));
+        assert!(!old.restarts_after(0));
+        let new = policy("[Service]\nRestart=on-failure\nRestartPreventExitStatus=2 3 4\n");
+        assert!(!new.restarts_after(3) && !new.restarts_after(4) && new.restarts_after(1));
+        let naive = policy("[Service]\nRestart=always\n");
+        assert!(naive.restarts_after(3) && naive.restarts_after(0));
+        assert!(!policy("[Service]\n").restarts_after(1));
+    }
+}
