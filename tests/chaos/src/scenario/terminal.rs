@@ -90,6 +90,8 @@ impl Scenario<'_> {
         // What a correct job would have had to read (for the report, if it does not stop).
         traffic::expect(&mut self.expected, &b);
         self.sent.extend(b.iter().cloned());
+        // An operator-needed stop: exit 3, and nothing written.
+        let before = self.footprint()?;
         let mut run = self.orch.job.spawn(Some(4_000), &[])?;
         let status = pipeline(run.wait(Duration::from_secs(180)))?;
         self.orch.record_exit(&run, status, Some("must stop"));
@@ -117,6 +119,18 @@ impl Scenario<'_> {
                 t.kind()
             )));
         };
+        let diff = self.footprint()?.diff(&before);
+        if status.code() != Some(3) || !diff.is_empty() {
+            return Err(Failure::Pipeline(format!(
+                "{}: the stop must be exit 3 (operator needed) and write nothing; it ended {status} ({}): {msg}",
+                t.kind(),
+                if diff.is_empty() {
+                    "nothing written".to_string()
+                } else {
+                    format!("it wrote: {diff}")
+                }
+            )));
+        }
         out.observations
             .push(format!("{}: job stopped loudly: {}", t.kind(), short(&msg)));
         if t == Terminal::TopicRecreated && self.orch.job.has_subcommand("accept-topic-reset") {
