@@ -156,6 +156,36 @@ impl ChaosJob {
         })
     }
 
+    /// Another job id on the same namespace, topic, checkpoint store and warehouse (what an
+    /// operator following "start under a new job_id" would do); its runs log to `dir`.
+    pub fn with_job_id(&self, job_id: &str, dir: &Path) -> anyhow::Result<ChaosJob> {
+        std::fs::create_dir_all(dir)?;
+        let rewrite = |from: &Path, file: &str| -> anyhow::Result<PathBuf> {
+            let text = std::fs::read_to_string(from)?;
+            let old = format!("job_id = \"{}\"\n", self.name);
+            anyhow::ensure!(
+                text.starts_with(&old),
+                "unexpected configuration {}",
+                from.display()
+            );
+            let path = dir.join(file);
+            std::fs::write(
+                &path,
+                text.replacen(&old, &format!("job_id = \"{job_id}\"\n"), 1),
+            )?;
+            Ok(path)
+        };
+        Ok(ChaosJob {
+            name: job_id.to_string(),
+            topic: self.topic.clone(),
+            config: rewrite(&self.config, "recon.toml")?,
+            verify_config: rewrite(&self.verify_config, "verify.toml")?,
+            dir: dir.to_path_buf(),
+            binary: self.binary.clone(),
+            runs: 0,
+        })
+    }
+
     /// Runs of this job so far.
     pub fn runs(&self) -> u32 {
         self.runs

@@ -8,7 +8,7 @@
 //! sent, with `recon_pipeline::reconcile` and with `batch_verify::verify` for every business day
 //! the records touch. See `tests/chaos/README.md`.
 //!
-//! Read in this order: [`plan`] (what a scenario is) -> [`scenario`] (running one: faults,
+//! Read in this order: [`plan`] (what a scenario is) -> [`scenario`] (running one: `orch`, `faults`,
 //! orchestrator, recovery) -> [`verify`] -> [`report`]. The fault machinery: [`services`] (a
 //! private service set whose broker and PostgreSQL can be stopped), [`proxy`] (S3 and PostgreSQL
 //! proxies that inject storage and catalog faults without any hook in the pipeline), [`traffic`]
@@ -17,12 +17,14 @@
 
 pub mod job;
 pub mod kafka;
+pub mod operator;
 pub mod plan;
 pub mod proxy;
 pub mod report;
 pub mod scenario;
 pub mod services;
 pub mod storage;
+pub mod tables;
 pub mod traffic;
 pub mod verify;
 
@@ -236,6 +238,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
                 p.terminal
                     .map(|t| format!(" terminal {}", t.kind()))
                     .unwrap_or_default()
+                    + &p.operator
+                        .map(|o| format!(" operator {o:?}"))
+                        .unwrap_or_default()
             );
         }
         // A harness bug must not end a soak: it voids its scenario.

@@ -61,11 +61,12 @@ struct Cli {
     /// Less output on stderr.
     #[arg(long, short)]
     quiet: bool,
-    /// Never draw this fault or terminal kind (repeatable; names as in the report), e.g.
+    /// Never draw this fault, terminal or operator kind (repeatable; names as in the report), e.g.
     /// `--exclude kafka_partition_added`.
     #[arg(long)]
     exclude: Vec<String>,
-    /// Draw only these fault / terminal kinds (repeatable), e.g. `--only rewind_request`.
+    /// Draw only these fault / terminal / operator kinds (repeatable), e.g. `--only
+    /// rewind_request` or `--only table_rolled_back`.
     #[arg(long)]
     only: Vec<String>,
     /// List the kinds `--only` / `--exclude` accept, and exit.
@@ -85,6 +86,7 @@ fn main() -> ExitCode {
         ]
         .map(String::from),
     );
+    kinds.extend(recon_chaos::operator::KINDS.map(String::from));
     if cli.list_kinds {
         for k in &kinds {
             println!("{k}");

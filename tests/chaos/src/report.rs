@@ -62,6 +62,16 @@ pub struct Report {
     pub restarts: u64,
     /// Exits by class: killed, clean, loud, silent.
     pub exits_by_class: BTreeMap<String, u64>,
+    /// Exits by status (`exit 3` = operator needed, `exit 4` = fenced, `signal 9`, ...).
+    pub exits_by_status: BTreeMap<String, u64>,
+    /// Records of deleted topics that the job had not consumed: lost with the topic and taken
+    /// out of the oracle explicitly.
+    pub records_lost_with_deleted_topic: u64,
+    /// Wall time per scenario kind (a scenario counts once for each of its kinds; `none` when it
+    /// has none): count and mean seconds.
+    pub seconds_by_kind: BTreeMap<String, KindTime>,
+    /// Wall time by phase over all scenarios (setup, faults, drain, verify, cleanup), seconds.
+    pub seconds_by_phase: BTreeMap<String, f64>,
     /// Loud stops' messages (first line, clipped), with counts.
     pub loud_stop_messages: BTreeMap<String, u64>,
     /// Records published.
@@ -101,6 +111,15 @@ pub struct Report {
     pub git: String,
     /// Every scenario.
     pub scenarios: Vec<Outcome>,
+}
+
+/// Wall time of the scenarios of one kind.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct KindTime {
+    /// Scenarios.
+    pub count: u64,
+    /// Mean wall time, seconds.
+    pub mean_s: f64,
 }
 
 /// Messages normalised for grouping: digits become `#`.
@@ -153,8 +172,30 @@ impl Report {
         }
         self.runs += u64::from(o.runs);
         self.restarts += u64::from(o.restarts);
+        self.records_lost_with_deleted_topic += o.lost_with_topic;
+        for (k, ms) in &o.phases_ms {
+            *self.seconds_by_phase.entry(k.clone()).or_default() += *ms as f64 / 1000.0;
+        }
+        let mut kinds: Vec<String> = o
+            .faults
+            .iter()
+            .filter(|k| !k.contains('/'))
+            .cloned()
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        if kinds.is_empty() {
+            kinds.push("none".into());
+        }
+        for k in kinds {
+            let t = self.seconds_by_kind.entry(k).or_default();
+            t.mean_s =
+                (t.mean_s * t.count as f64 + o.elapsed_ms as f64 / 1000.0) / (t.count + 1) as f64;
+            t.count += 1;
+        }
         for e in &o.exits {
             *self.exits_by_class.entry(e.class.to_string()).or_default() += 1;
+            *self.exits_by_status.entry(e.status.clone()).or_default() += 1;
             if let Some(m) = &e.message {
                 *self
                     .loud_stop_messages
@@ -258,6 +299,27 @@ impl fmt::Display for Report {
             "recovery       p50 {} ms, p99 {} ms, max {} ms ({} measurements)",
             self.recovery.p50_ms, self.recovery.p99_ms, self.recovery.max_ms, self.recovery.count
         )?;
+        writeln!(f, "exits by status {:?}", self.exits_by_status)?;
+        if self.records_lost_with_deleted_topic > 0 {
+            writeln!(
+                f,
+                "lost with deleted topics (accounted in the oracle) {}",
+                self.records_lost_with_deleted_topic
+            )?;
+        }
+        writeln!(
+            f,
+            "time by phase  {}",
+            self.seconds_by_phase
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.0}s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        writeln!(f, "mean seconds per scenario, by kind")?;
+        for (k, t) in &self.seconds_by_kind {
+            writeln!(f, "  {k:<52} {:>5} × {:>6.1}s", t.count, t.mean_s)?;
+        }
         writeln!(f, "faults by kind")?;
         for (k, v) in &self.faults_by_kind {
             let rec = self

@@ -139,7 +139,8 @@ impl ServiceSet {
                 .with_context(|| format!("{k} is not set (eval \"$(infra/local/env)\")"))
         };
         let port_of = |url: &str| -> anyhow::Result<u16> {
-            let hostport = url.rsplit('@').next().unwrap_or(url);
+            let rest = url.split_once("://").map_or(url, |(_, r)| r);
+            let hostport = rest.rsplit('@').next().unwrap_or(rest);
             let hostport = hostport
                 .split('/')
                 .find(|s| s.contains(':'))

@@ -1,5 +1,6 @@
 //! The bounded chaos pass that `infra/local/test` runs (phase `chaos`, `RECON_CHAOS=1`): the
-//! fixed CI list of scenarios (every fault kind and every hostile-input class at least once)
+//! fixed CI list of scenarios (every fault kind and every hostile-input class at least once, a
+//! second job id and a crash loop over a deleted log entry)
 //! against a private service set, each verified by reconcile and batch-verify. Skips loudly
 //! without `RECON_SERVICES=1` (fails instead with `RECON_REQUIRE_SERVICES=1`), like every
 //! real-service test. `RECON_CHAOS_SEED` varies traffic and timings (default: a fixed seed).
@@ -10,7 +11,7 @@ use recon_chaos::{Mode, Options};
 
 #[test]
 fn chaos_ci_pass() {
-    // Opt-in: `infra/local/test` runs this as its own `chaos` phase (RECON_CHAOS=1, ~6 min); a plain
+    // Opt-in: `infra/local/test` runs this as its own `chaos` phase (RECON_CHAOS=1, ~7 min); a plain
     // `cargo test --workspace` skips it loudly. Services are private to the harness.
     if std::env::var("RECON_CHAOS").as_deref() != Ok("1") {
         eprintln!(

@@ -8,18 +8,14 @@
 //! the expectation never guesses how the decoder reads a record.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+mod publish;
+pub use publish::{Published, publish};
+
+use anyhow::{bail, ensure};
 use chrono::{DateTime, NaiveDate, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientContext, Message};
 use recon_pipeline::generate::config::Ppm;
 use recon_pipeline::generate::{Record, RecordKind, TrafficConfig, plan};
 use recon_pipeline::reconcile::Expected;
@@ -487,140 +483,6 @@ pub fn truth_jsonl(records: &[Record]) -> Vec<u8> {
         seq += 1;
     }
     out
-}
-
-/// Delivery outcomes of a publisher.
-#[derive(Default)]
-struct Deliveries {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    first_error: std::sync::Mutex<Option<String>>,
-}
-
-struct Counting(Arc<Deliveries>);
-
-impl ClientContext for Counting {}
-
-impl ProducerContext for Counting {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => {
-                self.0.ok.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((e, m)) => {
-                self.0.failed.fetch_add(1, Ordering::Relaxed);
-                let mut first = self.0.first_error.lock().expect("lock");
-                if first.is_none() {
-                    *first = Some(format!("{e} (partition {})", m.partition()));
-                }
-            }
-        }
-    }
-}
-
-/// What a publish did.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Published {
-    /// Records acknowledged.
-    pub acked: u64,
-    /// Time taken.
-    pub elapsed: Duration,
-}
-
-impl fmt::Display for Published {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} records in {:.1}s",
-            self.acked,
-            self.elapsed.as_secs_f64()
-        )
-    }
-}
-
-/// Publishes `records` with an idempotent producer that waits (up to `deadline`) for the broker
-/// to come back rather than failing: librdkafka retries each batch without duplicating it. Any
-/// record not acknowledged is an error (the scenario then stops: the harness never re-sends).
-pub fn publish(
-    brokers: &str,
-    topic: &str,
-    records: &[Record],
-    deadline: Duration,
-) -> anyhow::Result<Published> {
-    let started = Instant::now();
-    let d = Arc::new(Deliveries::default());
-    let producer: BaseProducer<Counting> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", deadline.as_millis().to_string())
-        .set("message.max.bytes", "1000000")
-        .set("reconnect.backoff.max.ms", "1000")
-        .create_with_context(Counting(d.clone()))
-        .context("creating the producer")?;
-    for r in records {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(&r.payload[..]);
-        if let Some(k) = &r.key {
-            rec = rec.key(&k[..]);
-        }
-        if let Some(p) = r.partition_hint {
-            rec = rec.partition(p);
-        }
-        let mut rec = Some(rec);
-        while let Some(next) = rec.take() {
-            match producer.send(next) {
-                Ok(()) => {}
-                Err((e, back)) => {
-                    ensure!(
-                        matches!(
-                            e.rdkafka_error_code(),
-                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                        ),
-                        "producing to {topic}: {e}"
-                    );
-                    ensure!(
-                        started.elapsed() < deadline,
-                        "the producer queue stayed full for {deadline:?}"
-                    );
-                    rec = Some(back);
-                    producer.poll(Duration::from_millis(20));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
-    }
-    while producer.in_flight_count() > 0 {
-        ensure!(
-            started.elapsed() < deadline + Duration::from_secs(5),
-            "{} records still unacknowledged after {deadline:?}",
-            producer.in_flight_count()
-        );
-        producer.poll(Duration::from_millis(50));
-    }
-    let failed = d.failed.load(Ordering::Relaxed);
-    if failed > 0 {
-        bail!(
-            "{failed} of {} records were not delivered (first: {}); the harness never re-sends, the scenario is void",
-            records.len(),
-            d.first_error
-                .lock()
-                .expect("lock")
-                .clone()
-                .unwrap_or_default()
-        );
-    }
-    let acked = d.ok.load(Ordering::Relaxed);
-    ensure!(
-        acked == records.len() as u64,
-        "{acked} acknowledged of {}",
-        records.len()
-    );
-    Ok(Published {
-        acked,
-        elapsed: started.elapsed(),
-    })
 }
 
 /// Splits `n` records into `parts` contiguous chunks of random sizes (each at least one record).

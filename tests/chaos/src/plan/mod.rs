@@ -5,7 +5,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use recon_pipeline::crash::CrashPoint;
 
+use crate::operator::OperatorFault;
 use crate::traffic::Hostile;
+
+mod ci;
+pub use ci::ci;
 
 /// How the catalog commit is made ambiguous (in the PostgreSQL proxy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -177,6 +181,8 @@ pub struct Plan {
     pub faults: Vec<Fault>,
     /// A terminal stop instead of faults.
     pub terminal: Option<Terminal>,
+    /// An operator fault instead of faults (the scenario then ends exact after the remedy).
+    pub operator: Option<OperatorFault>,
     /// Knobs.
     pub knobs: Knobs,
 }
@@ -377,6 +383,14 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
             .into_iter()
             .find(|t| !drawable && !filter.only.is_empty() && filter.allows(t.kind()))
     });
+    // `--only` operator kinds alone: no terminal either.
+    let terminal = terminal.filter(|_| {
+        filter.only.is_empty()
+            || !filter
+                .only
+                .iter()
+                .all(|o| crate::operator::KINDS.contains(&o.as_str()))
+    });
     let mut faults = Vec::new();
     if terminal.is_none() && drawable {
         let n = rng.random_range(1..=3);
@@ -412,6 +426,21 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
             faults.insert(at, f);
         }
     }
+    // Operator faults come from their own stream too, and replace the faults when drawn.
+    let mut op = ChaCha8Rng::seed_from_u64(seed ^ 0x6f70_6572_6174_6f72);
+    let op_only = !filter.only.is_empty()
+        && filter
+            .only
+            .iter()
+            .all(|o| crate::operator::KINDS.contains(&o.as_str()));
+    let operator = if terminal.is_none() && (op.random_bool(0.25) || op_only) {
+        OperatorFault::draw(&mut op, filter)
+    } else {
+        None
+    };
+    if operator.is_some() {
+        faults.clear();
+    }
     let order_safe = faults
         .iter()
         .any(|f| matches!(f, Fault::PartitionAdded { .. }));
@@ -424,6 +453,12 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
     while hostile.len() < k {
         let h = Hostile::ALL[rng.random_range(0..Hostile::ALL.len())];
         if order_safe && matches!(h, Hostile::DuplicateBurst | Hostile::TwoCurrencies) {
+            continue;
+        }
+        // Part of a recreated topic is lost: a second currency's verdict depends on it.
+        if operator == Some(OperatorFault::TopicRecreatedWhileRunning)
+            && h == Hostile::TwoCurrencies
+        {
             continue;
         }
         if !hostile.contains(&h) {
@@ -439,128 +474,7 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
         hostile,
         faults,
         terminal,
+        operator,
         knobs,
     }
-}
-
-/// The bounded CI pass: a fixed list of scenario shapes that together inject every fault kind and
-/// every hostile class at least once; `seed` varies traffic and timings.
-pub fn ci(seed: u64, scale: Scale, controllable: bool) -> Vec<Plan> {
-    use Fault as F;
-    let shapes: Vec<(Vec<Fault>, Vec<Hostile>, Option<Terminal>)> = vec![
-        (
-            vec![
-                F::CrashPoint {
-                    point: "after-commit-before-record",
-                    nth: 2,
-                },
-                F::KillRandom { delay_ms: 700 },
-            ],
-            vec![Hostile::PoisonFlood],
-            None,
-        ),
-        (
-            vec![
-                F::AmbiguousCommit {
-                    how: Ambiguity::KillJob,
-                },
-                F::AmbiguousCommit {
-                    how: Ambiguity::LoseReply,
-                },
-                F::CrashPoint {
-                    point: "during-commit",
-                    nth: 1,
-                },
-            ],
-            vec![Hostile::DuplicateBurst],
-            None,
-        ),
-        (
-            vec![
-                F::BrokerStop {
-                    hard: true,
-                    delay_ms: 500,
-                    down_ms: 4_000,
-                },
-                F::GracefulRestart,
-            ],
-            vec![Hostile::HugePayloads],
-            None,
-        ),
-        (
-            vec![F::PartitionAdded { add: 1 }],
-            vec![Hostile::ClockSkew],
-            None,
-        ),
-        (
-            vec![
-                F::PgRestart {
-                    immediate: true,
-                    mid_commit: true,
-                    delay_ms: 0,
-                },
-                F::CatalogRefuse {
-                    delay_ms: 300,
-                    down_ms: 12_000,
-                },
-            ],
-            vec![Hostile::TwoCurrencies],
-            None,
-        ),
-        (
-            vec![
-                F::Zombie { paused: true },
-                F::Rewind {
-                    back: 3,
-                    running: false,
-                },
-                F::StorageFaults {
-                    rate: 0.08,
-                    for_ms: 5_000,
-                },
-            ],
-            vec![],
-            None,
-        ),
-        (
-            vec![
-                F::DiskFull {
-                    target: DiskTarget::Checkpoints,
-                    hold_ms: 1_000,
-                },
-                F::Zombie { paused: false },
-            ],
-            vec![Hostile::PoisonFlood],
-            None,
-        ),
-        (vec![], vec![], Some(Terminal::LogTruncated)),
-    ];
-    shapes
-        .into_iter()
-        .enumerate()
-        .map(|(i, (faults, hostile, terminal))| {
-            let s = derive_seed(seed, i as u32);
-            let mut rng = ChaCha8Rng::seed_from_u64(s);
-            let faults: Vec<Fault> = faults
-                .into_iter()
-                .filter(|f| controllable || !f.needs_service_control())
-                .collect();
-            Plan {
-                index: i as u32,
-                seed: s,
-                trips: rng.random_range(scale.trips_min..=scale.trips_max),
-                partitions: rng.random_range(2..=3),
-                hostile,
-                faults,
-                terminal,
-                knobs: Knobs {
-                    checkpoint_interval_ms: 250,
-                    commit_attempts_max: 5,
-                    full_state_every: 3,
-                    commit_every_checkpoints: 1,
-                    poll_batch_records_max: 200,
-                },
-            }
-        })
-        .collect()
 }
