@@ -173,7 +173,8 @@ fn secrets_never_printed() {
         &pipeline,
         &as_refs(&run_ok),
         env_plus(&[("RECON__SOURCE__SASL_PASSWORD_FILE", sasl_wrong_file.clone())]),
-        1,
+        // A refused login is a configuration stop: restarting with the same secret cannot help.
+        2,
         "SASL authentication error",
     );
     expect(
