@@ -147,6 +147,21 @@ pub fn table_ident(cfg: &Config, name: &str) -> TableIdent {
     )
 }
 
+/// Loads a table, naming it in the error.
+pub async fn load_table(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+) -> Result<iceberg::table::Table, LakehouseError> {
+    catalog
+        .load_table(ident)
+        .await
+        .map_err(|source| LakehouseError::Catalog {
+            op: "load_table",
+            what: ident.to_string(),
+            source,
+        })
+}
+
 /// Creates the namespace and every product table that does not exist yet; leaves existing
 /// tables alone. Safe to run concurrently: a creation that fails because another process
 /// created the same namespace or table meanwhile counts as success (the SQL catalog reports

@@ -17,7 +17,7 @@ use crate::checkpoint::log::CheckpointLog;
 use crate::checkpoint::protocol::{self, AncestryEnd, PreflightVerdict, Stage, TableFindings};
 use crate::config::Config;
 use crate::ids::{CheckpointId, Generation};
-use crate::lakehouse::{self, LakehouseError};
+use crate::lakehouse;
 
 use super::JobError;
 
@@ -33,14 +33,7 @@ async fn findings(
     let mut out = Vec::with_capacity(TABLES.len());
     for name in TABLES {
         let ident = lakehouse::table_ident(cfg, name);
-        let table = catalog
-            .load_table(&ident)
-            .await
-            .map_err(|source| LakehouseError::Catalog {
-                op: "load_table",
-                what: ident.to_string(),
-                source,
-            })?;
+        let table = lakehouse::load_table(catalog, &ident).await?;
         let mut found =
             commit::read_table(&cfg.job_id, &table).map_err(|message| CommitError::Protocol {
                 table: ident.to_string(),

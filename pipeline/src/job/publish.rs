@@ -88,16 +88,9 @@ impl Job {
             else {
                 continue;
             };
-            let fresh = self
-                .committer
-                .catalog()
-                .load_table(table.identifier())
-                .await
-                .map_err(|source| LakehouseError::Catalog {
-                    op: "load_table",
-                    what: table.identifier().to_string(),
-                    source,
-                })?;
+            let fresh =
+                crate::lakehouse::load_table(self.committer.catalog().as_ref(), table.identifier())
+                    .await?;
             let props = HashMap::from([
                 (
                     "recon.delivery".to_string(),

@@ -174,13 +174,7 @@ pub(super) async fn verify_pending_files(cfg: &Config, env: &JobEnv) -> Result<(
     })?;
     // The generation a claim would take: only compared with the tables' stamps, never written.
     let (_, generation) = crate::checkpoint::protocol::claim(Some(&head.entry));
-    let committer = Committer::new(
-        env.catalog.clone(),
-        cfg.job_id.clone(),
-        generation,
-        cfg.commit.attempts_max,
-        Duration::from_millis(cfg.commit.timeout_ms),
-    );
+    let committer = committer(cfg, env, generation);
     let mut tables = Vec::new();
     for name in crate::maintain::TABLES {
         let ident = lakehouse::table_ident(cfg, name);
@@ -205,6 +199,17 @@ pub(super) async fn verify_pending_files(cfg: &Config, env: &JobEnv) -> Result<(
         .check_pending(&tables, head.entry.checkpoint_id)
         .await?;
     Ok(())
+}
+
+/// The committer of `generation` with the configured attempts and timeout.
+fn committer(cfg: &Config, env: &JobEnv, generation: crate::ids::Generation) -> Committer {
+    Committer::new(
+        env.catalog.clone(),
+        cfg.job_id.clone(),
+        generation,
+        cfg.commit.attempts_max,
+        Duration::from_millis(cfg.commit.timeout_ms),
+    )
 }
 
 /// Claims a generation and brings tables, state and offsets to the newest checkpoint.
@@ -240,13 +245,7 @@ pub(super) async fn recover(
     // the claim. A refusal here still publishes and deletes nothing.
     super::preflight::after_claim(cfg, env.catalog.as_ref(), &log, generation, resumed).await?;
     claims_in_a_row(&log).await?;
-    let committer = Committer::new(
-        env.catalog.clone(),
-        cfg.job_id.clone(),
-        generation,
-        cfg.commit.attempts_max,
-        Duration::from_millis(cfg.commit.timeout_ms),
-    );
+    let committer = committer(cfg, env, generation);
     let mut targets = BTreeMap::new();
     for (output, name) in [
         (Output::Ledger, "ledger_events"),
@@ -254,15 +253,7 @@ pub(super) async fn recover(
         (Output::Rejected, "rejected_events"),
     ] {
         let ident = lakehouse::table_ident(cfg, name);
-        let table =
-            env.catalog
-                .load_table(&ident)
-                .await
-                .map_err(|source| LakehouseError::Catalog {
-                    op: "load_table",
-                    what: ident.to_string(),
-                    source,
-                })?;
+        let table = lakehouse::load_table(env.catalog.as_ref(), &ident).await?;
         let target = TableTarget::new(table, cfg.sink.zstd_level, cfg.sink.file_size_bytes_target)
             .map_err(|source| LakehouseError::Catalog {
                 op: "prepare writers",
