@@ -353,16 +353,7 @@ impl Committer {
         &self,
         table: &TableIdent,
     ) -> Result<(TableMarks, TableFindings), CommitError> {
-        let t = tokio::time::timeout(self.timeout, self.catalog.load_table(table))
-            .await
-            .map_err(|_| CommitError::Unreachable {
-                table: table.to_string(),
-                message: format!("loading the table took longer than {:?}", self.timeout),
-            })?
-            .map_err(|e| CommitError::Unreachable {
-                table: table.to_string(),
-                message: format!("cannot load: {e}"),
-            })?;
+        let t = self.load(table).await?;
         if let Some(refusal) = foreign(&self.job, &t) {
             return Err(CommitError::Refused { refusal });
         }
@@ -372,6 +363,24 @@ impl Committer {
         })?;
         let found = read_table(&self.job, &t).map_err(|m| self.protocol_err(table, m))?;
         Ok((marks, found))
+    }
+
+    /// Loads a table, each attempt bounded by the commit timeout, up to `attempts_max` attempts.
+    /// More than one: a process resumed after a pause (SIGSTOP, a VM freeze) finds its first
+    /// timer already expired, and must still read the table to learn it was fenced.
+    async fn load(&self, table: &TableIdent) -> Result<Table, CommitError> {
+        let mut last = String::new();
+        for _ in 0..self.attempts_max.max(1) {
+            match tokio::time::timeout(self.timeout, self.catalog.load_table(table)).await {
+                Ok(Ok(t)) => return Ok(t),
+                Ok(Err(e)) => last = format!("cannot load: {e}"),
+                Err(_) => last = format!("loading the table took longer than {:?}", self.timeout),
+            }
+        }
+        Err(CommitError::Unreachable {
+            table: table.to_string(),
+            message: format!("{last} ({} attempts)", self.attempts_max.max(1)),
+        })
     }
 
     /// The table's clock skew against this host, if any (`None` also when it cannot load).

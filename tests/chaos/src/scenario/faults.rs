@@ -49,6 +49,10 @@ impl Scenario<'_> {
                 self.orch
                     .spawn(&[("RECON_CRASH_AT", format!("{point}:{nth}"))])?;
                 self.orch.expected_end = Some("crash point");
+                // The load trickles in only once the armed run has recovered: published during
+                // a long recovery, it arrives as one batch and a crash point that needs its
+                // `nth` batch or barrier with input never fires.
+                self.wait_armed_recovered()?;
                 publisher = Some(self.publish_bg(load, 8));
                 let run = self.orch.cur()?;
                 let status = pipeline(
@@ -306,6 +310,26 @@ impl Scenario<'_> {
                     "no run of the job recovered within 180 s; exits: {:?}",
                     self.orch.exits.iter().rev().take(3).collect::<Vec<_>>()
                 )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the current run logged "recovered" or exited (a crash point may fire during
+    /// recovery's own publish); bounded.
+    fn wait_armed_recovered(&mut self) -> Result<(), Failure> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let run = self.orch.cur()?;
+            let epoch = DateTime::<Utc>::from(run.started_at);
+            if !run.find("recovered", epoch).is_empty() || !run.running() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Failure::Pipeline(
+                    "the run armed with a crash point neither recovered nor exited within 120 s"
+                        .into(),
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
