@@ -21,8 +21,8 @@ use crate::lakehouse;
 
 use super::JobError;
 
-/// The tables the job writes.
-pub(super) const TABLES: [&str; 3] = ["ledger_events", "trip_balances", "rejected_events"];
+/// The tables the job writes (one list, shared with `maintain`).
+use crate::maintain::TABLES;
 
 /// Reads what every table says about the job (no write).
 async fn findings(
