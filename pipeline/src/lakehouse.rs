@@ -95,7 +95,12 @@ pub async fn open_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakehouseErr
     }
     let is_pg = cfg.catalog_is_postgres();
     let mut props: HashMap<String, String> = cfg.catalog.properties.clone().into_iter().collect();
-    props.insert("uri".into(), uri.clone());
+    let connect_uri = if is_pg {
+        with_idle_transaction_guard(&uri, Duration::from_millis(cfg.commit.timeout_ms))
+    } else {
+        uri.clone()
+    };
+    props.insert("uri".into(), connect_uri);
     props.insert("warehouse".into(), cfg.catalog.warehouse.clone());
     let started = tokio::time::Instant::now();
     let deadline = started + OPEN_DEADLINE;
@@ -137,6 +142,40 @@ pub async fn open_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakehouseErr
         uri: redact_url(&uri),
         source: last.expect("at least one attempt"),
     })
+}
+
+/// The PostgreSQL setting that ends a catalog session left idle inside a transaction.
+const IDLE_TRANSACTION_SETTING: &str = "idle_in_transaction_session_timeout";
+
+/// Adds `idle_in_transaction_session_timeout` to a PostgreSQL catalog URI, unless the operator
+/// set it there already.
+///
+/// The SQL catalog commits a table with `BEGIN; UPDATE iceberg_tables ...; COMMIT`. A process
+/// frozen between the `UPDATE` and the `COMMIT` (a paused VM, SIGSTOP, a long GC-like stall)
+/// holds the table's catalog row lock for as long as its TCP connection lives: hours, with
+/// default keepalives. Its successor, which has already fenced it, then waits on that lock at
+/// every commit attempt and stops after `commit.attempts_max` (soak seed 107 #24). With this
+/// setting the server ends the frozen session and rolls its `UPDATE` back, so the fenced
+/// commit never lands and the successor proceeds. Half the commit timeout (1 s to 60 s): a
+/// successor's attempt outlives the wait, and a live client, which sends `COMMIT` right after
+/// the `UPDATE`, is never cut off (if it were, the commit's outcome is unknown, which the
+/// commit protocol verifies from the table anyway).
+pub fn with_idle_transaction_guard(uri: &str, commit_timeout: Duration) -> String {
+    let Ok(mut url) = url::Url::parse(uri) else {
+        return uri.to_string();
+    };
+    if url
+        .query_pairs()
+        .any(|(k, v)| k.contains(IDLE_TRANSACTION_SETTING) || v.contains(IDLE_TRANSACTION_SETTING))
+    {
+        return uri.to_string();
+    }
+    let ms = (commit_timeout.as_millis() / 2).clamp(1_000, 60_000);
+    url.query_pairs_mut().append_pair(
+        &format!("options[{IDLE_TRANSACTION_SETTING}]"),
+        &ms.to_string(),
+    );
+    url.to_string()
 }
 
 /// Identifier of a product table in the configured namespace.
@@ -309,5 +348,31 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("planted-pw"), "{e}");
+    }
+
+    /// The guard is added once, keeps the URI's other parameters, and yields to the operator's.
+    #[test]
+    fn the_idle_transaction_guard_is_added_unless_set() {
+        let guard = |u: &str| super::with_idle_transaction_guard(u, Duration::from_secs(30));
+        let added = guard("postgres://u:p@127.0.0.1:5432/cat");
+        let parsed = url::Url::parse(&added).unwrap();
+        let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+        assert_eq!(
+            pairs,
+            vec![(
+                "options[idle_in_transaction_session_timeout]".to_string(),
+                "15000".to_string()
+            )]
+        );
+        assert_eq!(parsed.password(), Some("p"));
+        let kept = guard("postgres://h/cat?sslmode=require");
+        assert!(
+            kept.starts_with("postgres://h/cat?sslmode=require&options"),
+            "{kept}"
+        );
+        let own = "postgres://h/cat?options=-c%20idle_in_transaction_session_timeout%3D900";
+        assert_eq!(guard(own), own);
+        let short = super::with_idle_transaction_guard("postgres://h/c", Duration::from_millis(10));
+        assert!(short.ends_with("=1000"), "{short}");
     }
 }
