@@ -502,6 +502,16 @@ pub fn check_positions(mut items: Vec<PositionItem>, findings: &mut Findings) {
     }
 }
 
+/// An unscaled amount (thousandths) as a decimal with its three places, at any size: a day's
+/// total can exceed what `decimal(18, 3)` holds.
+pub fn scaled(unscaled: i128) -> String {
+    let scale = 10u128.pow(recon_schemas::money::SCALE);
+    let abs = unscaled.unsigned_abs();
+    let sign = if unscaled < 0 { "-" } else { "" };
+    let width = recon_schemas::money::SCALE as usize;
+    format!("{sign}{}.{:0width$}", abs / scale, abs % scale)
+}
+
 /// (d): totals per event type and currency, truth against ledger.
 pub fn check_totals(truth: &Totals, ledger: &Totals, findings: &mut Findings) -> Vec<TotalLine> {
     let mut keys: Vec<&(u8, String)> = truth.keys().chain(ledger.keys()).collect();
@@ -514,9 +524,7 @@ pub fn check_totals(truth: &Totals, ledger: &Totals, findings: &mut Findings) ->
         let name = recon_schemas::event::EventType::ALL
             .get(usize::from(k.0))
             .map_or("?", |t| t.as_str());
-        let amount = |u: i128| {
-            recon_schemas::money::from_unscaled(u).map_or_else(|| u.to_string(), |d| d.to_string())
-        };
+        let amount = scaled;
         if t != l {
             findings.add(Discrepancy::new(
                 Kind::TotalMismatch,

@@ -380,3 +380,14 @@ fn balance_overflow_refusals() {
         );
     }
 }
+
+#[test]
+fn totals_print_at_scale_whatever_their_size() {
+    assert_eq!(scaled(0), "0.000");
+    assert_eq!(scaled(1), "0.001");
+    assert_eq!(scaled(-1_500), "-1.500");
+    assert_eq!(scaled(12_345_678), "12345.678");
+    // Past decimal(18, 3): a day's total of many large amounts.
+    assert_eq!(scaled(10_i128.pow(18) + 7), "1000000000000000.007");
+    assert_eq!(scaled(i128::MIN).len(), "-170141183460469231731687303715884105.728".len());
+}

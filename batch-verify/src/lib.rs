@@ -24,6 +24,7 @@ pub mod day;
 pub mod epochs;
 pub mod error;
 pub mod fixture;
+pub mod fold;
 pub mod lakehouse;
 pub mod memory;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! `batch-verify`: the nightly end-of-day proof. Exit codes are the contract with alerting:
 //! 0 clean, 1 discrepancies found, 2 could not verify (the reason is printed and, with
-//! `--report`, written as `status: "error"`).
+//! `--report`, written as `status: "error"`), 3 an empty day (nothing in the truth nor the
+//! lakehouse; 0 with `--allow-empty`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use anyhow::Context;
 use batch_verify::options::{Options, TruthSpec};
 use batch_verify::report::{Report, Status};
 use batch_verify::truth::kafka::KafkaScan;
-use batch_verify::truth::postgres::{EVENTS_QUERY, REJECTS_QUERY};
+use batch_verify::truth::postgres::{EVENTS_QUERY, REJECTS_QUERY, scoped_queries};
 use batch_verify::{BusinessDay, verify};
 use chrono::NaiveDate;
 use clap::{Parser, ValueEnum};
@@ -30,7 +31,8 @@ enum Window {
 }
 
 /// Prove, for one business day, that the lakehouse holds every event exactly once and every
-/// trip's balance equals the fold of its events. Exit 0 clean, 1 discrepancies, 2 could not verify.
+/// trip's balance equals the fold of its events. Exit 0 clean, 1 discrepancies, 2 could not verify,
+/// 3 nothing to verify (an empty day; 0 with --allow-empty).
 #[derive(Parser, Debug)]
 #[command(name = "batch-verify", version)]
 struct Cli {
@@ -56,9 +58,19 @@ struct Cli {
     /// Dead-letters query for `--truth postgres`.
     #[arg(long, default_value = REJECTS_QUERY)]
     truth_rejects_query: String,
-    /// How the Kafka window is found: by timestamps with the margin, or the whole retained log.
-    #[arg(long, value_enum, default_value = "timestamps")]
+    /// `--truth postgres` with the default queries: read only this generator run's rows
+    /// (`truth_runs.run_id`) of a truth database that several runs share.
+    #[arg(long)]
+    truth_run_id: Option<String>,
+    /// Where the Kafka truth starts reading each partition; it always reads to the log end and
+    /// selects the day by the business time in each record. `full`: the log start (no
+    /// assumption). `timestamps`: the first record stamped at or after the day's start minus the
+    /// margin (assumes no producer stamps a record more than the margin before its occurred_at).
+    #[arg(long, value_enum, default_value = "full")]
     kafka_window: Window,
+    /// Exit 0 (not 3) when the day has nothing in the truth and nothing in the lakehouse.
+    #[arg(long)]
+    allow_empty: bool,
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -119,13 +131,34 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
                 Window::Full => KafkaScan::Full,
             },
         },
-        Truth::Postgres => TruthSpec::Postgres {
-            url: url()?,
-            events_query: cli.truth_events_query.clone(),
-            rejects_query: cli.truth_rejects_query.clone(),
-        },
+        Truth::Postgres => {
+            let (events_query, rejects_query) = match &cli.truth_run_id {
+                None => (
+                    cli.truth_events_query.clone(),
+                    cli.truth_rejects_query.clone(),
+                ),
+                Some(_)
+                    if cli.truth_events_query != EVENTS_QUERY
+                        || cli.truth_rejects_query != REJECTS_QUERY =>
+                {
+                    anyhow::bail!(
+                        "--truth-run-id narrows the default queries; with your own queries, \
+                         filter by run in them instead"
+                    )
+                }
+                Some(id) => scoped_queries(id)?,
+            };
+            TruthSpec::Postgres {
+                url: url()?,
+                events_query,
+                rejects_query,
+            }
+        }
         Truth::Files => TruthSpec::Files { url: url()? },
     };
+    if cli.truth_run_id.is_some() && !matches!(cli.truth, Truth::Postgres) {
+        anyhow::bail!("--truth-run-id applies to --truth postgres only");
+    }
     let mut o = Options::new(day, truth);
     o.margin = Duration::from_secs(cli.margin_minutes * 60);
     o.trip_span_days = cli.trip_span_days;
@@ -211,9 +244,45 @@ fn write_metrics(
     batch_verify::metrics::write_textfile(path, &batch_verify::metrics::render(&outcome))
 }
 
+/// Whether `path` can be written: an existing directory holds it and a file can be created
+/// there. Checked before anything runs, so a run never records a result it cannot report.
+fn check_writable(option: &str, path: &std::path::Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if path.is_dir() {
+        return Err(format!(
+            "{option} {} is a directory; give a file path",
+            path.display()
+        ));
+    }
+    if !dir.is_dir() {
+        return Err(format!(
+            "{option} {}: directory {} does not exist; create it or choose another path",
+            path.display(),
+            dir.display()
+        ));
+    }
+    tempfile::NamedTempFile::new_in(dir)
+        .map(drop)
+        .map_err(|e| format!("{option} {}: cannot write in {}: {e}", path.display(), dir.display()))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let started = std::time::Instant::now();
+    for (option, path) in [
+        ("--report", cli.report.as_deref()),
+        ("--metrics-textfile", cli.metrics_textfile.as_deref()),
+    ] {
+        if let Some(path) = path
+            && let Err(why) = check_writable(option, path)
+        {
+            eprintln!("batch-verify: could not verify: {why}; nothing was read or recorded");
+            return ExitCode::from(2);
+        }
+    }
     // Credentials stay out of every line: `recon_pipeline::logging`.
     recon_pipeline::logging::init("human", "warn,batch_verify=info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -230,7 +299,11 @@ fn main() -> ExitCode {
     let (code, json) = match &outcome {
         Ok(report) => {
             println!("{report}");
-            (report.status.exit_code(), report.to_json())
+            let code = match report.status {
+                Status::Empty if cli.allow_empty => 0,
+                s => s.exit_code(),
+            };
+            (code, report.to_json())
         }
         Err(e) => {
             println!(
@@ -249,7 +322,7 @@ fn main() -> ExitCode {
     };
     let mut code = code;
     if let Some(path) = &cli.report
-        && let Err(e) = std::fs::write(path, json + "\n")
+        && let Err(e) = batch_verify::metrics::write_textfile(path, &(json + "\n"))
     {
         eprintln!(
             "batch-verify: cannot write the report to {}: {e}",

@@ -8,7 +8,7 @@
 //! | metric | value |
 //! |---|---|
 //! | `recon_verify_last_run_timestamp_seconds` | when the run ended (Unix time) |
-//! | `recon_verify_exit_code` | 0 clean, 1 discrepancies, 2 could not verify |
+//! | `recon_verify_exit_code` | 0 clean, 1 discrepancies, 2 could not verify, 3 empty day |
 //! | `recon_verify_duration_seconds` | wall time of the run |
 //! | `recon_verify_events_checked` | distinct truth events of the day (absent when it could not verify) |
 //! | `recon_verify_discrepancies{check}` | count per discrepancy kind, every kind present (absent when it could not verify) |
@@ -37,7 +37,7 @@ pub struct RunOutcome<'a> {
     pub business_date: String,
     /// Its IANA zone.
     pub time_zone: String,
-    /// The process exit code: 0, 1 or 2.
+    /// The process exit code: 0, 1, 2 or 3.
     pub exit_code: i32,
     /// Wall time of the run.
     pub duration: Duration,
@@ -58,7 +58,7 @@ pub fn render(run: &RunOutcome<'_>) -> String {
         );
         describe_gauge!(
             "recon_verify_exit_code",
-            "Exit code of the last run: 0 clean, 1 discrepancies, 2 could not verify."
+            "Exit code of the last run: 0 clean, 1 discrepancies, 2 could not verify, 3 empty day."
         );
         describe_gauge!(
             "recon_verify_duration_seconds",

@@ -111,6 +111,71 @@ pub fn commits(table: &Table) -> Result<Vec<Commit>> {
     Ok(out)
 }
 
+/// The job's committed cut: per partition, the next offset the job will read after its newest
+/// commit (of `job`, in its newest input epoch) that names the partition. Offsets at or after
+/// the cut are not consumed yet: a truth event there that the lakehouse lacks is the job's lag,
+/// still `missing`, and named as such.
+pub fn committed_cut(commits: &[Commit], job: &str) -> BTreeMap<i32, i64> {
+    let epoch = commits
+        .iter()
+        .filter(|c| c.job == job)
+        .map(|c| c.input_epoch)
+        .max();
+    let mut cut = BTreeMap::new();
+    for c in commits
+        .iter()
+        .filter(|c| c.job == job && Some(c.input_epoch) == epoch)
+    {
+        for (p, r) in &c.ranges {
+            cut.insert(*p, r.end);
+        }
+    }
+    cut
+}
+
+/// Names the job's lag on every kept `missing` / `missing_reject` at or after the committed
+/// cut of its partition (`log_end`: the truth's window ends); returns how many it named.
+pub fn annotate_lag(
+    findings: &mut Findings,
+    cut: &BTreeMap<i32, i64>,
+    log_end: &Windows,
+) -> u64 {
+    let mut named = 0;
+    for d in &mut findings.kept {
+        if !matches!(d.kind, Kind::Missing | Kind::MissingReject) {
+            continue;
+        }
+        let (Some(p), Some(o)) = (d.kafka_partition, d.kafka_offset) else {
+            continue;
+        };
+        let end = log_end.get(&p).map_or(o + 1, |w| w.1);
+        let note = match cut.get(&p) {
+            Some(c) if o >= *c => format!(
+                "; not consumed by the job yet: it committed partition {p} up to offset {c}, \
+                 the log ends at {end} (lag {} offsets); is the job running?",
+                end - c
+            ),
+            Some(_) => continue,
+            None => format!(
+                "; not consumed by the job yet: it has committed nothing on partition {p} \
+                 (log end {end}); is the job running?"
+            ),
+        };
+        d.detail.push_str(&note);
+        named += 1;
+    }
+    named
+}
+
+/// The job's lag in offsets (transaction markers included): per partition, the log end minus
+/// the committed cut (the whole window where the job committed nothing).
+pub fn lag(cut: &BTreeMap<i32, i64>, log_end: &Windows) -> BTreeMap<i32, i64> {
+    log_end
+        .iter()
+        .map(|(p, (s, e))| (*p, (e - cut.get(p).copied().unwrap_or(*s)).max(0)))
+        .collect()
+}
+
 /// Checks `commits` (oldest first) of one table. A gap or overlap is reported unless it lies
 /// wholly before the day's offsets on its partition (`windows`): one inside or after the day
 /// may hide the day's records, and a partition where the day has no offsets at all may be one
@@ -237,6 +302,41 @@ mod tests {
             kinds(&c, &Windows::new()),
             vec![(Kind::OffsetGap, Some(0), Some(12))]
         );
+    }
+
+    #[test]
+    fn the_cut_is_the_newest_commit_of_the_job_in_its_newest_epoch() {
+        let mut other = commit(9, &[(0, 0, 99)]);
+        other.job = "other".into();
+        let mut reset = commit(4, &[(0, 0, 3)]);
+        reset.input_epoch = 1;
+        let c = [
+            commit(1, &[(0, 0, 10), (1, 0, 4)]),
+            commit(2, &[(0, 10, 20)]),
+            other,
+        ];
+        assert_eq!(committed_cut(&c, "j"), BTreeMap::from([(0, 20), (1, 4)]));
+        let c = [c.to_vec(), vec![reset]].concat();
+        assert_eq!(committed_cut(&c, "j"), BTreeMap::from([(0, 3)]));
+        assert!(committed_cut(&c, "nobody").is_empty());
+    }
+
+    #[test]
+    fn missing_events_past_the_cut_are_named_as_lag() {
+        let mut f = Findings::new(10);
+        f.add(Discrepancy::new(Kind::Missing, "a").at(0, 25));
+        f.add(Discrepancy::new(Kind::Missing, "b").at(0, 5));
+        f.add(Discrepancy::new(Kind::MissingReject, "c").at(1, 0));
+        f.add(Discrepancy::new(Kind::Phantom, "d").at(0, 30));
+        let cut = BTreeMap::from([(0, 20)]);
+        let ends = Windows::from([(0, (0, 40)), (1, (0, 7))]);
+        assert_eq!(annotate_lag(&mut f, &cut, &ends), 2);
+        assert!(f.kept[0].detail.contains("up to offset 20"), "{:?}", f.kept[0]);
+        assert!(f.kept[0].detail.contains("lag 20 offsets"));
+        assert_eq!(f.kept[1].detail, "b", "before the cut: a real loss");
+        assert!(f.kept[2].detail.contains("committed nothing on partition 1"));
+        assert_eq!(f.kept[3].detail, "d");
+        assert_eq!(lag(&cut, &ends), BTreeMap::from([(0, 20), (1, 7)]));
     }
 
     #[test]

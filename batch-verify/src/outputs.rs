@@ -57,7 +57,13 @@ pub async fn check(
     let committed = latest.values().map(|l| l.0).max().unwrap_or(0);
     let mut out = OutputsChecked::default();
     if let Some(url) = &cfg.current_balances_url {
-        let rows = current_balances(url, &cfg.current_balances.table, cfg.job_id.as_str()).await?;
+        let rows = current_balances(
+            url,
+            &cfg.current_balances.table,
+            cfg.job_id.as_str(),
+            records_max,
+        )
+        .await?;
         judge_balances(&latest, &rows, committed, &mut out, findings);
     }
     if let Some(watch) = &cfg.alerts_watch {
@@ -80,41 +86,66 @@ pub async fn check(
 /// `(sums, status, checkpoint_id)` per trip of the current-balance table.
 pub type CurrentRow = ([Decimal; 6], String, i64);
 
-async fn current_balances(
+/// Reads the job's rows of the current-balance table, streamed and bounded by `records_max`.
+/// A value that is not what the job writes (NULL, not a decimal, another type) is "could not
+/// verify" (exit 2) naming the trip and column, never a panic.
+pub async fn current_balances(
     url: &str,
     table: &str,
     job: &str,
+    records_max: u64,
 ) -> Result<HashMap<String, CurrentRow>, VerifyError> {
+    use futures::TryStreamExt;
     use sqlx::{Connection, Row};
-    let err = |e: sqlx::Error| {
+    let redacted = recon_pipeline::config::redact_url(url);
+    let fail = |m: String| {
         VerifyError::truth(
             "postgres",
-            format!(
-                "current balances ({}): {e}",
-                recon_pipeline::config::redact_url(url)
-            ),
+            format!("current balances {table} ({redacted}): {m}; fix the table or pass --skip-outputs"),
         )
     };
-    let mut c = sqlx::PgConnection::connect(url).await.map_err(err)?;
+    let mut c = sqlx::PgConnection::connect(url)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     let sql = format!(
         "SELECT trip_id, charged::text, collected::text, refunded::text, paid_out::text, fees::text,
                 adjusted::text, status, checkpoint_id FROM {table} WHERE job_id = $1"
     );
-    let rows = sqlx::query(&sql)
-        .bind(job)
-        .fetch_all(&mut c)
-        .await
-        .map_err(err)?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for r in rows {
+    const COLUMNS: [&str; 9] = [
+        "trip_id", "charged", "collected", "refunded", "paid_out", "fees", "adjusted", "status",
+        "checkpoint_id",
+    ];
+    let mut rows = sqlx::query(&sql).bind(job).fetch(&mut c);
+    let mut out = HashMap::new();
+    while let Some(r) = rows.try_next().await.map_err(|e| fail(e.to_string()))? {
+        if out.len() as u64 >= records_max {
+            return Err(VerifyError::Limit {
+                limit: "--truth-records-max",
+                value: records_max,
+                message: format!("{table} holds more rows for job {job}; raise the limit"),
+            });
+        }
+        let trip: String = r
+            .try_get(0)
+            .map_err(|e| fail(format!("column trip_id: {e}")))?;
         let mut sums = [Decimal::ZERO; 6];
         for (i, s) in sums.iter_mut().enumerate() {
-            let text: String = r.get(i + 1);
-            *s = text.parse().map_err(|e| {
-                VerifyError::truth("postgres", format!("current balances: {text:?}: {e}"))
-            })?;
+            let column = COLUMNS[i + 1];
+            let text: Option<String> = r
+                .try_get(i + 1)
+                .map_err(|e| fail(format!("trip {trip:?}, column {column}: {e}")))?;
+            let text = text.ok_or_else(|| fail(format!("trip {trip:?}, column {column}: NULL")))?;
+            *s = text
+                .parse()
+                .map_err(|e| fail(format!("trip {trip:?}, column {column}: {text:?}: {e}")))?;
         }
-        out.insert(r.get::<String, _>(0), (sums, r.get(7), r.get(8)));
+        let status: String = r
+            .try_get(7)
+            .map_err(|e| fail(format!("trip {trip:?}, column {}: {e}", COLUMNS[7])))?;
+        let checkpoint: i64 = r
+            .try_get(8)
+            .map_err(|e| fail(format!("trip {trip:?}, column {}: {e}", COLUMNS[8])))?;
+        out.insert(trip, (sums, status, checkpoint));
     }
     Ok(out)
 }

@@ -2,7 +2,7 @@
 //! human summary.
 //!
 //! The JSON report is a compatibility promise (alerting and dashboards read it): keys are only
-//! ever added. `status` is `"clean"`, `"discrepancies"` or `"error"`.
+//! ever added. `status` is `"clean"`, `"discrepancies"`, `"error"` or `"empty"`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -199,24 +199,30 @@ pub enum Status {
     Discrepancies,
     /// Could not verify: exit 2.
     Error,
+    /// Nothing to prove: the truth holds no event or dead letter of the day and the lakehouse
+    /// no row of it: exit 3 (a wrong date, a wrong truth, a job that never ran), or 0 with
+    /// `--allow-empty` where such a day is expected.
+    Empty,
 }
 
 impl Status {
-    /// `"clean"`, `"discrepancies"` or `"error"`.
+    /// `"clean"`, `"discrepancies"`, `"error"` or `"empty"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Status::Clean => "clean",
             Status::Discrepancies => "discrepancies",
             Status::Error => "error",
+            Status::Empty => "empty",
         }
     }
 
-    /// The process exit code: 0, 1 or 2.
+    /// The process exit code: 0, 1, 2 or 3.
     pub fn exit_code(&self) -> i32 {
         match self {
             Status::Clean => 0,
             Status::Discrepancies => 1,
             Status::Error => 2,
+            Status::Empty => 3,
         }
     }
 }
@@ -312,6 +318,15 @@ pub struct Report {
     /// What checks (g)/(h) looked at, when the job has optional outputs on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outputs: Option<crate::outputs::OutputsChecked>,
+    /// Per partition, the next offset the job reads after its newest commit (its committed cut).
+    pub job_committed_offsets: BTreeMap<String, i64>,
+    /// Offsets between the job's committed cut and the log end, all partitions (Kafka truth
+    /// only; transaction markers included). Not zero while the job runs or after it stopped
+    /// with a backlog.
+    pub job_lag_offsets: Option<u64>,
+    /// Kept `missing` / `missing_reject` discrepancies at or after the job's committed cut: the
+    /// job has not consumed them yet (still missing: the proof of the day is not complete).
+    pub missing_not_consumed: u64,
 }
 
 impl Report {
@@ -359,6 +374,9 @@ impl Report {
             error: Some(why),
             phases_ms: BTreeMap::new(),
             outputs: None,
+            job_committed_offsets: BTreeMap::new(),
+            job_lag_offsets: None,
+            missing_not_consumed: 0,
         }
     }
 
@@ -380,10 +398,17 @@ impl Report {
             .collect();
         self.discrepancies = findings.kept.clone();
         self.discrepancies_truncated = findings.total() > findings.kept.len() as u64;
-        self.status = if findings.total() == 0 {
-            Status::Clean
-        } else {
+        let nothing = self.truth_events == 0
+            && self.truth_rejects == 0
+            && self.ledger_events == 0
+            && self.rejected_events == 0
+            && self.balances_checked == 0;
+        self.status = if findings.total() > 0 {
             Status::Discrepancies
+        } else if nothing {
+            Status::Empty
+        } else {
+            Status::Clean
         };
     }
 
@@ -402,6 +427,10 @@ impl fmt::Display for Report {
             Status::Clean => "CLEAN: every event of the day is in the lakehouse exactly once",
             Status::Discrepancies => "DISCREPANCIES FOUND",
             Status::Error => "COULD NOT VERIFY",
+            Status::Empty => {
+                "EMPTY: no event of the day in the truth nor in the lakehouse (check --date, \
+                 --tz and the truth; --allow-empty accepts such a day)"
+            }
         };
         writeln!(
             f,
@@ -435,6 +464,16 @@ impl fmt::Display for Report {
         ];
         for (name, n) in rows {
             writeln!(f, "  {name:<24}{n:>14}")?;
+        }
+        if let Some(lag) = self.job_lag_offsets {
+            writeln!(f, "  {:<24}{lag:>14}", "job lag (offsets)")?;
+            if self.missing_not_consumed > 0 {
+                writeln!(
+                    f,
+                    "  {:<24}{:>14}",
+                    "  missing, not consumed", self.missing_not_consumed
+                )?;
+            }
         }
         if let Some(o) = &self.outputs {
             let c = |k: &str| self.discrepancies_by_kind.get(k).copied().unwrap_or(0);

@@ -32,7 +32,7 @@ use crate::row::{
     reject_digest,
 };
 use crate::spill::{SpillWriter, hash_bytes};
-use crate::truth::kafka::{KafkaTruth, Windows, uncovered};
+use crate::truth::kafka::{KafkaTruth, Windows, extend, uncovered};
 use crate::truth::{self, TruthSink, match_hash, position_hash, scope_of};
 
 /// The lakehouse side's spill files and counts.
@@ -87,12 +87,10 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     let rejected = load(catalog.as_ref(), cfg, "rejected_events").await?;
     let balances = load(catalog.as_ref(), cfg, "trip_balances").await?;
     // Which topic each row came from, for jobs that accepted a topic reset.
+    let ledger_commits = crate::offsets::commits(&ledger)?;
     let epochs = {
-        let (l, r) = (
-            crate::offsets::commits(&ledger)?,
-            crate::offsets::commits(&rejected)?,
-        );
-        Epochs::new(cfg.job_id.as_str(), l.iter().chain(&r))
+        let r = crate::offsets::commits(&rejected)?;
+        Epochs::new(cfg.job_id.as_str(), ledger_commits.iter().chain(&r))
     };
 
     // 1. Read both sides at once.
@@ -121,9 +119,9 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         let mut windows = Windows::new();
         match truth_spec {
             TruthSpec::Kafka { .. } => {
-                let (from, to) = day.widened(margin, margin);
+                let (from, _) = day.widened(margin, margin);
                 let res = tokio::task::spawn_blocking(move || -> Result<(TruthSink, Windows)> {
-                    let w = k2.window(from, to)?;
+                    let w = k2.window(from)?;
                     k2.read_ranges(&w, &mut sink)?;
                     Ok((sink, w))
                 })
@@ -173,12 +171,10 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         })
         .await
         .map_err(|e| VerifyError::truth("kafka", format!("reader thread: {e}")))??;
-        for (p, (s, e)) in &lake.windows {
-            let w = windows.entry(*p).or_insert((*s, *e));
-            w.0 = w.0.min(*s);
-            w.1 = w.1.max(*e);
-        }
+        extend(&mut windows, &lake.windows);
     }
+    // The log ends as read: the job's lag is measured against them.
+    let log_ends = windows.clone();
 
     let truth_files = (sink.events.finish()?, sink.rejects.finish()?);
     let lake_files = (
@@ -238,11 +234,7 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     let rest = Instant::now();
     // 4. Totals and offsets.
     let totals = checks::check_totals(&outcome.truth_totals, &lake.totals, &mut findings);
-    for (p, (s, e)) in &lake.windows {
-        let w = windows.entry(*p).or_insert((*s, *e));
-        w.0 = w.0.min(*s);
-        w.1 = w.1.max(*e);
-    }
+    extend(&mut windows, &lake.windows);
     let mut commits_checked = 0;
     for table in [&ledger, &rejected, &balances] {
         let commits = crate::offsets::commits(table)?;
@@ -263,6 +255,16 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         .await?
     } else {
         None
+    };
+    // The job's lag: truth events at a partition's tail it has not consumed are still missing,
+    // and named as its lag (a stopped job with a backlog is a loss until it catches up).
+    let cut = crate::offsets::committed_cut(&ledger_commits, cfg.job_id.as_str());
+    let (missing_not_consumed, job_lag) = if kafka_mode {
+        let named = crate::offsets::annotate_lag(&mut findings, &cut, &log_ends);
+        let lag = crate::offsets::lag(&cut, &log_ends);
+        (named, Some(lag.values().map(|n| n.unsigned_abs()).sum()))
+    } else {
+        (0, None)
     };
     // 5. Report.
     let elapsed = clock.elapsed();
@@ -303,6 +305,9 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         error: None,
         phases_ms: phases,
         outputs,
+        job_committed_offsets: cut.iter().map(|(p, o)| (p.to_string(), *o)).collect(),
+        job_lag_offsets: job_lag,
+        missing_not_consumed,
     };
     report.apply(&findings);
     if opts.record {

@@ -1,5 +1,5 @@
 //! The binary's contract with schedulers and alerting: exit 0 clean, 1 discrepancies, 2 could
-//! not verify (with the reason), and the JSON report's keys.
+//! not verify (with the reason), 3 an empty day, and the JSON report's keys.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,6 +35,10 @@ type Outcome = (
 );
 
 fn run(dir: &Path, truth: &str, extra: &[&str]) -> Outcome {
+    run_on(dir, "2025-03-03", truth, extra)
+}
+
+fn run_on(dir: &Path, date: &str, truth: &str, extra: &[&str]) -> Outcome {
     let report = dir.join(format!("report-{}.json", uuid::Uuid::new_v4()));
     let metrics = dir.join(format!("metrics-{}.prom", uuid::Uuid::new_v4()));
     let out = Command::new(env!("CARGO_BIN_EXE_batch-verify"))
@@ -42,7 +46,7 @@ fn run(dir: &Path, truth: &str, extra: &[&str]) -> Outcome {
             "--config",
             &dir.join("recon.toml").display().to_string(),
             "--date",
-            "2025-03-03",
+            date,
             "--tz",
             "UTC",
         ])
@@ -60,6 +64,14 @@ fn run(dir: &Path, truth: &str, extra: &[&str]) -> Outcome {
         .args(extra)
         .output()
         .unwrap();
+    // Not a terminal: no ANSI colour codes in the summary nor the log lines.
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(
+            !stream.contains(&0x1b),
+            "{}",
+            String::from_utf8_lossy(stream)
+        );
+    }
     let json = std::fs::read(&report)
         .ok()
         .map(|b| serde_json::from_slice(&b).unwrap());
@@ -223,6 +235,81 @@ async fn exit_codes_and_report_keys() {
     assert_eq!(json["status"], "error");
     assert_metrics_match(&metrics, code, &json);
     // The clean run and the failed one are both history in verification_runs.
+    assert_eq!(statuses(&lake).await, vec!["clean", "error"], "{stdout}");
+
+    // A day with nothing in the truth nor in the lakehouse (a wrong date, a job that never ran)
+    // is not CLEAN: exit 3, unless the schedule says such a day is expected.
+    let (code, stdout, json, metrics) = run_on(d, "2030-01-01", &truth, &[]);
+    assert_eq!(code, 3, "{stdout}");
+    assert!(stdout.contains("EMPTY"), "{stdout}");
+    assert_eq!(json.unwrap()["status"], "empty");
+    assert_eq!(
+        metrics["recon_verify_exit_code{job=\"recon\",truth=\"files\"}"],
+        3.0
+    );
+    let (code, stdout, json, _) = run_on(d, "2030-01-01", &truth, &["--allow-empty"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(json.unwrap()["status"], "empty");
+    assert_eq!(
+        statuses(&lake).await,
+        vec!["clean", "empty", "empty", "error"]
+    );
+
+    // Where a result cannot be written, nothing runs: no "clean" recorded for a run that then
+    // fails to report (found 2026-12-05: a missing --report directory recorded status=clean).
+    let bin = env!("CARGO_BIN_EXE_batch-verify");
+    let config = d.join("recon.toml").display().to_string();
+    let base = [
+        "--config", &config, "--date", "2025-03-03", "--truth", "files", "--truth-url", &truth,
+        "--no-progress",
+    ];
+    let missing_dir = d.join("no-such-dir").join("r.json").display().to_string();
+    let a_dir = d.display().to_string();
+    for (option, path) in [
+        ("--report", &missing_dir),
+        ("--report", &a_dir),
+        ("--metrics-textfile", &missing_dir),
+    ] {
+        let out = Command::new(bin)
+            .args(base)
+            .args([option, path.as_str()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{option} {path}: {stderr}");
+        assert!(
+            stderr.contains(option) && stderr.contains("nothing was read or recorded"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(
+        statuses(&lake).await,
+        vec!["clean", "empty", "empty", "error"],
+        "a refused run records nothing"
+    );
+
+    // --truth-run-id: only with the PostgreSQL truth, and only a plain id.
+    for (truth_args, why) in [
+        (vec!["--truth", "files", "--truth-url", &truth], "postgres only"),
+        (
+            vec!["--truth", "postgres", "--truth-url", "postgres://127.0.0.1:1/x"],
+            "is not a run id",
+        ),
+    ] {
+        let out = Command::new(bin)
+            .args(["--config", &config, "--date", "2025-03-03", "--no-progress"])
+            .args(truth_args)
+            .args(["--truth-run-id", "x' OR '1'='1"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{stdout}");
+        assert!(stdout.contains(why), "{stdout}");
+    }
+}
+
+/// `verification_runs.status` of every recorded run, sorted.
+async fn statuses(lake: &Lakehouse) -> Vec<String> {
     let runs = recon_pipeline::lakehouse::scan(
         lake.catalog.as_ref(),
         &recon_pipeline::lakehouse::table_ident(&lake.cfg, "verification_runs"),
@@ -244,5 +331,5 @@ async fn exit_codes_and_report_keys() {
         })
         .collect();
     statuses.sort();
-    assert_eq!(statuses, vec!["clean", "error"], "{stdout}");
+    statuses
 }

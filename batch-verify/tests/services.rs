@@ -1,19 +1,21 @@
-//! Against real services (`infra/local/up && eval "$(infra/local/env)"`): Apache Kafka with the
-//! day's window found by timestamps, and the PostgreSQL truth written by the generator's own
-//! truth writer. Without `RECON_SERVICES=1` the test says loudly that it did not run (and fails
+//! Against real services (`infra/local/up && eval "$(infra/local/env)"`): Apache Kafka (the whole
+//! log, or from the broker-time lower bound) and the PostgreSQL truth written by the generator's
+//! own truth writer, on a clean day, a job stopped with a backlog, and a day the records were
+//! published before. Without `RECON_SERVICES=1` the test says loudly that it did not run (and fails
 //! when `RECON_REQUIRE_SERVICES=1`, as `infra/local/test` sets).
 
 use std::time::Duration;
 
-use batch_verify::fixture::{Lakehouse, place, simulate};
+use batch_verify::fixture::{Lakehouse, Placed, place, simulate};
 use batch_verify::options::{Options, TruthSpec};
 use batch_verify::report::Status;
 use batch_verify::truth::kafka::KafkaScan;
-use batch_verify::truth::postgres::{EVENTS_QUERY, REJECTS_QUERY};
+use batch_verify::truth::postgres::scoped_queries;
 use batch_verify::{BusinessDay, verify};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use recon_pipeline::generate::config::Ppm;
 use recon_pipeline::generate::truth::TruthRecorder;
@@ -39,102 +41,188 @@ fn services() -> Option<(String, String)> {
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_kafka_by_timestamps_and_postgres_truth_are_clean() {
-    let Some((brokers, pg)) = services() else {
-        return;
-    };
-    let seed: u64 = rand::random::<u64>() >> 1;
-    let traffic = TrafficConfig {
-        trips: 250,
+/// A topic holding one generator run, and the run's truth in PostgreSQL.
+struct Published {
+    brokers: String,
+    pg: String,
+    topic: String,
+    run_id: String,
+    placed: Vec<Placed>,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl Published {
+    /// Creates a topic, publishes `traffic` (then `extra` raw payloads on every partition), and
+    /// writes the run's truth through the generator's own writer.
+    async fn new(brokers: String, pg: String, traffic: TrafficConfig, extra: &[&[u8]]) -> Self {
+        let topic = format!("batch-verify-test-{}", traffic.seed);
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for r in admin
+            .create_topics(
+                [&NewTopic::new(
+                    &topic,
+                    PARTITIONS,
+                    TopicReplication::Fixed(1),
+                )],
+                &admin_opts(),
+            )
+            .await
+            .unwrap()
+        {
+            r.unwrap();
+        }
+        let records: Vec<_> = plan(&traffic).collect();
+        let tail = (0..PARTITIONS).flat_map(|p| extra.iter().map(move |x| (Some(p), None, x.to_vec())));
+        let placed = place(
+            records
+                .iter()
+                .map(|r| (r.partition_hint, r.key.clone(), r.payload.clone()))
+                .chain(tail),
+            PARTITIONS,
+        );
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        for p in &placed {
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic)
+                .payload(&p.payload[..])
+                .partition(p.position.partition);
+            if let Some(k) = &p.key {
+                rec = rec.key(&k[..]);
+            }
+            producer.send(rec).map_err(|(e, _)| e).unwrap();
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+        // The fixture's positions are the broker's: offsets 0.. per partition, no markers.
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "batch-verify-probe")
+            .create()
+            .unwrap();
+        for p in 0..PARTITIONS {
+            let (_, high) = probe
+                .fetch_watermarks(&topic, p, Duration::from_secs(30))
+                .unwrap();
+            let placed_here = placed.iter().filter(|r| r.position.partition == p).count();
+            assert_eq!(high, placed_here as i64, "partition {p}");
+        }
+
+        let run_id = traffic.run_id();
+        let (sink, writer) = recon_pipeline::generate::truth::postgres::connect(
+            &pg,
+            &run_id,
+            traffic.seed,
+            "batch-verify test",
+        )
+        .await
+        .unwrap();
+        let recorder = TruthRecorder::new(&run_id).with_postgres(sink);
+        let summary = tokio::task::spawn_blocking(move || {
+            let mut recorder = recorder;
+            for r in &records {
+                recorder.observe(r).unwrap();
+            }
+            recorder.finish().unwrap()
+        })
+        .await
+        .unwrap();
+        writer.finish(&summary).await.unwrap();
+        Published {
+            brokers,
+            pg,
+            topic,
+            run_id,
+            placed,
+            admin,
+        }
+    }
+
+    /// A lakehouse holding what the job would have committed after reading `consumed`.
+    async fn lakehouse(&self, dir: &std::path::Path, consumed: &[Placed]) -> Lakehouse {
+        let sim = simulate(consumed);
+        let lake = Lakehouse::create(dir, &self.brokers, &self.topic)
+            .await
+            .unwrap();
+        lake.commit(1, &sim.ledger, &sim.rejected, &sim.balances(), &sim.offsets)
+            .await
+            .unwrap();
+        lake
+    }
+
+    /// The PostgreSQL truth of this run only (the database is shared with other tests).
+    fn postgres_truth(&self) -> TruthSpec {
+        let (events_query, rejects_query) = scoped_queries(&self.run_id).unwrap();
+        TruthSpec::Postgres {
+            url: self.pg.clone(),
+            events_query,
+            rejects_query,
+        }
+    }
+
+    async fn delete(self) {
+        self.admin
+            .delete_topics(&[&self.topic], &admin_opts())
+            .await
+            .ok();
+    }
+}
+
+fn admin_opts() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))
+}
+
+fn options(date: &str, truth: TruthSpec) -> Options {
+    let day = BusinessDay::new(date.parse().unwrap(), "UTC").unwrap();
+    let mut o = Options::new(day, truth);
+    o.progress = false;
+    o.buckets = 4;
+    o.kafka_timeout = Duration::from_secs(120);
+    o
+}
+
+/// Traffic without re-sends, conflicts or bad records: every record is one event.
+fn quiet() -> TrafficConfig {
+    TrafficConfig {
+        duplicate: Ppm::new(0).unwrap(),
+        conflict: Ppm::new(0).unwrap(),
+        poison: Ppm::new(0).unwrap(),
+        ..TrafficConfig::default()
+    }
+}
+
+fn noisy(seed: u64, trips: u64) -> TrafficConfig {
+    TrafficConfig {
+        trips,
         seed,
         partitions: PARTITIONS,
         duplicate: Ppm::new(30_000).unwrap(),
         conflict: Ppm::new(20_000).unwrap(),
         poison: Ppm::new(20_000).unwrap(),
         ..TrafficConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_kafka_by_timestamps_and_postgres_truth_are_clean() {
+    let Some((brokers, pg)) = services() else {
+        return;
     };
-    let topic = format!("batch-verify-test-{seed}");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in admin
-        .create_topics(
-            [&NewTopic::new(
-                &topic,
-                PARTITIONS,
-                TopicReplication::Fixed(1),
-            )],
-            &opts,
-        )
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
-    let records: Vec<_> = plan(&traffic).collect();
-    let placed = place(
-        records
-            .iter()
-            .map(|r| (r.partition_hint, r.key.clone(), r.payload.clone())),
-        PARTITIONS,
-    );
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
-    for p in &placed {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic)
-            .payload(&p.payload[..])
-            .partition(p.position.partition);
-        if let Some(k) = &p.key {
-            rec = rec.key(&k[..]);
-        }
-        producer.send(rec).map_err(|(e, _)| e).unwrap();
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
-
-    // The truth in PostgreSQL, through the generator's own writer.
-    let run_id = traffic.run_id();
-    let (sink, writer) =
-        recon_pipeline::generate::truth::postgres::connect(&pg, &run_id, seed, "batch-verify test")
-            .await
-            .unwrap();
-    let recorder = TruthRecorder::new(&run_id).with_postgres(sink);
-    let summary = tokio::task::spawn_blocking(move || {
-        let mut recorder = recorder;
-        for r in &records {
-            recorder.observe(r).unwrap();
-        }
-        recorder.finish().unwrap()
-    })
-    .await
-    .unwrap();
-    writer.finish(&summary).await.unwrap();
-
+    let seed: u64 = rand::random::<u64>() >> 1;
+    let run = Published::new(brokers, pg, noisy(seed, 250), &[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let sim = simulate(&placed);
-    let lake = Lakehouse::create(dir.path(), &brokers, &topic)
-        .await
-        .unwrap();
-    lake.commit(1, &sim.ledger, &sim.rejected, &sim.balances(), &sim.offsets)
-        .await
-        .unwrap();
-
-    let day = BusinessDay::new("2025-03-03".parse().unwrap(), "UTC").unwrap();
-    let mut o = Options::new(
-        day,
+    let lake = run.lakehouse(dir.path(), &run.placed).await;
+    let mut o = options(
+        "2025-03-03",
         TruthSpec::Kafka {
             scan: KafkaScan::Timestamps,
         },
     );
-    o.progress = false;
-    o.buckets = 4;
-    o.kafka_timeout = Duration::from_secs(120);
     let k = verify(&lake.cfg, lake.catalog.clone(), &o).await.unwrap();
     println!("{k}");
     assert_eq!(k.status, Status::Clean, "{k}");
@@ -142,17 +230,9 @@ async fn real_kafka_by_timestamps_and_postgres_truth_are_clean() {
         k.truth_events > 500 && k.ledger_events == k.truth_events,
         "{k}"
     );
+    assert_eq!(k.job_lag_offsets, Some(0), "{k}");
 
-    // Only this run's rows: the truth database is shared with other tests.
-    let filter = format!(" AND run_id = '{run_id}'");
-    o.truth = TruthSpec::Postgres {
-        url: pg,
-        events_query: format!("{EVENTS_QUERY}{filter}"),
-        rejects_query: REJECTS_QUERY.replace(
-            "FROM truth_rejects",
-            &format!("FROM truth_rejects WHERE run_id = '{run_id}'"),
-        ),
-    };
+    o.truth = run.postgres_truth();
     let p = verify(&lake.cfg, lake.catalog.clone(), &o).await.unwrap();
     println!("{p}");
     assert_eq!(p.status, Status::Clean, "{p}");
@@ -162,5 +242,168 @@ async fn real_kafka_by_timestamps_and_postgres_truth_are_clean() {
     );
     assert_eq!(p.rejected_events, p.truth_rejects);
     assert!(p.truth_rejects > 5, "{p}");
-    admin.delete_topics(&[&topic], &opts).await.ok();
+    run.delete().await;
+}
+
+/// Found on 2026-12-05: with the job stopped on a backlog, the PostgreSQL truth reported
+/// `missing 16100` and the Kafka truth `missing 0` (its window ended at a broker-time lookup, so
+/// the unconsumed tail was never read). Both truths must report the same loss, and the Kafka
+/// truth names it as the job's lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_the_job_never_consumed_is_missing_in_both_truths() {
+    let Some((brokers, pg)) = services() else {
+        return;
+    };
+    let seed: u64 = rand::random::<u64>() >> 1;
+    let traffic = TrafficConfig {
+        trips: 200,
+        seed,
+        partitions: PARTITIONS,
+        ..quiet()
+    };
+    let run = Published::new(brokers, pg, traffic, &[]).await;
+    // The job consumed the first 60 % of every partition, then stopped.
+    let cut = |p: i32| {
+        let n = run.placed.iter().filter(|r| r.position.partition == p).count();
+        (n * 6 / 10) as i64
+    };
+    let (consumed, backlog): (Vec<Placed>, Vec<Placed>) = run
+        .placed
+        .iter()
+        .cloned()
+        .partition(|r| r.position.offset < cut(r.position.partition));
+    let day = BusinessDay::new("2025-03-03".parse().unwrap(), "UTC").unwrap();
+    let lost = backlog
+        .iter()
+        .filter(|r| batch_verify::day::payload_time(&r.payload).is_some_and(|t| day.contains(t)))
+        .count() as u64;
+    assert!(lost > 100, "the backlog holds {lost} events of the day");
+    let dir = tempfile::tempdir().unwrap();
+    let lake = run.lakehouse(dir.path(), &consumed).await;
+
+    let k = verify(
+        &lake.cfg,
+        lake.catalog.clone(),
+        &options("2025-03-03", TruthSpec::Kafka { scan: KafkaScan::Full }),
+    )
+    .await
+    .unwrap();
+    println!("{k}");
+    let p = verify(
+        &lake.cfg,
+        lake.catalog.clone(),
+        &options("2025-03-03", run.postgres_truth()),
+    )
+    .await
+    .unwrap();
+    println!("{p}");
+    for r in [&k, &p] {
+        assert_eq!(r.status, Status::Discrepancies, "{r}");
+        assert_eq!(r.missing, lost, "{r}");
+        assert_eq!(r.duplicates + r.phantom, 0, "{r}");
+    }
+    assert_eq!(k.truth_events, p.truth_events);
+    assert_eq!(k.job_lag_offsets, Some(backlog.len() as u64), "{k}");
+    assert_eq!(k.missing_not_consumed, lost, "{k}");
+    let example = k
+        .discrepancies
+        .iter()
+        .find(|d| d.kind == batch_verify::report::Kind::Missing)
+        .unwrap();
+    assert!(
+        example.detail.contains("not consumed by the job yet"),
+        "{example:?}"
+    );
+    run.delete().await;
+}
+
+/// Found on 2026-12-05: `phantom_reject` false alarms on undated dead letters. With records
+/// published before the business day (here: a day in the future), the broker-time lookup gave
+/// an empty window at the log end, and joining it to the lakehouse's rows claimed offsets that
+/// were never read: undated dead letters at a partition's tail looked phantom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undated_dead_letters_after_the_days_rows_are_read_not_phantom() {
+    let Some((brokers, pg)) = services() else {
+        return;
+    };
+    let seed: u64 = rand::random::<u64>() >> 1;
+    let traffic = TrafficConfig {
+        trips: 60,
+        seed,
+        partitions: PARTITIONS,
+        start: "2031-06-01T00:00:00Z".parse().unwrap(),
+        ..quiet()
+    };
+    let undated: [&[u8]; 2] = [b"not json at all", b"{\"event_id\": 7}"];
+    let run = Published::new(brokers, pg, traffic, &undated).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = run.lakehouse(dir.path(), &run.placed).await;
+    for scan in [KafkaScan::Timestamps, KafkaScan::Full] {
+        let r = verify(
+            &lake.cfg,
+            lake.catalog.clone(),
+            &options("2031-06-01", TruthSpec::Kafka { scan }),
+        )
+        .await
+        .unwrap();
+        println!("{scan:?}: {r}");
+        assert_eq!(r.status, Status::Clean, "{scan:?}: {r}");
+        assert!(r.truth_events > 100, "{r}");
+        assert_eq!(r.phantom, 0, "{r}");
+    }
+    run.delete().await;
+}
+
+/// Found on 2026-12-05: check (g) panicked (exit 101) on a value the job never writes. Every bad
+/// value is "could not verify" naming the trip and the column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_current_balance_value_is_an_error_not_a_panic() {
+    use sqlx::Connection;
+    let Some((_, pg)) = services() else {
+        return;
+    };
+    let table = format!("bv_current_{}", rand::random::<u32>());
+    let mut c = sqlx::PgConnection::connect(&pg).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (job_id text, trip_id text, charged text, collected text, \
+         refunded text, paid_out text, fees text, adjusted text, status text, checkpoint_id bigint)"
+    ))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let good = "'1.000', '1.000', '0', '0.800', '0.200', '0'";
+    for (job, row) in [
+        ("good", format!("'t1', {good}, 'BALANCED', 7")),
+        ("null", "'t2', NULL, '1', '0', '0', '0', '0', 'OPEN', 7".to_string()),
+        ("text", "'t3', 'abc', '1', '0', '0', '0', '0', 'OPEN', 7".to_string()),
+        ("status", format!("'t4', {good}, NULL, 7")),
+    ] {
+        sqlx::query(&format!("INSERT INTO {table} VALUES ('{job}', {row})"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let read = |job: &'static str, max: u64| {
+        let (pg, table) = (pg.clone(), table.clone());
+        async move { batch_verify::outputs::current_balances(&pg, &table, job, max).await }
+    };
+    let good_rows = read("good", 10).await.unwrap();
+    assert_eq!(good_rows["t1"].1, "BALANCED");
+    assert_eq!(good_rows["t1"].2, 7);
+    for (job, want) in [
+        ("null", "column charged: NULL"),
+        ("text", "column charged: \"abc\""),
+        ("status", "column status"),
+    ] {
+        // Every VerifyError is "could not verify", exit 2 (main.rs).
+        let text = read(job, 10).await.unwrap_err().to_string();
+        assert!(text.contains(want) && text.contains("--skip-outputs"), "{job}: {text}");
+        assert!(!text.contains(&pg), "the URL is redacted: {text}");
+    }
+    let e = read("good", 0).await.unwrap_err().to_string();
+    assert!(e.contains("--truth-records-max"), "{e}");
+    sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&mut c)
+        .await
+        .unwrap();
 }

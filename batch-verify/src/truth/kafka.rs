@@ -1,11 +1,19 @@
-//! The Kafka truth: re-read the topic's committed records of the day.
+//! The Kafka truth: re-read the topic's committed records and keep those of the day.
 //!
-//! The offset window per partition is `[offset_for_time(start - margin),
-//! offset_for_time(end + margin))` (a time past the last record maps to the high watermark), or
-//! the whole retained log with [`KafkaScan::Full`] (needed where the broker cannot look offsets
-//! up by time, e.g. librdkafka's mock cluster). After the lakehouse scan the window is widened
-//! to cover every position the day's lakehouse rows claim, so a row can never look phantom
-//! merely because it lies outside the window ([`KafkaTruth::read_ranges`]).
+//! The day is selected by the **business time each record carries** (`occurred_at`), never by
+//! broker timestamps: a record's timestamp is when it was published, which says nothing about
+//! the business day of a late event or a replayed backlog. Every window therefore ends at the
+//! **log end** (the high watermark when the run starts; `read_committed` stops at the last
+//! stable offset), so events at a partition's tail that the job has not consumed are read and
+//! reported `missing` with the job's lag. Where it starts:
+//! - [`KafkaScan::Full`] (default): the log start. Bounded by `--truth-records-max`.
+//! - [`KafkaScan::Timestamps`]: the first record the broker timestamps at or after the day's
+//!   start minus the margin. Only a lower bound, valid when no producer stamps a record more than
+//!   the margin *before* its `occurred_at` (publish time is never earlier than business time).
+//!
+//! After the lakehouse scan each window is extended, contiguously, over every position the
+//! day's lakehouse rows claim ([`uncovered`]), so a row can never look phantom merely because
+//! it lies outside the window, and a window never claims offsets that were not read.
 //!
 //! Reads are `read_committed`: records of aborted transactions are not truth. Each record is
 //! decoded with the pipeline's own decoder and limits; whether a decoded version is the event,
@@ -32,12 +40,14 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait of one poll.
 const POLL_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// How the offset window is found.
+/// Where each partition's window starts (it always ends at the log end).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KafkaScan {
-    /// By record timestamp, with the safety margin (default).
+    /// At the first record the broker timestamps at or after the day's start minus the margin:
+    /// a lower bound that assumes no record is stamped more than the margin before its
+    /// business time.
     Timestamps,
-    /// The whole retained log (brokers without time lookup; small topics).
+    /// At the log start: the whole retained log (default; no assumption about timestamps).
     Full,
 }
 
@@ -87,8 +97,9 @@ impl KafkaTruth {
             })
     }
 
-    /// Finds the day's window per partition (`start - margin`, `end + margin`).
-    pub fn window(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Windows> {
+    /// Finds each partition's window: from the log start (or, with [`KafkaScan::Timestamps`],
+    /// the first record stamped at or after `from`) to the log end.
+    pub fn window(&self, from: DateTime<Utc>) -> Result<Windows> {
         let consumer = self.consumer()?;
         // In short attempts, so that a refused login (SASL, TLS) stops at once with its reason.
         let deadline = Instant::now() + LOOKUP_TIMEOUT;
@@ -150,17 +161,15 @@ impl KafkaTruth {
                 .collect())
         };
         let starts = lookup(from)?;
-        let ends = lookup(to)?;
         for p in partitions {
             let (low, high) = marks[&p];
-            let resolve = |o: Option<&Offset>| match o {
+            let start = match starts.get(&p) {
                 Some(Offset::Offset(o)) => (*o).clamp(low, high),
-                // No record at or after the time: the window ends at the log's end.
+                // No record stamped at or after the time: nothing of the day can follow.
                 _ => high,
             };
-            let start = resolve(starts.get(&p));
-            let end = resolve(ends.get(&p)).max(start);
-            windows.insert(p, (start, end));
+            // Never ends by time: late events and an unconsumed backlog are at the tail.
+            windows.insert(p, (start, high));
         }
         Ok(windows)
     }
@@ -258,16 +267,23 @@ impl KafkaTruth {
     }
 }
 
-/// The parts of `wanted` not covered by `have`, per partition: the ranges before the covered
-/// window and the ranges after it (two maps, each with at most one range per partition).
+/// What must still be read so that each partition's window covers `wanted` and stays one
+/// contiguous range: the range from `wanted`'s start up to the window's start, and the range
+/// from the window's end up to `wanted`'s end (two maps, at most one range per partition). An
+/// empty window `(s, s)` still has a place: the gap between it and `wanted` is read too, so
+/// [`extend`] never makes a window claim offsets that were not read.
 pub fn uncovered(have: &Windows, wanted: &Windows) -> (Windows, Windows) {
     let (mut before, mut after) = (Windows::new(), Windows::new());
     for (p, (ws, we)) in wanted {
-        match have.get(p).copied().filter(|(hs, he)| hs < he) {
+        if ws >= we {
+            continue;
+        }
+        match have.get(p).copied() {
             None => {
                 before.insert(*p, (*ws, *we));
             }
             Some((hs, he)) => {
+                let he = he.max(hs);
                 if *ws < hs {
                     before.insert(*p, (*ws, hs));
                 }
@@ -278,6 +294,19 @@ pub fn uncovered(have: &Windows, wanted: &Windows) -> (Windows, Windows) {
         }
     }
     (before, after)
+}
+
+/// Extends `have` over `wanted` once [`uncovered`]'s ranges were read: each window becomes the
+/// hull of both, which is exactly what was read.
+pub fn extend(have: &mut Windows, wanted: &Windows) {
+    for (p, (ws, we)) in wanted {
+        if ws >= we {
+            continue;
+        }
+        let w = have.entry(*p).or_insert((*ws, *we));
+        w.1 = w.1.max(w.0).max(*we);
+        w.0 = w.0.min(*ws);
+    }
 }
 
 #[cfg(test)]
@@ -291,10 +320,28 @@ mod tests {
         let (before, after) = uncovered(&have, &wanted);
         assert_eq!(
             before,
-            Windows::from([(0, (8, 10)), (1, (3, 9)), (2, (0, 4))])
+            Windows::from([(0, (8, 10)), (1, (3, 5)), (2, (0, 4))])
         );
-        assert_eq!(after, Windows::from([(0, (20, 25))]));
+        assert_eq!(after, Windows::from([(0, (20, 25)), (1, (5, 9))]));
         let (b, a) = uncovered(&have, &Windows::from([(0, (12, 18))]));
         assert!(b.is_empty() && a.is_empty());
+    }
+
+    /// The false alarm of 2026-12: an empty window at the log end, lakehouse rows well before
+    /// it. The hull used to claim the offsets in between without reading them.
+    #[test]
+    fn an_empty_window_is_joined_to_the_rows_by_reading_the_gap() {
+        let have = Windows::from([(0, (900, 900))]);
+        let wanted = Windows::from([(0, (100, 200))]);
+        let (before, after) = uncovered(&have, &wanted);
+        assert_eq!(before, Windows::from([(0, (100, 900))]));
+        assert!(after.is_empty());
+        let mut w = have.clone();
+        extend(&mut w, &wanted);
+        assert_eq!(w, Windows::from([(0, (100, 900))]));
+        // Rows past the end (the job committed after the watermarks were taken).
+        let (before, after) = uncovered(&have, &Windows::from([(0, (950, 960))]));
+        assert!(before.is_empty());
+        assert_eq!(after, Windows::from([(0, (900, 960))]));
     }
 }

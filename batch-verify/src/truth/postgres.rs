@@ -30,6 +30,31 @@ pub const EVENTS_QUERY: &str = "SELECT event_id::text AS event_id, event_type, t
 pub const REJECTS_QUERY: &str = "SELECT class, event_id::text AS event_id, trip_id, record_key, payload \
      FROM truth_rejects ORDER BY run_id, seq";
 
+/// The default queries narrowed to one generator run (`truth_runs.run_id`), for a truth
+/// database that several runs share. The id is checked (letters, digits, `-`, `_`, `.`, `:`;
+/// 1 to 128 characters) and inlined as a literal.
+pub fn scoped_queries(run_id: &str) -> Result<(String, String)> {
+    let ok = (1..=128).contains(&run_id.len())
+        && run_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if !ok {
+        return Err(VerifyError::Options {
+            option: "--truth-run-id",
+            message: format!(
+                "{run_id:?} is not a run id (1 to 128 of letters, digits, '-', '_', '.', ':'); \
+                 see SELECT run_id FROM truth_runs"
+            ),
+        });
+    }
+    let events = format!("{EVENTS_QUERY} AND run_id = '{run_id}'");
+    let rejects = format!(
+        "SELECT class, event_id::text AS event_id, trip_id, record_key, payload \
+         FROM truth_rejects WHERE run_id = '{run_id}' ORDER BY seq"
+    );
+    Ok((events, rejects))
+}
+
 fn err(message: impl ToString) -> VerifyError {
     VerifyError::truth("postgres", message)
 }
@@ -148,4 +173,20 @@ fn event_of(row: &PgRow) -> Result<Event> {
         payout_id: get(row, "payout_id")?,
         schema_version: get(row, "schema_version")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_id_scopes_both_default_queries_and_is_checked() {
+        let (e, r) = scoped_queries("seed-42_run.1").unwrap();
+        assert!(e.starts_with(EVENTS_QUERY) && e.ends_with("AND run_id = 'seed-42_run.1'"));
+        assert!(r.contains("WHERE run_id = 'seed-42_run.1'"), "{r}");
+        for bad in ["", "x' OR '1'='1", "a b", &"x".repeat(129)] {
+            let e = scoped_queries(bad).unwrap_err().to_string();
+            assert!(e.contains("--truth-run-id"), "{e}");
+        }
+    }
 }
