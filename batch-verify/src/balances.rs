@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 
-
 use crate::day::BusinessDay;
 use crate::fold::{Fold, Ledger, Step};
 use crate::report::{Discrepancy, Findings, Kind};
@@ -289,7 +288,10 @@ pub fn compare(
 fn differences(fold: &Ledger, row: &BalanceRow) -> Vec<String> {
     let mut out = Vec::new();
     if fold.currency != row.currency {
-        out.push(format!("currency {} vs fold {}", row.currency, fold.currency));
+        out.push(format!(
+            "currency {} vs fold {}",
+            row.currency, fold.currency
+        ));
     }
     let text = |u: i128| crate::checks::scaled(u);
     for (k, want) in fold.sums.iter().enumerate() {

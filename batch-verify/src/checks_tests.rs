@@ -389,5 +389,8 @@ fn totals_print_at_scale_whatever_their_size() {
     assert_eq!(scaled(12_345_678), "12345.678");
     // Past decimal(18, 3): a day's total of many large amounts.
     assert_eq!(scaled(10_i128.pow(18) + 7), "1000000000000000.007");
-    assert_eq!(scaled(i128::MIN).len(), "-170141183460469231731687303715884105.728".len());
+    assert_eq!(
+        scaled(i128::MIN).len(),
+        "-170141183460469231731687303715884105.728".len()
+    );
 }

@@ -156,7 +156,9 @@ impl<'a> Fold<'a> {
         if !readable {
             return Step::Unreadable;
         }
-        let ledger = self.ledger.get_or_insert_with(|| Ledger::new(&row.currency));
+        let ledger = self
+            .ledger
+            .get_or_insert_with(|| Ledger::new(&row.currency));
         match self.seen.get(&row.event_id) {
             Some(first) if *first == row => return Step::Resent,
             Some(_) => {

@@ -25,7 +25,10 @@ fn assert_same(events: &[Event]) -> Result<(), TestCaseError> {
         (None, None) => {}
         (Some(o), Some(r)) => {
             let status = r.status();
-            prop_assert_eq!(o.status(), (status.as_str(), status.reason().map(|x| x.as_str())));
+            prop_assert_eq!(
+                o.status(),
+                (status.as_str(), status.reason().map(|x| x.as_str()))
+            );
             prop_assert_eq!(&o.currency, r.currency.code());
             prop_assert_eq!(o.sums, unscaled(&r));
             prop_assert_eq!(o.events, r.events);
@@ -44,8 +47,15 @@ fn assert_same(events: &[Event]) -> Result<(), TestCaseError> {
 }
 
 fn unscaled(b: &TripBalance) -> [i128; 6] {
-    [b.charged, b.collected, b.refunded, b.paid_out, b.fees, b.adjusted]
-        .map(|d| money::to_unscaled(d).expect("a sum fits"))
+    [
+        b.charged,
+        b.collected,
+        b.refunded,
+        b.paid_out,
+        b.fees,
+        b.adjusted,
+    ]
+    .map(|d| money::to_unscaled(d).expect("a sum fits"))
 }
 
 fn event(id: u8, kind: usize, amount: i64, currency: &str, at_s: i64) -> Event {
@@ -133,8 +143,15 @@ fn the_verifiers_fold_is_the_reference_fold_on_generated_traffic() {
         conflicted += usize::from(r.conflicting_duplicate);
         statuses.insert(r.status().as_str());
     }
-    assert!(conflicted > 10, "the traffic exercises conflicts: {conflicted}");
-    assert_eq!(statuses.len(), 3, "OPEN, BALANCED and DISCREPANCY: {statuses:?}");
+    assert!(
+        conflicted > 10,
+        "the traffic exercises conflicts: {conflicted}"
+    );
+    assert_eq!(
+        statuses.len(),
+        3,
+        "OPEN, BALANCED and DISCREPANCY: {statuses:?}"
+    );
 }
 
 #[test]

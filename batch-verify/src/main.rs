@@ -264,9 +264,13 @@ fn check_writable(option: &str, path: &std::path::Path) -> Result<(), String> {
             dir.display()
         ));
     }
-    tempfile::NamedTempFile::new_in(dir)
-        .map(drop)
-        .map_err(|e| format!("{option} {}: cannot write in {}: {e}", path.display(), dir.display()))
+    tempfile::NamedTempFile::new_in(dir).map(drop).map_err(|e| {
+        format!(
+            "{option} {}: cannot write in {}: {e}",
+            path.display(),
+            dir.display()
+        )
+    })
 }
 
 fn main() -> ExitCode {

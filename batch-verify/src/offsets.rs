@@ -135,11 +135,7 @@ pub fn committed_cut(commits: &[Commit], job: &str) -> BTreeMap<i32, i64> {
 
 /// Names the job's lag on every kept `missing` / `missing_reject` at or after the committed
 /// cut of its partition (`log_end`: the truth's window ends); returns how many it named.
-pub fn annotate_lag(
-    findings: &mut Findings,
-    cut: &BTreeMap<i32, i64>,
-    log_end: &Windows,
-) -> u64 {
+pub fn annotate_lag(findings: &mut Findings, cut: &BTreeMap<i32, i64>, log_end: &Windows) -> u64 {
     let mut named = 0;
     for d in &mut findings.kept {
         if !matches!(d.kind, Kind::Missing | Kind::MissingReject) {
@@ -331,10 +327,18 @@ mod tests {
         let cut = BTreeMap::from([(0, 20)]);
         let ends = Windows::from([(0, (0, 40)), (1, (0, 7))]);
         assert_eq!(annotate_lag(&mut f, &cut, &ends), 2);
-        assert!(f.kept[0].detail.contains("up to offset 20"), "{:?}", f.kept[0]);
+        assert!(
+            f.kept[0].detail.contains("up to offset 20"),
+            "{:?}",
+            f.kept[0]
+        );
         assert!(f.kept[0].detail.contains("lag 20 offsets"));
         assert_eq!(f.kept[1].detail, "b", "before the cut: a real loss");
-        assert!(f.kept[2].detail.contains("committed nothing on partition 1"));
+        assert!(
+            f.kept[2]
+                .detail
+                .contains("committed nothing on partition 1")
+        );
         assert_eq!(f.kept[3].detail, "d");
         assert_eq!(lag(&cut, &ends), BTreeMap::from([(0, 20), (1, 7)]));
     }

@@ -101,7 +101,9 @@ pub async fn current_balances(
     let fail = |m: String| {
         VerifyError::truth(
             "postgres",
-            format!("current balances {table} ({redacted}): {m}; fix the table or pass --skip-outputs"),
+            format!(
+                "current balances {table} ({redacted}): {m}; fix the table or pass --skip-outputs"
+            ),
         )
     };
     let mut c = sqlx::PgConnection::connect(url)
@@ -112,7 +114,14 @@ pub async fn current_balances(
                 adjusted::text, status, checkpoint_id FROM {table} WHERE job_id = $1"
     );
     const COLUMNS: [&str; 9] = [
-        "trip_id", "charged", "collected", "refunded", "paid_out", "fees", "adjusted", "status",
+        "trip_id",
+        "charged",
+        "collected",
+        "refunded",
+        "paid_out",
+        "fees",
+        "adjusted",
+        "status",
         "checkpoint_id",
     ];
     let mut rows = sqlx::query(&sql).bind(job).fetch(&mut c);

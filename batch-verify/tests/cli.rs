@@ -260,7 +260,14 @@ async fn exit_codes_and_report_keys() {
     let bin = env!("CARGO_BIN_EXE_batch-verify");
     let config = d.join("recon.toml").display().to_string();
     let base = [
-        "--config", &config, "--date", "2025-03-03", "--truth", "files", "--truth-url", &truth,
+        "--config",
+        &config,
+        "--date",
+        "2025-03-03",
+        "--truth",
+        "files",
+        "--truth-url",
+        &truth,
         "--no-progress",
     ];
     let missing_dir = d.join("no-such-dir").join("r.json").display().to_string();
@@ -290,9 +297,17 @@ async fn exit_codes_and_report_keys() {
 
     // --truth-run-id: only with the PostgreSQL truth, and only a plain id.
     for (truth_args, why) in [
-        (vec!["--truth", "files", "--truth-url", &truth], "postgres only"),
         (
-            vec!["--truth", "postgres", "--truth-url", "postgres://127.0.0.1:1/x"],
+            vec!["--truth", "files", "--truth-url", &truth],
+            "postgres only",
+        ),
+        (
+            vec![
+                "--truth",
+                "postgres",
+                "--truth-url",
+                "postgres://127.0.0.1:1/x",
+            ],
             "is not a run id",
         ),
     ] {
