@@ -1,9 +1,10 @@
 //! Reading the day from the lakehouse: partition-filtered Iceberg scans of `ledger_events`,
 //! `rejected_events` and `trip_balances`, turned into [`crate::row`] rows.
 //!
-//! Every scan carries a filter on the table's partition source column (`occurred_at`,
-//! `rejected_at`) or on a column whose file statistics prune (`last_occurred_at`), so a day's
-//! run reads the day's files, not the table. Rows are handed to a callback batch by batch:
+//! The ledger scans carry a filter on the partition source column (`occurred_at`) or on trip
+//! ids, the balance scan one whose file statistics prune (`last_occurred_at`), so a day's run
+//! reads the day's files, not the table; `rejected_events` is read whole (a dead letter's day is
+//! in its payload, not in when it was rejected). Rows are handed to a callback batch by batch:
 //! nothing here holds more than one Arrow batch.
 
 use arrow_array::cast::AsArray;
@@ -34,6 +35,11 @@ pub fn time_range(column: &str, from: DateTime<Utc>, to: Option<DateTime<Utc>>) 
         ),
         None => lower,
     }
+}
+
+/// `trip_id IN trips`.
+pub fn trips_filter<'a>(trips: impl IntoIterator<Item = &'a String>) -> Predicate {
+    Reference::new("trip_id").is_in(trips.into_iter().map(|t| Datum::string(t.as_str())))
 }
 
 /// Streams the rows of `table` matching `filter`, `columns` projected, batch by batch.
@@ -213,19 +219,19 @@ pub const LEDGER_COLUMNS: [&str; 14] = [
     "checkpoint_id",
 ];
 
-/// Streams `ledger_events` rows with `occurred_at` in `[from, to)`. A row whose `event_id` is
-/// not a UUID cannot be matched with anything: it is a phantom, recorded in `findings`.
+/// Streams the `ledger_events` rows matching `filter` (a day: [`time_range`] on `occurred_at`;
+/// some trips: [`trips_filter`]). A row whose `event_id` is not a UUID cannot be matched with
+/// anything: it is a phantom, recorded in `findings`.
 pub async fn scan_ledger(
     table: &Table,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
+    filter: Predicate,
     findings: &mut Findings,
     mut f: impl FnMut(LedgerRow) -> Result<()>,
 ) -> Result<()> {
     scan(
         table,
         &LEDGER_COLUMNS,
-        time_range("occurred_at", from, Some(to)),
+        filter,
         |b| {
             let c = Columns::new(b, "ledger_events");
             let (ids, types, trips) = (
@@ -310,10 +316,10 @@ pub struct LakeReject<'a> {
     pub checkpoint_id: i64,
 }
 
-/// Streams `rejected_events` rows with `rejected_at >= from`.
+/// Streams every `rejected_events` row (dead letters are rare: the whole table, bounded by the
+/// caller).
 pub async fn scan_rejected(
     table: &Table,
-    from: DateTime<Utc>,
     mut f: impl FnMut(LakeReject<'_>) -> Result<()>,
 ) -> Result<()> {
     let columns = [
@@ -329,7 +335,7 @@ pub async fn scan_rejected(
     scan(
         table,
         &columns,
-        time_range("rejected_at", from, None),
+        Predicate::AlwaysTrue,
         |b| {
             let c = Columns::new(b, "rejected_events");
             let (parts, offsets) = (c.ints("kafka_partition")?, c.longs("kafka_offset")?);

@@ -1,8 +1,8 @@
 //! One verification run, in the order the data flows:
 //!
 //! 1. **Read** both sides at once: the truth into its spill files; the lakehouse's day
-//!    (`ledger_events` by `occurred_at`, `rejected_events` by `rejected_at`, `trip_balances` by
-//!    `last_occurred_at`) into its own, with the ledger totals on the way.
+//!    (`ledger_events` by `occurred_at`, all of `rejected_events` dated by payload, `trip_balances`
+//!    by `last_occurred_at`) into its own, with the ledger totals on the way.
 //! 2. **Widen** a Kafka truth's window to every position the day's lakehouse rows claim.
 //! 3. **Check** bucket by bucket on `threads` threads: (a)-(c) per event id, dead letters per
 //!    key, positions, (e) per trip; then trips that cross the day with their neighbouring rows.
@@ -382,7 +382,8 @@ async fn read_lake(
         findings: Findings::new(opts.discrepancies_max),
     };
     let mut findings = Findings::new(opts.discrepancies_max);
-    lakehouse::scan_ledger(ledger, day.start, day.end, &mut findings, |mut r| {
+    let the_day = lakehouse::time_range("occurred_at", day.start, Some(day.end));
+    lakehouse::scan_ledger(ledger, the_day, &mut findings, |mut r| {
         r.position.topics_ago = epochs.topics_ago(r.checkpoint_id);
         lake.ledger_rows += 1;
         rows_limit(lake.ledger_rows, opts.truth_records_max, "ledger_events")?;
@@ -419,9 +420,11 @@ async fn read_lake(
     })
     .await?;
     lake.ledger_rows += findings.total();
-    let from = day.start - chrono::Duration::from_std(opts.margin).unwrap_or_default();
+    // Every dead letter, whenever it was rejected: a record's business day says nothing about
+    // when the job read it (a future-dated record is rejected today; a late one years after).
+    // Dead letters are rare; the scan is bounded like every other (--truth-records-max).
     let mut rejected_rows = 0u64;
-    lakehouse::scan_rejected(rejected, from, |mut r| {
+    lakehouse::scan_rejected(rejected, |mut r| {
         r.position.topics_ago = epochs.topics_ago(r.checkpoint_id);
         rejected_rows += 1;
         rows_limit(rejected_rows, opts.truth_records_max, "rejected_events")?;
@@ -505,14 +508,20 @@ fn truth_conflict_reason() -> &'static str {
     recon_schemas::decode::CONFLICTING_DUPLICATE
 }
 
-/// Adds the neighbouring days' ledger rows of the incomplete trips.
+/// Trips still short of events after the neighbouring days were read that are looked up in the
+/// whole `ledger_events` table by id (one filtered scan); more than this are reported as they are.
+const LONG_TRIPS_MAX: usize = 1_000;
+
+/// Adds the neighbouring days' ledger rows of the incomplete trips; then, for the few trips still
+/// short of events (a clock-skewed event years away, a trip longer than the span), their rows
+/// from the whole table.
 async fn neighbours(
     ledger: &Table,
     epochs: &Epochs,
     opts: &Options,
     mut incomplete: HashMap<String, Incomplete>,
 ) -> Result<HashMap<String, Incomplete>> {
-    if incomplete.is_empty() || opts.trip_span_days == 0 {
+    if incomplete.is_empty() {
         return Ok(incomplete);
     }
     let span = chrono::Duration::days(i64::from(opts.trip_span_days));
@@ -522,16 +531,44 @@ async fn neighbours(
         .flat_map(|i| i.events.iter().map(|(_, p)| *p))
         .collect();
     let mut findings = Findings::new(0);
-    for (from, to) in [(day.start - span, day.start), (day.end, day.end + span)] {
-        lakehouse::scan_ledger(ledger, from, to, &mut findings, |mut r| {
-            r.position.topics_ago = epochs.topics_ago(r.checkpoint_id);
-            if let Some(inc) = incomplete.get_mut(&r.row.trip_id)
-                && seen.insert(r.position)
-            {
-                inc.events.push((r.row, r.position));
-            }
-            Ok(())
+    let mut add = |r: crate::lakehouse::LedgerRow,
+                   incomplete: &mut HashMap<String, Incomplete>| {
+        let mut r = r;
+        r.position.topics_ago = epochs.topics_ago(r.checkpoint_id);
+        if let Some(inc) = incomplete.get_mut(&r.row.trip_id)
+            && seen.insert(r.position)
+        {
+            inc.events.push((r.row, r.position));
+        }
+    };
+    if opts.trip_span_days > 0 {
+        for (from, to) in [(day.start - span, day.start), (day.end, day.end + span)] {
+            let filter = lakehouse::time_range("occurred_at", from, Some(to));
+            lakehouse::scan_ledger(ledger, filter, &mut findings, |r| {
+                add(r, &mut incomplete);
+                Ok(())
+            })
+            .await?;
+        }
+    }
+    let short: Vec<String> = incomplete
+        .iter()
+        .filter(|(_, inc)| {
+            let events: Vec<_> = inc.events.iter().map(|(r, p)| (r, *p)).collect();
+            balances::compare(&events, &inc.refused, &inc.latest) == balances::Verdict::NeedsMore
         })
+        .map(|(t, _)| t.clone())
+        .collect();
+    if !short.is_empty() && short.len() <= LONG_TRIPS_MAX {
+        lakehouse::scan_ledger(
+            ledger,
+            lakehouse::trips_filter(&short),
+            &mut findings,
+            |r| {
+                add(r, &mut incomplete);
+                Ok(())
+            },
+        )
         .await?;
     }
     Ok(incomplete)
