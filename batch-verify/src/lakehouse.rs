@@ -124,6 +124,24 @@ impl<'a> Columns<'a> {
             .collect())
     }
 
+    /// A `date` column.
+    pub fn dates(&self, name: &'static str) -> Result<Vec<Option<chrono::NaiveDate>>> {
+        let a = self.col(name)?;
+        let p = a
+            .as_primitive_opt::<arrow_array::types::Date32Type>()
+            .ok_or_else(|| self.wrong(name, a.data_type()))?;
+        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+        Ok((0..p.len())
+            .map(|i| {
+                p.is_valid(i)
+                    .then(|| {
+                        epoch.checked_add_signed(chrono::Duration::days(i64::from(p.value(i))))
+                    })
+                    .flatten()
+            })
+            .collect())
+    }
+
     /// A `long` column.
     pub fn longs(&self, name: &'static str) -> Result<Vec<Option<i64>>> {
         let a = self.col(name)?;
@@ -228,72 +246,67 @@ pub async fn scan_ledger(
     findings: &mut Findings,
     mut f: impl FnMut(LedgerRow) -> Result<()>,
 ) -> Result<()> {
-    scan(
-        table,
-        &LEDGER_COLUMNS,
-        filter,
-        |b| {
-            let c = Columns::new(b, "ledger_events");
-            let (ids, types, trips) = (
-                c.strings("event_id")?,
-                c.strings("event_type")?,
-                c.strings("trip_id")?,
+    scan(table, &LEDGER_COLUMNS, filter, |b| {
+        let c = Columns::new(b, "ledger_events");
+        let (ids, types, trips) = (
+            c.strings("event_id")?,
+            c.strings("event_type")?,
+            c.strings("trip_id")?,
+        );
+        let (amounts, currencies, times) = (
+            c.money("amount")?,
+            c.strings("currency")?,
+            c.micros("occurred_at")?,
+        );
+        let opt = [
+            c.strings("rider_id")?,
+            c.strings("driver_id")?,
+            c.strings("payment_id")?,
+            c.strings("payout_id")?,
+        ];
+        let (versions, parts, offsets, checkpoints) = (
+            c.ints("schema_version")?,
+            c.ints("kafka_partition")?,
+            c.longs("kafka_offset")?,
+            c.longs("checkpoint_id")?,
+        );
+        for i in 0..b.num_rows() {
+            let position = Position::new(
+                c.required("kafka_partition", parts[i])?,
+                c.required("kafka_offset", offsets[i])?,
             );
-            let (amounts, currencies, times) = (
-                c.money("amount")?,
-                c.strings("currency")?,
-                c.micros("occurred_at")?,
-            );
-            let opt = [
-                c.strings("rider_id")?,
-                c.strings("driver_id")?,
-                c.strings("payment_id")?,
-                c.strings("payout_id")?,
-            ];
-            let (versions, parts, offsets, checkpoints) = (
-                c.ints("schema_version")?,
-                c.ints("kafka_partition")?,
-                c.longs("kafka_offset")?,
-                c.longs("checkpoint_id")?,
-            );
-            for i in 0..b.num_rows() {
-                let position = Position::new(
-                    c.required("kafka_partition", parts[i])?,
-                    c.required("kafka_offset", offsets[i])?,
+            let id_text = c.required("event_id", ids[i])?;
+            let Ok(event_id) = Uuid::parse_str(id_text) else {
+                findings.add(
+                    Discrepancy::new(
+                        Kind::Phantom,
+                        format!("ledger row with event_id {id_text:?}, not a UUID"),
+                    )
+                    .event(id_text)
+                    .at(position.partition, position.offset),
                 );
-                let id_text = c.required("event_id", ids[i])?;
-                let Ok(event_id) = Uuid::parse_str(id_text) else {
-                    findings.add(
-                        Discrepancy::new(
-                            Kind::Phantom,
-                            format!("ledger row with event_id {id_text:?}, not a UUID"),
-                        )
-                        .event(id_text)
-                        .at(position.partition, position.offset),
-                    );
-                    continue;
-                };
-                let row = EventRow {
-                    event_id,
-                    event_type: type_code_of(c.required("event_type", types[i])?),
-                    trip_id: c.required("trip_id", trips[i])?.to_string(),
-                    amount: c.required("amount", amounts[i])?,
-                    currency: c.required("currency", currencies[i])?.to_string(),
-                    occurred_at_us: c.required("occurred_at", times[i])?,
-                    extra: extra_digest(
-                        [opt[0][i], opt[1][i], opt[2][i], opt[3][i]],
-                        c.required("schema_version", versions[i])?,
-                    ),
-                };
-                f(LedgerRow {
-                    row,
-                    position,
-                    checkpoint_id: c.required("checkpoint_id", checkpoints[i])?,
-                })?;
-            }
-            Ok(())
-        },
-    )
+                continue;
+            };
+            let row = EventRow {
+                event_id,
+                event_type: type_code_of(c.required("event_type", types[i])?),
+                trip_id: c.required("trip_id", trips[i])?.to_string(),
+                amount: c.required("amount", amounts[i])?,
+                currency: c.required("currency", currencies[i])?.to_string(),
+                occurred_at_us: c.required("occurred_at", times[i])?,
+                extra: extra_digest(
+                    [opt[0][i], opt[1][i], opt[2][i], opt[3][i]],
+                    c.required("schema_version", versions[i])?,
+                ),
+            };
+            f(LedgerRow {
+                row,
+                position,
+                checkpoint_id: c.required("checkpoint_id", checkpoints[i])?,
+            })?;
+        }
+        Ok(())
+    })
     .await
 }
 
@@ -332,37 +345,32 @@ pub async fn scan_rejected(
         "trip_id",
         "checkpoint_id",
     ];
-    scan(
-        table,
-        &columns,
-        Predicate::AlwaysTrue,
-        |b| {
-            let c = Columns::new(b, "rejected_events");
-            let (parts, offsets) = (c.ints("kafka_partition")?, c.longs("kafka_offset")?);
-            let (keys, payloads, reasons) = (
-                c.binaries("kafka_key")?,
-                c.binaries("payload")?,
-                c.strings("reason")?,
-            );
-            let (ids, trips) = (c.strings("event_id")?, c.strings("trip_id")?);
-            let checkpoints = c.longs("checkpoint_id")?;
-            for i in 0..b.num_rows() {
-                f(LakeReject {
-                    position: Position::new(
-                        c.required("kafka_partition", parts[i])?,
-                        c.required("kafka_offset", offsets[i])?,
-                    ),
-                    key: keys[i],
-                    payload: c.required("payload", payloads[i])?,
-                    reason: c.required("reason", reasons[i])?,
-                    event_id: ids[i],
-                    trip_id: trips[i],
-                    checkpoint_id: c.required("checkpoint_id", checkpoints[i])?,
-                })?;
-            }
-            Ok(())
-        },
-    )
+    scan(table, &columns, Predicate::AlwaysTrue, |b| {
+        let c = Columns::new(b, "rejected_events");
+        let (parts, offsets) = (c.ints("kafka_partition")?, c.longs("kafka_offset")?);
+        let (keys, payloads, reasons) = (
+            c.binaries("kafka_key")?,
+            c.binaries("payload")?,
+            c.strings("reason")?,
+        );
+        let (ids, trips) = (c.strings("event_id")?, c.strings("trip_id")?);
+        let checkpoints = c.longs("checkpoint_id")?;
+        for i in 0..b.num_rows() {
+            f(LakeReject {
+                position: Position::new(
+                    c.required("kafka_partition", parts[i])?,
+                    c.required("kafka_offset", offsets[i])?,
+                ),
+                key: keys[i],
+                payload: c.required("payload", payloads[i])?,
+                reason: c.required("reason", reasons[i])?,
+                event_id: ids[i],
+                trip_id: trips[i],
+                checkpoint_id: c.required("checkpoint_id", checkpoints[i])?,
+            })?;
+        }
+        Ok(())
+    })
     .await
 }
 

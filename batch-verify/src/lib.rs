@@ -25,6 +25,8 @@ pub mod epochs;
 pub mod error;
 pub mod fixture;
 pub mod fold;
+pub mod history;
+pub mod html;
 pub mod lakehouse;
 pub mod memory;
 pub mod metrics;

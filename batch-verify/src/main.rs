@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use batch_verify::history::PastRun;
 use batch_verify::options::{Options, TruthSpec};
 use batch_verify::report::{Report, Status};
 use batch_verify::truth::kafka::KafkaScan;
@@ -74,6 +75,10 @@ struct Cli {
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write a self-contained HTML page here: verdict, counts, findings with their keys, the
+    /// day's totals as a chart, and the newest runs from verification_runs.
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Write the run's Prometheus metrics here (node_exporter textfile collector, e.g.
     /// /var/lib/node_exporter/textfile/recon_verify.prom), replaced atomically on every run,
     /// also when it could not verify.
@@ -177,7 +182,10 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
     Ok(o)
 }
 
-async fn run(cli: &Cli) -> anyhow::Result<Report> {
+/// Runs kept in the HTML page's history.
+const HISTORY_RUNS: usize = 30;
+
+async fn run(cli: &Cli) -> anyhow::Result<(Report, Vec<PastRun>)> {
     let cfg = Config::load(Some(&cli.config)).context("loading --config")?;
     let opts = options(cli)?;
     let catalog = recon_pipeline::lakehouse::open_catalog(&cfg)
@@ -185,7 +193,14 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
         .context("opening the Iceberg catalog")?;
     let started_at = chrono::Utc::now().to_rfc3339();
     match verify(&cfg, catalog.clone(), &opts).await {
-        Ok(report) => Ok(report),
+        Ok(report) => {
+            let history = if cli.html.is_some() {
+                history(catalog.as_ref(), &cfg).await
+            } else {
+                Vec::new()
+            };
+            Ok((report, history))
+        }
         Err(e) => {
             // The failed proof is history too: record it when the catalog still answers.
             if opts.record {
@@ -206,6 +221,25 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
             Err(e.into())
         }
     }
+}
+
+/// The newest recorded runs (this one included when it was recorded); none if they cannot be
+/// read (the page says so by its empty history; the run's verdict does not depend on it).
+async fn history(catalog: &dyn iceberg::Catalog, cfg: &Config) -> Vec<PastRun> {
+    let ident = recon_pipeline::lakehouse::table_ident(cfg, "verification_runs");
+    let read = async {
+        let table = catalog
+            .load_table(&ident)
+            .await
+            .map_err(|e| e.to_string())?;
+        batch_verify::history::newest_runs(&table, HISTORY_RUNS)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    read.await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not read verification_runs for the HTML history");
+        Vec::new()
+    })
 }
 
 /// The report of a run that could not verify.
@@ -279,6 +313,7 @@ fn main() -> ExitCode {
     for (option, path) in [
         ("--report", cli.report.as_deref()),
         ("--metrics-textfile", cli.metrics_textfile.as_deref()),
+        ("--html", cli.html.as_deref()),
     ] {
         if let Some(path) = path
             && let Err(why) = check_writable(option, path)
@@ -301,7 +336,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(run(&cli));
     let (code, json) = match &outcome {
-        Ok(report) => {
+        Ok((report, _)) => {
             println!("{report}");
             let code = match report.status {
                 Status::Empty if cli.allow_empty => 0,
@@ -334,8 +369,39 @@ fn main() -> ExitCode {
         );
         code = 2;
     }
+    if let Some(path) = &cli.html {
+        let page = match &outcome {
+            Ok((report, history)) => Some(batch_verify::html::render(report, history)),
+            Err(e) => BusinessDay::new(cli.date, &cli.tz).ok().map(|day| {
+                let why = recon_pipeline::redactor::redact_str(&format!("{e:#}"));
+                let report = Report::error(
+                    String::new(),
+                    &day,
+                    &format!("{:?}", cli.truth).to_lowercase(),
+                    chrono::Utc::now().to_rfc3339(),
+                    why,
+                );
+                batch_verify::html::render(&report, &[])
+            }),
+        };
+        if let Some(page) = page
+            && let Err(e) = batch_verify::metrics::write_textfile(path, &page)
+        {
+            eprintln!(
+                "batch-verify: cannot write the HTML page to {}: {e}",
+                path.display()
+            );
+            code = 2;
+        }
+    }
     if let Some(path) = &cli.metrics_textfile
-        && let Err(e) = write_metrics(&cli, path, code, outcome.as_ref().ok(), started.elapsed())
+        && let Err(e) = write_metrics(
+            &cli,
+            path,
+            code,
+            outcome.as_ref().ok().map(|(r, _)| r),
+            started.elapsed(),
+        )
     {
         eprintln!(
             "batch-verify: cannot write the metrics to {}: {e}; check --metrics-textfile",

@@ -531,8 +531,7 @@ async fn neighbours(
         .flat_map(|i| i.events.iter().map(|(_, p)| *p))
         .collect();
     let mut findings = Findings::new(0);
-    let mut add = |r: crate::lakehouse::LedgerRow,
-                   incomplete: &mut HashMap<String, Incomplete>| {
+    let mut add = |r: crate::lakehouse::LedgerRow, incomplete: &mut HashMap<String, Incomplete>| {
         let mut r = r;
         r.position.topics_ago = epochs.topics_ago(r.checkpoint_id);
         if let Some(inc) = incomplete.get_mut(&r.row.trip_id)

@@ -212,9 +212,12 @@ async fn exit_codes_and_report_keys() {
         .commit(1, &sim.ledger, &sim.rejected, &sim.balances(), &sim.offsets)
         .await
         .unwrap();
-    let (code, stdout, json, metrics) = run(d2.path(), &truth, &[]);
+    let page = d2.path().join("report.html");
+    let (code, stdout, json, metrics) =
+        run(d2.path(), &truth, &["--html", &page.display().to_string()]);
     assert_eq!(code, 1, "{stdout}");
     let json = json.unwrap();
+    assert_page_shows(&page, &json);
     assert_metrics_match(&metrics, code, &json);
     assert_eq!(
         metrics["recon_verify_discrepancies{job=\"recon\",truth=\"files\",check=\"amount_mismatch\"}"],
@@ -347,4 +350,103 @@ async fn statuses(lake: &Lakehouse) -> Vec<String> {
         .collect();
     statuses.sort();
     statuses
+}
+
+/// The DOM of `page` as headless Chromium renders it (`None`, loudly, where Chromium is absent
+/// outside the full test command, which installs it).
+fn rendered(page: &Path) -> Option<String> {
+    let Some(chromium) = ["chromium-headless-shell", "chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        assert!(
+            std::env::var("RECON_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "no headless Chromium: infra/local/install installs chromium-headless-shell"
+        );
+        println!("*** SKIPPED the HTML rendering check: no headless Chromium. It did NOT run ***");
+        return None;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    // `timeout` bounds a browser that hangs.
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", &format!("file://{}", page.display())])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+/// The text of the element with `id` in `dom`.
+fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no element {id}"));
+    let rest = &dom[at..];
+    let start = rest.find('>').unwrap() + 1;
+    let end = rest[start..].find('<').unwrap();
+    &rest[start..start + end]
+}
+
+/// The page shows the JSON report's figures: status, every count, every kind, the totals, and
+/// the run in the history.
+fn assert_page_shows(page: &Path, json: &serde_json::Value) {
+    let Some(dom) = rendered(page) else {
+        return;
+    };
+    assert_eq!(text_of(&dom, "status"), json["status"].as_str().unwrap());
+    assert_eq!(text_of(&dom, "run-id"), json["run_id"].as_str().unwrap());
+    for key in [
+        "truth_events",
+        "ledger_events",
+        "truth_rejects",
+        "rejected_events",
+        "duplicates",
+        "missing",
+        "phantom",
+        "amount_mismatches",
+        "balances_checked",
+        "balance_mismatches",
+        "offset_gaps",
+    ] {
+        assert_eq!(
+            text_of(&dom, &format!("count-{key}")),
+            json[key].to_string(),
+            "{key}"
+        );
+    }
+    for (kind, n) in json["discrepancies_by_kind"].as_object().unwrap() {
+        assert_eq!(
+            text_of(&dom, &format!("kind-{kind}")),
+            n.to_string(),
+            "{kind}"
+        );
+    }
+    for t in json["totals"].as_array().unwrap() {
+        for amount in [&t["truth_amount"], &t["ledger_amount"]] {
+            assert!(dom.contains(amount.as_str().unwrap()), "{amount} not shown");
+        }
+        let chart = format!("id=\"chart-{}\"", t["currency"].as_str().unwrap());
+        assert!(dom.contains(&chart), "no chart {chart}");
+    }
+    assert!(
+        dom.contains(&format!(">{}<", json["business_date"].as_str().unwrap())),
+        "the run is in the history"
+    );
 }

@@ -277,7 +277,11 @@ async fn far_dated_dead_letters_and_clock_skewed_events_verify_on_their_days() {
             .collect::<Vec<_>>(),
     );
     let sim = simulate(&placed);
-    assert_eq!(sim.rejected.len(), 1, "the bad record is the only dead letter");
+    assert_eq!(
+        sim.rejected.len(),
+        1,
+        "the bad record is the only dead letter"
+    );
     let dir = tempfile::tempdir().unwrap();
     let lake = Lakehouse::create(dir.path(), &cluster.bootstrap_servers(), TOPIC)
         .await

@@ -275,6 +275,9 @@ struct Scenario<'a> {
     files_truth_only: bool,
     /// `(partition, offset)` of every record `publish_now` sent, in order.
     positions: Vec<(i32, i64)>,
+    /// Records lost with a topic recreated while the job ran: the job never saw them, so a later
+    /// re-send or conflicting version of one of them is the first version it sees.
+    lost: Vec<Record>,
 }
 
 impl<'a> Scenario<'a> {
@@ -379,6 +382,7 @@ impl<'a> Scenario<'a> {
             chunks: chunks.into_iter(),
             files_truth_only: false,
             positions: Vec::new(),
+            lost: Vec::new(),
         };
         let _ = counts;
         Ok(s)
@@ -398,8 +402,17 @@ impl<'a> Scenario<'a> {
 
     fn next_chunk(&mut self) -> Vec<Record> {
         let c = self.chunks.next().unwrap_or_default();
-        traffic::expect(&mut self.expected, &c);
         self.sent.extend(c.iter().cloned());
+        if self.lost.is_empty() {
+            traffic::expect(&mut self.expected, &c);
+        } else {
+            // Later traffic re-sends events whose first version went with the old topic
+            // (soak seed 311 #29, `--replay 3182823901819297879`): classify it as the job
+            // sees it.
+            self.sent = operator::reclassify(&self.sent, &self.lost);
+            self.expected = Expected::default();
+            traffic::expect(&mut self.expected, &self.sent);
+        }
         self.published_on.insert(Utc::now().date_naive());
         c
     }

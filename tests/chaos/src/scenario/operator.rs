@@ -379,6 +379,7 @@ impl Scenario<'_> {
         traffic::expect(&mut self.expected, &self.sent);
         self.files_truth_only = true;
         out.lost_with_topic = lost.len() as u64;
+        self.lost = lost.iter().map(|(r, _)| r.clone()).collect();
         out.observations.push(format!(
             "{kind}: {} record(s) of the old topic were not checkpointed when it was deleted: lost with the topic, excluded from the oracle",
             lost.len()
@@ -400,7 +401,7 @@ fn old_cut(old: &[(Record, (i32, i64))]) -> std::collections::BTreeMap<i32, i64>
 /// The records as the job classifies them when `lost` never reached it: a re-send or a
 /// conflicting version whose first version was lost is the first the job sees (valid), and a
 /// later first version then conflicts with it.
-fn reclassify(records: &[Record], lost: &[Record]) -> Vec<Record> {
+pub(super) fn reclassify(records: &[Record], lost: &[Record]) -> Vec<Record> {
     let originals: HashMap<uuid::Uuid, &recon_schemas::event::Event> = records
         .iter()
         .chain(lost)
