@@ -249,7 +249,7 @@ pub fn fold_checked<'a>(
     }
 }
 
-/// Folds `events` (any order; sorted here by Kafka position; those at `refused` positions are
+/// Folds `events` (any order; sorted here into the job's read order, [`Position::log_order`]; those at `refused` positions are
 /// the job's `balance_overflow` dead letters) and compares with `latest`.
 pub fn compare(
     events: &[(&EventRow, Position)],
@@ -257,7 +257,7 @@ pub fn compare(
     latest: &BalanceRow,
 ) -> Verdict {
     let mut sorted: Vec<&(&EventRow, Position)> = events.iter().collect();
-    sorted.sort_by_key(|(_, p)| *p);
+    sorted.sort_by_key(|(_, p)| p.log_order());
     let checked = fold_checked(sorted.iter().map(|(r, p)| (*r, refused.contains(p))));
     let (fold, unreadable) = (checked.balance, checked.unreadable);
     let Some(fold) = fold else {
@@ -356,6 +356,48 @@ pub fn recheck(incomplete: HashMap<String, Incomplete>, span_days: u32, findings
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Soak seed 313 #35 (2026-12-06): a trip whose first events came from a topic the job
+    /// read before an accepted topic reset, and a later event in another currency from the new
+    /// topic at a lower offset. The job folded old topic first; so must the proof.
+    #[test]
+    fn a_topic_reset_does_not_reorder_a_trips_events() {
+        let row = |n: u128, event_type: u8, amount: i64, currency: &str| EventRow {
+            event_id: uuid::Uuid::from_u128(n),
+            event_type,
+            trip_id: "trip-1".into(),
+            amount,
+            currency: currency.into(),
+            occurred_at_us: 1_741_003_200_000_000 + n as i64,
+            extra: 0,
+        };
+        let old = |offset| Position {
+            partition: 0,
+            offset,
+            topics_ago: 1,
+        };
+        let (charge, payment, adjustment) = (
+            row(1, 0, 42_800, "USD"),
+            row(2, 1, 42_800, "USD"),
+            row(3, 5, 2_500, "EUR"),
+        );
+        let events = [
+            (&adjustment, Position::new(0, 5)),
+            (&charge, old(100)),
+            (&payment, old(101)),
+        ];
+        let latest = BalanceRow {
+            trip_id: "trip-1".into(),
+            currency: "USD".into(),
+            sums: [42_800, 42_800, 0, 0, 0, 0],
+            status: "DISCREPANCY".into(),
+            reason: Some("currency_mismatch".into()),
+            event_count: 2,
+            last_occurred_at_us: 1_741_003_200_000_002,
+            checkpoint_id: 7,
+        };
+        assert_eq!(compare(&events, &[], &latest), Verdict::Equal);
+    }
 
     /// The fold refuses exactly what the job refused: a second charge of the largest amount;
     /// a refusal the fold does not make, or a ledger row it refuses, is a mismatch.

@@ -33,6 +33,16 @@ impl Position {
             topics_ago: 0,
         }
     }
+
+    /// The order the job read records in: older topics first (a topic reset starts offsets
+    /// over), then partition and offset. Not the derived `Ord`, which compares offsets first.
+    pub fn log_order(&self) -> (std::cmp::Reverse<u32>, i32, i64) {
+        (
+            std::cmp::Reverse(self.topics_ago),
+            self.partition,
+            self.offset,
+        )
+    }
 }
 
 impl std::fmt::Display for Position {

@@ -159,6 +159,7 @@ pub async fn check(
             "currency",
             "kafka_partition",
             "kafka_offset",
+            "checkpoint_id",
         ],
     )
     .await?;
@@ -215,9 +216,11 @@ pub async fn check(
     .await?;
     r.rejected_rows = rejected.iter().map(|b| b.num_rows() as u64).sum();
 
-    // Latest balance row per trip vs the fold of the trip's events (in Kafka log order).
+    // Latest balance row per trip vs the fold of the trip's events in the order the job read
+    // them: by checkpoint first (an accepted topic reset starts offsets over in a new topic,
+    // read in later checkpoints; soak seed 313 #35), then partition and offset.
     let mut by_trip: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
-    let order: HashMap<Uuid, (i32, i64)> = ledger
+    let order: HashMap<Uuid, (i64, i32, i64)> = ledger
         .iter()
         .flat_map(|b| {
             let ids = strings(b, "event_id");
@@ -228,11 +231,12 @@ pub async fn check(
                 .values()
                 .to_vec();
             let offs = longs(b, "kafka_offset");
+            let checkpoints = longs(b, "checkpoint_id");
             (0..b.num_rows())
                 .filter_map(|i| {
                     Some((
                         Uuid::parse_str(ids[i].as_deref()?).ok()?,
-                        (parts[i], offs[i]),
+                        (checkpoints[i], parts[i], offs[i]),
                     ))
                 })
                 .collect::<Vec<_>>()
@@ -247,7 +251,7 @@ pub async fn check(
             order
                 .get(&e.event_id)
                 .copied()
-                .unwrap_or((i32::MAX, i64::MAX))
+                .unwrap_or((i64::MAX, i32::MAX, i64::MAX))
         });
         let folded: Option<TripBalance> = balance::fold(events.iter().copied());
         let Some(f) = folded else { continue };
