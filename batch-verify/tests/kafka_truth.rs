@@ -57,6 +57,15 @@ fn produce(brokers: &str, records: &[Outgoing]) {
     producer.flush(Duration::from_secs(30)).unwrap();
 }
 
+/// Produces each record at its placed partition.
+fn produce_placed(brokers: &str, placed: &[Placed]) {
+    let records: Vec<Outgoing> = placed
+        .iter()
+        .map(|p| (Some(p.position.partition), p.key.clone(), p.payload.clone()))
+        .collect();
+    produce(brokers, &records);
+}
+
 fn day() -> BusinessDay {
     BusinessDay::new("2025-03-03".parse().unwrap(), "UTC").unwrap()
 }
@@ -97,13 +106,7 @@ async fn kafka_truth_against_a_fixture_then_a_lost_dead_letter() {
             .map(|r| (r.partition_hint, r.key.clone(), r.payload.clone())),
         PARTITIONS,
     );
-    produce(
-        &cluster.bootstrap_servers(),
-        &placed
-            .iter()
-            .map(|p| (Some(p.position.partition), p.key.clone(), p.payload.clone()))
-            .collect::<Vec<_>>(),
-    );
+    produce_placed(&cluster.bootstrap_servers(), &placed);
     let mut sim = simulate(&placed);
     let dir = tempfile::tempdir().unwrap();
     let lake = Lakehouse::create(dir.path(), &cluster.bootstrap_servers(), TOPIC)
@@ -236,16 +239,16 @@ async fn kafka_truth_against_the_streaming_jobs_tables_is_clean() {
 async fn far_dated_dead_letters_and_clock_skewed_events_verify_on_their_days() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic(TOPIC, PARTITIONS, 1).unwrap();
-    let traffic = TrafficConfig {
+    let none = Ppm::new(0).unwrap();
+    let records: Vec<_> = plan(&TrafficConfig {
         trips: 40,
         seed: 17,
-        partitions: PARTITIONS,
-        duplicate: Ppm::new(0).unwrap(),
-        conflict: Ppm::new(0).unwrap(),
-        poison: Ppm::new(0).unwrap(),
-        ..TrafficConfig::default()
-    };
-    let records: Vec<_> = plan(&traffic).collect();
+        duplicate: none,
+        conflict: none,
+        poison: none,
+        ..traffic()
+    })
+    .collect();
     let mut outgoing: Vec<Outgoing> = records
         .iter()
         .map(|r| (r.partition_hint, r.key.clone(), r.payload.clone()))
@@ -269,13 +272,7 @@ async fn far_dated_dead_letters_and_clock_skewed_events_verify_on_their_days() {
         br#"{"event_id":"not-a-uuid","occurred_at":"2099-01-01T11:00:00Z"}"#.to_vec(),
     ));
     let placed = place(outgoing.clone(), PARTITIONS);
-    produce(
-        &cluster.bootstrap_servers(),
-        &placed
-            .iter()
-            .map(|p| (Some(p.position.partition), p.key.clone(), p.payload.clone()))
-            .collect::<Vec<_>>(),
-    );
+    produce_placed(&cluster.bootstrap_servers(), &placed);
     let sim = simulate(&placed);
     assert_eq!(
         sim.rejected.len(),
