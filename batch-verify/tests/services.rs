@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use batch_verify::fixture::{Lakehouse, Placed, place, simulate};
 use batch_verify::options::{Options, TruthSpec};
-use batch_verify::report::Status;
+use batch_verify::report::{Kind, Status};
 use batch_verify::truth::kafka::KafkaScan;
 use batch_verify::truth::postgres::scoped_queries;
 use batch_verify::{BusinessDay, verify};
@@ -421,4 +421,91 @@ async fn a_bad_current_balance_value_is_an_error_not_a_panic() {
         .execute(&mut c)
         .await
         .unwrap();
+}
+
+/// Planted discrepancies (a lost event, a changed amount, an event written twice) are found
+/// alike by the Kafka truth (both windows) and the PostgreSQL truth: the same counts by kind and
+/// the same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_discrepancies_are_found_alike_by_both_truths() {
+    let Some((brokers, pg)) = services() else {
+        return;
+    };
+    let run = Published::new(brokers, pg, quiet(120), &[]).await;
+    let mut sim = simulate(&run.placed);
+    let day = BusinessDay::new("2025-03-03".parse().unwrap(), "UTC").unwrap();
+    let of_day: Vec<usize> = (0..sim.ledger.len())
+        .filter(|i| day.contains(sim.ledger[*i].0.occurred_at))
+        .collect();
+    let (lost, changed, twice) = (of_day[3], of_day[40], of_day[80]);
+    let ids = [lost, changed, twice].map(|i| sim.ledger[i].0.event_id.to_string());
+    sim.ledger[changed].0.amount += rust_decimal::Decimal::new(1, 2);
+    let copy = sim.ledger[twice].clone();
+    sim.ledger.push(copy);
+    sim.ledger.remove(lost);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lakehouse::create(dir.path(), &run.brokers, &run.topic)
+        .await
+        .unwrap();
+    lake.commit(1, &sim.ledger, &sim.rejected, &sim.balances(), &sim.offsets)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for truth in [
+        TruthSpec::Kafka {
+            scan: KafkaScan::Full,
+        },
+        TruthSpec::Kafka {
+            scan: KafkaScan::Timestamps,
+        },
+        run.postgres_truth(),
+    ] {
+        let name = format!("{truth:?}");
+        let r = verify(
+            &lake.cfg,
+            lake.catalog.clone(),
+            &options("2025-03-03", truth),
+        )
+        .await
+        .unwrap();
+        println!("{r}");
+        assert_eq!(r.status, Status::Discrepancies, "{r}");
+        let by_event = |kind: Kind| -> Vec<String> {
+            let mut v: Vec<String> = r
+                .discrepancies
+                .iter()
+                .filter(|d| d.kind == kind)
+                .filter_map(|d| d.event_id.clone())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        assert_eq!(by_event(Kind::Missing), vec![ids[0].clone()], "{name}: {r}");
+        assert_eq!(
+            by_event(Kind::AmountMismatch),
+            vec![ids[1].clone()],
+            "{name}: {r}"
+        );
+        assert_eq!(
+            by_event(Kind::DuplicateEventId),
+            vec![ids[2].clone()],
+            "{name}: {r}"
+        );
+        seen.push((
+            name,
+            r.discrepancies_by_kind.clone(),
+            r.truth_events,
+            r.ledger_events,
+        ));
+    }
+    for (name, kinds, truth_events, ledger_events) in &seen[1..] {
+        assert_eq!(
+            (kinds, truth_events, ledger_events),
+            (&seen[0].1, &seen[0].2, &seen[0].3),
+            "{name} vs {}",
+            seen[0].0
+        );
+    }
+    run.delete().await;
 }
