@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use batch_verify::fixture::{Lakehouse, Placed, place, simulate};
+use batch_verify::fixture::{Lakehouse, Placed, Simulated, place, simulate};
 use batch_verify::options::{Options, TruthSpec};
 use batch_verify::report::{Kind, Report, Status};
 use batch_verify::truth::kafka::KafkaScan;
@@ -55,6 +55,15 @@ fn produce(brokers: &str, records: &[Outgoing]) {
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// A lakehouse in `dir` holding what `sim` says the job committed, in one checkpoint.
+async fn committed(dir: &std::path::Path, brokers: &str, sim: &Simulated) -> Lakehouse {
+    let lake = Lakehouse::create(dir, brokers, TOPIC).await.unwrap();
+    lake.commit(1, &sim.ledger, &sim.rejected, &sim.balances(), &sim.offsets)
+        .await
+        .unwrap();
+    lake
 }
 
 /// Produces each record at its placed partition.
@@ -109,12 +118,7 @@ async fn kafka_truth_against_a_fixture_then_a_lost_dead_letter() {
     produce_placed(&cluster.bootstrap_servers(), &placed);
     let mut sim = simulate(&placed);
     let dir = tempfile::tempdir().unwrap();
-    let lake = Lakehouse::create(dir.path(), &cluster.bootstrap_servers(), TOPIC)
-        .await
-        .unwrap();
-    lake.commit(1, &sim.ledger, &sim.rejected, &sim.balances(), &sim.offsets)
-        .await
-        .unwrap();
+    let lake = committed(dir.path(), &cluster.bootstrap_servers(), &sim).await;
     let r = run(&lake.cfg, lake.catalog.clone()).await;
     println!("{r}");
     assert_eq!(r.status, Status::Clean, "{r}");
@@ -137,13 +141,7 @@ async fn kafka_truth_against_a_fixture_then_a_lost_dead_letter() {
         .position(|x| x.reason == "conflicting_duplicate")
         .unwrap();
     let lost = sim.rejected.remove(i);
-    let lake2 = Lakehouse::create(dir2.path(), &cluster.bootstrap_servers(), TOPIC)
-        .await
-        .unwrap();
-    lake2
-        .commit(1, &sim.ledger, &sim.rejected, &sim.balances(), &sim.offsets)
-        .await
-        .unwrap();
+    let lake2 = committed(dir2.path(), &cluster.bootstrap_servers(), &sim).await;
     let r = run(&lake2.cfg, lake2.catalog.clone()).await;
     assert_eq!(r.status.exit_code(), 1);
     let found: Vec<_> = r
@@ -280,12 +278,7 @@ async fn far_dated_dead_letters_and_clock_skewed_events_verify_on_their_days() {
         "the bad record is the only dead letter"
     );
     let dir = tempfile::tempdir().unwrap();
-    let lake = Lakehouse::create(dir.path(), &cluster.bootstrap_servers(), TOPIC)
-        .await
-        .unwrap();
-    lake.commit(1, &sim.ledger, &sim.rejected, &sim.balances(), &sim.offsets)
-        .await
-        .unwrap();
+    let lake = committed(dir.path(), &cluster.bootstrap_servers(), &sim).await;
     for date in ["2025-03-03", "2099-01-01"] {
         let d = BusinessDay::new(date.parse().unwrap(), "UTC").unwrap();
         let r = run_on(&lake.cfg, lake.catalog.clone(), d).await;

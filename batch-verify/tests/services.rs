@@ -167,6 +167,19 @@ impl Published {
         }
     }
 
+    /// Kafka from the log start, Kafka from the broker-time bound, PostgreSQL: in this order.
+    fn every_truth(&self) -> [TruthSpec; 3] {
+        [
+            TruthSpec::Kafka {
+                scan: KafkaScan::Full,
+            },
+            TruthSpec::Kafka {
+                scan: KafkaScan::Timestamps,
+            },
+            self.postgres_truth(),
+        ]
+    }
+
     async fn delete(self) {
         self.admin
             .delete_topics(&[&self.topic], &admin_opts())
@@ -285,15 +298,7 @@ async fn a_backlog_the_job_never_consumed_is_missing_in_both_truths() {
     let lake = run.lakehouse(dir.path(), &consumed).await;
 
     let mut reports = Vec::new();
-    for truth in [
-        TruthSpec::Kafka {
-            scan: KafkaScan::Timestamps,
-        },
-        TruthSpec::Kafka {
-            scan: KafkaScan::Full,
-        },
-        run.postgres_truth(),
-    ] {
+    for truth in run.every_truth() {
         let r = verify(
             &lake.cfg,
             lake.catalog.clone(),
@@ -304,7 +309,7 @@ async fn a_backlog_the_job_never_consumed_is_missing_in_both_truths() {
         println!("{r}");
         reports.push(r);
     }
-    let [t, k, p] = &reports[..] else {
+    let [k, t, p] = &reports[..] else {
         unreachable!("three truths")
     };
     for r in &reports {
@@ -451,15 +456,7 @@ async fn planted_discrepancies_are_found_alike_by_both_truths() {
         .await
         .unwrap();
     let mut seen = Vec::new();
-    for truth in [
-        TruthSpec::Kafka {
-            scan: KafkaScan::Full,
-        },
-        TruthSpec::Kafka {
-            scan: KafkaScan::Timestamps,
-        },
-        run.postgres_truth(),
-    ] {
+    for truth in run.every_truth() {
         let name = format!("{truth:?}");
         let r = verify(
             &lake.cfg,
