@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use crate::checks::scaled;
 use crate::day::BusinessDay;
 use crate::fold::{Fold, Ledger, Step};
 use crate::report::{Discrepancy, Findings, Kind};
@@ -249,8 +250,9 @@ pub fn fold_checked<'a>(
     }
 }
 
-/// Folds `events` (any order; sorted here into the job's read order, [`Position::log_order`]; those at `refused` positions are
-/// the job's `balance_overflow` dead letters) and compares with `latest`.
+/// Folds `events` (any order; sorted here into the job's read order, [`Position::log_order`];
+/// those at `refused` positions are the job's `balance_overflow` dead letters) and compares with
+/// `latest`.
 pub fn compare(
     events: &[(&EventRow, Position)],
     refused: &[Position],
@@ -293,14 +295,13 @@ fn differences(fold: &Ledger, row: &BalanceRow) -> Vec<String> {
             row.currency, fold.currency
         ));
     }
-    let text = |u: i128| crate::checks::scaled(u);
     for (k, want) in fold.sums.iter().enumerate() {
         if *want != i128::from(row.sums[k]) {
             out.push(format!(
                 "{} {} vs fold {}",
                 SUM_NAMES[k],
-                text(i128::from(row.sums[k])),
-                text(*want)
+                scaled(i128::from(row.sums[k])),
+                scaled(*want)
             ));
         }
     }

@@ -5,8 +5,6 @@
 //! form that can represent any value, so a bad row becomes a finding, never a crash. Money is
 //! the unscaled integer of `decimal(18, 3)` ([`recon_schemas::money`]): exact, and small.
 
-use chrono::{DateTime, Utc};
-use recon_schemas::currency::Currency;
 use recon_schemas::event::{Event, EventType};
 use recon_schemas::money;
 use serde::{Deserialize, Serialize};
@@ -116,24 +114,6 @@ impl EventRow {
                 ],
                 e.schema_version,
             ),
-        })
-    }
-
-    /// The event as [`recon_schemas::balance::TripBalance::apply`] needs it (type, amount,
-    /// currency, time; ids left empty); `None` when a field holds a value no event can have.
-    pub fn balance_event(&self) -> Option<Event> {
-        Some(Event {
-            event_id: self.event_id,
-            event_type: *EventType::ALL.get(usize::from(self.event_type))?,
-            trip_id: String::new(),
-            amount: money::from_unscaled(i128::from(self.amount))?,
-            currency: Currency::parse(&self.currency)?,
-            occurred_at: DateTime::<Utc>::from_timestamp_micros(self.occurred_at_us)?,
-            rider_id: None,
-            driver_id: None,
-            payment_id: None,
-            payout_id: None,
-            schema_version: 1,
         })
     }
 
@@ -338,6 +318,8 @@ pub struct PositionItem {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::DateTime;
+    use recon_schemas::currency::Currency;
     use std::str::FromStr;
 
     #[test]
@@ -358,10 +340,9 @@ mod tests {
         let row = EventRow::from_event(&e).unwrap();
         assert_eq!(row.amount, 12_300);
         assert_eq!(row.type_name(), "refund");
-        let b = row.balance_event().unwrap();
         assert_eq!(
-            (b.event_type, b.amount, b.currency, b.occurred_at),
-            (e.event_type, e.amount, e.currency, e.occurred_at)
+            (row.currency.as_str(), row.occurred_at_us, row.amount_text()),
+            ("KWD", 1_741_000_000_123_456, "12.300".to_string())
         );
         let mut other = e.clone();
         other.driver_id = Some("d".into());
