@@ -2,8 +2,9 @@
 //! documents), implemented separately over the verifier's rows. Sums are integers of thousandths
 //! (`i128`), never `Decimal`; the event type is read by its wire name; no code is shared.
 //! The job folds with `recon_schemas::balance::TripBalance::apply`; a proof that used the same
-//! function would only show that the job agrees with itself. A property test
-//! (`fold_tests.rs`) holds the two folds equal on generated traffic and on arbitrary rows.
+//! function would only show that the job agrees with itself. Property tests
+//! ([`differs_from_reference`]: `fold_tests.rs` on arbitrary rows, `recon-tests`'
+//! `verify_fold.rs` on the job's generated traffic) hold the two folds equal.
 //!
 //! Rules, per trip, over its rows in Kafka log order:
 //! - the trip's currency is that of its first row;
@@ -181,6 +182,66 @@ impl<'a> Fold<'a> {
         ledger.events = ledger.events.saturating_add(1);
         ledger.last_occurred_at_us = ledger.last_occurred_at_us.max(Some(row.occurred_at_us));
         Step::Summed
+    }
+}
+
+/// Folds `events` with this module and with the reference fold (`recon_schemas::balance`, the
+/// one the job uses) and names the first field where they differ. For the property tests that
+/// hold the two equal (here and in `recon-tests`, over the job's generated traffic); the
+/// verifier itself never calls the reference.
+pub fn differs_from_reference(
+    events: &[recon_schemas::event::Event],
+) -> std::result::Result<(), String> {
+    let rows: Vec<EventRow> = events
+        .iter()
+        .map(|e| EventRow::from_event(e).ok_or_else(|| format!("{e:?} does not fit a row")))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut ours = Fold::default();
+    for r in &rows {
+        if ours.step(r) == Step::Unreadable {
+            return Err(format!("ours finds {r:?} unreadable"));
+        }
+    }
+    let reference = recon_schemas::balance::fold(events.iter());
+    let (o, r) = match (ours.ledger, reference) {
+        (None, None) => return Ok(()),
+        (Some(o), Some(r)) => (o, r),
+        (o, r) => return Err(format!("ours {o:?}, reference {r:?}")),
+    };
+    let status = r.status();
+    let sums = [
+        r.charged,
+        r.collected,
+        r.refunded,
+        r.paid_out,
+        r.fees,
+        r.adjusted,
+    ]
+    .map(recon_schemas::money::to_unscaled);
+    let same = [
+        (
+            "status",
+            o.status() == (status.as_str(), status.reason().map(|x| x.as_str())),
+        ),
+        ("currency", o.currency == r.currency.code()),
+        ("sums", sums.iter().zip(o.sums).all(|(a, b)| *a == Some(b))),
+        ("events", o.events == r.events),
+        (
+            "last_occurred_at",
+            o.last_occurred_at_us == r.last_occurred_at.map(|t| t.timestamp_micros()),
+        ),
+        (
+            "conflicting_duplicate",
+            o.conflicting_duplicate == r.conflicting_duplicate,
+        ),
+        (
+            "currency_mismatch",
+            o.currency_mismatch == r.currency_mismatch,
+        ),
+    ];
+    match same.iter().find(|(_, ok)| !ok) {
+        None => Ok(()),
+        Some((field, _)) => Err(format!("{field} differs: ours {o:?}, reference {r:?}")),
     }
 }
 

@@ -8,8 +8,14 @@
 //! Read in the order the data flows: [`options`] and [`day`] (what to verify) -> [`truth`] and
 //! [`lakehouse`] (both sides, read into [`spill`] files of [`row`]s) -> [`checks`],
 //! [`balances`], [`offsets`] (the proof, one bucket at a time) -> [`report`] and [`record`]
-//! (the outcome, also as Prometheus [`metrics`]). [`run::verify`] ties them together; [`fixture`]
-//! builds test lakehouses.
+//! (the outcome, also as Prometheus [`metrics`]). [`run::verify`] ties them together.
+//!
+//! Independence invariant: this crate depends on `recon-schemas` (the wire and table formats)
+//! and `recon-common` (configuration, catalog, connections, logging) only, never on
+//! `recon-pipeline`: it reads, orders and folds with its own code ([`fold`], [`outputs`]), so
+//! a defect in the job's logic cannot hide behind the same defect here. `recon-tests` holds the
+//! tests that need the job (its generator, its row builders for fixture lakehouses) and
+//! asserts the dependency tree (`tests/tests/verify_independence.rs`).
 //!
 //! Architecture invariant: the checks ([`checks`], [`balances`], [`offsets::check`]) do no
 //! I/O; they take rows and return findings, so tests drive them with plain data.
@@ -23,7 +29,6 @@ pub mod checks;
 pub mod day;
 pub mod epochs;
 pub mod error;
-pub mod fixture;
 pub mod fold;
 pub mod history;
 pub mod html;

@@ -16,7 +16,7 @@ use batch_verify::truth::postgres::{EVENTS_QUERY, REJECTS_QUERY, scoped_queries}
 use batch_verify::{BusinessDay, verify};
 use chrono::NaiveDate;
 use clap::{Parser, ValueEnum};
-use recon_pipeline::config::Config;
+use recon_common::config::Config;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Truth {
@@ -188,7 +188,7 @@ const HISTORY_RUNS: usize = 30;
 async fn run(cli: &Cli) -> anyhow::Result<(Report, Vec<PastRun>)> {
     let cfg = Config::load(Some(&cli.config)).context("loading --config")?;
     let opts = options(cli)?;
-    let catalog = recon_pipeline::lakehouse::open_catalog(&cfg)
+    let catalog = recon_common::lakehouse::open_catalog(&cfg)
         .await
         .context("opening the Iceberg catalog")?;
     let started_at = chrono::Utc::now().to_rfc3339();
@@ -226,7 +226,7 @@ async fn run(cli: &Cli) -> anyhow::Result<(Report, Vec<PastRun>)> {
 /// The newest recorded runs (this one included when it was recorded); none if they cannot be
 /// read (the page says so by its empty history; the run's verdict does not depend on it).
 async fn history(catalog: &dyn iceberg::Catalog, cfg: &Config) -> Vec<PastRun> {
-    let ident = recon_pipeline::lakehouse::table_ident(cfg, "verification_runs");
+    let ident = recon_common::lakehouse::table_ident(cfg, "verification_runs");
     let read = async {
         let table = catalog
             .load_table(&ident)
@@ -249,7 +249,7 @@ fn error_report(cli: &Cli, e: &anyhow::Error) -> serde_json::Value {
         "business_date": cli.date.to_string(),
         "time_zone": cli.tz,
         "truth_source": format!("{:?}", cli.truth).to_lowercase(),
-        "error": recon_pipeline::redactor::redact_str(&format!("{e:#}")),
+        "error": recon_common::redactor::redact_str(&format!("{e:#}")),
     })
 }
 
@@ -322,8 +322,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    // Credentials stay out of every line: `recon_pipeline::logging`.
-    recon_pipeline::logging::init("human", "warn,batch_verify=info");
+    // Credentials stay out of every line: `recon_common::logging`.
+    recon_common::logging::init("human", "warn,batch_verify=info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -351,7 +351,7 @@ fn main() -> ExitCode {
                 cli.tz,
                 cli.truth,
                 // Printed outside the log writer: redacted here.
-                recon_pipeline::redactor::redact_str(&format!("{e:#}"))
+                recon_common::redactor::redact_str(&format!("{e:#}"))
             );
             (
                 2,
@@ -373,7 +373,7 @@ fn main() -> ExitCode {
         let page = match &outcome {
             Ok((report, history)) => Some(batch_verify::html::render(report, history)),
             Err(e) => BusinessDay::new(cli.date, &cli.tz).ok().map(|day| {
-                let why = recon_pipeline::redactor::redact_str(&format!("{e:#}"));
+                let why = recon_common::redactor::redact_str(&format!("{e:#}"));
                 let report = Report::error(
                     String::new(),
                     &day,

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use iceberg::table::Table;
-use recon_pipeline::checkpoint::protocol::{
+use recon_common::stamps::{
     PROP_CHECKPOINT_FIRST, PROP_CHECKPOINT_ID, PROP_INPUT_EPOCH, PROP_JOB_ID, PROP_OFFSETS,
 };
 use serde::Deserialize;

@@ -17,7 +17,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use iceberg::Catalog;
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use recon_pipeline::sink::writer::{TableTarget, TableWriter};
+use recon_common::writer::{TableTarget, TableWriter};
 
 use crate::error::{Result, VerifyError};
 use crate::report::{Discrepancy, Report};

@@ -16,8 +16,8 @@ use std::time::Instant;
 use chrono::{SecondsFormat, Utc};
 use iceberg::Catalog;
 use iceberg::table::Table;
-use recon_pipeline::config::Config;
-use recon_pipeline::lakehouse::table_ident;
+use recon_common::config::Config;
+use recon_common::lakehouse::table_ident;
 
 use crate::balances::{self, Incomplete};
 use crate::checks::{self, Totals};
@@ -245,9 +245,14 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     phases.insert("offsets_ms".to_string(), ms(rest.elapsed()));
     // (g), (h): the optional outputs, when the job has them on.
     let outputs = if opts.check_outputs {
+        let spill = crate::outputs::SpillAt {
+            dir: &dir,
+            buckets: n,
+        };
         crate::outputs::check(
             cfg,
-            catalog.as_ref(),
+            &balances,
+            spill,
             opts.kafka_timeout,
             opts.truth_records_max,
             &mut findings,
@@ -341,7 +346,7 @@ pub async fn record_run(
     report: &Report,
     opts: &Options,
 ) -> Result<()> {
-    recon_pipeline::lakehouse::ensure_tables(catalog, &cfg.catalog.namespace)
+    recon_common::lakehouse::ensure_tables(catalog, &cfg.catalog.namespace)
         .await
         .map_err(|e| VerifyError::lakehouse("ensure_tables", &cfg.catalog.namespace, e))?;
     let date = opts.day.date;

@@ -8,23 +8,19 @@
 // Errors carry iceberg::Error (large) and only travel the stop path, never a hot loop.
 #![allow(clippy::result_large_err)]
 
+pub use recon_common::{config, ids, lakehouse, logging, redactor, secrets};
+
 pub mod bench;
 pub mod catalog_wrap;
 pub mod checkpoint;
-pub mod config;
 pub mod crash;
 pub mod demo;
 pub mod generate;
-pub mod ids;
 pub mod job;
-pub mod lakehouse;
-pub mod logging;
 pub mod maintain;
 pub mod orphans;
 pub mod outputs;
 pub mod reconcile;
-pub mod redactor;
-pub mod secrets;
 pub mod sink;
 pub mod source;
 pub mod state;

@@ -180,6 +180,67 @@ fn alerts_and_current_balances_exact_at_every_crash_point() {
         "current balances: {} trips equal to trip_balances",
         pg.len()
     );
+
+    // batch-verify's checks (g) and (h), with its own readers and spilled in 4 buckets, agree;
+    // then one current balance off by one thousandth is found, by trip, and nothing else.
+    let verify = |buckets: usize| {
+        use batch_verify::options::{Options, TruthSpec};
+        use batch_verify::truth::kafka::KafkaScan;
+        let day = chrono::NaiveDate::from_ymd_opt(2025, 3, 3).unwrap();
+        let mut o = Options::new(
+            batch_verify::BusinessDay::new(day, "UTC").unwrap(),
+            TruthSpec::Kafka {
+                scan: KafkaScan::Full,
+            },
+        );
+        o.progress = false;
+        o.buckets = buckets;
+        o.kafka_timeout = Duration::from_secs(60);
+        rt.block_on(batch_verify::verify(&cfg, catalog.clone(), &o))
+            .expect("batch-verify")
+    };
+    let report = verify(4);
+    let checked = report.outputs.clone().expect("outputs checked");
+    assert_eq!(checked.current_balances_checked, latest.len() as u64);
+    assert_eq!(checked.alerts_checked, got.len() as u64);
+    assert_eq!(
+        (checked.current_balances_in_flight, checked.alerts_in_flight),
+        (0, 0),
+        "the job stopped idle: nothing is in flight"
+    );
+    let outputs_findings = |r: &batch_verify::report::Report| {
+        ["current_balance_mismatch", "alert_mismatch"]
+            .map(|k| r.discrepancies_by_kind.get(k).copied().unwrap_or(0))
+    };
+    assert_eq!(outputs_findings(&report), [0, 0], "{report}");
+    let tampered = latest.keys().min().unwrap().clone();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&s.pg_catalog_url)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE recon_current_balances SET charged = charged + 0.001 \
+             WHERE job_id = $1 AND trip_id = $2",
+        )
+        .bind(&setup.name)
+        .bind(&tampered)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    });
+    let report = verify(3);
+    assert_eq!(outputs_findings(&report), [1, 0], "{report}");
+    let found = report
+        .discrepancies
+        .iter()
+        .find(|d| d.kind == batch_verify::report::Kind::CurrentBalanceMismatch)
+        .expect("kept");
+    assert_eq!(
+        found.trip_id.as_deref(),
+        Some(tampered.as_str()),
+        "{found:?}"
+    );
 }
 
 /// `(sums, status)` per trip of `job` in the current-balance table.

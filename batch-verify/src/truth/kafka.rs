@@ -28,7 +28,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use recon_pipeline::source::security::{SECURITY_HINT, SecurityWatch, refusal};
+use recon_common::security::{SECURITY_HINT, SecurityWatch, refusal};
 use recon_schemas::decode::{self, Limits};
 
 use super::TruthSink;
@@ -92,7 +92,7 @@ impl KafkaTruth {
             .map_err(|e| {
                 err(format!(
                     "creating the consumer: {}",
-                    recon_pipeline::secrets::kafka_error_text(&e)
+                    recon_common::secrets::kafka_error_text(&e)
                 ))
             })
     }

@@ -69,7 +69,7 @@ pub async fn read(
     let mut conn = PgConnection::connect(url).await.map_err(|e| {
         err(format!(
             "cannot connect to {}: {e}; check --truth-url",
-            recon_pipeline::config::redact_url(url)
+            recon_common::config::redact_url(url)
         ))
     })?;
     let from = sink.day.start.to_rfc3339_opts(SecondsFormat::Micros, true);

@@ -14,7 +14,7 @@
 pub mod alerts;
 pub mod alerts_kafka;
 pub mod balances_pg;
-pub mod config;
+pub use recon_common::config::outputs as config;
 
 /// Why an output could not emit. Every variant says what went wrong; the job stops and its
 /// recovery decides what to emit again.

@@ -3,7 +3,7 @@
 //! back their `DataFile`s, serialized, for the checkpoint manifest (pre-commit).
 
 pub mod rows;
-pub mod writer;
+pub use recon_common::writer;
 
 use std::collections::BTreeMap;
 

@@ -24,7 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use crate::config::RawSource;
 use crate::ids::{Offset, PartitionId};
 
-pub mod security;
+pub use recon_common::security;
 use security::{SECURITY_HINT, SecurityWatch};
 
 /// How long metadata lookups may take before the broker counts as unreachable.

@@ -111,6 +111,7 @@ fn git_describe() -> String {
             "--porcelain",
             "--",
             "pipeline",
+            "common",
             "schemas",
             "batch-verify",
         ])
@@ -120,7 +121,7 @@ fn git_describe() -> String {
     format!(
         "{head}{}",
         if dirty {
-            " + local changes in pipeline/schemas/batch-verify"
+            " + local changes in pipeline/common/schemas/batch-verify"
         } else {
             ""
         }

@@ -18,7 +18,6 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
-use batch_verify::fixture::Lakehouse;
 use batch_verify::options::{Options, TruthSpec};
 use batch_verify::row::Position;
 use batch_verify::{BusinessDay, Status, verify};
@@ -27,6 +26,7 @@ use recon_pipeline::generate::truth::parquet::ParquetTruth;
 use recon_schemas::balance::fold;
 use recon_schemas::currency::Currency;
 use recon_schemas::event::{Event, EventType};
+use recon_tests::verify_fixture::Lakehouse;
 use rust_decimal::Decimal;
 
 const PARTITIONS: i32 = 8;

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use batch_verify::fixture::{Lakehouse, Placed, place, simulate};
 use batch_verify::options::{Options, TruthSpec};
 use batch_verify::report::{Kind, Status};
 use batch_verify::truth::kafka::KafkaScan;
@@ -20,6 +19,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use recon_pipeline::generate::config::Ppm;
 use recon_pipeline::generate::truth::TruthRecorder;
 use recon_pipeline::generate::{TrafficConfig, plan};
+use recon_tests::verify_fixture::{Lakehouse, Placed, place, simulate};
 
 const PARTITIONS: i32 = 3;
 
@@ -394,6 +394,10 @@ async fn a_bad_current_balance_value_is_an_error_not_a_panic() {
             "'t3', 'abc', '1', '0', '0', '0', '0', 'OPEN', 7".to_string(),
         ),
         ("status", format!("'t4', {good}, NULL, 7")),
+        (
+            "precise",
+            "'t5', '1.0005', '1', '0', '0', '0', '0', 'OPEN', 7".to_string(),
+        ),
     ] {
         sqlx::query(&format!("INSERT INTO {table} VALUES ('{job}', {row})"))
             .execute(&mut c)
@@ -402,15 +406,30 @@ async fn a_bad_current_balance_value_is_an_error_not_a_panic() {
     }
     let read = |job: &'static str, max: u64| {
         let (pg, table) = (pg.clone(), table.clone());
-        async move { batch_verify::outputs::current_balances(&pg, &table, job, max).await }
+        async move {
+            let mut rows = Vec::new();
+            batch_verify::outputs::current_balances(&pg, &table, job, max, |r| {
+                rows.push(r);
+                Ok(())
+            })
+            .await
+            .map(|()| rows)
+        }
     };
     let good_rows = read("good", 10).await.unwrap();
-    assert_eq!(good_rows["t1"].1, "BALANCED");
-    assert_eq!(good_rows["t1"].2, 7);
+    assert_eq!(good_rows.len(), 1);
+    assert_eq!(good_rows[0].trip_id, "t1");
+    assert_eq!(good_rows[0].status, "BALANCED");
+    assert_eq!(good_rows[0].checkpoint_id, 7);
+    assert_eq!(good_rows[0].sums, [1_000, 1_000, 0, 800, 200, 0]);
     for (job, want) in [
         ("null", "column charged: NULL"),
         ("text", "column charged: \"abc\""),
         ("status", "column status"),
+        (
+            "precise",
+            "column charged: \"1.0005\": more than 3 decimal places",
+        ),
     ] {
         // Every VerifyError is "could not verify", exit 2 (main.rs).
         let text = read(job, 10).await.unwrap_err().to_string();

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::Command;
 
 use arrow_array::Array;
-use batch_verify::fixture::{Lakehouse, place, simulate};
 use recon_pipeline::generate::truth::TruthRecorder;
 use recon_pipeline::generate::{TrafficConfig, plan};
+use recon_tests::verify_fixture::{Lakehouse, place, simulate};
 use rust_decimal::Decimal;
 
 const KEYS: [&str; 11] = [
@@ -41,7 +41,7 @@ fn run(dir: &Path, truth: &str, extra: &[&str]) -> Outcome {
 fn run_on(dir: &Path, date: &str, truth: &str, extra: &[&str]) -> Outcome {
     let report = dir.join(format!("report-{}.json", uuid::Uuid::new_v4()));
     let metrics = dir.join(format!("metrics-{}.prom", uuid::Uuid::new_v4()));
-    let out = Command::new(env!("CARGO_BIN_EXE_batch-verify"))
+    let out = Command::new(recon_tests::security::batch_verify_binary())
         .args([
             "--config",
             &dir.join("recon.toml").display().to_string(),
@@ -260,7 +260,7 @@ async fn exit_codes_and_report_keys() {
 
     // Where a result cannot be written, nothing runs: no "clean" recorded for a run that then
     // fails to report (found 2026-12-05: a missing --report directory recorded status=clean).
-    let bin = env!("CARGO_BIN_EXE_batch-verify");
+    let bin = &recon_tests::security::batch_verify_binary();
     let config = d.join("recon.toml").display().to_string();
     let base = [
         "--config",

@@ -295,7 +295,7 @@ fn config_file_must_exist_and_set_something() {
 fn properties_the_job_owns_are_refused() {
     let sections = [
         ("source", OWNED_CONSUMER_PROPERTIES),
-        ("alerts", crate::outputs::config::OWNED_PRODUCER_PROPERTIES),
+        ("alerts", crate::config::outputs::OWNED_PRODUCER_PROPERTIES),
     ];
     for (section, owned) in sections {
         for (name, why, instead) in owned {

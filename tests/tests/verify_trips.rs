@@ -4,7 +4,6 @@
 
 use std::io::Write;
 
-use batch_verify::fixture::Lakehouse;
 use batch_verify::options::{Options, TruthSpec};
 use batch_verify::report::{Kind, Status};
 use batch_verify::row::Position;
@@ -13,6 +12,7 @@ use chrono::{DateTime, Utc};
 use recon_schemas::balance::fold;
 use recon_schemas::currency::Currency;
 use recon_schemas::event::{Event, EventType};
+use recon_tests::verify_fixture::Lakehouse;
 use rust_decimal::Decimal;
 
 fn event(n: u128, t: EventType, amount: i64, at: &str) -> Event {

@@ -13,6 +13,7 @@ mod catalog;
 mod checkpoint;
 mod load;
 mod maintenance;
+pub mod outputs;
 pub mod ranges;
 mod sink;
 mod source;
@@ -75,9 +76,9 @@ pub struct RawConfig {
     /// Metrics and health.
     pub observability: RawObservability,
     /// Optional exactly-once alerts topic.
-    pub alerts: crate::outputs::config::RawAlerts,
+    pub alerts: crate::config::outputs::RawAlerts,
     /// Optional exactly-once PostgreSQL current-balance table.
-    pub current_balances: crate::outputs::config::RawCurrentBalances,
+    pub current_balances: crate::config::outputs::RawCurrentBalances,
     /// Table maintenance.
     pub maintenance: RawMaintenance,
 }
@@ -133,11 +134,11 @@ pub struct Config {
     /// Address of the metrics/health server, if any.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[alerts]` as written (see `alerts_watch` for the validated statuses).
-    pub alerts: crate::outputs::config::RawAlerts,
+    pub alerts: crate::config::outputs::RawAlerts,
     /// Statuses watched by the alerts output; `None` when `[alerts]` is off.
     pub alerts_watch: Option<Vec<&'static str>>,
     /// `[current_balances]` as written.
-    pub current_balances: crate::outputs::config::RawCurrentBalances,
+    pub current_balances: crate::config::outputs::RawCurrentBalances,
     /// Database URL of the current-balance output; `None` when it is off.
     pub current_balances_url: Option<String>,
     /// Defaults of `maintain` (validated: `retain_last >= 1`, orphan age >= [`ORPHAN_AGE_MIN`]).
@@ -204,7 +205,7 @@ impl Config {
         source::refuse_owned(
             "alerts.properties",
             &raw.alerts.properties,
-            crate::outputs::config::OWNED_PRODUCER_PROPERTIES,
+            crate::config::outputs::OWNED_PRODUCER_PROPERTIES,
         )?;
         let uri = &raw.catalog.uri;
         if !(uri.starts_with("sqlite:")

@@ -24,9 +24,9 @@ use recon_schemas::balance::{TripBalance, fold};
 use recon_schemas::decode::{self, Limits};
 use recon_schemas::event::Event;
 
-use crate::error::{Result, VerifyError};
-use crate::row::Position;
-use crate::spill::hash_bytes;
+use batch_verify::error::{Result, VerifyError};
+use batch_verify::row::Position;
+use batch_verify::spill::hash_bytes;
 
 /// One record as placed on Kafka.
 #[derive(Clone, Debug)]

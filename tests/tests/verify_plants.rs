@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use batch_verify::fixture::{Lakehouse, Simulated, place, simulate};
 use batch_verify::options::{Options, TruthSpec};
 use batch_verify::report::{Kind, Report, Status};
 use batch_verify::row::Position;
@@ -17,6 +16,7 @@ use recon_pipeline::generate::truth::TruthRecorder;
 use recon_pipeline::generate::{TrafficConfig, plan};
 use recon_schemas::balance::fold;
 use recon_schemas::currency::Currency;
+use recon_tests::verify_fixture::{Lakehouse, Simulated, place, simulate};
 use rust_decimal::Decimal;
 
 const PARTITIONS: i32 = 4;

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use batch_verify::fixture::{Lakehouse, Placed, Simulated, place, simulate};
 use batch_verify::options::{Options, TruthSpec};
 use batch_verify::report::{Kind, Report, Status};
 use batch_verify::truth::kafka::KafkaScan;
@@ -17,6 +16,7 @@ use recon_pipeline::generate::config::Ppm;
 use recon_pipeline::generate::plan::RecordKind;
 use recon_pipeline::generate::{TrafficConfig, plan};
 use recon_pipeline::job::{self, CrashPlan, JobEnv};
+use recon_tests::verify_fixture::{Lakehouse, Placed, Simulated, place, simulate};
 use tokio::sync::watch;
 
 const PARTITIONS: i32 = 3;
