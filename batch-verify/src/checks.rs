@@ -14,6 +14,11 @@ use crate::report::{Discrepancy, Findings, Kind, TotalLine};
 use crate::row::{EventItem, EventRow, MatchKey, Position, PositionItem, RejectRow, Scope, Side};
 use crate::truth::kafka::Windows;
 
+use dead_letters::{DeadLetter, dead_letters, phantom_reject, split_owner};
+
+#[path = "checks_dead_letters.rs"]
+mod dead_letters;
+
 /// Count and unscaled sum per (event type code, currency).
 pub type Totals = BTreeMap<(u8, String), (u64, i128)>;
 
@@ -72,12 +77,14 @@ impl Outcome {
 
 /// The rows of one event id, borrowed from the bucket.
 #[derive(Default)]
-struct Group<'a> {
-    truth: Vec<(&'a EventRow, Option<Position>, (i32, i64))>,
-    ledger: Vec<(&'a EventRow, Position)>,
-    conflicts: Vec<&'a RejectRow>,
+pub(crate) struct Group<'a> {
+    pub(crate) truth: Vec<(&'a EventRow, Option<Position>, (i32, i64))>,
+    pub(crate) ledger: Vec<(&'a EventRow, Position)>,
+    pub(crate) conflicts: Vec<&'a RejectRow>,
     /// `balance_overflow` dead letters: the job refused the event itself.
-    refused: Vec<&'a RejectRow>,
+    pub(crate) refused: Vec<&'a RejectRow>,
+    /// `event_id_reused` dead letters: copies of the id on trips other than the one holding it.
+    pub(crate) reused: Vec<&'a RejectRow>,
 }
 
 impl Group<'_> {
@@ -86,6 +93,7 @@ impl Group<'_> {
         self.ledger.clear();
         self.conflicts.clear();
         self.refused.clear();
+        self.reused.clear();
     }
 }
 
@@ -134,6 +142,9 @@ pub fn check_events(items: Vec<EventItem>, day: &BusinessDay, out: &mut Outcome)
                 EventItem::Conflict(r) if r.reason == recon_schemas::decode::BALANCE_OVERFLOW => {
                     g.refused.push(r);
                 }
+                EventItem::Conflict(r) if r.reason == recon_schemas::decode::EVENT_ID_REUSED => {
+                    g.reused.push(r);
+                }
                 EventItem::Conflict(r) => g.conflicts.push(r),
             }
             at += 1;
@@ -146,6 +157,7 @@ fn check_group(id: Uuid, g: &mut Group<'_>, day: &BusinessDay, out: &mut Outcome
     {
         g.truth.sort_by_key(|t| t.2);
         g.ledger.sort_by_key(|l| l.1);
+        let expected_reused = split_owner(g);
         let mut expected_conflicts: Vec<(&EventRow, Option<Position>)> = Vec::new();
         if let Some((first, rest)) = g.truth.split_first() {
             for (v, pos, _) in rest {
@@ -241,7 +253,22 @@ fn check_group(id: Uuid, g: &mut Group<'_>, day: &BusinessDay, out: &mut Outcome
                 }
             }
         }
-        conflicts(id, expected_conflicts, g.conflicts.clone(), day, out);
+        dead_letters(
+            id,
+            expected_conflicts,
+            g.conflicts.clone(),
+            DeadLetter::Conflict,
+            day,
+            out,
+        );
+        dead_letters(
+            id,
+            expected_reused,
+            g.reused.clone(),
+            DeadLetter::Reused,
+            day,
+            out,
+        );
     }
 }
 
@@ -259,68 +286,6 @@ fn duplicates(id: Uuid, ledger: &[(&EventRow, Position)], findings: &mut Finding
             );
         }
     }
-}
-
-fn conflicts(
-    id: Uuid,
-    expected: Vec<(&EventRow, Option<Position>)>,
-    mut lake: Vec<&RejectRow>,
-    day: &BusinessDay,
-    out: &mut Outcome,
-) {
-    for r in &lake {
-        if r.scope == Scope::InDay {
-            out.lake_rejects += 1;
-        }
-    }
-    for (v, pos) in expected {
-        let in_day = day.contains_micros(v.occurred_at_us);
-        if in_day {
-            out.truth_rejects += 1;
-        }
-        if let Some(i) = lake.iter().position(|r| r.position == pos) {
-            lake.swap_remove(i);
-        } else if in_day {
-            let mut d = Discrepancy::new(
-                Kind::MissingReject,
-                format!(
-                    "conflicting version ({} {} {}) not in rejected_events",
-                    v.type_name(),
-                    v.amount_text(),
-                    v.currency
-                ),
-            )
-            .event(id)
-            .trip(&v.trip_id);
-            if let Some(p) = pos {
-                d = d.at(p.partition, p.offset);
-            }
-            out.findings.add(d);
-        }
-    }
-    for r in lake.into_iter().filter(|r| r.scope == Scope::InDay) {
-        out.findings.add(phantom_reject(
-            r,
-            "no conflicting version of this event in the truth",
-        ));
-    }
-}
-
-fn phantom_reject(r: &RejectRow, why: &str) -> Discrepancy {
-    let mut d = Discrepancy::new(
-        Kind::PhantomReject,
-        format!("rejected_events row ({}): {why}", r.reason),
-    );
-    if let Some(e) = &r.event_id {
-        d = d.event(e);
-    }
-    if let Some(t) = &r.trip_id {
-        d = d.trip(t);
-    }
-    if let Some(p) = r.position {
-        d = d.at(p.partition, p.offset);
-    }
-    d
 }
 
 fn micros_text(us: i64) -> String {

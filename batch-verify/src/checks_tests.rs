@@ -394,3 +394,122 @@ fn totals_print_at_scale_whatever_their_size() {
         "-170141183460469231731687303715884105.728".len()
     );
 }
+
+/// Event id `id` on trip `trip` at `offset` of partition `partition`.
+fn on(id: u128, trip: &str, partition: i32, offset: i64) -> (EventRow, Position) {
+    let mut row = ev(id, 100);
+    row.trip_id = trip.into();
+    (row, Position::new(partition, offset))
+}
+
+fn truth_at((row, p): (EventRow, Position)) -> EventItem {
+    EventItem::Truth {
+        row,
+        position: Some(p),
+        order: (p.partition, p.offset),
+    }
+}
+
+fn ledger_at((row, p): (EventRow, Position)) -> EventItem {
+    EventItem::Ledger {
+        row,
+        position: p,
+        checkpoint_id: 1,
+    }
+}
+
+fn reused_at((row, p): (EventRow, Position)) -> EventItem {
+    let EventItem::Conflict(mut r) = conflict(row.event_id.as_u128(), 0) else {
+        unreachable!()
+    };
+    r.reason = recon_schemas::decode::EVENT_ID_REUSED.into();
+    r.position = Some(p);
+    r.key = MatchKey::Position(p);
+    r.trip_id = Some(row.trip_id);
+    EventItem::Conflict(r)
+}
+
+/// An event id is one event across the job: whichever trip the job read it on first keeps it
+/// (partitions are read in no fixed order), every copy on another trip is an `event_id_reused`
+/// dead letter.
+#[test]
+fn an_event_id_reused_on_another_trip() {
+    let a = || on(1, "trip-a", 0, 10);
+    let b = || on(1, "trip-b", 1, 5);
+    let b_again = || on(1, "trip-b", 1, 6);
+    // Counts out: truth dead letters, lakehouse dead letters.
+    let cases: Vec<Case<EventItem>> = vec![
+        (
+            "the trip read first holds it (partition 0 first)",
+            vec![truth_at(a()), truth_at(b()), ledger_at(a()), reused_at(b())],
+            vec![],
+            1,
+            1,
+        ),
+        (
+            "the other order is as right (partition 1 first)",
+            vec![truth_at(a()), truth_at(b()), ledger_at(b()), reused_at(a())],
+            vec![],
+            1,
+            1,
+        ),
+        (
+            "every copy on the other trip, re-sends too",
+            vec![
+                truth_at(a()),
+                truth_at(b()),
+                truth_at(b_again()),
+                ledger_at(a()),
+                reused_at(b()),
+                reused_at(b_again()),
+            ],
+            vec![],
+            2,
+            2,
+        ),
+        (
+            "accepted on both trips (per-trip dedup)",
+            vec![truth_at(a()), truth_at(b()), ledger_at(a()), ledger_at(b())],
+            vec![Kind::DuplicateEventId, Kind::MissingReject],
+            1,
+            0,
+        ),
+        (
+            "the copy is not dead-lettered",
+            vec![truth_at(a()), truth_at(b()), ledger_at(a())],
+            vec![Kind::MissingReject],
+            1,
+            0,
+        ),
+        (
+            "the holder's event is lost",
+            vec![truth_at(a()), truth_at(b()), reused_at(b())],
+            vec![Kind::Missing],
+            1,
+            1,
+        ),
+        (
+            "a reuse dead letter the truth does not explain",
+            vec![
+                truth_at(a()),
+                ledger_at(a()),
+                reused_at(on(1, "trip-c", 2, 3)),
+            ],
+            vec![Kind::PhantomReject],
+            0,
+            1,
+        ),
+    ];
+    for (name, items, kinds, truth_rejects, lake_rejects) in cases {
+        let mut out = Outcome::new(100);
+        check_events(items, &day(), &mut out);
+        let mut found: Vec<Kind> = out.findings.kept.iter().map(|d| d.kind).collect();
+        found.sort();
+        assert_eq!(
+            (found, out.truth_rejects, out.lake_rejects),
+            (kinds, truth_rejects, lake_rejects),
+            "{name}: {:?}",
+            out.findings.kept
+        );
+    }
+}

@@ -489,7 +489,7 @@ async fn read_lake(
                 lake.events
                     .push(hash_bytes(id.as_bytes()), &EventItem::Conflict(row))
             }
-            (Some(id), None) if kafka_mode && r.reason == truth_conflict_reason() => lake
+            (Some(id), None) if kafka_mode && truth_event_reasons(r.reason) => lake
                 .events
                 .push(hash_bytes(id.as_bytes()), &EventItem::Conflict(row)),
             _ => lake.rejects.push(match_hash(&key), &row),
@@ -508,9 +508,11 @@ async fn read_lake(
     Ok(lake)
 }
 
-/// The reason code of a conflicting duplicate in `rejected_events`.
-fn truth_conflict_reason() -> &'static str {
-    recon_schemas::decode::CONFLICTING_DUPLICATE
+/// Dead letters of records that decoded, which the Kafka truth proves from the events
+/// themselves (grouped by event id): a conflicting version, a copy on another trip.
+fn truth_event_reasons(reason: &str) -> bool {
+    reason == recon_schemas::decode::CONFLICTING_DUPLICATE
+        || reason == recon_schemas::decode::EVENT_ID_REUSED
 }
 
 /// Trips still short of events after the neighbouring days were read that are looked up in the

@@ -395,6 +395,14 @@ impl Job {
                         );
                         self.reject_event(&r, &ev, decode::BALANCE_OVERFLOW, why);
                     }
+                    Outcome::EventIdReused { holder } => {
+                        let first_trip = self.state.trip(holder).trip_id().to_string();
+                        let why = format!(
+                            "event_id {} was already accepted on trip {first_trip}; an event id is one event across the job, so this copy on trip {} is not applied (neither trip changes)",
+                            ev.event_id, ev.trip_id
+                        );
+                        self.reject_event(&r, &ev, decode::EVENT_ID_REUSED, why);
+                    }
                 },
                 Err(e) => {
                     self.counts.rejected += 1;
@@ -475,7 +483,13 @@ impl Job {
             .state
             .apply(ev, r.partition)
             .map_err(|e| JobError::Protocol(e.to_string()))?;
-        if tracking && outcome != Outcome::ExactDuplicate {
+        // An exact duplicate or an id held by another trip changes no trip (the second may not
+        // even have one).
+        let changed = !matches!(
+            outcome,
+            Outcome::ExactDuplicate | Outcome::EventIdReused { .. }
+        );
+        if tracking && changed {
             let after = self
                 .state
                 .get(&ev.trip_id)

@@ -188,12 +188,23 @@ pub fn derive<'a>(
     limits: &Limits,
 ) -> Vec<Alert> {
     let mut trips: HashMap<String, (TripBalance, HashMap<uuid::Uuid, u64>)> = HashMap::new();
+    let mut holders: HashMap<uuid::Uuid, String> = HashMap::new();
     let mut out = Vec::new();
     for r in records {
         let Ok(ev) = decode::decode(r.key, r.payload, limits) else {
             continue;
         };
         let fp = ev.fingerprint();
+        // An event id is one event across the job: a copy on another trip changes nothing.
+        let own = trips
+            .get(&ev.trip_id)
+            .is_some_and(|(_, seen)| seen.contains_key(&ev.event_id));
+        if !own && holders.get(&ev.event_id).is_some_and(|h| *h != ev.trip_id) {
+            continue;
+        }
+        holders
+            .entry(ev.event_id)
+            .or_insert_with(|| ev.trip_id.clone());
         let (before, balance) = match trips.get_mut(&ev.trip_id) {
             None => {
                 let mut b = TripBalance::new(ev.currency);

@@ -8,7 +8,9 @@
 //! Layout, for memory (a million open trips is the design point): trips live in a slab
 //! (`Vec<TripState>`) indexed by a map from trip id (inline up to 24 bytes) to slot; sums are
 //! kept as unscaled integers at the money scale (exactly `decimal(18,3)`), seen event ids as
-//! 64-bit keys inline for the first four. The fold itself is `recon_schemas::balance`: state
+//! 64-bit keys inline for the first four. An event id is one event across the whole job: a
+//! job-wide index (event key -> trip slot, ~20 B per event, rebuilt from the trips' `seen` lists
+//! on restore) sends an id already held by another trip to `event_id_reused`. The fold itself is `recon_schemas::balance`: state
 //! unpacks a [`TripBalance`], applies the event, and packs it back, so there is one set of rules.
 
 pub mod codec;
@@ -155,12 +157,22 @@ pub enum Outcome {
     /// dead-lettered as `balance_overflow`, the trip's balance unchanged; its id is remembered,
     /// so a re-send is an exact duplicate (as `recon_schemas::balance::fold` does).
     BalanceOverflow,
+    /// The event id was accepted on another trip (`first_trip`): an event id is one event
+    /// across the whole job. Dead-lettered as `event_id_reused`; no trip changes, and a trip
+    /// seen only through such records is not created.
+    EventIdReused {
+        /// The trip that holds the id ([`State::trip`]).
+        holder: TripSlot,
+    },
 }
 
 /// All trips this process owns.
 #[derive(Default, Debug)]
 pub struct State {
     index: HashMap<CompactString, u32>,
+    /// Every event key any trip has seen -> that trip's slot (the job-wide id rule). Rebuilt
+    /// from the trips' `seen` lists on restore, so the state files do not change.
+    ids: HashMap<u64, u32>,
     slots: Vec<TripState>,
     dirty: Vec<u32>,
 }
@@ -170,8 +182,22 @@ impl State {
     pub fn apply(&mut self, ev: &Event, partition: i32) -> Result<Outcome, Overflow> {
         let key = event_key(&ev.event_id);
         let fp = ev.fingerprint();
-        let slot = match self.index.get(ev.trip_id.as_str()) {
-            Some(s) => *s as usize,
+        let existing = self.index.get(ev.trip_id.as_str()).copied();
+        // The trip's own ids first: a re-send to the trip that holds the id is a duplicate,
+        // whatever the job-wide index says (state written before the rule may hold an id on
+        // two trips).
+        let own =
+            existing.is_some_and(|s| self.slots[s as usize].seen.iter().any(|(e, _)| *e == key));
+        if !own
+            && let Some(&holder) = self.ids.get(&key)
+            && Some(holder) != existing
+        {
+            return Ok(Outcome::EventIdReused {
+                holder: TripSlot(holder),
+            });
+        }
+        let slot = match existing {
+            Some(s) => s as usize,
             None => {
                 let s = self.slots.len();
                 let s32 = u32::try_from(s).expect("fewer than 4 billion trips per process");
@@ -195,6 +221,7 @@ impl State {
                     trip.set_balance(&b)?;
                 }
                 trip.seen.push((key, fp));
+                self.ids.insert(key, slot as u32);
                 if applied == Applied::Overflow {
                     Outcome::BalanceOverflow
                 } else {
@@ -255,15 +282,21 @@ impl State {
         let mut t = TripState::new(trip_id, balance.currency, partition);
         t.set_balance(balance)?;
         t.seen = seen;
-        match self.index.get(trip_id) {
-            Some(s) => self.slots[*s as usize] = t,
+        let slot = match self.index.get(trip_id) {
+            Some(s) => *s,
             None => {
                 let s = u32::try_from(self.slots.len())
                     .expect("fewer than 4 billion trips per process");
-                self.slots.push(t);
+                self.slots
+                    .push(TripState::new(trip_id, balance.currency, partition));
                 self.index.insert(CompactString::new(trip_id), s);
+                s
             }
+        };
+        for (key, _) in &t.seen {
+            self.ids.insert(*key, slot);
         }
+        self.slots[slot as usize] = t;
         Ok(())
     }
 }
@@ -319,6 +352,78 @@ mod tests {
         assert!(b.conflicting_duplicate);
         assert_eq!(s.changed(), 0);
         assert!(s.take_changed().is_empty());
+    }
+
+    fn on_trip(mut e: Event, trip: &str) -> Event {
+        e.trip_id = trip.into();
+        e
+    }
+
+    #[test]
+    fn an_event_id_is_one_event_across_trips_and_after_restore() {
+        let mut s = State::default();
+        let charge = ev(1, EventType::TripCharge, 1000);
+        assert_eq!(s.apply(&charge, 0).unwrap(), Outcome::Accepted);
+        let _ = s.take_changed();
+        // The same id on another trip, on another partition: not applied, no trip created,
+        // nothing dirty; every copy alike, even an exact re-send of that copy.
+        let copy = on_trip(charge.clone(), "trip-2");
+        for _ in 0..2 {
+            match s.apply(&copy, 1).unwrap() {
+                Outcome::EventIdReused { holder } => {
+                    assert_eq!(s.trip(holder).trip_id(), "trip-1")
+                }
+                o => panic!("{o:?}"),
+            }
+        }
+        assert!(
+            s.get("trip-2").is_none(),
+            "a trip seen only through reused ids"
+        );
+        assert_eq!(s.changed(), 0);
+        // The holder's own re-send is still a duplicate.
+        assert_eq!(s.apply(&charge, 0).unwrap(), Outcome::ExactDuplicate);
+        // trip-2 with an event of its own exists; the reused id still does not apply to it.
+        let own = on_trip(ev(2, EventType::TripCharge, 500), "trip-2");
+        assert_eq!(s.apply(&own, 1).unwrap(), Outcome::Accepted);
+        assert!(matches!(
+            s.apply(&copy, 1).unwrap(),
+            Outcome::EventIdReused { .. }
+        ));
+        assert_eq!(s.get("trip-2").unwrap().balance().events, 1);
+
+        // Restored from its own files, the rule holds the same.
+        let mut r = State::default();
+        let bytes = codec::encode_full(&s);
+        codec::apply_file(&mut r, "full", &bytes, true).unwrap();
+        assert!(matches!(
+            r.apply(&copy, 1).unwrap(),
+            Outcome::EventIdReused { .. }
+        ));
+        assert_eq!(r.apply(&charge, 0).unwrap(), Outcome::ExactDuplicate);
+    }
+
+    #[test]
+    fn state_from_before_the_rule_keeps_each_trips_own_ids() {
+        // Written by a build that deduplicated per trip: id 1 accepted on two trips.
+        let mut s = State::default();
+        let b = TripBalance::new(Currency::USD);
+        let seen: Seen = [(event_key(&uuid::Uuid::from_u128(1)), 7)]
+            .into_iter()
+            .collect();
+        s.restore("trip-1", &b, seen.clone(), 0).unwrap();
+        s.restore("trip-2", &b, seen, 1).unwrap();
+        // A re-send to either trip is that trip's duplicate (fingerprint 7 is not this
+        // content, so a conflict), never a reuse.
+        for trip in ["trip-1", "trip-2"] {
+            let e = on_trip(ev(1, EventType::TripCharge, 1000), trip);
+            assert_eq!(s.apply(&e, 0).unwrap(), Outcome::ConflictingDuplicate);
+        }
+        let third = on_trip(ev(1, EventType::TripCharge, 1000), "trip-3");
+        assert!(matches!(
+            s.apply(&third, 2).unwrap(),
+            Outcome::EventIdReused { .. }
+        ));
     }
 
     #[test]

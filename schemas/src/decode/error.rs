@@ -169,9 +169,15 @@ pub const CONFLICTING_DUPLICATE: &str = "conflicting_duplicate";
 /// unchanged, the rest of the stream flows.
 pub const BALANCE_OVERFLOW: &str = "balance_overflow";
 
+/// `rejected_events.reason` of a record that decoded, but whose event id the job already
+/// accepted on another trip: an event id is one event across the whole job, so the first trip
+/// to carry it keeps it and every copy on another trip is dead-lettered (neither trip's balance
+/// changes). Which trip is first follows the order the job read its partitions in.
+pub const EVENT_ID_REUSED: &str = "event_id_reused";
+
 /// Reasons of records that decoded but whose event was not applied; with [`RejectReason::ALL`]
 /// (the decoding errors), every reason a `rejected_events` row can carry.
-pub const EVENT_REASONS: [&str; 2] = [CONFLICTING_DUPLICATE, BALANCE_OVERFLOW];
+pub const EVENT_REASONS: [&str; 3] = [CONFLICTING_DUPLICATE, BALANCE_OVERFLOW, EVENT_ID_REUSED];
 
 /// Every `rejected_events.reason` code: the decoding errors, then [`EVENT_REASONS`].
 pub fn every_reason() -> impl Iterator<Item = &'static str> {
