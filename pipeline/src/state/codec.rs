@@ -139,6 +139,10 @@ pub fn apply_file(
     if first && !file.full {
         return Err(corrupt("a state chain must start with a full file".into()));
     }
+    if first {
+        let ids = file.trips.iter().map(|t| t.seen.len()).sum();
+        state.reserve(file.trips.len(), ids);
+    }
     for r in file.trips {
         let currency = Currency::parse(&r.currency)
             .ok_or_else(|| corrupt(format!("unknown currency {:?}", r.currency)))?;

@@ -171,8 +171,9 @@ pub enum Outcome {
 pub struct State {
     index: HashMap<CompactString, u32>,
     /// Every event key any trip has seen -> that trip's slot (the job-wide id rule). Rebuilt
-    /// from the trips' `seen` lists on restore, so the state files do not change.
-    ids: HashMap<u64, u32>,
+    /// from the trips' `seen` lists on restore, so the state files do not change. Keys come
+    /// from input, so the hasher is seeded per process (foldhash: fast, not predictable).
+    ids: HashMap<u64, u32, foldhash::fast::RandomState>,
     slots: Vec<TripState>,
     dirty: Vec<u32>,
 }
@@ -269,6 +270,13 @@ impl State {
     /// One trip.
     pub fn get(&self, trip_id: &str) -> Option<&TripState> {
         self.index.get(trip_id).map(|s| &self.slots[*s as usize])
+    }
+
+    /// Makes room for `trips` more trips holding `ids` more event ids (restore path).
+    pub fn reserve(&mut self, trips: usize, ids: usize) {
+        self.index.reserve(trips);
+        self.slots.reserve(trips);
+        self.ids.reserve(ids);
     }
 
     /// Inserts or replaces a trip (restore path).
