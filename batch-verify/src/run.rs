@@ -489,7 +489,7 @@ async fn read_lake(
                 lake.events
                     .push(hash_bytes(id.as_bytes()), &EventItem::Conflict(row))
             }
-            (Some(id), None) if kafka_mode && truth_event_reasons(r.reason) => lake
+            (Some(id), None) if proved_from_events(r.reason, kafka_mode) => lake
                 .events
                 .push(hash_bytes(id.as_bytes()), &EventItem::Conflict(row)),
             _ => lake.rejects.push(match_hash(&key), &row),
@@ -508,11 +508,14 @@ async fn read_lake(
     Ok(lake)
 }
 
-/// Dead letters of records that decoded, which the Kafka truth proves from the events
-/// themselves (grouped by event id): a conflicting version, a copy on another trip.
-fn truth_event_reasons(reason: &str) -> bool {
-    reason == recon_schemas::decode::CONFLICTING_DUPLICATE
-        || reason == recon_schemas::decode::EVENT_ID_REUSED
+/// Dead letters of records that decoded which the Kafka truth proves from the events themselves
+/// (grouped by event id): a conflicting version, a copy on another trip. The other truths list
+/// them as dead letters of their own (an upstream ledger holds an event id once), matched by
+/// key and payload.
+fn proved_from_events(reason: &str, kafka_mode: bool) -> bool {
+    kafka_mode
+        && (reason == recon_schemas::decode::CONFLICTING_DUPLICATE
+            || reason == recon_schemas::decode::EVENT_ID_REUSED)
 }
 
 /// Trips still short of events after the neighbouring days were read that are looked up in the

@@ -20,6 +20,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 pub mod pipeline;
 pub mod security;
 pub mod traffic;
+pub mod verify_day;
 pub mod verify_fixture;
 
 /// Set to `1` by `infra/local/env`: the real services are up and the variables below are set.

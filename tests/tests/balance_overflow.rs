@@ -134,22 +134,16 @@ fn an_overflowing_trip_is_dead_lettered_and_the_stream_flows() {
             "the second charge, dead-lettered with its reason"
         );
 
-        use batch_verify::options::{Options, TruthSpec};
         use batch_verify::report::Status;
         use batch_verify::truth::kafka::KafkaScan;
-        let day = chrono::NaiveDate::from_ymd_opt(2025, 3, 3).unwrap();
-        let mut o = Options::new(
-            batch_verify::BusinessDay::new(day, "UTC").unwrap(),
-            TruthSpec::Kafka {
-                scan: KafkaScan::Timestamps,
-            },
-        );
-        o.progress = false;
-        o.buckets = 2;
-        o.kafka_timeout = Duration::from_secs(60);
-        let report = batch_verify::verify(&cfg, catalog.clone(), &o)
-            .await
-            .expect("batch-verify (kafka)");
+        let report = recon_tests::verify_day::kafka_day(
+            &cfg,
+            catalog.clone(),
+            "2025-03-03",
+            KafkaScan::Timestamps,
+            2,
+        )
+        .await;
         assert_eq!(report.status, Status::Clean, "{report}");
         assert!(
             report.truth_rejects >= 1 && report.rejected_events >= 1,

@@ -91,6 +91,10 @@ fn a_reused_event_id_is_dead_lettered_across_partitions_and_a_restart() {
     ];
     demo::publish(&s.kafka_bootstrap, &setup.topic, &second, &mut expected).expect("publish");
     let out = run_to_idle(&setup, "run2", dir.path());
+    // The upstream ledger holds an event id once (`truth_events` is keyed by it): the copies are
+    // its dead letters, of class `event_id_reused`. The PostgreSQL truth must reach the same
+    // verdict as the Kafka topic.
+    let upstream: Vec<generate::Record> = first.iter().chain(&second).cloned().collect();
     assert!(out.contains("recovered"), "run 2 restores state:\n{out}");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -158,26 +162,57 @@ fn a_reused_event_id_is_dead_lettered_across_partitions_and_a_restart() {
             "A: charged once"
         );
 
-        use batch_verify::options::{Options, TruthSpec};
         use batch_verify::report::Status;
         use batch_verify::truth::kafka::KafkaScan;
-        let day = chrono::NaiveDate::from_ymd_opt(2025, 3, 3).unwrap();
-        let mut o = Options::new(
-            batch_verify::BusinessDay::new(day, "UTC").unwrap(),
-            TruthSpec::Kafka {
-                scan: KafkaScan::Full,
-            },
-        );
-        o.progress = false;
-        o.buckets = 2;
-        o.kafka_timeout = Duration::from_secs(60);
-        let report = batch_verify::verify(&cfg, catalog.clone(), &o)
-            .await
-            .expect("batch-verify (kafka)");
-        assert_eq!(report.status, Status::Clean, "{report}");
+        let kafka = recon_tests::verify_day::kafka_day(
+            &cfg,
+            catalog.clone(),
+            "2025-03-03",
+            KafkaScan::Full,
+            2,
+        )
+        .await;
+        assert_eq!(kafka.status, Status::Clean, "{kafka}");
         assert!(
-            report.truth_rejects >= 2 && report.rejected_events >= 2,
-            "the copies are dead letters on both sides:\n{report}"
+            kafka.truth_rejects >= 2 && kafka.rejected_events >= 2,
+            "the copies are dead letters on both sides:\n{kafka}"
+        );
+        let run_id = format!("{}-truth", setup.name);
+        let truth =
+            recon_tests::verify_day::postgres_truth(&s.pg_truth_url, &run_id, 17, upstream).await;
+        {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&s.pg_truth_url).await.unwrap();
+            let moved = sqlx::query(
+                "UPDATE truth_rejects SET class = 'event_id_reused' \
+                 WHERE run_id = $1 AND event_id = $2::uuid AND trip_id = $3",
+            )
+            .bind(&run_id)
+            .bind(held.event_id.hyphenated().to_string())
+            .bind(&b)
+            .execute(&mut c)
+            .await
+            .unwrap();
+            assert_eq!(
+                moved.rows_affected(),
+                2,
+                "both copies are the ledger's dead letters"
+            );
+        }
+        let pg = recon_tests::verify_day::day(&cfg, catalog.clone(), "2025-03-03", truth, 3).await;
+        assert_eq!(pg.status, Status::Clean, "{pg}");
+        let counts = |r: &batch_verify::report::Report| {
+            (
+                r.truth_events,
+                r.ledger_events,
+                r.truth_rejects,
+                r.rejected_events,
+            )
+        };
+        assert_eq!(
+            counts(&pg),
+            counts(&kafka),
+            "the two truths agree:\n{pg}\n{kafka}"
         );
     });
 }

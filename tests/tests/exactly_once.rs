@@ -104,26 +104,12 @@ async fn batch_verify_clean(
     use batch_verify::options::{Options, TruthSpec};
     use batch_verify::report::Status;
     use batch_verify::truth::kafka::KafkaScan;
-    use batch_verify::truth::postgres::scoped_queries;
     use batch_verify::{BusinessDay, verify};
 
     let run_id = format!("{}-truth", setup.name);
-    let (sink, writer) =
-        generate::truth::postgres::connect(&s.pg_truth_url, &run_id, seed, "e2e crash test")
-            .await
-            .expect("truth database");
-    let recorder = generate::truth::TruthRecorder::new(&run_id).with_postgres(sink);
-    let owned = records.to_vec();
-    let summary = tokio::task::spawn_blocking(move || {
-        let mut recorder = recorder;
-        for r in &owned {
-            recorder.observe(r).expect("truth row");
-        }
-        recorder.finish().expect("truth finish")
-    })
-    .await
-    .unwrap();
-    writer.finish(&summary).await.expect("truth commit");
+    let postgres =
+        recon_tests::verify_day::postgres_truth(&s.pg_truth_url, &run_id, seed, records.to_vec())
+            .await;
 
     let cfg = Config::load(Some(&setup.config)).expect("config");
     let catalog = lakehouse::open_catalog(&cfg).await.expect("catalog");
@@ -138,7 +124,6 @@ async fn batch_verify_clean(
         days.values().any(|n| *n > 10_000),
         "most events fall on one business day: {days:?}"
     );
-    let (postgres_events, postgres_rejects) = scoped_queries(&run_id).expect("run id");
     for (day, on_day) in days {
         let mut o = Options::new(
             BusinessDay::new(day, "UTC").unwrap(),
@@ -157,11 +142,7 @@ async fn batch_verify_clean(
             TruthSpec::Kafka {
                 scan: KafkaScan::Timestamps,
             },
-            TruthSpec::Postgres {
-                url: s.pg_truth_url.clone(),
-                events_query: postgres_events.clone(),
-                rejects_query: postgres_rejects.clone(),
-            },
+            postgres.clone(),
         ] {
             o.truth = truth;
             let r = verify(&cfg, catalog.clone(), &o)

@@ -184,20 +184,13 @@ fn alerts_and_current_balances_exact_at_every_crash_point() {
     // batch-verify's checks (g) and (h), with its own readers and spilled in 4 buckets, agree;
     // then one current balance off by one thousandth is found, by trip, and nothing else.
     let verify = |buckets: usize| {
-        use batch_verify::options::{Options, TruthSpec};
-        use batch_verify::truth::kafka::KafkaScan;
-        let day = chrono::NaiveDate::from_ymd_opt(2025, 3, 3).unwrap();
-        let mut o = Options::new(
-            batch_verify::BusinessDay::new(day, "UTC").unwrap(),
-            TruthSpec::Kafka {
-                scan: KafkaScan::Full,
-            },
-        );
-        o.progress = false;
-        o.buckets = buckets;
-        o.kafka_timeout = Duration::from_secs(60);
-        rt.block_on(batch_verify::verify(&cfg, catalog.clone(), &o))
-            .expect("batch-verify")
+        rt.block_on(recon_tests::verify_day::kafka_day(
+            &cfg,
+            catalog.clone(),
+            "2025-03-03",
+            batch_verify::truth::kafka::KafkaScan::Full,
+            buckets,
+        ))
     };
     let report = verify(4);
     let checked = report.outputs.clone().expect("outputs checked");
