@@ -465,6 +465,16 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
             hostile.push(h);
         }
     }
+    // Copies of an event id on another trip, on a stream of their own (older seeds keep their
+    // plans). Not with a partition added (the copy must share its original's partition) nor a
+    // topic recreated while running (the original may be lost with the old topic).
+    let mut reuse = ChaCha8Rng::seed_from_u64(seed ^ 0x7265_7573_6564_6964);
+    if reuse.random_bool(0.3)
+        && !order_safe
+        && operator != Some(OperatorFault::TopicRecreatedWhileRunning)
+    {
+        hostile.push(Hostile::ReusedId);
+    }
     hostile.sort();
     Plan {
         index,

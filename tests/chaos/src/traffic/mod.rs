@@ -7,7 +7,7 @@
 //! before it is sent (and the harness refuses to run when the class is not the intended one), so
 //! the expectation never guesses how the decoder reads a record.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 mod publish;
 pub use publish::{Published, publish};
@@ -39,6 +39,10 @@ pub enum Hostile {
     /// Whole trips dated 2000-01-01 and 2099-12-31, offsets of +14:00 / -12:00, an event of an
     /// ordinary trip dated 2099, and timestamps just outside the accepted range.
     ClockSkew,
+    /// Copies of accepted events under another trip's id and key (an event id is one event
+    /// across the job: each copy is an `event_id_reused` dead letter). Not in [`Hostile::ALL`]
+    /// (drawn on its own stream, so the plans of older seeds are unchanged).
+    ReusedId,
 }
 
 impl Hostile {
@@ -59,6 +63,7 @@ impl Hostile {
             Hostile::DuplicateBurst => "duplicate_burst_conflicting",
             Hostile::TwoCurrencies => "trip_in_two_currencies",
             Hostile::ClockSkew => "clock_skewed_timestamps",
+            Hostile::ReusedId => "event_id_reused_on_another_trip",
         }
     }
 }
@@ -174,6 +179,71 @@ fn base_event(
 fn insert_after(records: &mut Vec<Record>, rng: &mut ChaCha8Rng, after: usize, rec: Record) {
     let at = rng.random_range(after + 1..=records.len());
     records.insert(at, rec);
+}
+
+/// The partition librdkafka's default partitioner (`consistent_random`: CRC-32 of the key)
+/// gives a keyed record; the publisher sets no partitioner.
+pub fn key_partition(key: &[u8], partitions: i32) -> i32 {
+    (crc32fast::hash(key) % partitions.max(1) as u32) as i32
+}
+
+/// Adds copies of up to three accepted events under another trip's id and key, each after its
+/// original and on the same partition (the other trip is chosen by its key's partition), so
+/// the job reads the original first whatever the order it reads partitions in. Returns the
+/// records added.
+fn reused_ids(
+    records: &mut Vec<Record>,
+    rng: &mut ChaCha8Rng,
+    partitions: i32,
+) -> anyhow::Result<u64> {
+    let mut trips_by_partition: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+    for r in records.iter() {
+        if let (RecordKind::Valid(ev), Some(k), None) = (&r.kind, &r.key, r.partition_hint) {
+            trips_by_partition
+                .entry(key_partition(k, partitions))
+                .or_default()
+                .insert(ev.trip_id.clone());
+        }
+    }
+    let mut added = 0;
+    for _ in 0..3 {
+        let valid_at: Vec<usize> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                matches!(r.kind, RecordKind::Valid(_))
+                    && r.key.is_some()
+                    && r.partition_hint.is_none()
+            })
+            .map(|(i, _)| i)
+            .collect();
+        ensure!(valid_at.len() > 10, "too little traffic for reused ids");
+        let i = valid_at[rng.random_range(0..valid_at.len())];
+        let RecordKind::Valid(ev) = &records[i].kind else {
+            unreachable!()
+        };
+        let p = key_partition(records[i].key.as_deref().unwrap_or_default(), partitions);
+        let others: Vec<&String> = trips_by_partition
+            .get(&p)
+            .into_iter()
+            .flatten()
+            .filter(|t| **t != ev.trip_id)
+            .collect();
+        let Some(other) = others.get(rng.random_range(0..others.len().max(1))) else {
+            continue;
+        };
+        let mut copy = ev.clone();
+        copy.trip_id = (*other).clone();
+        let rec = Record {
+            partition_hint: None,
+            key: Some(other.as_bytes().to_vec()),
+            payload: copy.to_json(),
+            kind: RecordKind::ConflictingDuplicate(copy),
+        };
+        insert_after(records, rng, i, rec);
+        added += 1;
+    }
+    Ok(added)
 }
 
 /// Plans the records of `spec`.
@@ -313,6 +383,7 @@ pub fn build(spec: &TrafficSpec) -> anyhow::Result<Traffic> {
                     hostile += 1;
                 }
             }
+            Hostile::ReusedId => hostile += reused_ids(&mut records, &mut rng, spec.partitions)?,
             Hostile::ClockSkew => {
                 let past: DateTime<Utc> = "2000-01-01T00:00:00Z".parse().expect("time");
                 let future: DateTime<Utc> = "2099-12-31T23:59:59.999999Z".parse().expect("time");
@@ -453,15 +524,22 @@ pub fn truth_jsonl(records: &[Record]) -> Vec<u8> {
     };
     let mut out = Vec::new();
     let mut seq = 0u64;
+    let mut holders: HashMap<uuid::Uuid, &str> = HashMap::new();
     for r in records {
         match &r.kind {
-            RecordKind::Valid(ev) => event_line(&mut out, seq, &ev.to_json()),
+            RecordKind::Valid(ev) => {
+                holders.entry(ev.event_id).or_insert(&ev.trip_id);
+                event_line(&mut out, seq, &ev.to_json())
+            }
             RecordKind::Duplicate(_) => continue,
             RecordKind::ConflictingDuplicate(ev) => reject_line(
                 &mut out,
                 &RejectRow {
                     seq,
-                    class: CONFLICTING_DUPLICATE,
+                    class: match holders.get(&ev.event_id) {
+                        Some(t) if *t != ev.trip_id => recon_schemas::decode::EVENT_ID_REUSED,
+                        _ => CONFLICTING_DUPLICATE,
+                    },
                     event_id: Some(ev.event_id),
                     trip_id: Some(&ev.trip_id),
                     key: r.key.as_deref(),
