@@ -36,7 +36,7 @@ pub fn ci(seed: u64, scale: Scale, controllable: bool) -> Vec<Plan> {
                     nth: 1,
                 },
             ],
-            vec![Hostile::DuplicateBurst],
+            vec![Hostile::DuplicateBurst, Hostile::ReusedId],
             None,
         ),
         (
