@@ -72,21 +72,11 @@ pub async fn current_balances(
     let mut c = sqlx::PgConnection::connect(url)
         .await
         .map_err(|e| fail(e.to_string()))?;
+    let sum_columns: Vec<String> = SUM_NAMES.iter().map(|c| format!("{c}::text")).collect();
     let sql = format!(
-        "SELECT trip_id, charged::text, collected::text, refunded::text, paid_out::text, fees::text,
-                adjusted::text, status, checkpoint_id FROM {table} WHERE job_id = $1"
+        "SELECT trip_id, {}, status, checkpoint_id FROM {table} WHERE job_id = $1",
+        sum_columns.join(", ")
     );
-    const COLUMNS: [&str; 9] = [
-        "trip_id",
-        "charged",
-        "collected",
-        "refunded",
-        "paid_out",
-        "fees",
-        "adjusted",
-        "status",
-        "checkpoint_id",
-    ];
     let mut rows = sqlx::query(&sql).bind(job).fetch(&mut c);
     let mut read = 0u64;
     while let Some(r) = rows.try_next().await.map_err(|e| fail(e.to_string()))? {
@@ -103,7 +93,7 @@ pub async fn current_balances(
         read += 1;
         let mut sums = [0i64; 6];
         for (i, s) in sums.iter_mut().enumerate() {
-            let column = COLUMNS[i + 1];
+            let column = SUM_NAMES[i];
             let text: Option<String> = r
                 .try_get(i + 1)
                 .map_err(|e| fail(format!("trip {trip:?}, column {column}: {e}")))?;
@@ -113,10 +103,10 @@ pub async fn current_balances(
         }
         let status: String = r
             .try_get(7)
-            .map_err(|e| fail(format!("trip {trip:?}, column {}: {e}", COLUMNS[7])))?;
+            .map_err(|e| fail(format!("trip {trip:?}, column status: {e}")))?;
         let checkpoint: i64 = r
             .try_get(8)
-            .map_err(|e| fail(format!("trip {trip:?}, column {}: {e}", COLUMNS[8])))?;
+            .map_err(|e| fail(format!("trip {trip:?}, column checkpoint_id: {e}")))?;
         f(CurrentRow {
             trip_id: trip,
             sums,
