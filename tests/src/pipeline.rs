@@ -14,22 +14,56 @@ pub fn binary() -> PathBuf {
     if let Some(bin) = std::env::var_os(ENV_PIPELINE_BIN) {
         return PathBuf::from(bin);
     }
-    // target/<profile>/deps/<test-binary> -> target/<profile>/recon-pipeline
+    workspace_binary("recon-pipeline")
+}
+
+/// `target/<profile>/<package>` of this build (the binary of that name), built if missing.
+/// A binary older than one of its sources (`cargo test -p recon-tests` alone does not rebuild
+/// the other packages' binaries) is refused with the command that rebuilds it: a test that ran
+/// the previous build would prove nothing about the code under test.
+pub fn workspace_binary(package: &str) -> PathBuf {
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<package>
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target profile dir");
-    let bin = profile_dir.join("recon-pipeline");
+    let bin = profile_dir.join(package);
     if !bin.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "recon-pipeline", "--bin", "recon-pipeline"])
+            .args(["build", "-p", package, "--bin", package])
             .status()
-            .expect("cargo build recon-pipeline");
-        assert!(status.success(), "building recon-pipeline failed");
+            .unwrap_or_else(|e| panic!("cargo build {package}: {e}"));
+        assert!(status.success(), "building {package} failed");
     }
     assert!(bin.exists(), "{} not found after build", bin.display());
+    if let Some(source) = newer_source(&bin) {
+        panic!(
+            "{} is older than its source {}: rebuild it (cargo build -p {package}, or run \
+             cargo test --workspace) or name a build with its RECON_*_BIN variable",
+            bin.display(),
+            source.display()
+        );
+    }
     bin
+}
+
+/// A source file of `bin` (from cargo's dep-info `<bin>.d`) modified after `bin` was built.
+fn newer_source(bin: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
+    let deps = std::fs::read_to_string(bin.with_extension("d")).ok()?;
+    let (_, sources) = deps.lines().next()?.split_once(": ")?;
+    // Paths are space-separated, a space inside one escaped as "\ ".
+    let escaped = sources.replace("\\ ", "\u{0}");
+    escaped
+        .split(' ')
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(p.replace('\u{0}', " ")))
+        .find(|p| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > built)
+        })
 }
 
 /// Environment variable naming the `recon-pipeline` binary the tests run (default: this build's).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use recon_pipeline::reconcile::Expected;
 use recon_pipeline::{demo, generate};
 
-use crate::pipeline::{binary, wait_with_deadline};
+use crate::pipeline::wait_with_deadline;
 use crate::{ENV_REQUIRE_SERVICES, Services, services_or_skip};
 
 /// The broker's authenticated listeners, from `infra/local/env`.
@@ -210,15 +210,13 @@ pub fn batch_verify_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("RECON_BATCH_VERIFY_BIN") {
         return PathBuf::from(bin);
     }
-    let bin = binary().with_file_name("batch-verify");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "batch-verify", "--bin", "batch-verify"])
-            .status()
-            .expect("cargo build batch-verify");
-        assert!(status.success(), "building batch-verify failed");
+    if let Some(pipeline) = std::env::var_os(crate::pipeline::ENV_PIPELINE_BIN) {
+        let bin = PathBuf::from(pipeline).with_file_name("batch-verify");
+        if bin.exists() {
+            return bin;
+        }
     }
-    bin
+    crate::pipeline::workspace_binary("batch-verify")
 }
 
 /// Runs `bin args` with `env` (stdout and stderr to one log file), bounded by `deadline`.
