@@ -77,14 +77,14 @@ impl Outcome {
 
 /// The rows of one event id, borrowed from the bucket.
 #[derive(Default)]
-pub(crate) struct Group<'a> {
-    pub(crate) truth: Vec<(&'a EventRow, Option<Position>, (i32, i64))>,
-    pub(crate) ledger: Vec<(&'a EventRow, Position)>,
-    pub(crate) conflicts: Vec<&'a RejectRow>,
+struct Group<'a> {
+    truth: Vec<(&'a EventRow, Option<Position>, (i32, i64))>,
+    ledger: Vec<(&'a EventRow, Position)>,
+    conflicts: Vec<&'a RejectRow>,
     /// `balance_overflow` dead letters: the job refused the event itself.
-    pub(crate) refused: Vec<&'a RejectRow>,
+    refused: Vec<&'a RejectRow>,
     /// `event_id_reused` dead letters: copies of the id on trips other than the one holding it.
-    pub(crate) reused: Vec<&'a RejectRow>,
+    reused: Vec<&'a RejectRow>,
 }
 
 impl Group<'_> {

@@ -187,9 +187,11 @@ impl State {
         // The trip's own ids first: a re-send to the trip that holds the id is a duplicate,
         // whatever the job-wide index says (state written before the rule may hold an id on
         // two trips).
-        let own =
-            existing.is_some_and(|s| self.slots[s as usize].seen.iter().any(|(e, _)| *e == key));
-        if !own
+        let seen_fp = existing.and_then(|s| {
+            let seen = &self.slots[s as usize].seen;
+            seen.iter().find(|(e, _)| *e == key).map(|(_, f)| *f)
+        });
+        if seen_fp.is_none()
             && let Some(&holder) = self.ids.get(&key)
             && Some(holder) != existing
         {
@@ -209,8 +211,8 @@ impl State {
             }
         };
         let trip = &mut self.slots[slot];
-        let outcome = match trip.seen.iter().find(|(e, _)| *e == key) {
-            Some((_, f)) if *f == fp => return Ok(Outcome::ExactDuplicate),
+        let outcome = match seen_fp {
+            Some(f) if f == fp => return Ok(Outcome::ExactDuplicate),
             Some(_) => {
                 trip.flags |= FLAG_CONFLICTING_DUPLICATE;
                 Outcome::ConflictingDuplicate
