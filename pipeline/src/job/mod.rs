@@ -23,6 +23,7 @@ mod outputs;
 mod preflight;
 mod publish;
 mod recovery;
+mod replay;
 mod stop;
 
 pub use stop::{StopClass, log_class, refusal_class, refusals_class};
@@ -200,6 +201,8 @@ pub(crate) struct Job {
     counts: Counts,
     /// After a rewind: offsets below which records are replayed into state only.
     replay_until: BTreeMap<PartitionId, Offset>,
+    /// The replayed records the tables hold as `event_id_reused` (skipped by the replay).
+    replay_skips: replay::ReplaySkips,
     /// Topic resets accepted so far (written into every manifest).
     input_epoch: u32,
     report: RunReport,
@@ -357,9 +360,12 @@ impl Job {
             let payload = r.payload.as_deref().unwrap_or(&[]);
             if self.replay_until.get(&pid).is_some_and(|u| r.offset < u.0) {
                 // Already in the tables (a rewind): rebuild state, write nothing.
-                if let Ok(ev) = decode::decode(r.key.as_deref(), payload, &self.limits) {
+                // Each record gets the decision its checkpoint committed (`replay`).
+                if let Ok(ev) = decode::decode(r.key.as_deref(), payload, &self.limits)
+                    && !self.replay_skips.take(r.partition, r.offset, &ev.event_id)
+                {
                     self.state
-                        .apply(&ev, r.partition)
+                        .apply_replayed(&ev, r.partition)
                         .map_err(|e| JobError::Protocol(e.to_string()))?;
                 }
                 self.report.replayed += 1;

@@ -301,6 +301,7 @@ pub(super) async fn recover(
         state_sha256: claimed.manifest.state_sha256.clone(),
         cuts: claimed.manifest.partitions.clone(),
         replay_until: claimed.manifest.replay_until.clone(),
+        replay_skips: Default::default(),
         input_epoch: claimed.manifest.input_epoch,
         counts: Default::default(),
         report: RunReport {
@@ -316,6 +317,17 @@ pub(super) async fn recover(
     };
     // Whatever the previous generation completed but did not publish, publish now.
     job.publish().await?;
+    // A rewind's replay skips the records the tables now hold as `event_id_reused`.
+    if !job.replay_until.is_empty() {
+        let ident = lakehouse::table_ident(cfg, "rejected_events");
+        let rejected = lakehouse::load_table(env.catalog.as_ref(), &ident).await?;
+        job.replay_skips =
+            super::replay::ReplaySkips::load(&rejected, &job.cuts, &job.replay_until).await?;
+        tracing::info!(
+            skipped = job.replay_skips.len(),
+            "replay: records committed as event_id_reused are skipped"
+        );
+    }
     // The optional outputs: fence older instances, then emit what they lack.
     job.recover_outputs(partitions).await?;
     // Then remove the files of attempts that never completed, never a file a snapshot or a

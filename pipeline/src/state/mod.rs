@@ -181,6 +181,25 @@ pub struct State {
 impl State {
     /// Applies one decoded event read from `partition`.
     pub fn apply(&mut self, ev: &Event, partition: i32) -> Result<Outcome, Overflow> {
+        self.apply_with(ev, partition, true)
+    }
+
+    /// Applies a record a committed checkpoint already decided (a rewind's replay) that the
+    /// tables do not hold as `event_id_reused`: it was its own trip's event (accepted, a
+    /// duplicate, a conflict or an overflow), so the job-wide id rule is not asked again. The
+    /// replay reads partitions in another order than the first run did; asking the rule again
+    /// could give an id to the other trip (the copy's) and sum it there. The id's holder in the
+    /// job-wide index stays the first trip that holds it.
+    pub fn apply_replayed(&mut self, ev: &Event, partition: i32) -> Result<Outcome, Overflow> {
+        self.apply_with(ev, partition, false)
+    }
+
+    fn apply_with(
+        &mut self,
+        ev: &Event,
+        partition: i32,
+        id_rule: bool,
+    ) -> Result<Outcome, Overflow> {
         let key = event_key(&ev.event_id);
         let fp = ev.fingerprint();
         let existing = self.index.get(ev.trip_id.as_str()).copied();
@@ -191,7 +210,8 @@ impl State {
             let seen = &self.slots[s as usize].seen;
             seen.iter().find(|(e, _)| *e == key).map(|(_, f)| *f)
         });
-        if seen_fp.is_none()
+        if id_rule
+            && seen_fp.is_none()
             && let Some(&holder) = self.ids.get(&key)
             && Some(holder) != existing
         {
@@ -224,7 +244,7 @@ impl State {
                     trip.set_balance(&b)?;
                 }
                 trip.seen.push((key, fp));
-                self.ids.insert(key, slot as u32);
+                self.ids.entry(key).or_insert(slot as u32);
                 if applied == Applied::Overflow {
                     Outcome::BalanceOverflow
                 } else {
@@ -411,6 +431,39 @@ mod tests {
             Outcome::EventIdReused { .. }
         ));
         assert_eq!(r.apply(&charge, 0).unwrap(), Outcome::ExactDuplicate);
+    }
+
+    #[test]
+    fn a_replayed_record_keeps_the_decision_its_checkpoint_committed() {
+        // First run: trip-1 took id 1; its copy on trip-2 was dead-lettered, so the replay skips
+        // it and applies the rest with `apply_replayed`, in whatever order: trip-1 gets the id.
+        let charge = ev(1, EventType::TripCharge, 1000);
+        let copy = on_trip(charge.clone(), "trip-2");
+        let own = on_trip(ev(2, EventType::TripCharge, 500), "trip-2");
+        let mut s = State::default();
+        assert_eq!(s.apply_replayed(&own, 1).unwrap(), Outcome::Accepted);
+        assert_eq!(s.apply_replayed(&charge, 0).unwrap(), Outcome::Accepted);
+        // Live records after the replay still follow the rule.
+        assert!(matches!(
+            s.apply(&copy, 1).unwrap(),
+            Outcome::EventIdReused { holder } if s.trip(holder).trip_id() == "trip-1"
+        ));
+        // A replayed record whose id another trip already holds (tables from before the rule,
+        // or an order the rule alone would judge the other way) is its own trip's event: summed
+        // there, and the index keeps the first holder.
+        let mut r = State::default();
+        assert_eq!(r.apply_replayed(&copy, 1).unwrap(), Outcome::Accepted);
+        assert_eq!(r.apply_replayed(&charge, 0).unwrap(), Outcome::Accepted);
+        assert_eq!(r.get("trip-1").unwrap().balance().events, 1);
+        assert!(matches!(
+            r.apply(&on_trip(charge.clone(), "trip-3"), 2).unwrap(),
+            Outcome::EventIdReused { holder } if r.trip(holder).trip_id() == "trip-2"
+        ));
+        // Own-trip duplicates are judged as before.
+        assert_eq!(
+            r.apply_replayed(&charge, 0).unwrap(),
+            Outcome::ExactDuplicate
+        );
     }
 
     #[test]
