@@ -13,6 +13,7 @@ pub use recon_common::{config, ids, lakehouse, logging, redactor, secrets};
 pub mod bench;
 pub mod catalog_wrap;
 pub mod checkpoint;
+pub mod cold;
 pub mod crash;
 pub mod demo;
 pub mod generate;

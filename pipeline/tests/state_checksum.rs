@@ -93,7 +93,7 @@ async fn an_edited_state_file_stops_the_job_before_anything_is_written() {
     let empty = if i == 0 {
         codec::encode_full(&State::default())
     } else {
-        codec::encode_delta(std::iter::empty())
+        codec::encode_delta(std::iter::empty(), std::iter::empty())
     };
     assert_ne!(
         std::fs::read(file(&rel)).unwrap(),

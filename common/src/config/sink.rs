@@ -20,6 +20,32 @@ pub struct RawSink {
 pub struct RawState {
     /// Largest accepted payload; larger records are dead-lettered.
     pub payload_bytes_max: usize,
+    /// A `BALANCED` trip leaves memory for the cold tier once its last event is this many
+    /// milliseconds of event time old; 0 = settled trips stay.
+    #[serde(default)]
+    pub evict_settled_after_ms: u64,
+    /// Any trip leaves memory once its last event is this many milliseconds of event time
+    /// old; 0 = idle trips stay.
+    #[serde(default)]
+    pub evict_idle_after_ms: u64,
+    /// Trips looked at per barrier for eviction (a round-robin scan).
+    #[serde(default = "scan_default")]
+    pub evict_scan_per_barrier: usize,
+    /// Local working copy of the cold tier's runs (read by lookups; the checkpoint store holds
+    /// the durable copy). Empty: `<temp dir>/recon-cold/<job_id>`.
+    #[serde(default)]
+    pub cold_dir: String,
+    /// Runs are merged while the result stays under this size.
+    #[serde(default = "merge_default")]
+    pub cold_merge_bytes_max: u64,
+}
+
+fn scan_default() -> usize {
+    200_000
+}
+
+fn merge_default() -> u64 {
+    256 << 20
 }
 
 impl Default for RawSink {
@@ -36,6 +62,11 @@ impl Default for RawState {
     fn default() -> Self {
         RawState {
             payload_bytes_max: 64 * 1024,
+            evict_settled_after_ms: 0,
+            evict_idle_after_ms: 0,
+            evict_scan_per_barrier: scan_default(),
+            cold_dir: String::new(),
+            cold_merge_bytes_max: merge_default(),
         }
     }
 }

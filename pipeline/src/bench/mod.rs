@@ -388,7 +388,7 @@ async fn state_bench(dir: &std::path::Path, trips: u64) -> anyhow::Result<serde_
         }
         let t0 = Instant::now();
         let changed = state.take_changed();
-        let bytes = codec::encode_delta(changed.iter().map(|c| state.trip(*c)));
+        let bytes = codec::encode_delta(changed.iter().map(|c| state.trip(*c)), []);
         delta_bytes = bytes.len();
         log.write_state(crate::ids::CheckpointId(b + 1), Generation(1), bytes)
             .await?;

@@ -455,6 +455,7 @@ impl CheckpointLog {
                     pending: Default::default(),
                     state_chain: Vec::new(),
                     state_sha256: Default::default(),
+                    cold_runs: Vec::new(),
                     counts: Default::default(),
                     replay_until: Default::default(),
                     alerts: None,

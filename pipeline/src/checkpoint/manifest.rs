@@ -196,6 +196,10 @@ pub struct Manifest {
     /// Empty in manifests written before it existed (those restore with a warning).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub state_sha256: BTreeMap<String, String>,
+    /// The cold tier's runs (trips that left memory), oldest first: part of the state, like
+    /// `state_chain`. Empty when nothing ever left memory (and in older manifests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cold_runs: Vec<crate::cold::runs::RunRef>,
     /// Counts of this checkpoint.
     pub counts: Counts,
     /// After a rewind: per partition, the offset below which records were already committed
@@ -253,6 +257,7 @@ impl Manifest {
             pending: BTreeMap::new(),
             state_chain: self.state_chain.clone(),
             state_sha256: self.state_sha256.clone(),
+            cold_runs: self.cold_runs.clone(),
             counts: Counts::default(),
             replay_until: self.replay_until.clone(),
             alerts: None,

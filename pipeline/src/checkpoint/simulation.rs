@@ -194,6 +194,7 @@ impl Process {
             pending,
             state_chain: Vec::new(),
             state_sha256: Default::default(),
+            cold_runs: Vec::new(),
             counts: Counts::default(),
             replay_until: Default::default(),
             alerts: None,

@@ -28,6 +28,16 @@ impl Job {
         let id = self.last.next();
         // State: a full file every `full_state_every` checkpoints, else the changed trips only.
         let full = self.state_chain.is_empty() || self.since_full + 1 >= self.cfg.full_state_every;
+        // Trips settled or idle leave memory first (a trip changed since the last cut stays:
+        // its row and delta record come below).
+        let evicted = match self.cold {
+            Some(_) if self.evict.enabled() => {
+                let now_us = chrono::Utc::now().timestamp_micros();
+                let watermark = self.state.high_water_us().unwrap_or(0).min(now_us);
+                self.state.evict(watermark, &self.evict)
+            }
+            _ => Vec::new(),
+        };
         // Balance changelog rows for every trip changed since the last cut.
         let (bytes, changed_trips) = {
             let changed = self.state.take_changed();
@@ -44,7 +54,10 @@ impl Job {
             let bytes = if full {
                 codec::encode_full(&self.state)
             } else {
-                codec::encode_delta(changed.iter().map(|c| self.state.trip(*c)))
+                codec::encode_delta(
+                    changed.iter().map(|c| self.state.trip(*c)),
+                    evicted.iter().map(|e| e.trip_id.as_str()),
+                )
             };
             (bytes, changed.len())
         };
@@ -52,6 +65,14 @@ impl Job {
         let closed = self.sink.close(id).await?;
         self.crash.hit(CrashPoint::AfterFilesWritten)?;
 
+        if let Some(cold) = self.cold.as_mut()
+            && !evicted.is_empty()
+        {
+            cold.add(&self.log, id, self.generation, &evicted)
+                .await
+                .map_err(|e| JobError::Protocol(e.to_string()))?;
+            self.report.evicted += evicted.len() as u64;
+        }
         let state_bytes = bytes.len();
         let checksum = crate::checkpoint::manifest::state_checksum(&bytes);
         let path = self.log.write_state(id, self.generation, bytes).await?;
@@ -100,6 +121,7 @@ impl Job {
             },
             state_chain: chain.clone(),
             state_sha256: sums.clone(),
+            cold_runs: self.cold.as_ref().map(|c| c.refs()).unwrap_or_default(),
             counts: self.counts,
             replay_until: self.replay_until.clone(),
             alerts,

@@ -152,6 +152,10 @@ pub struct RunReport {
     pub trips_restored: usize,
     /// Records replayed into state only, after a rewind.
     pub replayed: u64,
+    /// Trips that left memory for the cold tier.
+    pub evicted: u64,
+    /// Trips brought back from the cold tier (an event for them, or for an id they hold).
+    pub brought_back: u64,
     /// Time from start until the newest batch arrived (`None`: none did).
     pub last_input: Option<Duration>,
     /// Time from the stop decision (shutdown, idle) until `run` returned: final checkpoint,
@@ -203,6 +207,10 @@ pub(crate) struct Job {
     replay_until: BTreeMap<PartitionId, Offset>,
     /// The replayed records the tables hold as `event_id_reused` (skipped by the replay).
     replay_skips: replay::ReplaySkips,
+    /// Trips that left memory (`None`: eviction off and nothing cold).
+    cold: Option<crate::cold::runs::ColdTier>,
+    /// When trips leave memory.
+    evict: crate::state::evict::EvictPolicy,
     /// Topic resets accepted so far (written into every manifest).
     input_epoch: u32,
     report: RunReport,
@@ -364,6 +372,7 @@ impl Job {
                 if let Ok(ev) = decode::decode(r.key.as_deref(), payload, &self.limits)
                     && !self.replay_skips.take(r.partition, r.offset, &ev.event_id)
                 {
+                    self.bring_back(&ev).await?;
                     self.state
                         .apply_replayed(&ev, r.partition)
                         .map_err(|e| JobError::Protocol(e.to_string()))?;
@@ -371,7 +380,11 @@ impl Job {
                 self.report.replayed += 1;
                 continue;
             }
-            match decode::decode(r.key.as_deref(), payload, &self.limits) {
+            let decoded = decode::decode(r.key.as_deref(), payload, &self.limits);
+            if let Ok(ev) = &decoded {
+                self.bring_back(ev).await?;
+            }
+            match decoded {
                 Ok(ev) => match self.apply_tracked(&ev, &r, next_id)? {
                     Outcome::Accepted => {
                         self.counts.events += 1;
@@ -469,6 +482,18 @@ impl Job {
             event_id: Some(ev.event_id.hyphenated().to_string()),
             trip_id: Some(ev.trip_id.clone()),
         });
+    }
+
+    /// Brings back from the cold tier the event's trip and its id's holder, if they left memory.
+    async fn bring_back(&mut self, ev: &recon_schemas::event::Event) -> Result<(), JobError> {
+        let Some(cold) = self.cold.as_mut().filter(|c| !c.is_empty()) else {
+            return Ok(());
+        };
+        let b = crate::cold::bring_back(&mut self.state, cold, ev)
+            .await
+            .map_err(|e| JobError::Protocol(e.to_string()))?;
+        self.report.brought_back += u64::from(b.trip) + u64::from(b.holder);
+        Ok(())
     }
 
     /// Applies a decoded event to state; with alerts on, records the alert its status

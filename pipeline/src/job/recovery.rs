@@ -282,6 +282,22 @@ pub(super) async fn recover(
             .map_err(|e| JobError::Protocol(e.to_string()))?;
     }
 
+    let evict = evict_policy(cfg);
+    let cold = if evict.enabled() || !claimed.manifest.cold_runs.is_empty() {
+        let dir = cold_dir(cfg);
+        let tier = crate::cold::runs::ColdTier::open(
+            &log,
+            &dir,
+            &claimed.manifest.cold_runs,
+            cfg.state.cold_merge_bytes_max,
+        )
+        .await
+        .map_err(|e| JobError::Protocol(e.to_string()))?;
+        tracing::info!(runs = claimed.manifest.cold_runs.len(), records = tier.records(), index_bytes = tier.memory_bytes(), dir = %dir.display(), "cold tier opened");
+        Some(tier)
+    } else {
+        None
+    };
     let mut job = Job {
         cfg: cfg.clone(),
         log,
@@ -302,6 +318,8 @@ pub(super) async fn recover(
         cuts: claimed.manifest.partitions.clone(),
         replay_until: claimed.manifest.replay_until.clone(),
         replay_skips: Default::default(),
+        cold,
+        evict,
         input_epoch: claimed.manifest.input_epoch,
         counts: Default::default(),
         report: RunReport {
@@ -364,4 +382,26 @@ pub(super) async fn recover(
         }
     }
     Ok(job)
+}
+
+/// The eviction policy `[state]` configures.
+fn evict_policy(cfg: &Config) -> crate::state::evict::EvictPolicy {
+    // The range check keeps a span under ten years: the product fits i64.
+    let us = |ms: u64| (ms > 0).then(|| ms as i64 * 1_000);
+    crate::state::evict::EvictPolicy {
+        settled_after_us: us(cfg.state.evict_settled_after_ms),
+        idle_after_us: us(cfg.state.evict_idle_after_ms),
+        scan_per_barrier: cfg.state.evict_scan_per_barrier,
+    }
+}
+
+/// The local working copy of the cold tier.
+fn cold_dir(cfg: &Config) -> std::path::PathBuf {
+    if cfg.state.cold_dir.is_empty() {
+        std::env::temp_dir()
+            .join("recon-cold")
+            .join(cfg.job_id.to_string())
+    } else {
+        std::path::PathBuf::from(&cfg.state.cold_dir)
+    }
 }

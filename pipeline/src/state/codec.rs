@@ -1,9 +1,11 @@
 //! State files: the binary form of trips in a checkpoint (postcard over serde).
 //!
-//! A *full* file holds every trip; a *delta* holds the trips changed in one checkpoint.
-//! Restoring reads the chain the manifest lists (full first, then deltas in order) and the
-//! last version of each trip wins. The format is versioned; money is carried as decimal
-//! strings (exact), never floats.
+//! A *full* file holds every trip in memory; a *delta* holds the trips changed in one
+//! checkpoint and the ids of the trips that left memory for the cold tier in it (tombstones,
+//! applied after the trips). Restoring reads the chain the manifest lists (full first, then
+//! deltas in order) and the last version of each trip wins. The format is versioned (format 1,
+//! without tombstones, is still read); money is carried as exact (mantissa, scale) pairs, never
+//! floats. A trip's record alone (`encode_trip`) is what the cold tier stores.
 
 use chrono::{DateTime, Utc};
 use recon_schemas::balance::TripBalance;
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{State, TripState};
 
 /// Version of the state file format.
-pub const STATE_FORMAT: u32 = 1;
+pub const STATE_FORMAT: u32 = 2;
 
 /// Errors reading a state file.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +76,20 @@ struct StateFile {
     format: u32,
     full: bool,
     trips: Vec<TripRecord>,
+    /// Trips that left memory in this checkpoint (format 2).
+    evicted: Vec<String>,
 }
+
+/// Format 1: no tombstones.
+#[derive(Deserialize)]
+struct StateFileV1 {
+    format: u32,
+    full: bool,
+    trips: Vec<TripRecord>,
+}
+
+/// A trip as restored: id, balance, seen ids, partition.
+pub type Restored = (String, TripBalance, super::Seen, i32);
 
 fn record(t: &TripState) -> TripRecord {
     let b = t.balance();
@@ -96,26 +111,71 @@ fn record(t: &TripState) -> TripRecord {
     }
 }
 
-/// Encodes every trip (a full file).
+/// Encodes every trip in memory (a full file).
 pub fn encode_full(state: &State) -> Vec<u8> {
     let trips = state.iter().map(record).collect();
     postcard::to_stdvec(&StateFile {
         format: STATE_FORMAT,
         full: true,
         trips,
+        evicted: Vec::new(),
     })
     .expect("state encodes")
 }
 
-/// Encodes the given changed trips (a delta file).
-pub fn encode_delta<'a>(changed: impl IntoIterator<Item = &'a TripState>) -> Vec<u8> {
+/// Encodes the given changed trips and the ids of the trips that left memory (a delta file).
+pub fn encode_delta<'a>(
+    changed: impl IntoIterator<Item = &'a TripState>,
+    evicted: impl IntoIterator<Item = &'a str>,
+) -> Vec<u8> {
     let trips = changed.into_iter().map(record).collect();
     postcard::to_stdvec(&StateFile {
         format: STATE_FORMAT,
         full: false,
         trips,
+        evicted: evicted.into_iter().map(str::to_string).collect(),
     })
     .expect("state encodes")
+}
+
+/// Encodes one trip (the cold tier's record).
+pub fn encode_trip(t: &TripState) -> Vec<u8> {
+    postcard::to_stdvec(&record(t)).expect("trip encodes")
+}
+
+/// Decodes one trip written by [`encode_trip`]; `name` says where it came from in errors.
+pub fn decode_trip(name: &str, bytes: &[u8]) -> Result<Restored, CodecError> {
+    let r: TripRecord = postcard::from_bytes(bytes).map_err(|e| CodecError::Corrupt {
+        path: name.to_string(),
+        message: e.to_string(),
+    })?;
+    restored(name, r)
+}
+
+fn restored(path: &str, r: TripRecord) -> Result<Restored, CodecError> {
+    let currency = Currency::parse(&r.currency).ok_or_else(|| CodecError::Corrupt {
+        path: path.to_string(),
+        message: format!("unknown currency {:?}", r.currency),
+    })?;
+    let mut balance = TripBalance::new(currency);
+    balance.charged = r.charged;
+    balance.collected = r.collected;
+    balance.refunded = r.refunded;
+    balance.paid_out = r.paid_out;
+    balance.fees = r.fees;
+    balance.adjusted = r.adjusted;
+    balance.events = r.events;
+    balance.last_occurred_at = r
+        .last_occurred_at_us
+        .and_then(DateTime::<Utc>::from_timestamp_micros);
+    balance.currency_mismatch = r.currency_mismatch;
+    balance.conflicting_duplicate = r.conflicting_duplicate;
+    Ok((
+        r.trip_id,
+        balance,
+        r.seen.into_iter().collect(),
+        r.partition,
+    ))
 }
 
 /// Applies one file of a chain to `state`. The first file of a chain must be full.
@@ -129,13 +189,26 @@ pub fn apply_file(
         path: path.to_string(),
         message,
     };
-    let file: StateFile = postcard::from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
-    if file.format != STATE_FORMAT {
-        return Err(corrupt(format!(
-            "format {} is not supported by this build (reads {STATE_FORMAT})",
-            file.format
-        )));
-    }
+    let (format, _) =
+        postcard::take_from_bytes::<u32>(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let file: StateFile = match format {
+        1 => {
+            let v1: StateFileV1 =
+                postcard::from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?;
+            StateFile {
+                format: v1.format,
+                full: v1.full,
+                trips: v1.trips,
+                evicted: Vec::new(),
+            }
+        }
+        STATE_FORMAT => postcard::from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?,
+        f => {
+            return Err(corrupt(format!(
+                "format {f} is not supported by this build (reads 1 to {STATE_FORMAT})"
+            )));
+        }
+    };
     if first && !file.full {
         return Err(corrupt("a state chain must start with a full file".into()));
     }
@@ -144,29 +217,13 @@ pub fn apply_file(
         state.reserve(file.trips.len(), ids);
     }
     for r in file.trips {
-        let currency = Currency::parse(&r.currency)
-            .ok_or_else(|| corrupt(format!("unknown currency {:?}", r.currency)))?;
-        let mut balance = TripBalance::new(currency);
-        balance.charged = r.charged;
-        balance.collected = r.collected;
-        balance.refunded = r.refunded;
-        balance.paid_out = r.paid_out;
-        balance.fees = r.fees;
-        balance.adjusted = r.adjusted;
-        balance.events = r.events;
-        balance.last_occurred_at = r
-            .last_occurred_at_us
-            .and_then(DateTime::<Utc>::from_timestamp_micros);
-        balance.currency_mismatch = r.currency_mismatch;
-        balance.conflicting_duplicate = r.conflicting_duplicate;
+        let (trip_id, balance, seen, partition) = restored(path, r)?;
         state
-            .restore(
-                &r.trip_id,
-                &balance,
-                r.seen.into_iter().collect(),
-                r.partition,
-            )
+            .restore(&trip_id, &balance, seen, partition)
             .map_err(|e| corrupt(e.to_string()))?;
+    }
+    for trip_id in &file.evicted {
+        state.forget(trip_id);
     }
     Ok(())
 }
@@ -204,7 +261,7 @@ mod tests {
         s.take_changed();
         s.apply(&ev("a", 3, 50), 0).unwrap();
         let changed = s.take_changed();
-        let delta = encode_delta(changed.iter().map(|c| s.trip(*c)));
+        let delta = encode_delta(changed.iter().map(|c| s.trip(*c)), []);
 
         let mut r = State::default();
         apply_file(&mut r, "full", &full, true).unwrap();

@@ -14,6 +14,8 @@
 //! unpacks a [`TripBalance`], applies the event, and packs it back, so there is one set of rules.
 
 pub mod codec;
+pub mod evict;
+pub mod run;
 
 use std::collections::HashMap;
 
@@ -37,6 +39,11 @@ pub fn event_key(id: &uuid::Uuid) -> u64 {
 
 const FLAG_CURRENCY_MISMATCH: u8 = 1;
 const FLAG_CONFLICTING_DUPLICATE: u8 = 2;
+/// The cold tier holds this trip's current version (rehydrated, unchanged since).
+const FLAG_COLD_CURRENT: u8 = 4;
+/// The slot is free (its trip left memory).
+const FLAG_VACANT: u8 = 8;
+const FLAGS_BALANCE: u8 = FLAG_CURRENCY_MISMATCH | FLAG_CONFLICTING_DUPLICATE;
 
 /// A sum that no longer fits the money column.
 #[derive(Debug, thiserror::Error)]
@@ -127,20 +134,23 @@ impl TripState {
         self.events = b.events;
         self.last_occurred_us = b.last_occurred_at.map(|t| t.timestamp_micros());
         self.currency = b.currency;
-        self.flags = (if b.currency_mismatch {
-            FLAG_CURRENCY_MISMATCH
-        } else {
-            0
-        }) | (if b.conflicting_duplicate {
-            FLAG_CONFLICTING_DUPLICATE
-        } else {
-            0
-        });
+        self.flags = (self.flags & !FLAGS_BALANCE)
+            | (if b.currency_mismatch {
+                FLAG_CURRENCY_MISMATCH
+            } else {
+                0
+            })
+            | (if b.conflicting_duplicate {
+                FLAG_CONFLICTING_DUPLICATE
+            } else {
+                0
+            });
         Ok(())
     }
 }
 
-/// Where a trip lives in the state (valid for the life of the state: trips are never moved).
+/// Where a trip lives in the state: valid until the trip leaves memory ([`State::evict`]),
+/// which only a barrier does, after the slots it handed out were read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TripSlot(u32);
 
@@ -176,6 +186,14 @@ pub struct State {
     ids: HashMap<u64, u32, foldhash::fast::RandomState>,
     slots: Vec<TripState>,
     dirty: Vec<u32>,
+    /// Slots whose trip left memory, reused first.
+    free: Vec<u32>,
+    /// Newest `occurred_at` (µs) of an accepted event or a restored trip: the event-time
+    /// high-water mark eviction measures idleness against.
+    high_water_us: Option<i64>,
+    /// Where the next eviction scan starts, and trips brought back from the cold tier since
+    /// the last scan (looked at first).
+    scan: evict::Scan,
 }
 
 impl State {
@@ -221,14 +239,7 @@ impl State {
         }
         let slot = match existing {
             Some(s) => s as usize,
-            None => {
-                let s = self.slots.len();
-                let s32 = u32::try_from(s).expect("fewer than 4 billion trips per process");
-                self.slots
-                    .push(TripState::new(&ev.trip_id, ev.currency, partition));
-                self.index.insert(CompactString::new(&ev.trip_id), s32);
-                s
-            }
+            None => self.alloc(&ev.trip_id, ev.currency, partition) as usize,
         };
         let trip = &mut self.slots[slot];
         let outcome = match seen_fp {
@@ -242,6 +253,9 @@ impl State {
                 let applied = b.apply(ev);
                 if applied != Applied::Overflow {
                     trip.set_balance(&b)?;
+                    if let Some(t) = trip.last_occurred_us {
+                        self.high_water_us = Some(self.high_water_us.map_or(t, |h| h.max(t)));
+                    }
                 }
                 trip.seen.push((key, fp));
                 self.ids.entry(key).or_insert(slot as u32);
@@ -264,7 +278,10 @@ impl State {
     pub fn take_changed(&mut self) -> Vec<TripSlot> {
         let slots = std::mem::take(&mut self.dirty);
         for s in &slots {
-            self.slots[*s as usize].dirty = false;
+            let t = &mut self.slots[*s as usize];
+            t.dirty = false;
+            // Written to the hot chain now: the cold tier's copy (if any) is old.
+            t.flags &= !FLAG_COLD_CURRENT;
         }
         slots.into_iter().map(TripSlot).collect()
     }
@@ -274,9 +291,9 @@ impl State {
         &self.slots[slot.0 as usize]
     }
 
-    /// Number of trips held.
+    /// Number of trips held in memory.
     pub fn trips(&self) -> usize {
-        self.slots.len()
+        self.slots.len() - self.free.len()
     }
 
     /// Number of trips changed since the last barrier.
@@ -284,9 +301,9 @@ impl State {
         self.dirty.len()
     }
 
-    /// Every trip, in no particular order.
+    /// Every trip in memory, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &TripState> {
-        self.slots.iter()
+        self.slots.iter().filter(|t| t.flags & FLAG_VACANT == 0)
     }
 
     /// One trip.
@@ -308,226 +325,45 @@ impl State {
         balance: &TripBalance,
         seen: Seen,
         partition: i32,
-    ) -> Result<(), Overflow> {
+    ) -> Result<TripSlot, Overflow> {
         let mut t = TripState::new(trip_id, balance.currency, partition);
         t.set_balance(balance)?;
         t.seen = seen;
         let slot = match self.index.get(trip_id) {
             Some(s) => *s,
+            None => self.alloc(trip_id, balance.currency, partition),
+        };
+        // The first trip to hold an id keeps it (state written before the job-wide rule may
+        // hold an id on two trips).
+        for (key, _) in &t.seen {
+            self.ids.entry(*key).or_insert(slot);
+        }
+        if let Some(l) = t.last_occurred_us {
+            self.high_water_us = Some(self.high_water_us.map_or(l, |h| h.max(l)));
+        }
+        self.slots[slot as usize] = t;
+        Ok(TripSlot(slot))
+    }
+
+    /// A slot for a new trip: a free one first.
+    fn alloc(&mut self, trip_id: &str, currency: Currency, partition: i32) -> u32 {
+        let t = TripState::new(trip_id, currency, partition);
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = t;
+                s
+            }
             None => {
                 let s = u32::try_from(self.slots.len())
                     .expect("fewer than 4 billion trips per process");
-                self.slots
-                    .push(TripState::new(trip_id, balance.currency, partition));
-                self.index.insert(CompactString::new(trip_id), s);
+                self.slots.push(t);
                 s
             }
         };
-        for (key, _) in &t.seen {
-            self.ids.insert(*key, slot);
-        }
-        self.slots[slot as usize] = t;
-        Ok(())
+        self.index.insert(CompactString::new(trip_id), s);
+        s
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-    use recon_schemas::event::EventType;
-
-    fn ev(id: u128, kind: EventType, cents: i64) -> Event {
-        Event {
-            event_id: uuid::Uuid::from_u128(id),
-            event_type: kind,
-            trip_id: "trip-1".into(),
-            amount: Decimal::new(cents, 2),
-            currency: Currency::USD,
-            occurred_at: chrono::Utc
-                .with_ymd_and_hms(2026, 11, 28, 10, 0, 0)
-                .unwrap(),
-            rider_id: None,
-            driver_id: None,
-            payment_id: None,
-            payout_id: None,
-            schema_version: 1,
-        }
-    }
-
-    #[test]
-    fn duplicates_are_told_apart_and_changes_tracked_once() {
-        let mut s = State::default();
-        assert_eq!(
-            s.apply(&ev(1, EventType::TripCharge, 1000), 0).unwrap(),
-            Outcome::Accepted
-        );
-        assert_eq!(
-            s.apply(&ev(1, EventType::TripCharge, 1000), 0).unwrap(),
-            Outcome::ExactDuplicate
-        );
-        assert_eq!(
-            s.apply(&ev(1, EventType::TripCharge, 999), 0).unwrap(),
-            Outcome::ConflictingDuplicate
-        );
-        assert_eq!(
-            s.apply(&ev(2, EventType::RiderPayment, 1000), 0).unwrap(),
-            Outcome::Accepted
-        );
-        let changed = s.take_changed();
-        assert_eq!(changed.len(), 1);
-        let b = s.trip(changed[0]).balance();
-        assert_eq!(b.charged, Decimal::new(1000, 2));
-        assert_eq!(b.collected, Decimal::new(1000, 2));
-        assert!(b.conflicting_duplicate);
-        assert_eq!(s.changed(), 0);
-        assert!(s.take_changed().is_empty());
-    }
-
-    fn on_trip(mut e: Event, trip: &str) -> Event {
-        e.trip_id = trip.into();
-        e
-    }
-
-    #[test]
-    fn an_event_id_is_one_event_across_trips_and_after_restore() {
-        let mut s = State::default();
-        let charge = ev(1, EventType::TripCharge, 1000);
-        assert_eq!(s.apply(&charge, 0).unwrap(), Outcome::Accepted);
-        let _ = s.take_changed();
-        // The same id on another trip, on another partition: not applied, no trip created,
-        // nothing dirty; every copy alike, even an exact re-send of that copy.
-        let copy = on_trip(charge.clone(), "trip-2");
-        for _ in 0..2 {
-            match s.apply(&copy, 1).unwrap() {
-                Outcome::EventIdReused { holder } => {
-                    assert_eq!(s.trip(holder).trip_id(), "trip-1")
-                }
-                o => panic!("{o:?}"),
-            }
-        }
-        assert!(
-            s.get("trip-2").is_none(),
-            "a trip seen only through reused ids"
-        );
-        assert_eq!(s.changed(), 0);
-        // The holder's own re-send is still a duplicate.
-        assert_eq!(s.apply(&charge, 0).unwrap(), Outcome::ExactDuplicate);
-        // trip-2 with an event of its own exists; the reused id still does not apply to it.
-        let own = on_trip(ev(2, EventType::TripCharge, 500), "trip-2");
-        assert_eq!(s.apply(&own, 1).unwrap(), Outcome::Accepted);
-        assert!(matches!(
-            s.apply(&copy, 1).unwrap(),
-            Outcome::EventIdReused { .. }
-        ));
-        assert_eq!(s.get("trip-2").unwrap().balance().events, 1);
-
-        // Restored from its own files, the rule holds the same.
-        let mut r = State::default();
-        let bytes = codec::encode_full(&s);
-        codec::apply_file(&mut r, "full", &bytes, true).unwrap();
-        assert!(matches!(
-            r.apply(&copy, 1).unwrap(),
-            Outcome::EventIdReused { .. }
-        ));
-        assert_eq!(r.apply(&charge, 0).unwrap(), Outcome::ExactDuplicate);
-    }
-
-    #[test]
-    fn a_replayed_record_keeps_the_decision_its_checkpoint_committed() {
-        // First run: trip-1 took id 1; its copy on trip-2 was dead-lettered, so the replay skips
-        // it and applies the rest with `apply_replayed`, in whatever order: trip-1 gets the id.
-        let charge = ev(1, EventType::TripCharge, 1000);
-        let copy = on_trip(charge.clone(), "trip-2");
-        let own = on_trip(ev(2, EventType::TripCharge, 500), "trip-2");
-        let mut s = State::default();
-        assert_eq!(s.apply_replayed(&own, 1).unwrap(), Outcome::Accepted);
-        assert_eq!(s.apply_replayed(&charge, 0).unwrap(), Outcome::Accepted);
-        // Live records after the replay still follow the rule.
-        assert!(matches!(
-            s.apply(&copy, 1).unwrap(),
-            Outcome::EventIdReused { holder } if s.trip(holder).trip_id() == "trip-1"
-        ));
-        // A replayed record whose id another trip already holds (tables from before the rule,
-        // or an order the rule alone would judge the other way) is its own trip's event: summed
-        // there, and the index keeps the first holder.
-        let mut r = State::default();
-        assert_eq!(r.apply_replayed(&copy, 1).unwrap(), Outcome::Accepted);
-        assert_eq!(r.apply_replayed(&charge, 0).unwrap(), Outcome::Accepted);
-        assert_eq!(r.get("trip-1").unwrap().balance().events, 1);
-        assert!(matches!(
-            r.apply(&on_trip(charge.clone(), "trip-3"), 2).unwrap(),
-            Outcome::EventIdReused { holder } if r.trip(holder).trip_id() == "trip-2"
-        ));
-        // Own-trip duplicates are judged as before.
-        assert_eq!(
-            r.apply_replayed(&charge, 0).unwrap(),
-            Outcome::ExactDuplicate
-        );
-    }
-
-    #[test]
-    fn state_from_before_the_rule_keeps_each_trips_own_ids() {
-        // Written by a build that deduplicated per trip: id 1 accepted on two trips.
-        let mut s = State::default();
-        let b = TripBalance::new(Currency::USD);
-        let seen: Seen = [(event_key(&uuid::Uuid::from_u128(1)), 7)]
-            .into_iter()
-            .collect();
-        s.restore("trip-1", &b, seen.clone(), 0).unwrap();
-        s.restore("trip-2", &b, seen, 1).unwrap();
-        // A re-send to either trip is that trip's duplicate (fingerprint 7 is not this
-        // content, so a conflict), never a reuse.
-        for trip in ["trip-1", "trip-2"] {
-            let e = on_trip(ev(1, EventType::TripCharge, 1000), trip);
-            assert_eq!(s.apply(&e, 0).unwrap(), Outcome::ConflictingDuplicate);
-        }
-        let third = on_trip(ev(1, EventType::TripCharge, 1000), "trip-3");
-        assert!(matches!(
-            s.apply(&third, 2).unwrap(),
-            Outcome::EventIdReused { .. }
-        ));
-    }
-
-    #[test]
-    fn packed_state_folds_like_the_schema_fold() {
-        let events = [
-            ev(1, EventType::TripCharge, 2599),
-            ev(2, EventType::RiderPayment, 2599),
-            ev(3, EventType::DriverPayout, 2000),
-            ev(4, EventType::PlatformFee, 599),
-            ev(5, EventType::Refund, 100),
-            ev(6, EventType::Adjustment, 100),
-        ];
-        let mut s = State::default();
-        for e in &events {
-            s.apply(e, 3).unwrap();
-        }
-        let want = recon_schemas::balance::fold(events.iter()).unwrap();
-        assert_eq!(s.get("trip-1").unwrap().balance(), want);
-        assert_eq!(s.get("trip-1").unwrap().partition, 3);
-    }
-
-    #[test]
-    fn an_event_beyond_the_money_type_is_refused_and_the_trip_kept() {
-        let mut s = State::default();
-        let max = Decimal::new(999_999_999_999_999_999, 3);
-        let mut big = ev(1, EventType::TripCharge, 0);
-        big.amount = max;
-        assert_eq!(s.apply(&big, 0).unwrap(), Outcome::Accepted);
-        let _ = s.take_changed();
-        let before = s.get("trip-1").unwrap().balance();
-        let mut big2 = big.clone();
-        big2.event_id = uuid::Uuid::from_u128(2);
-        assert_eq!(s.apply(&big2, 0).unwrap(), Outcome::BalanceOverflow);
-        assert_eq!(s.get("trip-1").unwrap().balance(), before);
-        // Dirty (its seen set changed, the checkpoint must hold it), and a re-send is an exact
-        // duplicate, as in the reference fold.
-        assert_eq!(s.take_changed().len(), 1);
-        assert_eq!(s.apply(&big2, 0).unwrap(), Outcome::ExactDuplicate);
-        let pay = ev(3, EventType::RiderPayment, 100);
-        assert_eq!(s.apply(&pay, 0).unwrap(), Outcome::Accepted);
-        let want = recon_schemas::balance::fold([&big, &big2, &big2, &pay]).unwrap();
-        assert_eq!(s.get("trip-1").unwrap().balance(), want);
-    }
-}
+mod tests;

@@ -1,0 +1,301 @@
+//! The cold tier as immutable runs (`state::run`): durable in the checkpoint store, read from a
+//! local working copy.
+//!
+//! A barrier that evicts trips writes one run of them (`ckpt/<id>-g<gen>/cold-<n>.run`) before
+//! its manifest, and the manifest lists every run the state needs (`cold_runs`, oldest first,
+//! each with its size and SHA-256): the run is part of the checkpoint exactly like a state
+//! delta, so a crash before the manifest leaves an unreferenced file and nothing else. Lookups
+//! read blocks from local copies (`pread`, the page cache; named by checksum): a Bloom filter per run answers
+//! "absent" for almost every new trip and event, so the common case costs no I/O. A start
+//! downloads the runs its manifest lists that the local directory lacks, each checked against
+//! its recorded checksum.
+//!
+//! Runs are merged size-tiered (the newest two while the newer is at least half the older, up
+//! to `merge_bytes_max`), so their number grows with the log of the cold data; a merge keeps
+//! the newest record of each trip.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::log::CheckpointLog;
+use crate::checkpoint::manifest::state_checksum;
+use crate::ids::{CheckpointId, Generation};
+use crate::state::codec;
+use crate::state::evict::Evicted;
+use crate::state::run::{self, RunBuilder, RunIndex, TRAILER_LEN};
+
+use super::{ColdError, ColdLookup};
+
+/// A run as a manifest lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRef {
+    /// Path relative to the job root.
+    pub path: String,
+    /// File size.
+    pub bytes: u64,
+    /// SHA-256 (hex) of the file, checked when a start downloads it.
+    pub sha256: String,
+    /// Trip records in it.
+    pub trips: u64,
+}
+
+struct OpenRun {
+    r: RunRef,
+    index: RunIndex,
+    file: File,
+}
+
+/// The runs of the current state, oldest first, with their in-memory indexes.
+pub struct ColdTier {
+    dir: PathBuf,
+    runs: Vec<OpenRun>,
+    merge_bytes_max: u64,
+}
+
+fn io(what: &str, e: impl std::fmt::Display) -> ColdError {
+    ColdError::Io(format!("{what}: {e}"))
+}
+
+fn corrupt(e: impl std::fmt::Display) -> ColdError {
+    ColdError::Corrupt(e.to_string())
+}
+
+/// The local file name of a run: its checksum (content-addressed, so a copy left by another
+/// job or store in the same directory can never be taken for this one).
+fn local_name(r: &RunRef) -> String {
+    format!("{}.run", r.sha256)
+}
+
+impl ColdTier {
+    /// Opens the runs `refs` lists, downloading into `dir` those it lacks.
+    pub async fn open(
+        log: &CheckpointLog,
+        dir: &Path,
+        refs: &[RunRef],
+        merge_bytes_max: u64,
+    ) -> Result<ColdTier, ColdError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(&dir.display().to_string(), e))?;
+        let mut tier = ColdTier {
+            dir: dir.to_path_buf(),
+            runs: Vec::with_capacity(refs.len()),
+            merge_bytes_max,
+        };
+        for r in refs {
+            let local = tier.dir.join(local_name(r));
+            let present = std::fs::metadata(&local).is_ok_and(|m| m.len() == r.bytes);
+            if !present {
+                let bytes = log.read_state(&r.path).await.map_err(|e| io(&r.path, e))?;
+                let found = state_checksum(&bytes);
+                if found != r.sha256 || bytes.len() as u64 != r.bytes {
+                    return Err(ColdError::Corrupt(format!(
+                        "run {} has SHA-256 {found} and {} bytes, its manifest recorded {} and {} bytes",
+                        r.path,
+                        bytes.len(),
+                        r.sha256,
+                        r.bytes
+                    )));
+                }
+                write_local(&local, &bytes)?;
+            }
+            tier.runs.push(open_local(r.clone(), &local)?);
+        }
+        Ok(tier)
+    }
+
+    /// Whether no trip is cold (lookups can be skipped).
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// The runs, oldest first, for the manifest.
+    pub fn refs(&self) -> Vec<RunRef> {
+        self.runs.iter().map(|r| r.r.clone()).collect()
+    }
+
+    /// Bytes the runs' indexes hold in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.runs.iter().map(|r| r.index.memory_bytes()).sum()
+    }
+
+    /// Trip records in all runs (a trip that left twice counts twice until a merge).
+    pub fn records(&self) -> u64 {
+        self.runs.iter().map(|r| r.r.trips).sum()
+    }
+
+    /// Writes what left memory at checkpoint `id` as a new run (nothing when every trip's cold
+    /// copy was current), then merges; the caller lists [`ColdTier::refs`] in the manifest.
+    pub async fn add(
+        &mut self,
+        log: &CheckpointLog,
+        id: CheckpointId,
+        generation: Generation,
+        evicted: &[Evicted],
+    ) -> Result<(), ColdError> {
+        let mut b = RunBuilder::new();
+        for e in evicted {
+            if let Some(rec) = &e.record {
+                b.trip(e.key, rec.clone());
+                for k in &e.ids {
+                    b.id(*k, e.key);
+                }
+            }
+        }
+        if b.trips() == 0 {
+            return Ok(());
+        }
+        let mut n = 0u32;
+        let r = self.put(log, id, generation, &mut n, b).await?;
+        self.runs.push(r);
+        while self.runs.len() >= 2 {
+            let (older, newer) = (
+                &self.runs[self.runs.len() - 2],
+                &self.runs[self.runs.len() - 1],
+            );
+            if newer.r.bytes * 2 < older.r.bytes
+                || older.r.bytes + newer.r.bytes > self.merge_bytes_max
+            {
+                break;
+            }
+            let newer = self.runs.pop().expect("two runs");
+            let older = self.runs.pop().expect("two runs");
+            let merged = merge(&newer, &older)?;
+            let r = self.put(log, id, generation, &mut n, merged).await?;
+            self.runs.push(r);
+        }
+        Ok(())
+    }
+
+    async fn put(
+        &self,
+        log: &CheckpointLog,
+        id: CheckpointId,
+        generation: Generation,
+        n: &mut u32,
+        b: RunBuilder,
+    ) -> Result<OpenRun, ColdError> {
+        let trips = b.trips() as u64;
+        let bytes = b.finish();
+        let name = format!("cold-{n}.run");
+        *n += 1;
+        let r = RunRef {
+            path: String::new(),
+            bytes: bytes.len() as u64,
+            sha256: state_checksum(&bytes),
+            trips,
+        };
+        let path = log
+            .write_file(id, generation, &name, bytes.clone())
+            .await
+            .map_err(|e| io(&name, e))?;
+        let r = RunRef { path, ..r };
+        let local = self.dir.join(local_name(&r));
+        write_local(&local, &bytes)?;
+        open_local(r, &local)
+    }
+
+    fn read(run: &OpenRun, range: std::ops::Range<u64>) -> Result<Vec<u8>, ColdError> {
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        run.file
+            .read_exact_at(&mut buf, range.start)
+            .map_err(|e| io(&run.r.path, e))?;
+        Ok(buf)
+    }
+}
+
+fn write_local(local: &Path, bytes: &[u8]) -> Result<(), ColdError> {
+    let tmp = local.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp.display().to_string(), e))?;
+    std::fs::rename(&tmp, local).map_err(|e| io(&local.display().to_string(), e))
+}
+
+fn open_local(r: RunRef, local: &Path) -> Result<OpenRun, ColdError> {
+    let file = File::open(local).map_err(|e| io(&local.display().to_string(), e))?;
+    let len = r.bytes;
+    if len < TRAILER_LEN as u64 {
+        return Err(ColdError::Corrupt(format!(
+            "run {} is shorter than its trailer",
+            r.path
+        )));
+    }
+    let mut trailer = vec![0u8; TRAILER_LEN];
+    file.read_exact_at(&mut trailer, len - TRAILER_LEN as u64)
+        .map_err(|e| io(&r.path, e))?;
+    let footer_len = run::footer_len(&r.path, &trailer).map_err(corrupt)? as u64;
+    let start = len
+        .checked_sub(TRAILER_LEN as u64 + footer_len)
+        .ok_or_else(|| {
+            ColdError::Corrupt(format!("run {}: footer longer than the file", r.path))
+        })?;
+    let mut footer = vec![0u8; footer_len as usize];
+    file.read_exact_at(&mut footer, start)
+        .map_err(|e| io(&r.path, e))?;
+    let index = RunIndex::parse(&r.path, &footer).map_err(corrupt)?;
+    Ok(OpenRun { r, index, file })
+}
+
+/// One run of `newer` and `older`: the newest record of each trip, every id pair once.
+fn merge(newer: &OpenRun, older: &OpenRun) -> Result<RunBuilder, ColdError> {
+    let mut b = RunBuilder::new();
+    let mut kept: HashSet<(u64, String)> = HashSet::new();
+    for run in [newer, older] {
+        for range in run.index.trip_blocks() {
+            let block = ColdTier::read(run, range)?;
+            for (key, value) in run::block_trips(&run.r.path, &block).map_err(corrupt)? {
+                let (trip_id, ..) = codec::decode_trip(&run.r.path, &value)?;
+                if kept.insert((key, trip_id)) {
+                    b.trip(key, value);
+                }
+            }
+        }
+    }
+    let mut ids: HashMap<u64, Vec<u64>> = HashMap::new();
+    for run in [newer, older] {
+        for range in run.index.id_blocks() {
+            let block = ColdTier::read(run, range)?;
+            for (ek, tk) in run::block_ids(&run.r.path, &block).map_err(corrupt)? {
+                let h = ids.entry(ek).or_default();
+                if !h.contains(&tk) {
+                    h.push(tk);
+                    b.id(ek, tk);
+                }
+            }
+        }
+    }
+    Ok(b)
+}
+
+impl ColdLookup for ColdTier {
+    async fn trip_records(&mut self, key: u64) -> Result<Vec<(String, Vec<u8>)>, ColdError> {
+        let mut out = Vec::new();
+        for run in self.runs.iter().rev() {
+            let Some(range) = run.index.trip_block(key) else {
+                continue;
+            };
+            let block = ColdTier::read(run, range)?;
+            for v in run::find_trips(&run.r.path, &block, key).map_err(corrupt)? {
+                out.push((run.r.path.clone(), v));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn id_holders(&mut self, event_key: u64) -> Result<Vec<u64>, ColdError> {
+        let mut out = Vec::new();
+        for run in self.runs.iter().rev() {
+            let Some(range) = run.index.id_block(event_key) else {
+                continue;
+            };
+            let block = ColdTier::read(run, range)?;
+            for k in run::find_ids(&run.r.path, &block, event_key).map_err(corrupt)? {
+                if !out.contains(&k) {
+                    out.push(k);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,183 @@
+//! Bounded state end to end (mock cluster, SQLite catalog, local store): settled and idle trips
+//! leave memory into cold runs listed by the checkpoint; after a restart (with the local working
+//! copy gone, so the runs come back from the checkpoint store), late events, exact re-sends and
+//! a copy of an evicted trip's event id on another trip give exactly the result they would
+//! have given had nothing left memory.
+
+use std::time::Duration;
+
+use clap::Parser;
+use rdkafka::mocking::MockCluster;
+use recon_pipeline::checkpoint::log::CheckpointLog;
+use recon_pipeline::config::{Config, RawCatalog, RawCheckpoint, RawConfig, RawSource, RawState};
+use recon_pipeline::generate::{GenerateArgs, RecordKind};
+use recon_pipeline::job::{self, CrashPlan, JobEnv};
+use recon_pipeline::reconcile::{self, Expected};
+use recon_pipeline::state::{State, codec};
+use recon_pipeline::{checkpoint, demo, generate, lakehouse};
+
+#[derive(Parser)]
+struct Wrap {
+    #[command(flatten)]
+    args: GenerateArgs,
+}
+
+async fn run(cfg: &Config, catalog: std::sync::Arc<dyn iceberg::Catalog>) -> job::RunReport {
+    let (store, prefix) = checkpoint::store::open(cfg).unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let env = JobEnv {
+        catalog,
+        store,
+        store_prefix: prefix,
+        crash: CrashPlan::default(),
+        shutdown: rx,
+        idle_exit: Some(Duration::from_millis(1500)),
+    };
+    job::run(cfg, env).await.unwrap()
+}
+
+fn config(brokers: &str, dir: &std::path::Path, cold: &std::path::Path) -> Config {
+    let d = RawConfig::default();
+    Config::resolve(RawConfig {
+        job_id: "bounded".into(),
+        source: RawSource {
+            brokers: brokers.to_string(),
+            topic: "bs".into(),
+            poll_batch_records_max: 300,
+            ..d.source
+        },
+        catalog: RawCatalog {
+            uri: format!("sqlite://{}/catalog.db?mode=rwc", dir.display()),
+            warehouse: format!("file://{}/warehouse", dir.display()),
+            ..d.catalog
+        },
+        checkpoint: RawCheckpoint {
+            store: dir.join("ck").display().to_string(),
+            interval_ms: 100,
+            ..d.checkpoint
+        },
+        state: RawState {
+            evict_settled_after_ms: 60_000,
+            evict_idle_after_ms: 4 * 3_600_000,
+            evict_scan_per_barrier: 500,
+            cold_dir: cold.display().to_string(),
+            ..d.state
+        },
+        ..d
+    })
+    .unwrap()
+}
+
+/// The trips in memory at the head checkpoint.
+async fn hot_trips(cfg: &Config) -> (State, usize) {
+    let (store, prefix) = checkpoint::store::open(cfg).unwrap();
+    let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
+    let head = log.head().await.unwrap().expect("a checkpoint");
+    let mut s = State::default();
+    for (i, (rel, bytes)) in log
+        .read_state_chain(&head.manifest)
+        .await
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        codec::apply_file(&mut s, rel, bytes, i == 0).unwrap();
+    }
+    (s, head.manifest.cold_runs.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_trips_come_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cold = dir.path().join("cold-1");
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("bs", 3, 1).unwrap();
+    let args = Wrap::parse_from([
+        "g",
+        "--topic",
+        "bs",
+        "--trips",
+        "2000",
+        "--partitions",
+        "3",
+        "--seed",
+        "11",
+    ])
+    .args;
+    let (traffic, _, _) = args.resolve().unwrap();
+    let records: Vec<generate::Record> = generate::plan(&traffic).collect();
+    let mut expected = Expected::default();
+    demo::publish(&brokers, "bs", &records, &mut expected).unwrap();
+    let cfg = config(&brokers, dir.path(), &cold);
+    let catalog = lakehouse::open_catalog(&cfg).await.unwrap();
+    let first = run(&cfg, catalog.clone()).await;
+    assert!(first.evicted > 100, "trips left memory: {}", first.evicted);
+    let (hot, runs) = hot_trips(&cfg).await;
+    assert!(runs >= 1, "the head lists cold runs");
+
+    // Later input for trips that left: an exact re-send, a late refund, and the id of an
+    // evicted trip's charge copied onto a new trip.
+    // One event each of 40 trips that left memory.
+    let mut trips = std::collections::HashSet::new();
+    let gone: Vec<&recon_schemas::event::Event> = records
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RecordKind::Valid(ev) if hot.get(&ev.trip_id).is_none() => Some(ev),
+            _ => None,
+        })
+        .filter(|ev| trips.insert(ev.trip_id.clone()))
+        .take(40)
+        .collect();
+    assert_eq!(gone.len(), 40);
+    let mut later = Vec::new();
+    for (i, ev) in gone.iter().enumerate() {
+        let original = records
+            .iter()
+            .find(|r| matches!(&r.kind, RecordKind::Valid(e) if e.event_id == ev.event_id))
+            .unwrap();
+        match i % 3 {
+            0 => later.push(generate::Record {
+                kind: RecordKind::Duplicate(ev.event_id),
+                ..original.clone()
+            }),
+            1 => {
+                let mut late = (*ev).clone();
+                late.event_id = uuid::Uuid::from_u128(0x5eed_0000 + i as u128);
+                late.event_type = recon_schemas::event::EventType::Refund;
+                late.amount = rust_decimal::Decimal::new(123, 2);
+                later.push(generate::Record {
+                    partition_hint: original.partition_hint,
+                    key: original.key.clone(),
+                    payload: late.to_json(),
+                    kind: RecordKind::Valid(late),
+                });
+            }
+            _ => {
+                let mut copy = (*ev).clone();
+                copy.trip_id = format!("copy-of-{}", ev.trip_id);
+                later.push(generate::Record {
+                    partition_hint: None,
+                    key: Some(copy.trip_id.as_bytes().to_vec()),
+                    payload: copy.to_json(),
+                    kind: RecordKind::ConflictingDuplicate(copy),
+                });
+            }
+        }
+    }
+    demo::publish(&brokers, "bs", &later, &mut expected).unwrap();
+    // A restart on another machine: the local working copy is gone.
+    let cfg2 = config(&brokers, dir.path(), &dir.path().join("cold-2"));
+    let second = run(&cfg2, catalog.clone()).await;
+    let rec = reconcile::check(catalog.as_ref(), &cfg2, &expected)
+        .await
+        .unwrap();
+    assert!(rec.is_clean(), "{rec}");
+    assert!(rec.balances_checked > 1_000, "{rec}");
+    assert!(
+        second.brought_back >= 40,
+        "every later record needed a trip that had left: {}",
+        second.brought_back
+    );
+    drop(cluster);
+}
