@@ -12,6 +12,7 @@
 //! `--partition-scaling` measures only the drain of one backlog over a few and over many
 //! partitions ([`partitions`]).
 
+mod bounded;
 mod partitions;
 
 use std::path::PathBuf;
@@ -62,6 +63,16 @@ pub struct BenchArgs {
     /// Skip the Kafka parts (state measurements only).
     #[arg(long)]
     pub state_only: bool,
+    /// Measure only bounded state: this many trips over `--bounded-days` simulated days with
+    /// about `--bounded-open` open at any time (eviction, cold runs, recovery; no Kafka).
+    #[arg(long)]
+    pub bounded_trips: Option<u64>,
+    /// Open trips at any time of `--bounded-trips`.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub bounded_open: u64,
+    /// Simulated days of `--bounded-trips`.
+    #[arg(long, default_value_t = 60)]
+    pub bounded_days: u64,
     /// Also measure exactly-once with each optional output on: the alerts topic, and (given a
     /// PostgreSQL URL with `--current-balances-url`) the current-balance table.
     #[arg(long)]
@@ -111,6 +122,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     let dir = std::fs::canonicalize(&dir)?;
     let mut result = json!({ "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } });
 
+    if let Some(trips) = args.bounded_trips {
+        result["bounded_state"] =
+            bounded::run(&dir, trips, args.bounded_open, args.bounded_days).await?;
+        let text = serde_json::to_string_pretty(&result)?;
+        println!("{text}");
+        if let Some(p) = &args.json {
+            std::fs::write(p, &text)?;
+        }
+        return Ok(result);
+    }
     if args.partition_scaling {
         result["partition_scaling"] = partitions::run(&args, &dir).await?;
         let text = serde_json::to_string_pretty(&result)?;

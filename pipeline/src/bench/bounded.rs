@@ -1,0 +1,258 @@
+//! Bounded state at scale, without Kafka: `trips` trips over `days` simulated days with about
+//! `open` open at any time, each of four events spread over its life (charge, payment, payout,
+//! fee: BALANCED at the end), 1 % with a late refund two days after they settled, 0.5 % with an
+//! exact re-send after they settled. State, eviction, the cold runs and the state files are
+//! the job's own (`State`, `cold::runs::ColdTier`, `codec`, a local `CheckpointLog`); only
+//! Kafka and the tables are left out. Measures peak resident memory, barrier time (evict +
+//! delta + run), recovery time (state chain + cold tier), and checks every trip's final
+//! balance against its expected sums.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+use recon_schemas::currency::Currency;
+use recon_schemas::event::{Event, EventType};
+use rust_decimal::Decimal;
+use serde_json::json;
+
+use crate::checkpoint::log::CheckpointLog;
+use crate::checkpoint::store::ObjectCheckpointStore;
+use crate::cold::runs::ColdTier;
+use crate::ids::{CheckpointId, Generation, JobId};
+use crate::state::evict::EvictPolicy;
+use crate::state::{Outcome, State, codec};
+
+use super::{percentile, rss_bytes};
+
+const HOUR_US: i64 = 3_600_000_000;
+/// Simulated event time between barriers.
+const BARRIER_EVERY_US: i64 = 60_000_000;
+
+fn event(trip: u64, n: u8, at_us: i64) -> Event {
+    let kind = match n {
+        0 => EventType::TripCharge,
+        1 => EventType::RiderPayment,
+        2 => EventType::DriverPayout,
+        3 => EventType::PlatformFee,
+        _ => EventType::Refund,
+    };
+    let fare = 1_000 + (trip % 5_000) as i64;
+    let cents = match n {
+        0 | 1 => fare,
+        2 => fare * 8 / 10,
+        3 => fare - fare * 8 / 10,
+        _ => 100,
+    };
+    Event {
+        event_id: uuid::Uuid::from_u128((u128::from(trip) << 8) | u128::from(n)),
+        event_type: kind,
+        trip_id: format!("trip-{trip:012}"),
+        amount: Decimal::new(cents, 2),
+        currency: Currency::USD,
+        occurred_at: chrono::DateTime::from_timestamp_micros(1_764_000_000_000_000 + at_us)
+            .expect("time"),
+        rider_id: None,
+        driver_id: None,
+        payment_id: None,
+        payout_id: None,
+        schema_version: 1,
+    }
+}
+
+/// Runs the bounded-state measurement.
+pub async fn run(
+    dir: &std::path::Path,
+    trips: u64,
+    open: u64,
+    days: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let span_us = days as i64 * 24 * HOUR_US;
+    let interval_us = (span_us / trips.max(1) as i64).max(1);
+    // Little's law: open = arrival rate x life.
+    let life_us = (open as i64).saturating_mul(interval_us);
+    let store_dir = dir.join("bounded-store");
+    std::fs::create_dir_all(&store_dir)?;
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(&store_dir)?;
+    let store = std::sync::Arc::new(ObjectCheckpointStore::new(std::sync::Arc::new(fs)));
+    let log = CheckpointLog::new(store, "", JobId::new("bounded-bench").expect("job id"));
+    let cold_dir = dir.join("bounded-cold");
+    let mut cold = ColdTier::open(&log, &cold_dir, &[], 256 << 20).await?;
+    let policy = EvictPolicy {
+        settled_after_us: Some(HOUR_US),
+        idle_after_us: Some(7 * 24 * HOUR_US),
+        scan_per_barrier: 200_000,
+    };
+    let mut state = State::default();
+    // (time, trip, event number): the next event of every open trip, plus late ones.
+    let mut queue: BinaryHeap<Reverse<(i64, u64, u8)>> = BinaryHeap::new();
+    let mut next_trip = 0u64;
+    let mut next_barrier = BARRIER_EVERY_US;
+    let mut id = 0u64;
+    let mut chain: Vec<String> = Vec::new();
+    let (mut barriers, mut events, mut brought, mut evicted) = (Vec::new(), 0u64, 0u64, 0u64);
+    let (mut late, mut resent, mut peak_hot) = (0u64, 0u64, 0usize);
+    let started = Instant::now();
+    loop {
+        let arrival = (next_trip < trips).then(|| next_trip as i64 * interval_us);
+        let due = queue.peek().map(|Reverse((t, ..))| *t);
+        let now = match (arrival, due) {
+            (Some(a), Some(d)) => a.min(d),
+            (Some(a), None) => a,
+            (None, Some(d)) => d,
+            (None, None) => break,
+        };
+        if now >= next_barrier {
+            let t0 = Instant::now();
+            id += 1;
+            let out = state.evict(state.high_water_us().unwrap_or(0), &policy);
+            let changed = state.take_changed();
+            let bytes = codec::encode_delta(
+                changed.iter().map(|c| state.trip(*c)),
+                out.iter().map(|e| e.trip_id.as_str()),
+            );
+            let full = chain.is_empty() || chain.len() >= 50;
+            let bytes = if full {
+                codec::encode_full(&state)
+            } else {
+                bytes
+            };
+            let path = log
+                .write_state(CheckpointId(id), Generation(1), bytes)
+                .await?;
+            if full {
+                chain.clear();
+            }
+            chain.push(path);
+            evicted += out.len() as u64;
+            cold.add(&log, CheckpointId(id), Generation(1), &out)
+                .await?;
+            barriers.push((t0.elapsed(), full));
+            peak_hot = peak_hot.max(state.trips());
+            next_barrier += BARRIER_EVERY_US;
+            continue;
+        }
+        let (ev, n) = if arrival == Some(now) {
+            let t = next_trip;
+            next_trip += 1;
+            queue.push(Reverse((now + life_us / 3, t, 1)));
+            (event(t, 0, now), 0)
+        } else {
+            let Reverse((_, t, n)) = queue.pop().expect("due");
+            match n {
+                1 | 2 => queue.push(Reverse((now + life_us / 3, t, n + 1))),
+                3 if t % 100 == 7 => queue.push(Reverse((now + 48 * HOUR_US, t, 4))),
+                3 if t % 200 == 3 => queue.push(Reverse((now + 48 * HOUR_US, t, 5))),
+                _ => {}
+            }
+            match n {
+                4 => late += 1,
+                5 => resent += 1,
+                _ => {}
+            }
+            // 5: the payment re-sent, byte for byte (its first time: a third of a life in).
+            if n == 5 {
+                (event(t, 1, t as i64 * interval_us + life_us / 3), n)
+            } else {
+                (event(t, n, now), n)
+            }
+        };
+        let b = crate::cold::bring_back(&mut state, &mut cold, &ev).await?;
+        brought += u64::from(b.trip) + u64::from(b.holder);
+        let o = state.apply(&ev, (ev.event_id.as_u128() >> 8) as i32 % 16)?;
+        let want = if n == 5 {
+            Outcome::ExactDuplicate
+        } else {
+            Outcome::Accepted
+        };
+        anyhow::ensure!(o == want, "{}: {o:?}, expected {want:?}", ev.event_id);
+        events += 1;
+    }
+    let run_s = started.elapsed().as_secs_f64();
+    let peak_rss = peak_rss_bytes();
+
+    // Recovery: the state chain plus the cold tier's indexes (local copies present).
+    let t0 = Instant::now();
+    let mut restored = State::default();
+    for (i, rel) in chain.iter().enumerate() {
+        let bytes = log.read_state(rel).await?;
+        codec::apply_file(&mut restored, rel, &bytes, i == 0)?;
+    }
+    let refs = cold.refs();
+    let mut reopened = ColdTier::open(&log, &cold_dir, &refs, 256 << 20).await?;
+    let recovery = t0.elapsed();
+
+    // Every trip exact: charged = collected = fare, paid out + fees = fare, refunds 1.00.
+    let mut checked = 0u64;
+    for t in (0..trips).step_by((trips / 20_000).max(1) as usize) {
+        let probe = event(t, 0, 0);
+        crate::cold::bring_back(&mut restored, &mut reopened, &probe).await?;
+        let b = restored
+            .get(&probe.trip_id)
+            .ok_or_else(|| anyhow::anyhow!("trip {t} is lost"))?
+            .balance();
+        let fare = Decimal::new(1_000 + (t % 5_000) as i64, 2);
+        let refunded = if t % 100 == 7 {
+            Decimal::new(100, 2)
+        } else {
+            Decimal::ZERO
+        };
+        anyhow::ensure!(
+            b.charged == fare
+                && b.collected == fare
+                && b.paid_out + b.fees == fare
+                && b.refunded == refunded,
+            "trip {t}: {b:?}"
+        );
+        checked += 1;
+    }
+    let durations: Vec<Duration> = barriers.iter().map(|(d, _)| *d).collect();
+    let deltas: Vec<Duration> = barriers
+        .iter()
+        .filter(|(_, f)| !f)
+        .map(|(d, _)| *d)
+        .collect();
+    let summary = json!({
+        "trips": trips,
+        "days": days,
+        "open_target": open,
+        "events": events,
+        "late_refunds": late,
+        "resent_duplicates": resent,
+        "evicted": evicted,
+        "brought_back": brought,
+        "peak_hot_trips": peak_hot,
+        "cold_runs": refs.len(),
+        "cold_records": reopened.records(),
+        "cold_index_bytes": reopened.memory_bytes(),
+        "peak_rss_bytes": peak_rss,
+        "rss_end_bytes": rss_bytes(),
+        "barriers": barriers.len(),
+        "barrier_ms_p50": percentile(durations.clone(), 0.5),
+        "barrier_ms_p99": percentile(durations.clone(), 0.99),
+        "barrier_ms_max": percentile(durations, 1.0),
+        "delta_barrier_ms_p99": percentile(deltas, 0.99),
+        "recovery_ms": recovery.as_secs_f64() * 1000.0,
+        "trips_checked_exact": checked,
+        "run_s": run_s,
+    });
+    println!(
+        "bench: bounded state: {trips} trips over {days} days, peak {peak_hot} in memory, {evicted} evictions, {brought} brought back; peak RSS {:.0} MiB; barrier p50 {:.1} ms p99 {:.1} ms (delta-only p99 {:.1} ms); recovery {:.0} ms; {checked} trips checked exact",
+        peak_rss as f64 / (1 << 20) as f64,
+        summary["barrier_ms_p50"].as_f64().unwrap_or(0.0),
+        summary["barrier_ms_p99"].as_f64().unwrap_or(0.0),
+        summary["delta_barrier_ms_p99"].as_f64().unwrap_or(0.0),
+        recovery.as_secs_f64() * 1000.0,
+    );
+    Ok(summary)
+}
+
+/// Peak resident set (VmHWM) of this process.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
