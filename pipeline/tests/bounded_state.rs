@@ -4,37 +4,17 @@
 //! a copy of an evicted trip's event id on another trip give exactly the result they would
 //! have given had nothing left memory.
 
-use std::time::Duration;
+mod support;
 
 use clap::Parser;
 use rdkafka::mocking::MockCluster;
 use recon_pipeline::checkpoint::log::CheckpointLog;
 use recon_pipeline::config::{Config, RawCatalog, RawCheckpoint, RawConfig, RawSource, RawState};
-use recon_pipeline::generate::{GenerateArgs, RecordKind};
-use recon_pipeline::job::{self, CrashPlan, JobEnv};
+use recon_pipeline::generate::RecordKind;
 use recon_pipeline::reconcile::{self, Expected};
 use recon_pipeline::state::{State, codec};
 use recon_pipeline::{checkpoint, demo, generate, lakehouse};
-
-#[derive(Parser)]
-struct Wrap {
-    #[command(flatten)]
-    args: GenerateArgs,
-}
-
-async fn run(cfg: &Config, catalog: std::sync::Arc<dyn iceberg::Catalog>) -> job::RunReport {
-    let (store, prefix) = checkpoint::store::open(cfg).unwrap();
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let env = JobEnv {
-        catalog,
-        store,
-        store_prefix: prefix,
-        crash: CrashPlan::default(),
-        shutdown: rx,
-        idle_exit: Some(Duration::from_millis(1500)),
-    };
-    job::run(cfg, env).await.unwrap()
-}
+use support::{Wrap, run_until_idle};
 
 fn config(brokers: &str, dir: &std::path::Path, cold: &std::path::Path) -> Config {
     let d = RawConfig::default();
@@ -111,7 +91,7 @@ async fn evicted_trips_come_back_exactly() {
     demo::publish(&brokers, "bs", &records, &mut expected).unwrap();
     let cfg = config(&brokers, dir.path(), &cold);
     let catalog = lakehouse::open_catalog(&cfg).await.unwrap();
-    let first = run(&cfg, catalog.clone()).await;
+    let first = run_until_idle(&cfg, catalog.clone()).await.unwrap();
     assert!(first.evicted > 100, "trips left memory: {}", first.evicted);
     let (hot, runs) = hot_trips(&cfg).await;
     assert!(runs >= 1, "the head lists cold runs");
@@ -168,7 +148,7 @@ async fn evicted_trips_come_back_exactly() {
     demo::publish(&brokers, "bs", &later, &mut expected).unwrap();
     // A restart on another machine: the local working copy is gone.
     let cfg2 = config(&brokers, dir.path(), &dir.path().join("cold-2"));
-    let second = run(&cfg2, catalog.clone()).await;
+    let second = run_until_idle(&cfg2, catalog.clone()).await.unwrap();
     let rec = reconcile::check(catalog.as_ref(), &cfg2, &expected)
         .await
         .unwrap();

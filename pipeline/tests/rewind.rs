@@ -2,7 +2,7 @@
 //! and gives every replayed record the decision its checkpoint committed (an event id reused
 //! across partitions stays with the trip the tables gave it, whatever order the replay reads).
 
-use std::time::Duration;
+mod support;
 
 use std::str::FromStr;
 
@@ -11,34 +11,13 @@ use rdkafka::mocking::MockCluster;
 use recon_pipeline::checkpoint::log::CheckpointLog;
 use recon_pipeline::checkpoint::manifest::EntryKind;
 use recon_pipeline::config::{Config, RawCatalog, RawCheckpoint, RawConfig, RawSource};
-use recon_pipeline::generate::GenerateArgs;
 use recon_pipeline::generate::RecordKind;
-use recon_pipeline::job::{self, CrashPlan, JobEnv};
 use recon_pipeline::reconcile::{self, Expected};
 use recon_pipeline::{checkpoint, demo, generate, lakehouse};
 use recon_schemas::currency::Currency;
 use recon_schemas::event::{Event, EventType, SCHEMA_VERSION};
 use rust_decimal::Decimal;
-
-#[derive(Parser)]
-struct Wrap {
-    #[command(flatten)]
-    args: GenerateArgs,
-}
-
-async fn run(cfg: &Config, catalog: std::sync::Arc<dyn iceberg::Catalog>) -> job::RunReport {
-    let (store, prefix) = checkpoint::store::open(cfg).unwrap();
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let env = JobEnv {
-        catalog,
-        store,
-        store_prefix: prefix,
-        crash: CrashPlan::default(),
-        shutdown: rx,
-        idle_exit: Some(Duration::from_millis(1500)),
-    };
-    job::run(cfg, env).await.unwrap()
-}
+use support::{Wrap, run_until_idle};
 
 /// A job on `topic` of the mock cluster, its catalog and checkpoints under `dir`.
 fn config(brokers: &str, topic: &str, dir: &std::path::Path) -> Config {
@@ -97,7 +76,7 @@ async fn rewind_replays_state_without_duplicates() {
 
     let cfg = config(&brokers, "rw", dir.path());
     let catalog = lakehouse::open_catalog(&cfg).await.unwrap();
-    run(&cfg, catalog.clone()).await;
+    run_until_idle(&cfg, catalog.clone()).await.unwrap();
     let (store, prefix) = checkpoint::store::open(&cfg).unwrap();
     let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
     let after_a = log.head().await.unwrap().expect("a checkpoint");
@@ -106,7 +85,7 @@ async fn rewind_replays_state_without_duplicates() {
         "the first run read"
     );
     demo::publish(&brokers, "rw", first_b, &mut expected).unwrap();
-    run(&cfg, catalog.clone()).await;
+    run_until_idle(&cfg, catalog.clone()).await.unwrap();
 
     // Rewind to where the first run stopped: the second run's records are replayed.
     let target = after_a.entry.checkpoint_id;
@@ -118,7 +97,7 @@ async fn rewind_replays_state_without_duplicates() {
     assert!(!claimed.manifest.replay_until.is_empty());
 
     demo::publish(&brokers, "rw", second, &mut expected).unwrap();
-    let report = run(&cfg, catalog.clone()).await;
+    let report = run_until_idle(&cfg, catalog.clone()).await.unwrap();
     assert!(
         report.replayed > 0,
         "the rewind must replay records into state"
@@ -184,7 +163,7 @@ async fn rewind_keeps_each_reused_id_where_the_tables_put_it() {
         charge(next(), "trip-b", 200, 1, valid),
     ];
     demo::publish(&brokers, "rr", &first, &mut expected).unwrap();
-    run(&cfg, catalog.clone()).await;
+    run_until_idle(&cfg, catalog.clone()).await.unwrap();
     let (store, prefix) = checkpoint::store::open(&cfg).unwrap();
     let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
     let target = log
@@ -200,7 +179,7 @@ async fn rewind_keeps_each_reused_id_where_the_tables_put_it() {
         .collect();
     second.push(charge(7, "trip-a", 1_234, 0, valid));
     demo::publish(&brokers, "rr", &second, &mut expected).unwrap();
-    run(&cfg, catalog.clone()).await;
+    run_until_idle(&cfg, catalog.clone()).await.unwrap();
     let third = [charge(
         7,
         "trip-b",
@@ -209,7 +188,7 @@ async fn rewind_keeps_each_reused_id_where_the_tables_put_it() {
         RecordKind::ConflictingDuplicate,
     )];
     demo::publish(&brokers, "rr", &third, &mut expected).unwrap();
-    run(&cfg, catalog.clone()).await;
+    run_until_idle(&cfg, catalog.clone()).await.unwrap();
 
     log.claim(Some((target, "test rewind".into())))
         .await
@@ -220,7 +199,7 @@ async fn rewind_keeps_each_reused_id_where_the_tables_put_it() {
         charge(next(), "trip-b", 1, 1, valid),
     ];
     demo::publish(&brokers, "rr", &fourth, &mut expected).unwrap();
-    let report = run(&cfg, catalog.clone()).await;
+    let report = run_until_idle(&cfg, catalog.clone()).await.unwrap();
     assert!(report.replayed > 20_000, "replayed {}", report.replayed);
     let latest = reconcile::latest_balances(catalog.as_ref(), &cfg)
         .await

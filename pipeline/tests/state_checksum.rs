@@ -1,40 +1,17 @@
 //! A state file changed after its checkpoint recorded it is never restored (issue 13, finding 9:
 //! a state file edited in place was restored, and a re-sent event was accepted again).
 
-use std::time::Duration;
+mod support;
 
 use clap::Parser;
 use rdkafka::mocking::MockCluster;
 use recon_pipeline::checkpoint::log::{CheckpointLog, LogError};
 use recon_pipeline::config::{Config, RawCatalog, RawCheckpoint, RawConfig, RawSource};
-use recon_pipeline::generate::GenerateArgs;
-use recon_pipeline::job::{self, CrashPlan, JobEnv, JobError};
+use recon_pipeline::job::JobError;
 use recon_pipeline::reconcile::Expected;
 use recon_pipeline::state::{State, codec};
 use recon_pipeline::{checkpoint, demo, generate, lakehouse};
-
-#[derive(Parser)]
-struct Wrap {
-    #[command(flatten)]
-    args: GenerateArgs,
-}
-
-async fn run(
-    cfg: &Config,
-    catalog: std::sync::Arc<dyn iceberg::Catalog>,
-) -> Result<job::RunReport, JobError> {
-    let (store, prefix) = checkpoint::store::open(cfg).unwrap();
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let env = JobEnv {
-        catalog,
-        store,
-        store_prefix: prefix,
-        crash: CrashPlan::default(),
-        shutdown: rx,
-        idle_exit: Some(Duration::from_millis(1500)),
-    };
-    job::run(cfg, env).await
-}
+use support::{Wrap, run_until_idle};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edited_state_file_stops_the_job_before_anything_is_written() {
@@ -69,7 +46,7 @@ async fn an_edited_state_file_stops_the_job_before_anything_is_written() {
     })
     .unwrap();
     let catalog = lakehouse::open_catalog(&cfg).await.unwrap();
-    run(&cfg, catalog.clone()).await.unwrap();
+    run_until_idle(&cfg, catalog.clone()).await.unwrap();
     let (store, prefix) = checkpoint::store::open(&cfg).unwrap();
     let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
     let head = log.head().await.unwrap().expect("a checkpoint");
@@ -103,7 +80,7 @@ async fn an_edited_state_file_stops_the_job_before_anything_is_written() {
     std::fs::write(file(&rel), empty).unwrap();
 
     for _ in 0..2 {
-        let e = run(&cfg, catalog.clone()).await.unwrap_err();
+        let e = run_until_idle(&cfg, catalog.clone()).await.unwrap_err();
         let text = e.to_string();
         assert!(
             matches!(&e, JobError::Log(LogError::StateChecksum { path, .. }) if *path == rel),
