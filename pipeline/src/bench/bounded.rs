@@ -26,8 +26,9 @@ use crate::state::{Outcome, State, codec};
 use super::{percentile, rss_bytes};
 
 const HOUR_US: i64 = 3_600_000_000;
-/// Simulated event time between barriers.
-const BARRIER_EVERY_US: i64 = 60_000_000;
+/// Simulated event time between barriers (simulated days pass in seconds: a barrier per
+/// simulated minute would scan every slot tens of thousands of times).
+const BARRIER_EVERY_US: i64 = 600_000_000;
 
 fn event(trip: u64, n: u8, at_us: i64) -> Event {
     let kind = match n {
