@@ -29,6 +29,9 @@ pub enum CrashPoint {
     /// `[current_balances]` on: the checkpoint's upserts and progress are in an open
     /// PostgreSQL transaction that is not committed.
     BeforeBalancesCommit,
+    /// Bounded state on: a barrier's evicted trips are written as a cold run in the checkpoint
+    /// store; its state delta (with their tombstones) and manifest are not.
+    AfterColdRunWritten,
 }
 
 impl CrashPoint {
@@ -48,6 +51,9 @@ impl CrashPoint {
         CrashPoint::BeforeBalancesCommit,
     ];
 
+    /// Points reached only with bounded state on (`[state] evict_*`), at a barrier that evicts.
+    pub const BOUNDED: [CrashPoint; 1] = [CrashPoint::AfterColdRunWritten];
+
     /// The name used in `RECON_CRASH_AT`.
     pub fn name(self) -> &'static str {
         match self {
@@ -59,6 +65,7 @@ impl CrashPoint {
             CrashPoint::AfterCommitBeforeRecord => "after-commit-before-record",
             CrashPoint::BeforeAlertsCommit => "before-alerts-commit",
             CrashPoint::BeforeBalancesCommit => "before-balances-commit",
+            CrashPoint::AfterColdRunWritten => "after-cold-run-written",
         }
     }
 
@@ -67,6 +74,7 @@ impl CrashPoint {
         CrashPoint::ALL
             .into_iter()
             .chain(CrashPoint::OUTPUTS)
+            .chain(CrashPoint::BOUNDED)
             .find(|p| p.name() == name)
     }
 }
@@ -126,19 +134,24 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_are_unique() {
-        for p in CrashPoint::ALL.into_iter().chain(CrashPoint::OUTPUTS) {
+        let every = CrashPoint::ALL
+            .into_iter()
+            .chain(CrashPoint::OUTPUTS)
+            .chain(CrashPoint::BOUNDED);
+        for p in every {
             assert_eq!(CrashPoint::parse(p.name()), Some(p));
         }
         let mut names: Vec<_> = CrashPoint::ALL
             .iter()
             .chain(&CrashPoint::OUTPUTS)
+            .chain(&CrashPoint::BOUNDED)
             .map(|p| p.name())
             .collect();
         names.sort();
         names.dedup();
         assert_eq!(
             names.len(),
-            CrashPoint::ALL.len() + CrashPoint::OUTPUTS.len()
+            CrashPoint::ALL.len() + CrashPoint::OUTPUTS.len() + CrashPoint::BOUNDED.len()
         );
         assert_eq!(CrashPoint::parse("nowhere"), None);
     }

@@ -72,6 +72,7 @@ impl Job {
                 .await
                 .map_err(|e| JobError::Protocol(e.to_string()))?;
             self.report.evicted += evicted.len() as u64;
+            self.crash.hit(CrashPoint::AfterColdRunWritten)?;
         }
         let state_bytes = bytes.len();
         let checksum = crate::checkpoint::manifest::state_checksum(&bytes);
