@@ -2,7 +2,8 @@
 //! leave memory into cold runs listed by the checkpoint; after a restart (with the local working
 //! copy gone, so the runs come back from the checkpoint store), late events, exact re-sends and
 //! a copy of an evicted trip's event id on another trip give exactly the result they would
-//! have given had nothing left memory.
+//! have given had nothing left memory. The state chain is folded in the background meanwhile,
+//! and the restart restores from the folded file.
 
 mod support;
 
@@ -34,6 +35,8 @@ fn config(brokers: &str, dir: &std::path::Path, cold: &std::path::Path) -> Confi
         checkpoint: RawCheckpoint {
             store: dir.join("ck").display().to_string(),
             interval_ms: 100,
+            // The chain is folded in the background every 3 deltas (job/compaction.rs).
+            full_state_every: 3,
             ..d.checkpoint
         },
         state: RawState {
@@ -49,7 +52,7 @@ fn config(brokers: &str, dir: &std::path::Path, cold: &std::path::Path) -> Confi
 }
 
 /// The trips in memory at the head checkpoint.
-async fn hot_trips(cfg: &Config) -> (State, usize) {
+async fn hot_trips(cfg: &Config) -> (State, usize, Vec<String>) {
     let (store, prefix) = checkpoint::store::open(cfg).unwrap();
     let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
     let head = log.head().await.unwrap().expect("a checkpoint");
@@ -63,7 +66,11 @@ async fn hot_trips(cfg: &Config) -> (State, usize) {
     {
         codec::apply_file(&mut s, rel, bytes, i == 0).unwrap();
     }
-    (s, head.manifest.cold_runs.len())
+    (
+        s,
+        head.manifest.cold_runs.len(),
+        head.manifest.state_chain.clone(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,8 +100,13 @@ async fn evicted_trips_come_back_exactly() {
     let catalog = lakehouse::open_catalog(&cfg).await.unwrap();
     let first = run_until_idle(&cfg, catalog.clone()).await.unwrap();
     assert!(first.evicted > 100, "trips left memory: {}", first.evicted);
-    let (hot, runs) = hot_trips(&cfg).await;
+    assert!(first.compactions >= 1, "the chain was folded: {first:?}");
+    let (hot, runs, chain) = hot_trips(&cfg).await;
     assert!(runs >= 1, "the head lists cold runs");
+    assert!(
+        chain[0].ends_with("/state-base.bin"),
+        "the head's chain starts with a folded file: {chain:?}"
+    );
 
     // Later input for trips that left: an exact re-send, a late refund, and the id of an
     // evicted trip's charge copied onto a new trip.

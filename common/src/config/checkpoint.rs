@@ -18,7 +18,8 @@ pub struct RawCheckpoint {
     pub store_options: BTreeMap<String, String>,
     /// Time between barriers.
     pub interval_ms: u64,
-    /// Write a full state file every this many checkpoints; deltas in between.
+    /// Fold the state chain (a full file, then one delta per checkpoint) into one full file in
+    /// the background once it holds this many deltas; a checkpoint itself writes only a delta.
     pub full_state_every: u32,
     /// Completed checkpoints kept beyond what recovery needs (for operators and rewinds).
     pub keep_last: usize,

@@ -277,31 +277,63 @@ impl CheckpointLog {
     pub async fn read_state_chain(&self, m: &Manifest) -> Result<Vec<(String, Bytes)>, LogError> {
         let mut out = Vec::with_capacity(m.state_chain.len());
         for rel in &m.state_chain {
-            let bytes = self.read_state(rel).await?;
-            match m.state_sha256.get(rel) {
-                Some(expected) => {
-                    let found = manifest::state_checksum(&bytes);
-                    if &found != expected {
-                        return Err(LogError::StateChecksum {
-                            job: self.job.clone(),
-                            checkpoint: m.checkpoint_id,
-                            path: rel.clone(),
-                            written_by: state_writer(rel),
-                            expected: expected.clone(),
-                            found,
-                        });
-                    }
-                }
-                None => tracing::warn!(
-                    job = %self.job,
-                    checkpoint = %m.checkpoint_id,
-                    path = %rel,
-                    "state file has no recorded checksum (written by an older build): restored unverified"
-                ),
-            }
+            let bytes = self
+                .read_checked(rel, m.state_sha256.get(rel), m.checkpoint_id)
+                .await?;
             out.push((rel.clone(), bytes));
         }
         Ok(out)
+    }
+
+    /// Reads a state file listed by checkpoint `by`, checked against `expected` (SHA-256 hex;
+    /// `None`: written by an older build, read with a warning).
+    pub async fn read_checked(
+        &self,
+        rel: &str,
+        expected: Option<&String>,
+        by: CheckpointId,
+    ) -> Result<Bytes, LogError> {
+        let bytes = self.read_state(rel).await?;
+        match expected {
+            Some(expected) => {
+                let found = manifest::state_checksum(&bytes);
+                if &found != expected {
+                    return Err(LogError::StateChecksum {
+                        job: self.job.clone(),
+                        checkpoint: by,
+                        path: rel.to_string(),
+                        written_by: state_writer(rel),
+                        expected: expected.clone(),
+                        found,
+                    });
+                }
+            }
+            None => tracing::warn!(
+                job = %self.job,
+                checkpoint = %by,
+                path = %rel,
+                "state file has no recorded checksum (written by an older build): restored unverified"
+            ),
+        }
+        Ok(bytes)
+    }
+
+    /// Writes a file into the directory of an existing checkpoint only if nothing is there yet;
+    /// returns its path and the bytes that are there (ours, or an earlier writer's).
+    pub async fn create_file_in(
+        &self,
+        dir_of: &str,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(String, Bytes), LogError> {
+        let dir = dir_of.rsplit_once('/').map_or(dir_of, |(d, _)| d);
+        let rel = format!("{dir}/{name}");
+        let bytes = Bytes::from(bytes);
+        let there = match self.store.create(&self.path(&rel), bytes.clone()).await? {
+            Created::Created => bytes,
+            Created::AlreadyExists(winner) => winner,
+        };
+        Ok((rel, there))
     }
 
     /// Writes a manifest and returns the entry that would complete it.
@@ -456,6 +488,7 @@ impl CheckpointLog {
                     state_chain: Vec::new(),
                     state_sha256: Default::default(),
                     cold_runs: Vec::new(),
+                    high_water_us: None,
                     counts: Default::default(),
                     replay_until: Default::default(),
                     alerts: None,
@@ -509,7 +542,7 @@ impl CheckpointLog {
             // whose manifest is missing, which only an already-committed, unreferenced
             // checkpoint can have, and the next prune finishes it.
             let dir = checkpoint_dir(entry.checkpoint_id, entry.generation);
-            for name in ["state.bin", "alerts.jsonl"] {
+            for name in ["state.bin", STATE_BASE_FILE, "alerts.jsonl"] {
                 self.store
                     .delete(&self.path(&format!("{dir}/{name}")))
                     .await?;
@@ -573,6 +606,10 @@ fn apply_topic_reset(m: &mut Manifest, restart: &BTreeMap<PartitionId, Option<Of
         }
     }
 }
+
+/// The name of a compacted state chain (`crate::job::compaction`), written in the directory of
+/// the last checkpoint whose delta it folds.
+pub const STATE_BASE_FILE: &str = "state-base.bin";
 
 /// Checkpoint ids referenced by a state chain (paths `ckpt/<id>-g<gen>/state.bin`).
 pub fn chain_ids(chain: &[String]) -> Vec<CheckpointId> {

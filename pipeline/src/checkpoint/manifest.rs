@@ -200,6 +200,11 @@ pub struct Manifest {
     /// `state_chain`. Empty when nothing ever left memory (and in older manifests).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cold_runs: Vec<crate::cold::runs::RunRef>,
+    /// The state's event-time high-water mark (µs): the newest `occurred_at` accepted, which
+    /// eviction ages trips against. Kept here because the trips that set it may have left
+    /// memory; absent in older manifests (a start then takes it from the restored trips).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_water_us: Option<i64>,
     /// Counts of this checkpoint.
     pub counts: Counts,
     /// After a rewind: per partition, the offset below which records were already committed
@@ -258,6 +263,7 @@ impl Manifest {
             state_chain: self.state_chain.clone(),
             state_sha256: self.state_sha256.clone(),
             cold_runs: self.cold_runs.clone(),
+            high_water_us: self.high_water_us,
             counts: Counts::default(),
             replay_until: self.replay_until.clone(),
             alerts: None,

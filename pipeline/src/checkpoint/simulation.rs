@@ -195,6 +195,7 @@ impl Process {
             state_chain: Vec::new(),
             state_sha256: Default::default(),
             cold_runs: Vec::new(),
+                    high_water_us: None,
             counts: Counts::default(),
             replay_until: Default::default(),
             alerts: None,

@@ -26,8 +26,11 @@ impl Job {
     ) -> Result<(), JobError> {
         let started = Instant::now();
         let id = self.last.next();
-        // State: a full file every `full_state_every` checkpoints, else the changed trips only.
-        let full = self.state_chain.is_empty() || self.since_full + 1 >= self.cfg.full_state_every;
+        // A fold of the chain finished in the background: its full file starts the chain.
+        self.take_compaction().await;
+        // State: the changed trips only (a delta); a full file only for a job's first
+        // checkpoint. The chain is folded off the barrier (`compaction`).
+        let full = self.state_chain.is_empty();
         // Trips settled or idle leave memory first (a trip changed since the last cut stays:
         // its row and delta record come below).
         let evicted = match self.cold {
@@ -123,6 +126,7 @@ impl Job {
             state_chain: chain.clone(),
             state_sha256: sums.clone(),
             cold_runs: self.cold.as_ref().map(|c| c.refs()).unwrap_or_default(),
+            high_water_us: self.state.high_water_us(),
             counts: self.counts,
             replay_until: self.replay_until.clone(),
             alerts,
@@ -162,7 +166,7 @@ impl Job {
         self.last = id;
         self.state_chain = chain;
         self.state_sha256 = sums;
-        self.since_full = if full { 0 } else { self.since_full + 1 };
+        self.start_compaction();
         self.report.checkpoints += 1;
         add_counts(&mut self.report.counts, &self.counts);
         tracing::info!(

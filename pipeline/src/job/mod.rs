@@ -18,6 +18,7 @@
 //! once thanks to the markers.
 
 mod barrier;
+mod compaction;
 mod input;
 mod outputs;
 mod preflight;
@@ -154,6 +155,8 @@ pub struct RunReport {
     pub replayed: u64,
     /// Trips that left memory for the cold tier.
     pub evicted: u64,
+    /// State chains folded into one full file in the background.
+    pub compactions: u64,
     /// Trips brought back from the cold tier (an event for them, or for an id they hold).
     pub brought_back: u64,
     /// Time from start until the newest batch arrived (`None`: none did).
@@ -216,7 +219,8 @@ pub(crate) struct Job {
     report: RunReport,
     /// The optional exactly-once outputs (alerts topic, current balances).
     outputs: outputs::Outputs,
-    since_full: u32,
+    /// The background fold of the state chain.
+    compaction: compaction::Compaction,
     since_commit: u32,
     oldest_uncommitted: Option<Instant>,
     started: Instant,

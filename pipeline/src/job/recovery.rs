@@ -282,6 +282,9 @@ pub(super) async fn recover(
             .map_err(|e| JobError::Protocol(e.to_string()))?;
     }
 
+    if let Some(h) = claimed.manifest.high_water_us {
+        state.raise_high_water(h);
+    }
     let evict = evict_policy(cfg);
     let cold = if evict.enabled() || !claimed.manifest.cold_runs.is_empty() {
         let dir = cold_dir(cfg);
@@ -328,7 +331,7 @@ pub(super) async fn recover(
             ..RunReport::default()
         },
         outputs: Default::default(),
-        since_full: 0,
+        compaction: Default::default(),
         since_commit: 0,
         oldest_uncommitted: None,
         started: std::time::Instant::now(),

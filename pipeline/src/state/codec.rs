@@ -228,6 +228,71 @@ pub fn apply_file(
     Ok(())
 }
 
+/// Folds a chain of state files (a full file first, then deltas, oldest first) into one full
+/// file that restores exactly what the chain restores: the newest version of each trip, without
+/// the trips a tombstone removed. Streaming and newest-first: memory is the output and the set
+/// of trip ids decided so far, never a decoded chain. Deterministic (same chain, same bytes).
+/// Runs off the barrier (`crate::job::compaction`).
+pub fn compact<B: AsRef<[u8]>>(files: &[(String, B)]) -> Result<Vec<u8>, CodecError> {
+    use std::collections::HashSet;
+    let mut decided: HashSet<String> = HashSet::new();
+    let mut body = Vec::new();
+    let mut count = 0usize;
+    for (i, (path, bytes)) in files.iter().enumerate().rev() {
+        let corrupt = |message: String| CodecError::Corrupt {
+            path: path.clone(),
+            message,
+        };
+        let take_err = |e: postcard::Error| corrupt(e.to_string());
+        let bytes = bytes.as_ref();
+        let (format, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(take_err)?;
+        if format != 1 && format != STATE_FORMAT {
+            return Err(corrupt(format!(
+                "format {format} is not supported by this build (reads 1 to {STATE_FORMAT})"
+            )));
+        }
+        let (full, rest) = postcard::take_from_bytes::<bool>(rest).map_err(take_err)?;
+        if (i == 0) != full {
+            return Err(corrupt(
+                "a state chain must be one full file followed by deltas".into(),
+            ));
+        }
+        let (n, trips) = postcard::take_from_bytes::<usize>(rest).map_err(take_err)?;
+        // Pass 1: skip the trips to reach this file's tombstones (applied after its trips).
+        let mut rest = trips;
+        for _ in 0..n {
+            rest = postcard::take_from_bytes::<TripRecord>(rest)
+                .map_err(take_err)?
+                .1;
+        }
+        let removed: Vec<String> = if format == 1 {
+            Vec::new()
+        } else {
+            postcard::from_bytes(rest).map_err(take_err)?
+        };
+        let removed: HashSet<String> = removed.into_iter().collect();
+        // Pass 2: a trip no newer file decided and this file did not remove is kept.
+        let mut rest = trips;
+        for _ in 0..n {
+            let (r, more) = postcard::take_from_bytes::<TripRecord>(rest).map_err(take_err)?;
+            rest = more;
+            if removed.contains(&r.trip_id) || decided.contains(&r.trip_id) {
+                continue;
+            }
+            body = postcard::to_extend(&r, body).map_err(take_err)?;
+            count += 1;
+            decided.insert(r.trip_id);
+        }
+        decided.extend(removed);
+    }
+    // The fields of a full `StateFile`, in order: format, full, trips (length + records),
+    // evicted (empty).
+    let mut out = postcard::to_stdvec(&(STATE_FORMAT, true, count)).expect("header encodes");
+    out.extend_from_slice(&body);
+    out.extend(postcard::to_stdvec(&0usize).expect("length encodes"));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +339,46 @@ mod tests {
         }
         assert!(apply_file(&mut State::default(), "d", &delta, true).is_err());
         assert!(apply_file(&mut State::default(), "x", b"\xff\xff", true).is_err());
+    }
+
+    #[test]
+    fn a_compacted_chain_restores_what_the_chain_restores() {
+        let mut s = State::default();
+        for t in 0..20u128 {
+            s.apply(&ev(&format!("t{t}"), t, 100 + t as i64), 0).unwrap();
+        }
+        let mut chain = vec![("full".to_string(), encode_full(&s))];
+        s.take_changed();
+        for round in 1..6u128 {
+            for t in (round * 3)..(round * 3 + 5) {
+                s.apply(&ev(&format!("t{t}"), 1000 * round + t, 7), 0).unwrap();
+            }
+            let changed = s.take_changed();
+            let gone = [format!("t{}", round * 2), format!("t{}", round + 30)];
+            let delta = encode_delta(
+                changed.iter().map(|c| s.trip(*c)),
+                gone.iter().map(String::as_str),
+            );
+            chain.push((format!("d{round}"), delta));
+        }
+        let mut want = State::default();
+        for (i, (p, b)) in chain.iter().enumerate() {
+            apply_file(&mut want, p, b, i == 0).unwrap();
+        }
+        let compacted = compact(&chain).unwrap();
+        assert_eq!(compact(&chain).unwrap(), compacted, "deterministic");
+        let mut got = State::default();
+        apply_file(&mut got, "compacted", &compacted, true).unwrap();
+        assert_eq!(got.trips(), want.trips());
+        assert!(want.trips() < 20, "the tombstones removed trips");
+        for t in want.iter() {
+            let g = got.get(t.trip_id()).unwrap();
+            assert_eq!(g.balance(), t.balance(), "{}", t.trip_id());
+            assert_eq!(g.seen, t.seen, "{}", t.trip_id());
+        }
+        // A chain that does not start with a full file, or has a second one, is refused.
+        assert!(compact(&chain[1..]).is_err());
+        let twice = [chain[0].clone(), chain[0].clone()];
+        assert!(compact(&twice).is_err());
     }
 }

@@ -70,6 +70,11 @@ impl State {
         self.high_water_us
     }
 
+    /// Raises the high-water mark to `us` (a checkpoint's recorded mark, at restore).
+    pub fn raise_high_water(&mut self, us: i64) {
+        self.high_water_us = Some(self.high_water_us.map_or(us, |h| h.max(us)));
+    }
+
     /// Whether the trip is in memory.
     pub fn is_hot(&self, trip_id: &str) -> bool {
         self.index.contains_key(trip_id)
