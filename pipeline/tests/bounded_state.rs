@@ -166,10 +166,50 @@ async fn evicted_trips_come_back_exactly() {
         .unwrap();
     assert!(rec.is_clean(), "{rec}");
     assert!(rec.balances_checked > 1_000, "{rec}");
+    // Every cold run in the store is one a retained checkpoint lists, or one merged away that
+    // waits for the checkpoints listing it to be pruned: nothing leaks.
+    let (store, prefix) = checkpoint::store::open(&cfg2).unwrap();
+    let log = CheckpointLog::new(store, &prefix, cfg2.job_id.clone());
+    let mut listed = std::collections::HashSet::new();
+    for id in log.ids_after(None).await.unwrap() {
+        if let Some(c) = log.completed(id).await.unwrap() {
+            listed.extend(c.manifest.cold_runs.iter().map(|r| r.path.clone()));
+            listed.extend(c.manifest.cold_retired.iter().map(|r| r.path.clone()));
+        }
+    }
+    let on_disk: Vec<String> = walk(&dir.path().join("ck").join("bounded"))
+        .into_iter()
+        .filter(|p| p.ends_with(".run"))
+        .collect();
+    assert!(!on_disk.is_empty());
+    for p in &on_disk {
+        assert!(
+            listed.contains(p),
+            "{p} is in the store but no checkpoint lists it"
+        );
+    }
     assert!(
         second.brought_back >= 40,
         "every later record needed a trip that had left: {}",
         second.brought_back
     );
     drop(cluster);
+}
+
+/// Files under `root`, relative to it.
+fn walk(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap();
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out
 }

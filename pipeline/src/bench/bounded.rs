@@ -8,7 +8,7 @@
 //! balance against its expected sums.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::time::{Duration, Instant};
 
 use recon_schemas::currency::Currency;
@@ -16,7 +16,9 @@ use recon_schemas::event::{Event, EventType};
 use rust_decimal::Decimal;
 use serde_json::json;
 
+use crate::checkpoint::fold::{ChainFold, install};
 use crate::checkpoint::log::CheckpointLog;
+use crate::checkpoint::manifest::state_checksum;
 use crate::checkpoint::store::ObjectCheckpointStore;
 use crate::cold::runs::ColdTier;
 use crate::ids::{CheckpointId, Generation, JobId};
@@ -78,7 +80,10 @@ pub async fn run(
     let store = std::sync::Arc::new(ObjectCheckpointStore::new(std::sync::Arc::new(fs)));
     let log = CheckpointLog::new(store, "", JobId::new("bounded-bench").expect("job id"));
     let cold_dir = dir.join("bounded-cold");
-    let mut cold = ColdTier::open(&log, &cold_dir, &[], 256 << 20).await?;
+    let mut cold = ColdTier::open(&log, &cold_dir, &[], &[], 256 << 20).await?;
+    let mut fold = ChainFold::default();
+    let mut sums: BTreeMap<String, String> = BTreeMap::new();
+    let mut folds = 0u64;
     let policy = EvictPolicy {
         settled_after_us: Some(HOUR_US),
         idle_after_us: Some(7 * 24 * HOUR_US),
@@ -108,26 +113,31 @@ pub async fn run(
             id += 1;
             let out = state.evict(state.high_water_us().unwrap_or(0), &policy);
             let changed = state.take_changed();
-            let bytes = codec::encode_delta(
-                changed.iter().map(|c| state.trip(*c)),
-                out.iter().map(|e| e.trip_id.as_str()),
-            );
-            let full = chain.is_empty() || chain.len() >= 50;
+            // As the job's barrier does: a delta, a finished fold taken in, a cold run, a
+            // merge taken in or started; folds and merges run in the background.
+            if let Some(done) = fold.take_finished().await.map_err(anyhow::Error::msg)? {
+                folds += u64::from(install(&mut chain, &mut sums, &done));
+            }
+            let full = chain.is_empty();
             let bytes = if full {
                 codec::encode_full(&state)
             } else {
-                bytes
+                codec::encode_delta(
+                    changed.iter().map(|c| state.trip(*c)),
+                    out.iter().map(|e| e.trip_id.as_str()),
+                )
             };
+            let sum = state_checksum(&bytes);
             let path = log
                 .write_state(CheckpointId(id), Generation(1), bytes)
                 .await?;
-            if full {
-                chain.clear();
-            }
+            sums.insert(path.clone(), sum);
             chain.push(path);
             evicted += out.len() as u64;
             cold.add(&log, CheckpointId(id), Generation(1), &out)
                 .await?;
+            cold.maintain(&log, CheckpointId(id), Generation(1)).await?;
+            fold.start(&log, &chain, &sums, CheckpointId(id), 50);
             barriers.push((t0.elapsed(), full));
             peak_hot = peak_hot.max(state.trips());
             next_barrier += BARRIER_EVERY_US;
@@ -176,11 +186,13 @@ pub async fn run(
     let t0 = Instant::now();
     let mut restored = State::default();
     for (i, rel) in chain.iter().enumerate() {
-        let bytes = log.read_state(rel).await?;
+        let bytes = log
+            .read_checked(rel, sums.get(rel), CheckpointId(id))
+            .await?;
         codec::apply_file(&mut restored, rel, &bytes, i == 0)?;
     }
     let refs = cold.refs();
-    let mut reopened = ColdTier::open(&log, &cold_dir, &refs, 256 << 20).await?;
+    let mut reopened = ColdTier::open(&log, &cold_dir, &refs, cold.retired(), 256 << 20).await?;
     let recovery = t0.elapsed();
 
     // Every trip exact: charged = collected = fare, paid out + fees = fare, refunds 1.00.
@@ -224,6 +236,8 @@ pub async fn run(
         "brought_back": brought,
         "peak_hot_trips": peak_hot,
         "cold_runs": refs.len(),
+        "chain_folds": folds,
+        "chain_files_at_end": chain.len(),
         "cold_records": reopened.records(),
         "cold_index_bytes": reopened.memory_bytes(),
         "peak_rss_bytes": peak_rss,

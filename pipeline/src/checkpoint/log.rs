@@ -262,6 +262,12 @@ impl CheckpointLog {
         Ok(rel)
     }
 
+    /// Deletes a file by its path relative to the job root (absent: nothing to do).
+    pub async fn delete_file(&self, rel: &str) -> Result<(), LogError> {
+        self.store.delete(&self.path(rel)).await?;
+        Ok(())
+    }
+
     /// Reads a state file by its path relative to the job root.
     pub async fn read_state(&self, rel: &str) -> Result<Bytes, LogError> {
         self.store
@@ -488,6 +494,7 @@ impl CheckpointLog {
                     state_chain: Vec::new(),
                     state_sha256: Default::default(),
                     cold_runs: Vec::new(),
+                    cold_retired: Vec::new(),
                     high_water_us: None,
                     counts: Default::default(),
                     replay_until: Default::default(),

@@ -200,6 +200,10 @@ pub struct Manifest {
     /// `state_chain`. Empty when nothing ever left memory (and in older manifests).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cold_runs: Vec<crate::cold::runs::RunRef>,
+    /// Cold runs merged away that older retained checkpoints may still list; deleted once
+    /// every checkpoint before their `at` is pruned (`cold::merge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cold_retired: Vec<crate::cold::merge::Retired>,
     /// The state's event-time high-water mark (µs): the newest `occurred_at` accepted, which
     /// eviction ages trips against. Kept here because the trips that set it may have left
     /// memory; absent in older manifests (a start then takes it from the restored trips).
@@ -263,6 +267,7 @@ impl Manifest {
             state_chain: self.state_chain.clone(),
             state_sha256: self.state_sha256.clone(),
             cold_runs: self.cold_runs.clone(),
+            cold_retired: self.cold_retired.clone(),
             high_water_us: self.high_water_us,
             counts: Counts::default(),
             replay_until: self.replay_until.clone(),

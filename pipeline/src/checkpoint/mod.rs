@@ -7,9 +7,11 @@
 //! - [`commit`]: publishing completed checkpoints to Iceberg through a guarded catalog;
 //! - [`presence`]: every pending file exists with its recorded size before it is committed.
 //! - [`clock`]: naming a clock skew that makes Iceberg refuse every commit.
+//! - [`fold`]: the state chain folded into one full file off the barrier.
 
 pub mod clock;
 pub mod commit;
+pub mod fold;
 pub mod log;
 pub mod manifest;
 pub mod presence;

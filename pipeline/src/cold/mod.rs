@@ -11,6 +11,7 @@
 //! in-memory Bloom filters for almost every event, so a brand-new trip costs no I/O.
 
 pub mod memory;
+pub mod merge;
 pub mod runs;
 
 use recon_schemas::event::Event;

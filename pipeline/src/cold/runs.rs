@@ -10,9 +10,8 @@
 //! downloads the runs its manifest lists that the local directory lacks, each checked against
 //! its recorded checksum.
 //!
-//! Runs are merged size-tiered (the newest two while the newer is at least half the older, up
-//! to `merge_bytes_max`), so their number grows with the log of the cold data; a merge keeps
-//! the newest record of each trip.
+//! Runs are merged size-tiered, off the barrier (`merge`): a merge keeps the newest record of
+//! each trip, and the runs it replaces are deleted once no retained checkpoint lists them.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -43,20 +42,24 @@ pub struct RunRef {
     pub trips: u64,
 }
 
-struct OpenRun {
-    r: RunRef,
+pub(super) struct OpenRun {
+    pub(super) r: RunRef,
     index: RunIndex,
     file: File,
 }
 
 /// The runs of the current state, oldest first, with their in-memory indexes.
 pub struct ColdTier {
-    dir: PathBuf,
-    runs: Vec<OpenRun>,
-    merge_bytes_max: u64,
+    pub(super) dir: PathBuf,
+    pub(super) runs: Vec<OpenRun>,
+    pub(super) merge_bytes_max: u64,
+    /// The merge running in the background, if any.
+    pub(super) merging: Option<super::merge::Running>,
+    /// Runs merged away, deleted once no retained checkpoint lists them.
+    pub(super) retired: Vec<super::merge::Retired>,
 }
 
-fn io(what: &str, e: impl std::fmt::Display) -> ColdError {
+pub(super) fn io(what: &str, e: impl std::fmt::Display) -> ColdError {
     ColdError::Io(format!("{what}: {e}"))
 }
 
@@ -66,16 +69,18 @@ fn corrupt(e: impl std::fmt::Display) -> ColdError {
 
 /// The local file name of a run: its checksum (content-addressed, so a copy left by another
 /// job or store in the same directory can never be taken for this one).
-fn local_name(r: &RunRef) -> String {
+pub(super) fn local_name(r: &RunRef) -> String {
     format!("{}.run", r.sha256)
 }
 
 impl ColdTier {
-    /// Opens the runs `refs` lists, downloading into `dir` those it lacks.
+    /// Opens the runs `refs` lists, downloading into `dir` those it lacks; `retired` are the
+    /// runs merged away that retained checkpoints may still list (`Manifest::cold_retired`).
     pub async fn open(
         log: &CheckpointLog,
         dir: &Path,
         refs: &[RunRef],
+        retired: &[super::merge::Retired],
         merge_bytes_max: u64,
     ) -> Result<ColdTier, ColdError> {
         std::fs::create_dir_all(dir).map_err(|e| io(&dir.display().to_string(), e))?;
@@ -83,6 +88,8 @@ impl ColdTier {
             dir: dir.to_path_buf(),
             runs: Vec::with_capacity(refs.len()),
             merge_bytes_max,
+            merging: None,
+            retired: retired.to_vec(),
         };
         for r in refs {
             let local = tier.dir.join(local_name(r));
@@ -127,7 +134,8 @@ impl ColdTier {
     }
 
     /// Writes what left memory at checkpoint `id` as a new run (nothing when every trip's cold
-    /// copy was current), then merges; the caller lists [`ColdTier::refs`] in the manifest.
+    /// copy was current); the caller lists [`ColdTier::refs`] in the manifest. Merging is
+    /// [`ColdTier::maintain`]'s, off the barrier.
     pub async fn add(
         &mut self,
         log: &CheckpointLog,
@@ -147,57 +155,14 @@ impl ColdTier {
         if b.trips() == 0 {
             return Ok(());
         }
-        let mut n = 0u32;
-        let r = self.put(log, id, generation, &mut n, b).await?;
+        let trips = b.trips() as u64;
+        let bytes = b.finish();
+        let r = put_run(log, &self.dir, id, generation, "cold-0.run", trips, bytes).await?;
         self.runs.push(r);
-        while self.runs.len() >= 2 {
-            let (older, newer) = (
-                &self.runs[self.runs.len() - 2],
-                &self.runs[self.runs.len() - 1],
-            );
-            if newer.r.bytes * 2 < older.r.bytes
-                || older.r.bytes + newer.r.bytes > self.merge_bytes_max
-            {
-                break;
-            }
-            let newer = self.runs.pop().expect("two runs");
-            let older = self.runs.pop().expect("two runs");
-            let merged = merge(&newer, &older)?;
-            let r = self.put(log, id, generation, &mut n, merged).await?;
-            self.runs.push(r);
-        }
         Ok(())
     }
 
-    async fn put(
-        &self,
-        log: &CheckpointLog,
-        id: CheckpointId,
-        generation: Generation,
-        n: &mut u32,
-        b: RunBuilder,
-    ) -> Result<OpenRun, ColdError> {
-        let trips = b.trips() as u64;
-        let bytes = b.finish();
-        let name = format!("cold-{n}.run");
-        *n += 1;
-        let r = RunRef {
-            path: String::new(),
-            bytes: bytes.len() as u64,
-            sha256: state_checksum(&bytes),
-            trips,
-        };
-        let path = log
-            .write_file(id, generation, &name, bytes.clone())
-            .await
-            .map_err(|e| io(&name, e))?;
-        let r = RunRef { path, ..r };
-        let local = self.dir.join(local_name(&r));
-        write_local(&local, &bytes)?;
-        open_local(r, &local)
-    }
-
-    fn read(run: &OpenRun, range: std::ops::Range<u64>) -> Result<Vec<u8>, ColdError> {
+    pub(super) fn read(run: &OpenRun, range: std::ops::Range<u64>) -> Result<Vec<u8>, ColdError> {
         let mut buf = vec![0u8; (range.end - range.start) as usize];
         run.file
             .read_exact_at(&mut buf, range.start)
@@ -206,13 +171,40 @@ impl ColdTier {
     }
 }
 
+/// Writes a run into the checkpoint store (`ckpt/<id>-g<gen>/<name>`) and the local copy, and
+/// opens it.
+pub(super) async fn put_run(
+    log: &CheckpointLog,
+    dir: &Path,
+    id: CheckpointId,
+    generation: Generation,
+    name: &str,
+    trips: u64,
+    bytes: Vec<u8>,
+) -> Result<OpenRun, ColdError> {
+    let r = RunRef {
+        path: String::new(),
+        bytes: bytes.len() as u64,
+        sha256: state_checksum(&bytes),
+        trips,
+    };
+    let path = log
+        .write_file(id, generation, name, bytes.clone())
+        .await
+        .map_err(|e| io(name, e))?;
+    let r = RunRef { path, ..r };
+    let local = dir.join(local_name(&r));
+    write_local(&local, &bytes)?;
+    open_local(r, &local)
+}
+
 fn write_local(local: &Path, bytes: &[u8]) -> Result<(), ColdError> {
     let tmp = local.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|e| io(&tmp.display().to_string(), e))?;
     std::fs::rename(&tmp, local).map_err(|e| io(&local.display().to_string(), e))
 }
 
-fn open_local(r: RunRef, local: &Path) -> Result<OpenRun, ColdError> {
+pub(super) fn open_local(r: RunRef, local: &Path) -> Result<OpenRun, ColdError> {
     let file = File::open(local).map_err(|e| io(&local.display().to_string(), e))?;
     let len = r.bytes;
     if len < TRAILER_LEN as u64 {
@@ -238,7 +230,7 @@ fn open_local(r: RunRef, local: &Path) -> Result<OpenRun, ColdError> {
 }
 
 /// One run of `newer` and `older`: the newest record of each trip, every id pair once.
-fn merge(newer: &OpenRun, older: &OpenRun) -> Result<RunBuilder, ColdError> {
+pub(super) fn merge(newer: &OpenRun, older: &OpenRun) -> Result<RunBuilder, ColdError> {
     let mut b = RunBuilder::new();
     let mut kept: HashSet<(u64, String)> = HashSet::new();
     for run in [newer, older] {

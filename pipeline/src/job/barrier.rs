@@ -68,14 +68,18 @@ impl Job {
         let closed = self.sink.close(id).await?;
         self.crash.hit(CrashPoint::AfterFilesWritten)?;
 
-        if let Some(cold) = self.cold.as_mut()
-            && !evicted.is_empty()
-        {
-            cold.add(&self.log, id, self.generation, &evicted)
+        if let Some(cold) = self.cold.as_mut() {
+            if !evicted.is_empty() {
+                cold.add(&self.log, id, self.generation, &evicted)
+                    .await
+                    .map_err(|e| JobError::Protocol(e.to_string()))?;
+                self.report.evicted += evicted.len() as u64;
+                self.crash.hit(CrashPoint::AfterColdRunWritten)?;
+            }
+            // A merge finished in the background is taken in; the next one starts.
+            cold.maintain(&self.log, id, self.generation)
                 .await
                 .map_err(|e| JobError::Protocol(e.to_string()))?;
-            self.report.evicted += evicted.len() as u64;
-            self.crash.hit(CrashPoint::AfterColdRunWritten)?;
         }
         let state_bytes = bytes.len();
         let checksum = crate::checkpoint::manifest::state_checksum(&bytes);
@@ -126,6 +130,11 @@ impl Job {
             state_chain: chain.clone(),
             state_sha256: sums.clone(),
             cold_runs: self.cold.as_ref().map(|c| c.refs()).unwrap_or_default(),
+            cold_retired: self
+                .cold
+                .as_ref()
+                .map(|c| c.retired().to_vec())
+                .unwrap_or_default(),
             high_water_us: self.state.high_water_us(),
             counts: self.counts,
             replay_until: self.replay_until.clone(),

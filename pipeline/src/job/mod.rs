@@ -220,7 +220,7 @@ pub(crate) struct Job {
     /// The optional exactly-once outputs (alerts topic, current balances).
     outputs: outputs::Outputs,
     /// The background fold of the state chain.
-    compaction: compaction::Compaction,
+    compaction: crate::checkpoint::fold::ChainFold,
     since_commit: u32,
     oldest_uncommitted: Option<Instant>,
     started: Instant,

@@ -71,6 +71,17 @@ impl Job {
             let n = self.log.prune(&doomed).await?;
             tracing::debug!(pruned = n, "old checkpoints pruned");
         }
+        // Cold runs merged away that no retained checkpoint lists any more.
+        if let Some(cold) = self.cold.as_mut()
+            && let Some(oldest) = present.iter().filter(|id| !doomed.contains(id)).min()
+        {
+            match cold.collect(&self.log, *oldest).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(deleted = n, "retired cold runs deleted"),
+                // Kept in the retired list: the next prune tries again.
+                Err(e) => tracing::warn!(error = %e, "cannot delete retired cold runs yet"),
+            }
+        }
         Ok(())
     }
 

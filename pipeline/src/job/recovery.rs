@@ -286,12 +286,16 @@ pub(super) async fn recover(
         state.raise_high_water(h);
     }
     let evict = evict_policy(cfg);
-    let cold = if evict.enabled() || !claimed.manifest.cold_runs.is_empty() {
+    let cold = if evict.enabled()
+        || !claimed.manifest.cold_runs.is_empty()
+        || !claimed.manifest.cold_retired.is_empty()
+    {
         let dir = cold_dir(cfg);
         let tier = crate::cold::runs::ColdTier::open(
             &log,
             &dir,
             &claimed.manifest.cold_runs,
+            &claimed.manifest.cold_retired,
             cfg.state.cold_merge_bytes_max,
         )
         .await

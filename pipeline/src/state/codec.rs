@@ -345,13 +345,15 @@ mod tests {
     fn a_compacted_chain_restores_what_the_chain_restores() {
         let mut s = State::default();
         for t in 0..20u128 {
-            s.apply(&ev(&format!("t{t}"), t, 100 + t as i64), 0).unwrap();
+            s.apply(&ev(&format!("t{t}"), t, 100 + t as i64), 0)
+                .unwrap();
         }
         let mut chain = vec![("full".to_string(), encode_full(&s))];
         s.take_changed();
         for round in 1..6u128 {
             for t in (round * 3)..(round * 3 + 5) {
-                s.apply(&ev(&format!("t{t}"), 1000 * round + t, 7), 0).unwrap();
+                s.apply(&ev(&format!("t{t}"), 1000 * round + t, 7), 0)
+                    .unwrap();
             }
             let changed = s.take_changed();
             let gone = [format!("t{}", round * 2), format!("t{}", round + 30)];

@@ -1,0 +1,123 @@
+//! Merges run off the barrier and lose nothing; merged-away runs are deleted only once no
+//! retained checkpoint lists them.
+
+use std::sync::Arc;
+
+use super::super::ColdLookup;
+use super::super::runs::ColdTier;
+use crate::checkpoint::log::CheckpointLog;
+use crate::checkpoint::store::ObjectCheckpointStore;
+use crate::ids::{CheckpointId, Generation, JobId};
+use crate::state::evict::{EvictPolicy, trip_key};
+use crate::state::{State, event_key};
+
+fn event(trip: u32, id: u128) -> recon_schemas::event::Event {
+    recon_schemas::event::Event {
+        event_id: uuid::Uuid::from_u128(id),
+        event_type: recon_schemas::event::EventType::TripCharge,
+        trip_id: format!("trip-{trip}"),
+        amount: rust_decimal::Decimal::new(1_234, 2),
+        currency: recon_schemas::currency::Currency::USD,
+        occurred_at: chrono::DateTime::from_timestamp(1_764_000_000, 0).unwrap(),
+        rider_id: None,
+        driver_id: None,
+        payment_id: None,
+        payout_id: None,
+        schema_version: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_runs_keep_every_trip_and_are_deleted_only_when_unlisted() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(root.path()).unwrap();
+    let store = Arc::new(ObjectCheckpointStore::new(Arc::new(fs)));
+    let log = CheckpointLog::new(store, "", JobId::new("merge").unwrap());
+    let cold_dir = root.path().join("local");
+    let mut tier = ColdTier::open(&log, &cold_dir, &[], &[], 1 << 30)
+        .await
+        .unwrap();
+    let policy = EvictPolicy {
+        settled_after_us: None,
+        idle_after_us: Some(0),
+        scan_per_barrier: 1_000,
+    };
+    let mut state = State::default();
+    let (mut id, mut trip) = (0u64, 0u32);
+    // 12 barriers, each evicting 50 new trips: runs of equal size, so merges are due.
+    for _ in 0..12 {
+        for _ in 0..50 {
+            state.apply(&event(trip, u128::from(trip) + 1), 0).unwrap();
+            trip += 1;
+        }
+        state.take_changed();
+        id += 1;
+        let out = state.evict(i64::MAX, &policy);
+        assert_eq!(out.len(), 50);
+        tier.add(&log, CheckpointId(id), Generation(1), &out)
+            .await
+            .unwrap();
+        tier.maintain(&log, CheckpointId(id), Generation(1))
+            .await
+            .unwrap();
+        tier.finish_merge(CheckpointId(id + 1)).await.unwrap();
+    }
+    assert!(
+        tier.refs().len() < 12,
+        "runs were merged: {}",
+        tier.refs().len()
+    );
+    assert!(!tier.retired().is_empty());
+    assert_eq!(tier.records(), 600, "a merge keeps every trip once");
+    // Every trip and every id is still found.
+    for t in 0..trip {
+        let recs = tier
+            .trip_records(trip_key(&format!("trip-{t}")))
+            .await
+            .unwrap();
+        assert_eq!(recs.len(), 1, "trip {t}");
+        let holders = tier
+            .id_holders(event_key(&uuid::Uuid::from_u128(u128::from(t) + 1)))
+            .await
+            .unwrap();
+        assert!(
+            holders.contains(&trip_key(&format!("trip-{t}"))),
+            "id of trip {t}"
+        );
+    }
+
+    let exists = |rel: &str| root.path().join("merge").join(rel).exists();
+    let retired = tier.retired().to_vec();
+    let first_at = retired.iter().map(|r| r.at).min().unwrap();
+    assert!(retired.iter().all(|r| exists(&r.path)));
+    // A retained checkpoint before the first retirement still lists them: nothing goes.
+    let kept = CheckpointId(first_at.0 - 1);
+    assert_eq!(tier.collect(&log, kept).await.unwrap(), 0);
+    assert!(retired.iter().all(|r| exists(&r.path)));
+    // Once the oldest retained checkpoint is the newest: every retired run goes, store and
+    // local copy; the listed runs stay and still answer.
+    assert_eq!(
+        tier.collect(&log, CheckpointId(id + 1)).await.unwrap(),
+        retired.len()
+    );
+    assert!(tier.retired().is_empty());
+    for r in &retired {
+        assert!(!exists(&r.path), "{} deleted", r.path);
+        assert!(!cold_dir.join(format!("{}.run", r.sha256)).exists());
+    }
+    for r in tier.refs() {
+        assert!(exists(&r.path), "{} listed and kept", r.path);
+    }
+    // A restart from the listed runs alone (local copies gone) finds every trip.
+    std::fs::remove_dir_all(&cold_dir).unwrap();
+    let mut reopened = ColdTier::open(&log, &cold_dir, &tier.refs(), &[], 1 << 30)
+        .await
+        .unwrap();
+    for t in (0..trip).step_by(7) {
+        let recs = reopened
+            .trip_records(trip_key(&format!("trip-{t}")))
+            .await
+            .unwrap();
+        assert_eq!(recs.len(), 1, "trip {t} after restart");
+    }
+}
