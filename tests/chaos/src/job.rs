@@ -37,6 +37,8 @@ pub struct JobKnobs {
     pub commit_every_checkpoints: u32,
     /// `source.poll_batch_records_max`.
     pub poll_batch_records_max: u32,
+    /// A `[state]` section appended to the configuration (bounded state), if any.
+    pub state: Option<String>,
 }
 
 /// A job: name, topic, and two configurations.
@@ -316,7 +318,7 @@ timeout_ms = {timeout}
         every = k.commit_every_checkpoints,
         attempts = k.commit_attempts_max,
         timeout = k.commit_timeout_ms,
-    )
+    ) + k.state.as_deref().unwrap_or_default()
 }
 
 impl Run {

@@ -242,6 +242,17 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
                     + &p.operator
                         .map(|o| format!(" operator {o:?}"))
                         .unwrap_or_default()
+                    + &p.bounded
+                        .as_ref()
+                        .map(|b| format!(
+                            " bounded settled {}ms idle {}ms scan {} cold dir {:?} late fault {:?}",
+                            b.settled_after_ms,
+                            b.idle_after_ms,
+                            b.scan_per_barrier,
+                            b.cold_dir_on_restart,
+                            b.late_fault.as_ref().map(|f| f.kind())
+                        ))
+                        .unwrap_or_default()
             );
         }
         // A harness bug must not end a soak: it voids its scenario.
@@ -261,7 +272,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
             });
         if opts.verbose {
             eprintln!(
-                "chaos: scenario {} {} in {:.1}s: {} events, {} runs, {} restarts, recoveries {:?}{}",
+                "chaos: scenario {} {} in {:.1}s: {} events, {} runs, {} restarts, recoveries {:?}{}{}",
                 p.index,
                 o.result.to_uppercase(),
                 t.elapsed().as_secs_f64(),
@@ -269,6 +280,18 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
                 o.runs,
                 o.restarts,
                 o.recoveries.iter().map(|r| r.ms).collect::<Vec<_>>(),
+                o.bounded
+                    .as_ref()
+                    .map(|b| format!(
+                        ", bounded: {} of {} trips out of memory, {} brought back, {} late records, cold dir wiped {} kept {}",
+                        b.evicted,
+                        b.trips_looked_at,
+                        b.brought_back,
+                        b.late.records(),
+                        b.restarts_cold_dir_wiped,
+                        b.restarts_cold_dir_kept
+                    ))
+                    .unwrap_or_default(),
                 o.error
                     .as_ref()
                     .map(|e| format!("\n  error: {}", e.replace('\n', "\n    ")))

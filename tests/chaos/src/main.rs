@@ -4,6 +4,7 @@
 //! recon-chaos --seed 7 --scenarios 200 --report chaos-report.json      # soak
 //! recon-chaos --ci --report ci.json                                     # the bounded CI list
 //! recon-chaos --replay 1234567890                                       # one scenario by its seed
+//! recon-chaos --bounded --seed 7 --scenarios 20                         # every one with eviction on
 //! ```
 //! Exit code: 0 when every scenario was clean (no duplicate, no loss, the job always came back or
 //! stopped loudly where it must); 1 otherwise; 2 when the harness could not run.
@@ -72,6 +73,11 @@ struct Cli {
     /// List the kinds `--only` / `--exclude` accept, and exit.
     #[arg(long)]
     list_kinds: bool,
+    /// Every random (or replayed) scenario runs with bounded state on: trips evicted to the
+    /// cold tier, restarts with the local cold_dir wiped or kept, a late phase of records for
+    /// evicted trips (a share of scenarios draw it without this flag too).
+    #[arg(long, conflicts_with = "ci")]
+    bounded: bool,
 }
 
 fn main() -> ExitCode {
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
         ]
         .map(String::from),
     );
+    kinds.push(recon_chaos::plan::bounded::cold_run_kind());
     kinds.extend(recon_chaos::operator::KINDS.map(String::from));
     if cli.list_kinds {
         for k in &kinds {
@@ -138,6 +145,7 @@ fn main() -> ExitCode {
         filter: recon_chaos::plan::Filter {
             exclude: cli.exclude,
             only: cli.only,
+            force_bounded: cli.bounded,
         },
     };
     match recon_chaos::run(&opts) {

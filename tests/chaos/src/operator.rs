@@ -146,6 +146,7 @@ mod tests {
         let filter = Filter {
             exclude: vec![],
             only: vec!["table_rolled_back".into()],
+            force_bounded: false,
         };
         for i in 0..50 {
             let p = plan::random(i, plan::derive_seed(3, i), SCALE, true, &filter);
@@ -178,6 +179,7 @@ mod tests {
         let none = Filter {
             exclude: KINDS.map(String::from).to_vec(),
             only: vec![],
+            force_bounded: false,
         };
         for i in 0..100 {
             let p = plan::random(i, plan::derive_seed(5, i), SCALE, true, &none);

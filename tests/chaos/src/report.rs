@@ -99,6 +99,8 @@ pub struct Report {
     /// batch-verify findings contradicted by the exact reconciliation and matching a known
     /// batch-verify limitation (not pipeline failures), by pattern.
     pub verifier_false_positives: BTreeMap<String, u64>,
+    /// Scenarios with bounded state on, and what left memory and came back over them.
+    pub bounded: BoundedTotals,
     /// Failing and void scenarios: seed, faults, error, logs.
     pub failures: Vec<serde_json::Value>,
     /// Wall time, seconds.
@@ -111,6 +113,39 @@ pub struct Report {
     pub git: String,
     /// Every scenario.
     pub scenarios: Vec<Outcome>,
+}
+
+/// Bounded state over the run's scenarios (see `scenario::bounded::BoundedOutcome`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BoundedTotals {
+    /// Scenarios with eviction on.
+    pub scenarios: u64,
+    /// ... of which ran a late phase.
+    pub late_phases: u64,
+    /// Trips out of memory at the late phases' checkpoints.
+    pub evicted: u64,
+    /// Trips out of memory that late records needed (each came back at least once).
+    pub brought_back: u64,
+    /// Late records sent (new events, exact and conflicting re-sends, reused ids).
+    pub late_records: u64,
+    /// Late new events (refunds, adjustments).
+    pub late_events: u64,
+    /// Late exact re-sends.
+    pub late_exact_resends: u64,
+    /// Late conflicting re-sends.
+    pub late_conflicting_resends: u64,
+    /// Late copies of evicted trips' ids on other trips.
+    pub late_reused_ids: u64,
+    /// Runs killed at `after-cold-run-written`.
+    pub killed_at_cold_run: u64,
+    /// Restarts with the local cold dir wiped (and of those, with runs in it), and kept.
+    pub restarts_cold_dir_wiped: u64,
+    /// See `restarts_cold_dir_wiped`.
+    pub restarts_cold_dir_wiped_with_runs: u64,
+    /// See `restarts_cold_dir_wiped`.
+    pub restarts_cold_dir_kept: u64,
+    /// Starts that opened a cold tier with runs.
+    pub starts_with_cold_runs: u64,
 }
 
 /// Wall time of the scenarios of one kind.
@@ -222,11 +257,32 @@ impl Report {
             let pattern = fp.split(" | ").next().unwrap_or(fp).to_string();
             *self.verifier_false_positives.entry(pattern).or_default() += 1;
         }
+        if let Some(b) = &o.bounded {
+            let t = &mut self.bounded;
+            t.scenarios += 1;
+            t.late_phases += u64::from(b.late_phase);
+            t.evicted += b.evicted;
+            t.brought_back += b.brought_back;
+            t.late_records += b.late.records();
+            t.late_events += b.late.late_events;
+            t.late_exact_resends += b.late.exact_resends;
+            t.late_conflicting_resends += b.late.conflicting_resends;
+            t.late_reused_ids += b.late.reused_on_new_trip + b.late.reused_on_hot_trip;
+            t.killed_at_cold_run += b.killed_at_cold_run;
+            t.restarts_cold_dir_wiped += u64::from(b.restarts_cold_dir_wiped);
+            t.restarts_cold_dir_wiped_with_runs += u64::from(b.restarts_cold_dir_wiped_with_runs);
+            t.restarts_cold_dir_kept += u64::from(b.restarts_cold_dir_kept);
+            t.starts_with_cold_runs += b.starts_with_cold_runs;
+        }
         if o.result != "clean" {
             self.failures.push(serde_json::json!({
                 "index": o.plan.as_ref().map(|p| p.index),
                 "seed": o.plan.as_ref().map(|p| p.seed),
-                "replay": o.plan.as_ref().map(|p| format!("recon-chaos --replay {}", p.seed)),
+                "replay": o.plan.as_ref().map(|p| format!(
+                    "recon-chaos --replay {}{}",
+                    p.seed,
+                    if p.bounded.is_some() { " --bounded" } else { "" }
+                )),
                 "result": o.result,
                 "faults": o.faults,
                 "error": o.error,
@@ -300,6 +356,27 @@ impl fmt::Display for Report {
             self.recovery.p50_ms, self.recovery.p99_ms, self.recovery.max_ms, self.recovery.count
         )?;
         writeln!(f, "exits by status {:?}", self.exits_by_status)?;
+        let b = &self.bounded;
+        if b.scenarios > 0 {
+            writeln!(
+                f,
+                "bounded state  {} scenarios ({} late phases): {} trips out of memory, {} brought back by {} late records ({} new events, {} exact re-sends, {} conflicting, {} reused ids); {} killed at after-cold-run-written; restarts cold dir wiped {} ({} with runs) / kept {}; {} starts opened cold runs",
+                b.scenarios,
+                b.late_phases,
+                b.evicted,
+                b.brought_back,
+                b.late_records,
+                b.late_events,
+                b.late_exact_resends,
+                b.late_conflicting_resends,
+                b.late_reused_ids,
+                b.killed_at_cold_run,
+                b.restarts_cold_dir_wiped,
+                b.restarts_cold_dir_wiped_with_runs,
+                b.restarts_cold_dir_kept,
+                b.starts_with_cold_runs
+            )?;
+        }
         if self.records_lost_with_deleted_topic > 0 {
             writeln!(
                 f,

@@ -1,6 +1,6 @@
 //! The bounded chaos pass that `infra/local/test` runs (phase `chaos`, `RECON_CHAOS=1`): the
 //! fixed CI list of scenarios (every fault kind and every hostile-input class at least once, a
-//! second job id and a crash loop over a deleted log entry)
+//! second job id and a crash loop over a deleted log entry, one scenario with bounded state on)
 //! against a private service set, each verified by reconcile and batch-verify. Skips loudly
 //! without `RECON_SERVICES=1` (fails instead with `RECON_REQUIRE_SERVICES=1`), like every
 //! real-service test. `RECON_CHAOS_SEED` varies traffic and timings (default: a fixed seed).
@@ -62,6 +62,16 @@ fn chaos_ci_pass() {
     assert_eq!(report.duplicates, 0, "{report}");
     assert_eq!(report.losses, 0, "{report}");
     assert!(report.events_checked > 0, "{report}");
+    // The bounded-state scenario: trips left memory, late records brought them back, a run
+    // died at the barrier that wrote a cold run, and restarts both wiped and kept the cold dir.
+    let b = &report.bounded;
+    assert_eq!((b.scenarios, b.late_phases), (1, 1), "{report}");
+    assert!(b.evicted > 0 && b.brought_back > 0, "{report}");
+    assert!(b.killed_at_cold_run >= 1, "{report}");
+    assert!(
+        b.restarts_cold_dir_wiped >= 1 && b.restarts_cold_dir_kept >= 1,
+        "{report}"
+    );
     assert!(report.passed(), "{report}");
 }
 
@@ -93,6 +103,8 @@ fn ensure_fresh_pipeline_binary() {
     let sources = [
         "pipeline/src",
         "pipeline/Cargo.toml",
+        "common/src",
+        "common/Cargo.toml",
         "schemas/src",
         "schemas/Cargo.toml",
         "Cargo.lock",

@@ -3,11 +3,15 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::bounded::{Bounded, ColdDirOnRestart, cold_run_crash};
 use super::{Ambiguity, DiskTarget, Fault, Knobs, Plan, Scale, Terminal, derive_seed};
 use crate::traffic::Hostile;
 
 /// The bounded CI pass: a fixed list of scenario shapes that together inject every fault kind and
-/// every hostile class at least once; `seed` varies traffic and timings.
+/// every hostile class at least once, then two operator faults, then one scenario with bounded
+/// state on (SIGKILLs at the barrier that wrote a cold run, a random one, restarts with the
+/// local cold_dir wiped and kept, a late phase for evicted trips); `seed` varies traffic and
+/// timings.
 pub fn ci(seed: u64, scale: Scale, controllable: bool) -> Vec<Plan> {
     use crate::operator::{Condition, OperatorFault as O};
     use Fault as F;
@@ -107,13 +111,29 @@ pub fn ci(seed: u64, scale: Scale, controllable: bool) -> Vec<Plan> {
             restarts: 4,
         },
     ];
+    // Appended last, so the seeds of the shapes above are unchanged.
+    let bounded = (
+        vec![cold_run_crash(2), F::KillRandom { delay_ms: 900 }],
+        vec![Hostile::ReusedId],
+        Bounded {
+            settled_after_ms: 10 * 60_000,
+            idle_after_ms: 40 * 60_000,
+            scan_per_barrier: 64,
+            cold_dir_on_restart: ColdDirOnRestart::Alternate,
+            concurrent_trips: 16,
+            late_records: 30,
+            late_fault: Some(cold_run_crash(1)),
+            late_phase: true,
+        },
+    );
     let shapes = shapes
         .into_iter()
-        .map(|(f, h, t)| (f, h, t, None))
-        .chain(operators.map(|o| (vec![], vec![], None, Some(o))));
+        .map(|(f, h, t)| (f, h, t, None, None))
+        .chain(operators.map(|o| (vec![], vec![], None, Some(o), None)))
+        .chain([(bounded.0, bounded.1, None, None, Some(bounded.2))]);
     shapes
         .enumerate()
-        .map(|(i, (faults, hostile, terminal, operator))| {
+        .map(|(i, (faults, hostile, terminal, operator, bounded))| {
             let s = derive_seed(seed, i as u32);
             let mut rng = ChaCha8Rng::seed_from_u64(s);
             let faults: Vec<Fault> = faults
@@ -136,6 +156,7 @@ pub fn ci(seed: u64, scale: Scale, controllable: bool) -> Vec<Plan> {
                     commit_every_checkpoints: 1,
                     poll_batch_records_max: 200,
                 },
+                bounded,
             }
         })
         .collect()

@@ -8,7 +8,9 @@ use recon_pipeline::crash::CrashPoint;
 use crate::operator::OperatorFault;
 use crate::traffic::Hostile;
 
+pub mod bounded;
 mod ci;
+pub use bounded::Bounded;
 pub use ci::ci;
 
 /// How the catalog commit is made ambiguous (in the PostgreSQL proxy).
@@ -185,6 +187,8 @@ pub struct Plan {
     pub operator: Option<OperatorFault>,
     /// Knobs.
     pub knobs: Knobs,
+    /// Bounded state on (eviction, cold tier, a late phase): see [`bounded`].
+    pub bounded: Option<Bounded>,
 }
 
 /// Sizes of traffic.
@@ -221,6 +225,8 @@ pub struct Filter {
     pub exclude: Vec<String>,
     /// Only these, when not empty.
     pub only: Vec<String>,
+    /// Every scenario with bounded state on (`--bounded`).
+    pub force_bounded: bool,
 }
 
 impl Filter {
@@ -476,6 +482,13 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
         hostile.push(Hostile::ReusedId);
     }
     hostile.sort();
+    // Bounded state, on a stream of its own too; with it maybe one more SIGKILL, at the barrier
+    // that wrote a cold run.
+    let (bounded, extra) = bounded::draw(seed, filter, terminal.is_none() && operator.is_none());
+    if let Some(f) = extra {
+        let at = (seed % (faults.len() as u64 + 1)) as usize;
+        faults.insert(at, f);
+    }
     Plan {
         index,
         seed,
@@ -486,5 +499,6 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
         terminal,
         operator,
         knobs,
+        bounded,
     }
 }

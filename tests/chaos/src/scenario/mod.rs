@@ -12,6 +12,7 @@
 //! (zombies, rewinds, added partitions), `terminal` (scenarios that end with the job stopped on
 //! purpose).
 
+mod bounded;
 mod faults;
 mod finish;
 mod operator;
@@ -33,7 +34,7 @@ use recon_pipeline::generate::Record;
 use recon_pipeline::reconcile::Expected;
 
 use crate::job::{ChaosJob, JobKnobs, Run, Storage};
-use crate::plan::{DiskTarget, Fault, Plan, Terminal};
+use crate::plan::{Bounded, DiskTarget, Fault, Plan, Terminal};
 use crate::proxy::pg::PgProxy;
 use crate::proxy::s3::S3Proxy;
 use crate::services::ServiceSet;
@@ -129,6 +130,8 @@ pub struct Outcome {
     /// Records of a deleted topic the job had not consumed when it was deleted: lost with the
     /// topic, excluded from the oracle explicitly (and counted here, never silently).
     pub lost_with_topic: u64,
+    /// Bounded state on: what left memory, what had to come back, what restarts did.
+    pub bounded: Option<bounded::BoundedOutcome>,
 }
 
 /// Log messages of the job counted in the report: evidence of which recovery paths ran.
@@ -156,6 +159,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Outcome {
             .iter()
             .map(Fault::kind)
             .chain(plan.terminal.map(|t| t.kind().to_string()))
+            .chain(plan.bounded.as_ref().map(|_| Bounded::KIND.to_string()))
             .chain(plan.operator.iter().flat_map(|o| {
                 let mut v = vec![o.kind().to_string()];
                 if let crate::operator::OperatorFault::CrashLoop { condition, .. } = o {
@@ -173,6 +177,7 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Outcome {
         let r = s.execute(&mut out);
         out.runs = s.orch.job.runs();
         out.restarts = s.orch.restarts;
+        s.bounded_outcome(&mut out);
         out.exits = s.orch.exits.clone();
         for run in s.orch.all_runs() {
             for l in run.lines() {
@@ -278,6 +283,8 @@ struct Scenario<'a> {
     /// Records lost with a topic recreated while the job ran: the job never saw them, so a later
     /// re-send or conflicting version of one of them is the first version it sees.
     lost: Vec<Record>,
+    /// Bounded state: what the late phase saw and sent.
+    late: bounded::BoundedOutcome,
 }
 
 impl<'a> Scenario<'a> {
@@ -300,6 +307,7 @@ impl<'a> Scenario<'a> {
             _ => (Storage::S3, None),
         };
         let k = &plan.knobs;
+        let cold_dir = dir.join("cold");
         let job = ChaosJob::new(
             dir,
             name,
@@ -315,6 +323,7 @@ impl<'a> Scenario<'a> {
                 full_state_every: k.full_state_every,
                 commit_every_checkpoints: k.commit_every_checkpoints,
                 poll_batch_records_max: k.poll_batch_records_max,
+                state: plan.bounded.as_ref().map(|b| b.state_toml(&cold_dir)),
             },
         )?;
         let brokers = ctx.services.endpoints.kafka.clone();
@@ -336,6 +345,7 @@ impl<'a> Scenario<'a> {
             partitions: plan.partitions,
             hostile: plan.hostile.clone(),
             order_safe,
+            concurrent_trips: plan.bounded.as_ref().map(|b| b.concurrent_trips),
         })?;
         // Chunks: a load and a probe per fault, and a tail.
         let parts = if plan.terminal.is_some() {
@@ -366,6 +376,10 @@ impl<'a> Scenario<'a> {
             during: "start".into(),
             last_spawn: None,
             backoff: BACKOFF_MIN,
+            cold: plan
+                .bounded
+                .as_ref()
+                .map(|b| orch::ColdDir::new(cold_dir.clone(), b.cold_dir_on_restart)),
         };
         let counts = t.counts.clone();
         let s = Scenario {
@@ -383,6 +397,7 @@ impl<'a> Scenario<'a> {
             files_truth_only: false,
             positions: Vec::new(),
             lost: Vec::new(),
+            late: bounded::BoundedOutcome::default(),
         };
         let _ = counts;
         Ok(s)
@@ -462,10 +477,16 @@ impl<'a> Scenario<'a> {
         self.orch.during = "drain".into();
         let tail = self.next_chunk();
         self.publish_now(&tail)?;
+        let plan = self.plan;
+        if let Some(b) = plan.bounded.as_ref().filter(|b| b.late_phase) {
+            self.late_phase(b, out)?;
+            self.orch.during = "drain".into();
+        }
         out.phases_ms
             .insert("faults".into(), phase.elapsed().as_millis() as u64);
         let mut t = Instant::now();
         self.drain()?;
+        self.bounded_end()?;
         out.phases_ms
             .insert("drain".into(), t.elapsed().as_millis() as u64);
         t = Instant::now();

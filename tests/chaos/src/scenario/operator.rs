@@ -449,6 +449,7 @@ mod tests {
             partitions: 2,
             hostile: vec![],
             order_safe: false,
+            concurrent_trips: None,
         })
         .unwrap();
         // Lose the first version of every event that is re-sent later.

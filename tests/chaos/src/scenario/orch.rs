@@ -12,6 +12,7 @@ use recon_pipeline::generate::Record;
 
 use super::Exit;
 use crate::job::{ChaosJob, Run};
+use crate::plan::bounded::ColdDirOnRestart;
 use crate::traffic;
 
 /// A tmpfs mounted for the scenario, unmounted on drop.
@@ -92,6 +93,68 @@ pub(super) struct Orch {
     pub(super) during: String,
     pub(super) last_spawn: Option<Instant>,
     pub(super) backoff: Duration,
+    /// Bounded state on: the job's local cold directory, wiped or kept before each restart.
+    pub(super) cold: Option<ColdDir>,
+}
+
+/// The job's local working copy of the cold runs, and what restarts did to it.
+pub(super) struct ColdDir {
+    pub(super) dir: PathBuf,
+    pub(super) policy: ColdDirOnRestart,
+    spawns: u32,
+    /// Restarts that found the directory deleted (a new machine).
+    pub(super) wiped: u32,
+    /// ... of which it held at least one run (so the start had to download).
+    pub(super) wiped_with_runs: u32,
+    /// Restarts that found the directory as the previous run left it.
+    pub(super) kept: u32,
+}
+
+impl ColdDir {
+    pub(super) fn new(dir: PathBuf, policy: ColdDirOnRestart) -> ColdDir {
+        ColdDir {
+            dir,
+            policy,
+            spawns: 0,
+            wiped: 0,
+            wiped_with_runs: 0,
+            kept: 0,
+        }
+    }
+
+    /// Before a spawn: the first start finds nothing; each restart wipes or keeps.
+    fn before_spawn(&mut self) -> anyhow::Result<()> {
+        self.spawns += 1;
+        if self.spawns == 1 {
+            return Ok(());
+        }
+        let wipe = match self.policy {
+            ColdDirOnRestart::Kept => false,
+            ColdDirOnRestart::Wiped => true,
+            ColdDirOnRestart::Alternate => self.spawns.is_multiple_of(2),
+        };
+        if !wipe {
+            self.kept += 1;
+            return Ok(());
+        }
+        let runs = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "run"))
+                    .count()
+            })
+            .unwrap_or(0);
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!("wiping the cold dir {}: {e}", self.dir.display()),
+        }
+        self.wiped += 1;
+        if runs > 0 {
+            self.wiped_with_runs += 1;
+        }
+        Ok(())
+    }
 }
 
 pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -100,6 +163,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(3);
 impl Orch {
     pub(super) fn spawn(&mut self, env: &[(&str, String)]) -> anyhow::Result<()> {
         ensure!(self.current.is_none(), "a run is already current");
+        if let Some(c) = self.cold.as_mut() {
+            c.before_spawn()?;
+        }
         let run = self.job.spawn(None, env)?;
         self.current = Some(run);
         self.expected_end = None;

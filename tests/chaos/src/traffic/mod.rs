@@ -7,10 +7,14 @@
 //! before it is sent (and the harness refuses to run when the class is not the intended one), so
 //! the expectation never guesses how the decoder reads a record.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
+pub mod late;
 mod publish;
+mod reuse;
 pub use publish::{Published, publish};
+pub use reuse::key_partition;
+use reuse::reused_ids;
 
 use anyhow::{bail, ensure};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -83,6 +87,9 @@ pub struct TrafficSpec {
     /// no re-sends, no conflicting versions, no second currency (their "first" would depend on the
     /// order across partitions, which Kafka does not define).
     pub order_safe: bool,
+    /// Trips in flight at once in the generator (`None`: its default); small with bounded
+    /// state, so the stream runs in event-time order and trips settle while it flows.
+    pub concurrent_trips: Option<u32>,
 }
 
 /// Counts of what was planned, by class.
@@ -181,71 +188,6 @@ fn insert_after(records: &mut Vec<Record>, rng: &mut ChaCha8Rng, after: usize, r
     records.insert(at, rec);
 }
 
-/// The partition librdkafka's default partitioner (`consistent_random`: CRC-32 of the key)
-/// gives a keyed record; the publisher sets no partitioner.
-pub fn key_partition(key: &[u8], partitions: i32) -> i32 {
-    (crc32fast::hash(key) % partitions.max(1) as u32) as i32
-}
-
-/// Adds copies of up to three accepted events under another trip's id and key, each after its
-/// original and on the same partition (the other trip is chosen by its key's partition), so
-/// the job reads the original first whatever the order it reads partitions in. Returns the
-/// records added.
-fn reused_ids(
-    records: &mut Vec<Record>,
-    rng: &mut ChaCha8Rng,
-    partitions: i32,
-) -> anyhow::Result<u64> {
-    let mut trips_by_partition: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
-    for r in records.iter() {
-        if let (RecordKind::Valid(ev), Some(k), None) = (&r.kind, &r.key, r.partition_hint) {
-            trips_by_partition
-                .entry(key_partition(k, partitions))
-                .or_default()
-                .insert(ev.trip_id.clone());
-        }
-    }
-    let mut added = 0;
-    for _ in 0..3 {
-        let valid_at: Vec<usize> = records
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| {
-                matches!(r.kind, RecordKind::Valid(_))
-                    && r.key.is_some()
-                    && r.partition_hint.is_none()
-            })
-            .map(|(i, _)| i)
-            .collect();
-        ensure!(valid_at.len() > 10, "too little traffic for reused ids");
-        let i = valid_at[rng.random_range(0..valid_at.len())];
-        let RecordKind::Valid(ev) = &records[i].kind else {
-            unreachable!()
-        };
-        let p = key_partition(records[i].key.as_deref().unwrap_or_default(), partitions);
-        let others: Vec<&String> = trips_by_partition
-            .get(&p)
-            .into_iter()
-            .flatten()
-            .filter(|t| **t != ev.trip_id)
-            .collect();
-        let Some(other) = others.get(rng.random_range(0..others.len().max(1))) else {
-            continue;
-        };
-        let mut copy = ev.clone();
-        copy.trip_id = (*other).clone();
-        let rec = Record {
-            partition_hint: None,
-            key: Some(other.as_bytes().to_vec()),
-            payload: copy.to_json(),
-            kind: RecordKind::ConflictingDuplicate(copy),
-        };
-        insert_after(records, rng, i, rec);
-        added += 1;
-    }
-    Ok(added)
-}
-
 /// Plans the records of `spec`.
 pub fn build(spec: &TrafficSpec) -> anyhow::Result<Traffic> {
     let flood = spec.hostile.contains(&Hostile::PoisonFlood);
@@ -258,6 +200,9 @@ pub fn build(spec: &TrafficSpec) -> anyhow::Result<Traffic> {
         out_of_order: ppm(0.05),
         late: ppm(0.01),
         poison: ppm(if flood { 0.10 } else { 0.01 }),
+        concurrent_trips: spec
+            .concurrent_trips
+            .unwrap_or(TrafficConfig::default().concurrent_trips),
         ..TrafficConfig::default()
     };
     let mut records: Vec<Record> = plan(&cfg).collect();
