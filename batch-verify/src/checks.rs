@@ -14,7 +14,7 @@ use crate::report::{Discrepancy, Findings, Kind, TotalLine};
 use crate::row::{EventItem, EventRow, MatchKey, Position, PositionItem, RejectRow, Scope, Side};
 use crate::truth::kafka::Windows;
 
-use dead_letters::{DeadLetter, dead_letters, phantom_reject, split_owner};
+use dead_letters::{DeadLetter, beyond_horizon, dead_letters, phantom_reject, split_owner};
 
 #[path = "checks_dead_letters.rs"]
 mod dead_letters;
@@ -46,6 +46,9 @@ pub struct Outcome {
     pub lake_rejects: u64,
     /// Dead letters that could not be dated.
     pub rejects_undated: u64,
+    /// Truth versions of the day the job dead-lettered as `beyond_horizon`, each matched with
+    /// its `rejected_events` row (also in `truth_rejects` and `lake_rejects`).
+    pub beyond_horizon: u64,
     /// Truth totals.
     pub truth_totals: Totals,
 }
@@ -67,6 +70,7 @@ impl Outcome {
         self.truth_rejects += o.truth_rejects;
         self.lake_rejects += o.lake_rejects;
         self.rejects_undated += o.rejects_undated;
+        self.beyond_horizon += o.beyond_horizon;
         for (k, (n, s)) in o.truth_totals {
             let e = self.truth_totals.entry(k).or_default();
             e.0 += n;
@@ -85,6 +89,8 @@ struct Group<'a> {
     refused: Vec<&'a RejectRow>,
     /// `event_id_reused` dead letters: copies of the id on trips other than the one holding it.
     reused: Vec<&'a RejectRow>,
+    /// `beyond_horizon` dead letters: records that came later than the job's horizon.
+    late: Vec<&'a RejectRow>,
 }
 
 impl Group<'_> {
@@ -94,6 +100,7 @@ impl Group<'_> {
         self.conflicts.clear();
         self.refused.clear();
         self.reused.clear();
+        self.late.clear();
     }
 }
 
@@ -145,6 +152,9 @@ pub fn check_events(items: Vec<EventItem>, day: &BusinessDay, out: &mut Outcome)
                 EventItem::Conflict(r) if r.reason == recon_schemas::decode::EVENT_ID_REUSED => {
                     g.reused.push(r);
                 }
+                EventItem::Conflict(r) if r.reason == recon_schemas::decode::BEYOND_HORIZON => {
+                    g.late.push(r);
+                }
                 EventItem::Conflict(r) => g.conflicts.push(r),
             }
             at += 1;
@@ -157,7 +167,27 @@ fn check_group(id: Uuid, g: &mut Group<'_>, day: &BusinessDay, out: &mut Outcome
     {
         g.truth.sort_by_key(|t| t.2);
         g.ledger.sort_by_key(|l| l.1);
-        let expected_reused = split_owner(g);
+        let mut expected_reused = split_owner(g);
+        // The job refused the event (balance overflow): it is a dead letter on both sides,
+        // not a ledger event; check (e) proves the refusal by folding the trip.
+        let refusal = match g.truth.first() {
+            Some((_, tpos, _)) if g.ledger.is_empty() => g
+                .refused
+                .iter()
+                .position(|r| tpos.is_none() || r.position == *tpos)
+                .map(|i| g.refused.swap_remove(i))
+                .is_some(),
+            _ => false,
+        };
+        for r in g.refused.iter().filter(|r| r.scope == Scope::InDay) {
+            out.findings.add(phantom_reject(
+                r,
+                "no truth event the job could have refused at this position (or it is also in ledger_events)",
+            ));
+        }
+        // Records beyond the job's horizon: each takes the place of what its version would
+        // have had (ledger row, drop, or dead letter); counted there, removed from here.
+        let first_late = beyond_horizon(g, &mut expected_reused, !refusal, day, out);
         let mut expected_conflicts: Vec<(&EventRow, Option<Position>)> = Vec::new();
         if let Some((first, rest)) = g.truth.split_first() {
             for (v, pos, _) in rest {
@@ -168,24 +198,9 @@ fn check_group(id: Uuid, g: &mut Group<'_>, day: &BusinessDay, out: &mut Outcome
                 }
             }
         }
-        // The job refused the event (balance overflow): it is a dead letter on both sides,
-        // not a ledger event; check (e) proves the refusal by folding the trip.
-        let refusal = match g.truth.first() {
-            Some((t, tpos, _)) if g.ledger.is_empty() => g
-                .refused
-                .iter()
-                .position(|r| tpos.is_none() || r.position == *tpos)
-                .map(|i| (t, g.refused.swap_remove(i))),
-            _ => None,
-        };
-        for r in g.refused.iter().filter(|r| r.scope == Scope::InDay) {
-            out.findings.add(phantom_reject(
-                r,
-                "no truth event the job could have refused at this position (or it is also in ledger_events)",
-            ));
-        }
         match g.truth.first() {
-            Some((t, _, _)) if refusal.is_some() => {
+            Some(_) if first_late => {}
+            Some((t, _, _)) if refusal => {
                 if day.contains_micros(t.occurred_at_us) {
                     out.truth_rejects += 1;
                     out.lake_rejects += 1;

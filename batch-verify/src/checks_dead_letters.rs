@@ -1,6 +1,7 @@
 //! The dead letters of records that decoded (check (c) for events): later versions of an id on
-//! its trip (`conflicting_duplicate`) and copies of an id on another trip (`event_id_reused`),
-//! matched by position against `rejected_events`.
+//! its trip (`conflicting_duplicate`), copies of an id on another trip (`event_id_reused`) and
+//! records that came later than the job's horizon (`beyond_horizon`), matched by position
+//! against `rejected_events`.
 
 use uuid::Uuid;
 
@@ -43,6 +44,76 @@ pub(super) fn split_owner<'a>(g: &mut Group<'a>) -> Vec<(&'a EventRow, Option<Po
         mine
     });
     others
+}
+
+/// `beyond_horizon` dead letters (Kafka truth): the job dead-letters a record that came later
+/// than its horizon without looking at its content, so the row can stand for any truth version
+/// of the id. Each row accounts for the truth version at its own position, and takes the place
+/// of what that version would otherwise have had:
+///
+/// - the owner's first version, when it has no `ledger_events` row and no `balance_overflow`
+///   refusal (`first_free`): the event itself, never summed (returns `true`: not missing);
+/// - a later version on the owner's trip (removed from `g.truth`): an exact re-send (not
+///   dropped, then) or a conflicting version (no `conflicting_duplicate` expected);
+/// - a copy on another trip (removed from `reused`): no `event_id_reused` expected.
+///
+/// A matched row counts, when its truth version is of the day, as a dead letter on both sides
+/// and in [`Outcome::beyond_horizon`]. A row at a position where the truth has no version of the
+/// id, or that a ledger row (or refusal) also claims, is a [`Kind::PhantomReject`] when dated in
+/// the day. A truth version with no row at all is left to the other checks (missing, missing
+/// dead letter) as before.
+pub(super) fn beyond_horizon<'a>(
+    g: &mut Group<'a>,
+    reused: &mut Vec<(&'a EventRow, Option<Position>)>,
+    first_free: bool,
+    day: &BusinessDay,
+    out: &mut Outcome,
+) -> bool {
+    let mut first_late = false;
+    let late = std::mem::take(&mut g.late);
+    for r in late {
+        let at = |pos: &Option<Position>| r.position.is_some() && *pos == r.position;
+        let why = if g.ledger.iter().any(|(_, p)| at(&Some(*p))) {
+            Some("the record at this position is in ledger_events")
+        } else if let Some(i) = g.truth.iter().position(|(_, pos, _)| at(pos)) {
+            if i > 0 {
+                let (v, _, _) = g.truth.remove(i);
+                late_counted(v, day, out);
+                None
+            } else if first_free && !first_late && g.ledger.is_empty() {
+                first_late = true;
+                late_counted(g.truth[0].0, day, out);
+                None
+            } else {
+                Some(
+                    "the event is accounted for already (ledger_events, balance_overflow or another row)",
+                )
+            }
+        } else if let Some(i) = reused.iter().position(|(_, pos)| at(pos)) {
+            let (v, _) = reused.remove(i);
+            late_counted(v, day, out);
+            None
+        } else {
+            Some("no truth version of this event at this position (or another row accounts for it)")
+        };
+        if let Some(why) = why
+            && r.scope == Scope::InDay
+        {
+            out.lake_rejects += 1;
+            out.findings.add(phantom_reject(r, why));
+        }
+    }
+    first_late
+}
+
+/// Counts a truth version the job dead-lettered as `beyond_horizon`, as `balance_overflow`
+/// refusals are counted: on both sides when it is of the day.
+fn late_counted(v: &EventRow, day: &BusinessDay, out: &mut Outcome) {
+    if day.contains_micros(v.occurred_at_us) {
+        out.truth_rejects += 1;
+        out.lake_rejects += 1;
+        out.beyond_horizon += 1;
+    }
 }
 
 /// Which dead letters [`dead_letters`] matches.

@@ -509,3 +509,6 @@ fn assert_dead_letter_cases(cases: Vec<Case<EventItem>>) {
         );
     }
 }
+
+#[path = "checks_late_tests.rs"]
+mod late;

@@ -90,6 +90,7 @@ fn counts(h: &mut String, r: &Report) {
         ("rejected_events", r.rejected_events.to_string()),
         ("truth_resends", r.truth_resends.to_string()),
         ("rejects_undated", r.rejects_undated.to_string()),
+        ("beyond_horizon", r.beyond_horizon.to_string()),
         ("duplicates", r.duplicates.to_string()),
         ("missing", r.missing.to_string()),
         ("phantom", r.phantom.to_string()),

@@ -273,6 +273,10 @@ pub struct Report {
     pub rejected_events: u64,
     /// Dead letters without a readable date (matched only with a Kafka truth).
     pub rejects_undated: u64,
+    /// Events of the day the job dead-lettered as `beyond_horizon` (later than its horizon;
+    /// never summed), each proven against its truth version (Kafka truth; also counted in
+    /// `truth_rejects` and `rejected_events`).
+    pub beyond_horizon: u64,
     /// Duplicate event ids and positions.
     pub duplicates: u64,
     /// Missing events and dead letters.
@@ -352,6 +356,7 @@ impl Report {
             ledger_events: 0,
             rejected_events: 0,
             rejects_undated: 0,
+            beyond_horizon: 0,
             duplicates: 0,
             missing: 0,
             phantom: 0,
@@ -451,6 +456,7 @@ impl fmt::Display for Report {
             ("rejected_events rows", self.rejected_events),
             ("exact re-sends dropped", self.truth_resends),
             ("undated dead letters", self.rejects_undated),
+            ("beyond the horizon", self.beyond_horizon),
             ("duplicates", self.duplicates),
             ("missing", self.missing),
             ("phantom", self.phantom),

@@ -287,6 +287,7 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
         ledger_events: lake.ledger_rows,
         rejected_events: outcome.lake_rejects,
         rejects_undated: outcome.rejects_undated,
+        beyond_horizon: outcome.beyond_horizon,
         duplicates: 0,
         missing: 0,
         phantom: 0,
@@ -509,13 +510,15 @@ async fn read_lake(
 }
 
 /// Dead letters of records that decoded which the Kafka truth proves from the events themselves
-/// (grouped by event id): a conflicting version, a copy on another trip. The other truths list
-/// them as dead letters of their own (an upstream ledger holds an event id once), matched by
-/// key and payload.
+/// (grouped by event id): a conflicting version, a copy on another trip, a record beyond the
+/// job's horizon (any version of the id, matched by position). The other truths list them as
+/// dead letters of their own (an upstream ledger holds an event id once), matched by key and
+/// payload.
 fn proved_from_events(reason: &str, kafka_mode: bool) -> bool {
     kafka_mode
         && (reason == recon_schemas::decode::CONFLICTING_DUPLICATE
-            || reason == recon_schemas::decode::EVENT_ID_REUSED)
+            || reason == recon_schemas::decode::EVENT_ID_REUSED
+            || reason == recon_schemas::decode::BEYOND_HORIZON)
 }
 
 /// Trips still short of events after the neighbouring days were read that are looked up in the
@@ -581,4 +584,21 @@ async fn neighbours(
         .await?;
     }
     Ok(incomplete)
+}
+
+#[cfg(test)]
+mod tests {
+    use recon_schemas::decode::{BALANCE_OVERFLOW, BEYOND_HORIZON, EVENT_REASONS};
+
+    /// With a Kafka truth every dead letter of a decoded record but a refusal (routed by its
+    /// decoded event) is proved by event id; other truths pair them all by key and payload.
+    #[test]
+    fn decoded_dead_letters_are_proved_from_the_events_with_a_kafka_truth() {
+        for reason in EVENT_REASONS.into_iter().filter(|r| *r != BALANCE_OVERFLOW) {
+            assert!(super::proved_from_events(reason, true), "{reason}");
+            assert!(!super::proved_from_events(reason, false), "{reason}");
+        }
+        assert!(super::proved_from_events(BEYOND_HORIZON, true));
+        assert!(!super::proved_from_events("not_json", true));
+    }
 }
