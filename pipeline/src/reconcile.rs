@@ -30,6 +30,9 @@ pub struct Expected {
     pub conflicts: u64,
     /// Bad records published (they must be dead-lettered).
     pub poison: u64,
+    /// Records published later than the job's horizon (`[state] late_horizon_ms`): they must
+    /// be dead-lettered as `beyond_horizon`, and are not events of `events`.
+    pub beyond_horizon: u64,
 }
 
 /// The outcome of a reconciliation.
@@ -49,7 +52,7 @@ pub struct Reconciliation {
     pub phantom_or_changed: u64,
     /// Rows in `rejected_events`.
     pub rejected_rows: u64,
-    /// Rows `rejected_events` must hold (poison + conflicting versions).
+    /// Rows `rejected_events` must hold (poison + conflicting versions + beyond the horizon).
     pub rejected_expected: u64,
     /// Trips whose latest `trip_balances` row was compared with the fold of their events.
     pub balances_checked: u64,
@@ -145,7 +148,7 @@ pub async fn check(
     let mut r = Reconciliation {
         records_sent: expected.records,
         events_expected: expected.events.len() as u64,
-        rejected_expected: expected.poison + expected.conflicts,
+        rejected_expected: expected.poison + expected.conflicts + expected.beyond_horizon,
         ..Reconciliation::default()
     };
     let ledger = lakehouse::scan(

@@ -213,3 +213,107 @@ fn walk(root: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// A valid record of `ev`, keyed by its trip.
+fn record(ev: recon_schemas::event::Event) -> generate::Record {
+    generate::Record {
+        partition_hint: None,
+        key: Some(ev.trip_id.as_bytes().to_vec()),
+        payload: ev.to_json(),
+        kind: RecordKind::Valid(ev),
+    }
+}
+
+/// Event `n` (0..4: charge, payment, payout, fee; a BALANCED trip) of trip `t`, at `hour`.
+fn trip_event(t: u32, n: u8, hour: i64) -> recon_schemas::event::Event {
+    use recon_schemas::event::EventType::*;
+    let (kind, cents) = [
+        (TripCharge, 2_000),
+        (RiderPayment, 2_000),
+        (DriverPayout, 1_600),
+        (PlatformFee, 400),
+    ][n as usize];
+    recon_schemas::event::Event {
+        event_id: uuid::Uuid::from_u128(u128::from(t) << 8 | u128::from(n)),
+        event_type: kind,
+        trip_id: format!("h-{t}"),
+        amount: rust_decimal::Decimal::new(cents, 2),
+        currency: recon_schemas::currency::Currency::USD,
+        occurred_at: chrono::DateTime::from_timestamp(1_764_000_000, 0).unwrap()
+            + chrono::Duration::hours(hour)
+            + chrono::Duration::minutes(i64::from(n)),
+        rider_id: None,
+        driver_id: None,
+        payment_id: None,
+        payout_id: None,
+        schema_version: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_beyond_the_horizon_are_dead_lettered_never_summed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("bs", 3, 1).unwrap();
+    // 100 balanced trips, one an hour: the high-water mark ends at hour 99.
+    let first: Vec<generate::Record> = (0..100u32)
+        .flat_map(|t| (0..4).map(move |n| record(trip_event(t, n, i64::from(t)))))
+        .collect();
+    let mut expected = Expected::default();
+    demo::publish(&brokers, "bs", &first, &mut expected).unwrap();
+    let mut cfg = config(&brokers, dir.path(), &dir.path().join("cold"));
+    cfg.state.late_horizon_ms = 24 * 3_600_000;
+    let catalog = lakehouse::open_catalog(&cfg).await.unwrap();
+    let run1 = run_until_idle(&cfg, catalog.clone()).await.unwrap();
+    assert!(run1.evicted > 50, "closed and settled trips left: {run1:?}");
+
+    // Later: beyond the horizon (hour 75): an event of a closed trip stamped now, an exact
+    // re-send of an old event, and a new trip's event from hour 10. Within it: a late refund.
+    let mut closed = trip_event(0, 0, 99);
+    closed.event_id = uuid::Uuid::from_u128(0xc105ed);
+    let resent = trip_event(1, 0, 1);
+    let mut old_new_trip = trip_event(500, 0, 10);
+    old_new_trip.trip_id = "h-new".into();
+    let mut refund = trip_event(98, 0, 99);
+    refund.event_id = uuid::Uuid::from_u128(0x4ef0);
+    refund.event_type = recon_schemas::event::EventType::Refund;
+    let late = [closed, resent, old_new_trip].map(record);
+    let mut ignored = Expected::default();
+    demo::publish(&brokers, "bs", &late, &mut ignored).unwrap();
+    expected.records += late.len() as u64;
+    expected.beyond_horizon += late.len() as u64;
+    demo::publish(&brokers, "bs", &[record(refund)], &mut expected).unwrap();
+
+    let run2 = run_until_idle(&cfg, catalog.clone()).await.unwrap();
+    let rec = reconcile::check(catalog.as_ref(), &cfg, &expected)
+        .await
+        .unwrap();
+    assert!(rec.is_clean(), "{rec}");
+    assert!(
+        run2.brought_back >= 1,
+        "the closed trip came back to be judged"
+    );
+    let rejected = recon_pipeline::lakehouse::scan(
+        catalog.as_ref(),
+        &recon_pipeline::lakehouse::table_ident(&cfg, "rejected_events"),
+        &["reason", "trip_id"],
+    )
+    .await
+    .unwrap();
+    let mut late_trips = Vec::new();
+    for b in &rejected {
+        use arrow_array::cast::AsArray;
+        let (reason, trip) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_string::<i32>(),
+        );
+        for i in 0..b.num_rows() {
+            assert_eq!(reason.value(i), "beyond_horizon");
+            late_trips.push(trip.value(i).to_string());
+        }
+    }
+    late_trips.sort();
+    assert_eq!(late_trips, ["h-0", "h-1", "h-new"]);
+    drop(cluster);
+}

@@ -37,8 +37,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use self::error::{
-    BALANCE_OVERFLOW, CONFLICTING_DUPLICATE, DecodeError, EVENT_ID_REUSED, EVENT_REASONS,
-    RejectReason, every_reason,
+    BALANCE_OVERFLOW, BEYOND_HORIZON, CONFLICTING_DUPLICATE, DecodeError, EVENT_ID_REUSED,
+    EVENT_REASONS, RejectReason, every_reason,
 };
 use self::object::TopLevel;
 use crate::currency::Currency;

@@ -179,6 +179,13 @@ pub fn numeric_keys(raw: &RawConfig) -> Vec<NumericKey> {
             "0 (off) to ten years of event time",
         ),
         k(
+            "state.late_horizon_ms",
+            raw.state.late_horizon_ms as i128,
+            0,
+            3650 * DAY_MS,
+            "0 (off) to ten years of event time",
+        ),
+        k(
             "state.evict_scan_per_barrier",
             raw.state.evict_scan_per_barrier as i128,
             1,

@@ -28,6 +28,13 @@ pub struct RawState {
     /// old; 0 = idle trips stay.
     #[serde(default)]
     pub evict_idle_after_ms: u64,
+    /// The late horizon, in milliseconds of event time; 0 = none. A record whose `occurred_at`
+    /// is older than this behind the newest event accepted, or whose trip had no event for
+    /// this long (a closed trip), is dead-lettered as `beyond_horizon`: never summed, never
+    /// dropped. Closed trips leave memory and their event ids are forgotten, which bounds the
+    /// id index to the horizon.
+    #[serde(default)]
+    pub late_horizon_ms: u64,
     /// Trips looked at per barrier for eviction (a round-robin scan).
     #[serde(default = "scan_default")]
     pub evict_scan_per_barrier: usize,
@@ -64,6 +71,7 @@ impl Default for RawState {
             payload_bytes_max: 64 * 1024,
             evict_settled_after_ms: 0,
             evict_idle_after_ms: 0,
+            late_horizon_ms: 0,
             evict_scan_per_barrier: scan_default(),
             cold_dir: String::new(),
             cold_merge_bytes_max: merge_default(),

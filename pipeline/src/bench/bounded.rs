@@ -87,6 +87,7 @@ pub async fn run(
     let policy = EvictPolicy {
         settled_after_us: Some(HOUR_US),
         idle_after_us: Some(7 * 24 * HOUR_US),
+        horizon_us: None,
         scan_per_barrier: 200_000,
     };
     let mut state = State::default();
@@ -136,7 +137,12 @@ pub async fn run(
             evicted += out.len() as u64;
             cold.add(&log, CheckpointId(id), Generation(1), &out)
                 .await?;
-            cold.maintain(&log, CheckpointId(id), Generation(1)).await?;
+            cold.maintain(
+                &log,
+                (CheckpointId(id), Generation(1)),
+                state.horizon_cutoff_us(),
+            )
+            .await?;
             fold.start(&log, &chain, &sums, CheckpointId(id), 50);
             barriers.push((t0.elapsed(), full));
             peak_hot = peak_hot.max(state.trips());

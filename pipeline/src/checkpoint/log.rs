@@ -496,6 +496,8 @@ impl CheckpointLog {
                     cold_runs: Vec::new(),
                     cold_retired: Vec::new(),
                     high_water_us: None,
+                    partition_event_time_us: Default::default(),
+                    watermark_us: None,
                     counts: Default::default(),
                     replay_until: Default::default(),
                     alerts: None,

@@ -209,6 +209,13 @@ pub struct Manifest {
     /// memory; absent in older manifests (a start then takes it from the restored trips).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub high_water_us: Option<i64>,
+    /// Per Kafka partition, the newest `occurred_at` (µs) accepted: the late horizon's
+    /// watermark is their minimum. Empty in older manifests.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partition_event_time_us: BTreeMap<i32, i64>,
+    /// The late horizon's watermark (µs): the oldest partition mark, never moving back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_us: Option<i64>,
     /// Counts of this checkpoint.
     pub counts: Counts,
     /// After a rewind: per partition, the offset below which records were already committed
@@ -269,6 +276,8 @@ impl Manifest {
             cold_runs: self.cold_runs.clone(),
             cold_retired: self.cold_retired.clone(),
             high_water_us: self.high_water_us,
+            partition_event_time_us: self.partition_event_time_us.clone(),
+            watermark_us: self.watermark_us,
             counts: Counts::default(),
             replay_until: self.replay_until.clone(),
             alerts: None,

@@ -197,6 +197,8 @@ impl Process {
             cold_runs: Vec::new(),
             cold_retired: Vec::new(),
             high_water_us: None,
+            partition_event_time_us: Default::default(),
+            watermark_us: None,
             counts: Counts::default(),
             replay_until: Default::default(),
             alerts: None,

@@ -14,6 +14,8 @@
 //! A merge that a crash cut short leaves a file no manifest lists in its checkpoint's
 //! directory (a leak bounded by the number of crashes; `maintain` sweeps do not see it).
 
+use std::collections::HashSet;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -24,7 +26,9 @@ use crate::checkpoint::log::CheckpointLog;
 use crate::ids::{CheckpointId, Generation};
 
 use super::ColdError;
-use super::runs::{ColdTier, RunRef, io, local_name, merge, open_local, put_run};
+use super::runs::{ColdTier, OpenRun, RunMeta, RunRef, io, local_name, open_local, put_run};
+use crate::state::codec;
+use crate::state::run::{self, RunBuilder, RunError};
 
 /// A run merged away: no manifest from checkpoint `at` on lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,10 +41,9 @@ pub struct Retired {
     pub at: CheckpointId,
 }
 
-/// A finished merge: the run that replaces `older` and `newer` (paths).
+/// A finished merge: the run that replaces adjacent runs (paths, oldest first).
 pub(super) struct Merged {
-    older: String,
-    newer: String,
+    replaces: Vec<String>,
     run: RunRef,
     took_ms: u64,
 }
@@ -55,41 +58,44 @@ impl ColdTier {
     pub async fn maintain(
         &mut self,
         log: &CheckpointLog,
-        id: CheckpointId,
-        generation: Generation,
+        (id, generation): (CheckpointId, Generation),
+        cutoff_us: Option<i64>,
     ) -> Result<(), ColdError> {
         if self.merging.as_ref().is_some_and(|t| t.is_finished()) {
             let task = self.merging.take().expect("a finished merge");
             self.take_in(task, id).await?;
         }
-        if self.merging.is_none()
-            && let Some(i) = self.merge_candidate()
-        {
-            let (older, newer) = (self.runs[i].r.clone(), self.runs[i + 1].r.clone());
-            let dir = self.dir.clone();
-            let log = log.clone();
-            self.merging = Some(tokio::spawn(async move {
-                let started = Instant::now();
-                let (o, n) = (older.clone(), newer.clone());
-                let d = dir.clone();
-                let (trips, bytes) = tokio::task::spawn_blocking(move || {
-                    let older = open_local(o.clone(), &d.join(local_name(&o)))?;
-                    let newer = open_local(n.clone(), &d.join(local_name(&n)))?;
-                    let b = merge(&newer, &older)?;
-                    Ok::<_, ColdError>((b.trips() as u64, b.finish()))
-                })
-                .await
-                .map_err(|e| ColdError::Io(format!("cold merge task: {e}")))??;
-                let opened =
-                    put_run(&log, &dir, id, generation, "cold-merge.run", trips, bytes).await?;
-                Ok(Merged {
-                    older: older.path,
-                    newer: newer.path,
-                    run: opened.r,
-                    took_ms: started.elapsed().as_millis() as u64,
-                })
-            }));
+        if self.merging.is_some() {
+            return Ok(());
         }
+        let Some(inputs) = self.merge_candidate(cutoff_us) else {
+            return Ok(());
+        };
+        // Newest first: the first record of a trip met is the one kept.
+        let refs: Vec<RunRef> = inputs.rev().map(|i| self.runs[i].r.clone()).collect();
+        let dir = self.dir.clone();
+        let log = log.clone();
+        self.merging = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            let (rs, d) = (refs.clone(), dir.clone());
+            let (meta, bytes) = tokio::task::spawn_blocking(move || {
+                let open = rs
+                    .iter()
+                    .map(|r| open_local(r.clone(), &d.join(local_name(r))))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (b, meta) = merge_runs(&open, cutoff_us)?;
+                Ok::<_, ColdError>((meta, b.finish()))
+            })
+            .await
+            .map_err(|e| ColdError::Io(format!("cold merge task: {e}")))??;
+            let opened =
+                put_run(&log, &dir, (id, generation), "cold-merge.run", meta, bytes).await?;
+            Ok(Merged {
+                replaces: refs.into_iter().rev().map(|r| r.path).collect(),
+                run: opened.r,
+                took_ms: started.elapsed().as_millis() as u64,
+            })
+        }));
         Ok(())
     }
 
@@ -114,10 +120,11 @@ impl ColdTier {
                 return Ok(());
             }
         };
+        let n = done.replaces.len();
         let Some(i) = self
             .runs
-            .windows(2)
-            .position(|w| w[0].r.path == done.older && w[1].r.path == done.newer)
+            .windows(n)
+            .position(|w| w.iter().map(|r| &r.r.path).eq(done.replaces.iter()))
         else {
             return Ok(());
         };
@@ -125,7 +132,7 @@ impl ColdTier {
         let merged = open_local(done.run, &local)?;
         let gone: Vec<RunRef> = self
             .runs
-            .splice(i..i + 2, std::iter::once(merged))
+            .splice(i..i + n, std::iter::once(merged))
             .map(|r| r.r)
             .collect();
         tracing::debug!(
@@ -141,12 +148,22 @@ impl ColdTier {
         Ok(())
     }
 
-    /// The older run of the newest adjacent pair that is due for a merge.
-    fn merge_candidate(&self) -> Option<usize> {
-        (0..self.runs.len().saturating_sub(1)).rev().find(|&i| {
+    /// The runs of the next merge (adjacent, oldest first): the newest adjacent pair that is
+    /// due (size-tiered), else one run whose trips are all beyond the horizon and that still
+    /// holds event ids (rewritten without them: the id index spans the horizon).
+    fn merge_candidate(&self, cutoff_us: Option<i64>) -> Option<Range<usize>> {
+        let pair = (0..self.runs.len().saturating_sub(1)).rev().find(|&i| {
             let (older, newer) = (self.runs[i].r.bytes, self.runs[i + 1].r.bytes);
             newer * 2 >= older && older + newer <= self.merge_bytes_max
-        })
+        });
+        if let Some(i) = pair {
+            return Some(i..i + 2);
+        }
+        let c = cutoff_us?;
+        self.runs
+            .iter()
+            .position(|r| r.r.ids > 0 && r.r.last_us_max.is_some_and(|l| l < c))
+            .map(|i| i..i + 1)
     }
 
     /// Runs merged away that a retained checkpoint may still list (for the manifest).
@@ -182,6 +199,110 @@ impl ColdTier {
         }
         Ok(doomed.len())
     }
+}
+
+/// A run's entries in key order, one block in memory at a time.
+struct Cursor<'a, T> {
+    run: &'a OpenRun,
+    blocks: std::vec::IntoIter<Range<u64>>,
+    entries: std::vec::IntoIter<T>,
+    parse: fn(&str, &[u8]) -> Result<Vec<T>, RunError>,
+}
+
+impl<'a, T> Cursor<'a, T> {
+    fn new(
+        run: &'a OpenRun,
+        blocks: Vec<Range<u64>>,
+        parse: fn(&str, &[u8]) -> Result<Vec<T>, RunError>,
+    ) -> Self {
+        Cursor {
+            run,
+            blocks: blocks.into_iter(),
+            entries: Vec::new().into_iter(),
+            parse,
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<T>, ColdError> {
+        loop {
+            if let Some(e) = self.entries.next() {
+                return Ok(Some(e));
+            }
+            let Some(range) = self.blocks.next() else {
+                return Ok(None);
+            };
+            let block = ColdTier::read(self.run, range)?;
+            let parsed = (self.parse)(&self.run.r.path, &block)
+                .map_err(|e| ColdError::Corrupt(e.to_string()))?;
+            self.entries = parsed.into_iter();
+        }
+    }
+}
+
+/// Merges `runs` (adjacent, newest first) into one: the newest record of each trip, each id
+/// entry once. With `cutoff_us`, a trip whose last event is before it is closed: its record
+/// loses its event ids and its id entries go. A streaming merge of sorted runs: memory is the
+/// output and one block per input, plus the keys of the trips closed here.
+pub(super) fn merge_runs(
+    runs: &[OpenRun],
+    cutoff_us: Option<i64>,
+) -> Result<(RunBuilder, RunMeta), ColdError> {
+    let mut b = RunBuilder::new();
+    let mut meta = RunMeta::default();
+    // Trip keys whose kept records hold no ids: their id entries are dropped.
+    let mut idless: HashSet<u64> = HashSet::new();
+    let mut cursors: Vec<_> = runs
+        .iter()
+        .map(|r| Cursor::new(r, r.index.trip_blocks(), run::block_trips))
+        .collect();
+    let mut heads = cursors
+        .iter_mut()
+        .map(Cursor::next)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut group: Vec<String> = Vec::new();
+    while let Some(key) = heads.iter().flatten().map(|(k, _)| *k).min() {
+        group.clear();
+        let mut any_ids = false;
+        for (head, cursor) in heads.iter_mut().zip(cursors.iter_mut()) {
+            while head.as_ref().is_some_and(|(k, _)| *k == key) {
+                let (_, value) = head.take().expect("a head");
+                *head = cursor.next()?;
+                let v = codec::view_record(&cursor.run.r.path, &value, cutoff_us)?;
+                if group.contains(&v.trip_id) {
+                    continue;
+                }
+                any_ids |= v.ids > 0;
+                meta.trip(v.last_us);
+                meta.ids += v.ids as u64;
+                group.push(v.trip_id);
+                b.trip(key, v.closed.unwrap_or(value));
+            }
+        }
+        if !any_ids {
+            idless.insert(key);
+        }
+    }
+    let mut cursors: Vec<_> = runs
+        .iter()
+        .map(|r| Cursor::new(r, r.index.id_blocks(), run::block_ids))
+        .collect();
+    let mut heads = cursors
+        .iter_mut()
+        .map(Cursor::next)
+        .collect::<Result<Vec<_>, _>>()?;
+    meta.ids = 0;
+    while let Some(entry) = heads.iter().flatten().copied().min() {
+        for (head, cursor) in heads.iter_mut().zip(cursors.iter_mut()) {
+            while *head == Some(entry) {
+                *head = cursor.next()?;
+            }
+        }
+        if !idless.contains(&entry.1) {
+            b.id(entry.0, entry.1);
+            meta.ids += 1;
+        }
+    }
+    Ok((b, meta))
 }
 
 #[cfg(test)]

@@ -78,8 +78,15 @@ pub async fn bring_back(
     let key = event_key(&ev.event_id);
     if !state.holds_id(key) {
         'holders: for holder in cold.id_holders(key).await? {
+            // Only a trip's newest record counts: an older one may hold ids the trip has
+            // since forgotten (it closed beyond the horizon).
+            let mut trips: Vec<String> = Vec::new();
             for (name, rec) in cold.trip_records(holder).await? {
                 let (id, _, seen, _) = codec::decode_trip(&name, &rec)?;
+                if trips.contains(&id) {
+                    continue;
+                }
+                trips.push(id.clone());
                 if seen.iter().any(|(k, _)| *k == key) {
                     if !state.is_hot(&id) {
                         brought.holder |= state.rehydrate(&name, &rec)?;

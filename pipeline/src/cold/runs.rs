@@ -13,7 +13,6 @@
 //! Runs are merged size-tiered, off the barrier (`merge`): a merge keeps the newest record of
 //! each trip, and the runs it replaces are deleted once no retained checkpoint lists them.
 
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -23,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::log::CheckpointLog;
 use crate::checkpoint::manifest::state_checksum;
 use crate::ids::{CheckpointId, Generation};
-use crate::state::codec;
 use crate::state::evict::Evicted;
 use crate::state::run::{self, RunBuilder, RunIndex, TRAILER_LEN};
 
@@ -40,11 +38,18 @@ pub struct RunRef {
     pub sha256: String,
     /// Trip records in it.
     pub trips: u64,
+    /// Event-id entries in it (0 in runs of older builds: unknown).
+    #[serde(default)]
+    pub ids: u64,
+    /// The newest `last_occurred_at` (µs) of its trips; once the late horizon passes it, every
+    /// trip in the run is closed and the run is rewritten without ids (`cold::merge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_us_max: Option<i64>,
 }
 
 pub(super) struct OpenRun {
     pub(super) r: RunRef,
-    index: RunIndex,
+    pub(super) index: RunIndex,
     file: File,
 }
 
@@ -144,20 +149,29 @@ impl ColdTier {
         evicted: &[Evicted],
     ) -> Result<(), ColdError> {
         let mut b = RunBuilder::new();
+        let mut meta = RunMeta::default();
         for e in evicted {
             if let Some(rec) = &e.record {
                 b.trip(e.key, rec.clone());
+                meta.trip(e.last_us);
                 for k in &e.ids {
                     b.id(*k, e.key);
                 }
+                meta.ids += e.ids.len() as u64;
             }
         }
         if b.trips() == 0 {
             return Ok(());
         }
-        let trips = b.trips() as u64;
-        let bytes = b.finish();
-        let r = put_run(log, &self.dir, id, generation, "cold-0.run", trips, bytes).await?;
+        let r = put_run(
+            log,
+            &self.dir,
+            (id, generation),
+            "cold-0.run",
+            meta,
+            b.finish(),
+        )
+        .await?;
         self.runs.push(r);
         Ok(())
     }
@@ -171,22 +185,41 @@ impl ColdTier {
     }
 }
 
+/// What a run's [`RunRef`] says of its content, counted while it is built.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct RunMeta {
+    pub(super) trips: u64,
+    pub(super) ids: u64,
+    pub(super) last_us_max: Option<i64>,
+}
+
+impl RunMeta {
+    /// Counts a trip record whose last event is `last_us`.
+    pub(super) fn trip(&mut self, last_us: Option<i64>) {
+        self.trips += 1;
+        if let Some(l) = last_us {
+            self.last_us_max = Some(self.last_us_max.map_or(l, |m| m.max(l)));
+        }
+    }
+}
+
 /// Writes a run into the checkpoint store (`ckpt/<id>-g<gen>/<name>`) and the local copy, and
 /// opens it.
 pub(super) async fn put_run(
     log: &CheckpointLog,
     dir: &Path,
-    id: CheckpointId,
-    generation: Generation,
+    (id, generation): (CheckpointId, Generation),
     name: &str,
-    trips: u64,
+    meta: RunMeta,
     bytes: Vec<u8>,
 ) -> Result<OpenRun, ColdError> {
     let r = RunRef {
         path: String::new(),
         bytes: bytes.len() as u64,
         sha256: state_checksum(&bytes),
-        trips,
+        trips: meta.trips,
+        ids: meta.ids,
+        last_us_max: meta.last_us_max,
     };
     let path = log
         .write_file(id, generation, name, bytes.clone())
@@ -227,37 +260,6 @@ pub(super) fn open_local(r: RunRef, local: &Path) -> Result<OpenRun, ColdError> 
         .map_err(|e| io(&r.path, e))?;
     let index = RunIndex::parse(&r.path, &footer).map_err(corrupt)?;
     Ok(OpenRun { r, index, file })
-}
-
-/// One run of `newer` and `older`: the newest record of each trip, every id pair once.
-pub(super) fn merge(newer: &OpenRun, older: &OpenRun) -> Result<RunBuilder, ColdError> {
-    let mut b = RunBuilder::new();
-    let mut kept: HashSet<(u64, String)> = HashSet::new();
-    for run in [newer, older] {
-        for range in run.index.trip_blocks() {
-            let block = ColdTier::read(run, range)?;
-            for (key, value) in run::block_trips(&run.r.path, &block).map_err(corrupt)? {
-                let (trip_id, ..) = codec::decode_trip(&run.r.path, &value)?;
-                if kept.insert((key, trip_id)) {
-                    b.trip(key, value);
-                }
-            }
-        }
-    }
-    let mut ids: HashMap<u64, Vec<u64>> = HashMap::new();
-    for run in [newer, older] {
-        for range in run.index.id_blocks() {
-            let block = ColdTier::read(run, range)?;
-            for (ek, tk) in run::block_ids(&run.r.path, &block).map_err(corrupt)? {
-                let h = ids.entry(ek).or_default();
-                if !h.contains(&tk) {
-                    h.push(tk);
-                    b.id(ek, tk);
-                }
-            }
-        }
-    }
-    Ok(b)
 }
 
 impl ColdLookup for ColdTier {

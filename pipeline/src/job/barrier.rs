@@ -77,9 +77,13 @@ impl Job {
                 self.crash.hit(CrashPoint::AfterColdRunWritten)?;
             }
             // A merge finished in the background is taken in; the next one starts.
-            cold.maintain(&self.log, id, self.generation)
-                .await
-                .map_err(|e| JobError::Protocol(e.to_string()))?;
+            cold.maintain(
+                &self.log,
+                (id, self.generation),
+                self.state.horizon_cutoff_us(),
+            )
+            .await
+            .map_err(|e| JobError::Protocol(e.to_string()))?;
         }
         let state_bytes = bytes.len();
         let checksum = crate::checkpoint::manifest::state_checksum(&bytes);
@@ -136,6 +140,8 @@ impl Job {
                 .map(|c| c.retired().to_vec())
                 .unwrap_or_default(),
             high_water_us: self.state.high_water_us(),
+            partition_event_time_us: self.state.partition_high(),
+            watermark_us: self.state.watermark_us(),
             counts: self.counts,
             replay_until: self.replay_until.clone(),
             alerts,

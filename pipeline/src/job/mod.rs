@@ -339,6 +339,8 @@ impl Job {
     async fn process(&mut self, records: Vec<Record>) -> Result<(), JobError> {
         let next_id = self.last.next();
         let half = records.len() / 2;
+        // The horizon's high-water mark is clamped to the wall clock, read once per batch.
+        self.state.set_clock(chrono::Utc::now().timestamp_micros());
         let before = self.counts;
         // The identity of the last record per partition, recorded in the checkpoint so that a
         // restart can tell the topic still holds it (one fingerprint per partition per batch).
@@ -417,6 +419,29 @@ impl Job {
                             recon_schemas::money::SCALE
                         );
                         self.reject_event(&r, &ev, decode::BALANCE_OVERFLOW, why);
+                    }
+                    Outcome::BeyondHorizon { trip_closed } => {
+                        let cutoff = self
+                            .state
+                            .horizon_cutoff_us()
+                            .and_then(chrono::DateTime::from_timestamp_micros)
+                            .map_or_else(|| "-".to_string(), |t| t.to_rfc3339());
+                        let why = if trip_closed {
+                            format!(
+                                "trip {} is closed: it had no event for longer than the late horizon (state.late_horizon_ms = {}), so this {} is not applied (the trip's balance is unchanged)",
+                                ev.trip_id,
+                                self.cfg.state.late_horizon_ms,
+                                ev.event_type.as_str()
+                            )
+                        } else {
+                            format!(
+                                "occurred_at {} is before the late horizon {cutoff} (state.late_horizon_ms = {} behind the newest event accepted); not applied to trip {}",
+                                ev.occurred_at.to_rfc3339(),
+                                self.cfg.state.late_horizon_ms,
+                                ev.trip_id
+                            )
+                        };
+                        self.reject_event(&r, &ev, decode::BEYOND_HORIZON, why);
                     }
                     Outcome::EventIdReused { holder } => {
                         let first_trip = self.state.trip(holder).trip_id().to_string();
@@ -522,7 +547,7 @@ impl Job {
         // even have one).
         let changed = !matches!(
             outcome,
-            Outcome::ExactDuplicate | Outcome::EventIdReused { .. }
+            Outcome::ExactDuplicate | Outcome::EventIdReused { .. } | Outcome::BeyondHorizon { .. }
         );
         if tracking && changed {
             let after = self

@@ -285,7 +285,15 @@ pub(super) async fn recover(
     if let Some(h) = claimed.manifest.high_water_us {
         state.raise_high_water(h);
     }
+    for (p, t) in &claimed.manifest.partition_event_time_us {
+        state.raise_partition_high(*p, *t);
+    }
+    if let Some(w) = claimed.manifest.watermark_us {
+        state.raise_watermark(w);
+    }
+    state.set_partitions(&partitions.iter().map(|p| p.0).collect::<Vec<_>>());
     let evict = evict_policy(cfg);
+    state.set_horizon(evict.horizon_us);
     let cold = if evict.enabled()
         || !claimed.manifest.cold_runs.is_empty()
         || !claimed.manifest.cold_retired.is_empty()
@@ -398,6 +406,7 @@ fn evict_policy(cfg: &Config) -> crate::state::evict::EvictPolicy {
     crate::state::evict::EvictPolicy {
         settled_after_us: us(cfg.state.evict_settled_after_ms),
         idle_after_us: us(cfg.state.evict_idle_after_ms),
+        horizon_us: us(cfg.state.late_horizon_ms),
         scan_per_barrier: cfg.state.evict_scan_per_barrier,
     }
 }

@@ -7,7 +7,9 @@
 //! partitions are read in no fixed order. So the replay does not ask the rule again: it reads
 //! which records the tables hold as `event_id_reused` dead letters and skips exactly those
 //! (their trips never changed), and applies every other record to its own trip
-//! ([`State::apply_replayed`](crate::state::State::apply_replayed)).
+//! ([`State::apply_replayed`](crate::state::State::apply_replayed)). The late horizon's
+//! decisions depend on the job-wide high-water mark, so `beyond_horizon` records are skipped
+//! the same way, and the replay never asks the horizon again.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,7 +20,7 @@ use futures::TryStreamExt;
 use iceberg::expr::Reference;
 use iceberg::spec::Datum;
 use iceberg::table::Table;
-use recon_schemas::decode::EVENT_ID_REUSED;
+use recon_schemas::decode::{BEYOND_HORIZON, EVENT_ID_REUSED};
 use uuid::Uuid;
 
 use crate::checkpoint::manifest::PartitionCut;
@@ -31,12 +33,13 @@ use super::JobError;
 /// replay range of more reused ids than a job should ever see; the start stops and says so.
 pub(super) const SKIPS_MAX: usize = 50_000_000;
 
-/// The replayed records the tables hold as `event_id_reused`: (partition, offset) -> event id.
+/// The replayed records the tables hold as `event_id_reused` or `beyond_horizon` (decisions that
+/// did not change the record's trip): (partition, offset) -> event id.
 #[derive(Debug, Default)]
 pub(super) struct ReplaySkips(HashMap<(i32, i64), Uuid>);
 
 impl ReplaySkips {
-    /// Reads `event_id_reused` dead letters of `rejected` whose position lies in a partition's
+    /// Reads `event_id_reused` and `beyond_horizon` dead letters of `rejected` whose position lies in a partition's
     /// replay range: from the restored cut's end up to `replay_until`.
     pub(super) async fn load(
         rejected: &Table,
@@ -55,7 +58,11 @@ impl ReplaySkips {
         let mut batches = rejected
             .scan()
             .select(["kafka_partition", "kafka_offset", "event_id"])
-            .with_filter(Reference::new("reason").equal_to(Datum::string(EVENT_ID_REUSED)))
+            .with_filter(
+                Reference::new("reason")
+                    .equal_to(Datum::string(EVENT_ID_REUSED))
+                    .or(Reference::new("reason").equal_to(Datum::string(BEYOND_HORIZON))),
+            )
             .build()
             .map_err(err("scan reused ids"))?
             .to_arrow()
@@ -85,7 +92,7 @@ impl ReplaySkips {
                 };
                 if skips.0.len() >= SKIPS_MAX {
                     return Err(JobError::Protocol(format!(
-                        "{what}: more than {SKIPS_MAX} event_id_reused dead letters in the rewind's replay range; rewind to a newer checkpoint"
+                        "{what}: more than {SKIPS_MAX} event_id_reused/beyond_horizon dead letters in the rewind's replay range; rewind to a newer checkpoint"
                     )));
                 }
                 skips.0.insert((p, o), id);

@@ -143,6 +143,50 @@ pub fn encode_trip(t: &TripState) -> Vec<u8> {
     postcard::to_stdvec(&record(t)).expect("trip encodes")
 }
 
+/// What the cold tier's merge needs of a record (`encode_trip`).
+#[derive(Debug)]
+pub struct RecordView {
+    /// The trip id.
+    pub trip_id: String,
+    /// Accepted events.
+    pub events: u32,
+    /// Event ids held.
+    pub ids: usize,
+    /// Its last event (µs).
+    pub last_us: Option<i64>,
+    /// The record of the closed trip, without its event ids (`Some` when the trip has ids
+    /// and its last event is before `cutoff_us`).
+    pub closed: Option<Vec<u8>>,
+}
+
+/// Reads a record for a merge; with `cutoff_us`, also its closed copy when the trip's last event
+/// is before it (the trip is beyond the horizon: its ids are forgotten, it stays closed).
+pub fn view_record(
+    name: &str,
+    bytes: &[u8],
+    cutoff_us: Option<i64>,
+) -> Result<RecordView, CodecError> {
+    let mut r: TripRecord = postcard::from_bytes(bytes).map_err(|e| CodecError::Corrupt {
+        path: name.to_string(),
+        message: e.to_string(),
+    })?;
+    let closing = r.events > 0
+        && !r.seen.is_empty()
+        && cutoff_us.is_some_and(|c| r.last_occurred_at_us.is_some_and(|l| l < c));
+    let ids = r.seen.len();
+    let closed = closing.then(|| {
+        r.seen.clear();
+        postcard::to_stdvec(&r).expect("trip encodes")
+    });
+    Ok(RecordView {
+        trip_id: r.trip_id,
+        events: r.events,
+        ids: if closing { 0 } else { ids },
+        last_us: r.last_occurred_at_us,
+        closed,
+    })
+}
+
 /// Decodes one trip written by [`encode_trip`]; `name` says where it came from in errors.
 pub fn decode_trip(name: &str, bytes: &[u8]) -> Result<Restored, CodecError> {
     let r: TripRecord = postcard::from_bytes(bytes).map_err(|e| CodecError::Corrupt {

@@ -26,6 +26,8 @@ pub struct EvictPolicy {
     pub settled_after_us: Option<i64>,
     /// Any trip whose last event is at least this old.
     pub idle_after_us: Option<i64>,
+    /// The late horizon: a closed trip leaves memory whatever the spans above say.
+    pub horizon_us: Option<i64>,
     /// Slots looked at per barrier (a round-robin cursor: the scan costs the same at every
     /// barrier, whatever the number of trips).
     pub scan_per_barrier: usize,
@@ -34,7 +36,7 @@ pub struct EvictPolicy {
 impl EvictPolicy {
     /// Whether anything can ever leave memory.
     pub fn enabled(&self) -> bool {
-        self.settled_after_us.is_some() || self.idle_after_us.is_some()
+        self.settled_after_us.is_some() || self.idle_after_us.is_some() || self.horizon_us.is_some()
     }
 }
 
@@ -57,6 +59,8 @@ pub struct Evicted {
     pub record: Option<Vec<u8>>,
     /// Its event keys, for the cold tier's id section (`None` record: empty).
     pub ids: Vec<u64>,
+    /// Its last event (µs).
+    pub last_us: Option<i64>,
 }
 
 /// The cold tier's key of a trip id: XXH3-64, the same in every process and build.
@@ -73,6 +77,75 @@ impl State {
     /// Raises the high-water mark to `us` (a checkpoint's recorded mark, at restore).
     pub fn raise_high_water(&mut self, us: i64) {
         self.high_water_us = Some(self.high_water_us.map_or(us, |h| h.max(us)));
+    }
+
+    /// Sets the late horizon (µs of event time; `None`: none).
+    pub fn set_horizon(&mut self, horizon_us: Option<i64>) {
+        self.horizon_us = horizon_us;
+    }
+
+    /// Sets the partitions the job reads: the horizon's watermark exists once each has a mark.
+    pub fn set_partitions(&mut self, partitions: &[i32]) {
+        self.partitions = partitions.to_vec();
+    }
+
+    /// Raises a partition's event-time mark (a checkpoint's recorded marks, at restore).
+    pub fn raise_partition_high(&mut self, partition: i32, us: i64) {
+        let p = self.partition_high.entry(partition).or_insert(us);
+        *p = (*p).max(us);
+    }
+
+    /// Each partition's newest `occurred_at` (µs), for the manifest.
+    pub fn partition_high(&self) -> std::collections::BTreeMap<i32, i64> {
+        self.partition_high.iter().map(|(p, t)| (*p, *t)).collect()
+    }
+
+    /// Sets the wall clock (µs) and takes the watermark for the batch that follows: the
+    /// horizon's decisions in a batch all use the same cutoff.
+    pub fn set_clock(&mut self, now_us: i64) {
+        self.clock_us = Some(now_us);
+        self.refresh_watermark();
+    }
+
+    /// Moves the watermark to the oldest partition mark, never back (a partition added to the
+    /// topic starts behind the others: it cannot reopen closed trips).
+    pub(super) fn refresh_watermark(&mut self) {
+        if let Some(w) = self.partition_watermark() {
+            self.watermark_us = Some(self.watermark_us.map_or(w, |m| m.max(w)));
+        }
+    }
+
+    /// The horizon's watermark (µs): the oldest partition mark, never moving back.
+    pub fn watermark_us(&self) -> Option<i64> {
+        self.watermark_us
+    }
+
+    /// Raises the watermark (a checkpoint's recorded one, at restore).
+    pub fn raise_watermark(&mut self, us: i64) {
+        self.watermark_us = Some(self.watermark_us.map_or(us, |m| m.max(us)));
+    }
+
+    /// The oldest of the partitions' marks; `None` while a partition the job reads has none
+    /// (an empty or unread partition holds the horizon back: events are never called late
+    /// early).
+    fn partition_watermark(&self) -> Option<i64> {
+        if self.partitions.is_empty() {
+            return self.partition_high.values().copied().min();
+        }
+        self.partitions
+            .iter()
+            .map(|p| self.partition_high.get(p).copied())
+            .try_fold(i64::MAX, |m, h| h.map(|h| m.min(h)))
+    }
+
+    /// Event time before which an event is beyond the horizon, and a trip whose last event is
+    /// older is closed: the watermark (the oldest partition mark, clamped to the wall clock)
+    /// minus the horizon.
+    pub fn horizon_cutoff_us(&self) -> Option<i64> {
+        let h = self.horizon_us?;
+        let w = self.watermark_us?;
+        let w = self.clock_us.map_or(w, |c| w.min(c));
+        Some(w.saturating_sub(h))
     }
 
     /// Whether the trip is in memory.
@@ -117,6 +190,9 @@ impl State {
         if t.flags & FLAG_VACANT != 0 || t.dirty {
             return false;
         }
+        if t.is_closed(self.horizon_cutoff_us()) {
+            return true;
+        }
         // A trip with no accepted event has no event time: idle by definition.
         let Some(last) = t.last_occurred_us else {
             return policy.idle_after_us.is_some();
@@ -129,8 +205,21 @@ impl State {
             && t.balance().status() == TripStatus::Balanced
     }
 
-    /// Removes a trip from memory (slot freed, index and id entries dropped).
+    /// Removes a trip from memory (slot freed, index and id entries dropped). A closed trip's
+    /// record leaves without its event ids: they are free again, and the trip stays closed.
     fn take_out(&mut self, slot: u32) -> Option<Evicted> {
+        let closed = self.slots[slot as usize].is_closed(self.horizon_cutoff_us());
+        let t = &self.slots[slot as usize];
+        for (k, _) in &t.seen {
+            if self.ids.get(k) == Some(&slot) {
+                self.ids.remove(k);
+            }
+        }
+        let t = &mut self.slots[slot as usize];
+        if closed && t.events > 0 && !t.seen.is_empty() {
+            t.seen = Default::default();
+            t.flags &= !FLAG_COLD_CURRENT;
+        }
         let t = &self.slots[slot as usize];
         let record = (t.flags & FLAG_COLD_CURRENT == 0).then(|| codec::encode_trip(t));
         let ids: Vec<u64> = if record.is_some() {
@@ -139,11 +228,7 @@ impl State {
             Vec::new()
         };
         let trip_id = t.trip_id.clone();
-        for (k, _) in &t.seen {
-            if self.ids.get(k) == Some(&slot) {
-                self.ids.remove(k);
-            }
-        }
+        let last_us = t.last_occurred_us;
         self.index.remove(trip_id.as_str());
         let t = &mut self.slots[slot as usize];
         t.flags = FLAG_VACANT;
@@ -155,6 +240,7 @@ impl State {
             trip_id,
             record,
             ids,
+            last_us,
         })
     }
 

@@ -89,6 +89,14 @@ impl TripState {
         }
     }
 
+    /// Whether the trip is closed: its event ids were forgotten (it had accepted events and
+    /// holds none: it left memory beyond the horizon, closed for good), or its last event is
+    /// older than `cutoff_us` (the horizon behind the high-water mark).
+    pub fn is_closed(&self, cutoff_us: Option<i64>) -> bool {
+        (self.events > 0 && self.seen.is_empty())
+            || cutoff_us.is_some_and(|c| self.last_occurred_us.is_some_and(|l| l < c))
+    }
+
     /// The trip id.
     pub fn trip_id(&self) -> &str {
         &self.trip_id
@@ -174,6 +182,14 @@ pub enum Outcome {
         /// The trip that holds the id ([`State::trip`]).
         holder: TripSlot,
     },
+    /// Later than the horizon (`[state] late_horizon_ms`): the event's `occurred_at` is older
+    /// than the horizon behind the newest event accepted, or its trip is closed (no event for
+    /// longer than the horizon, or its ids were forgotten). Dead-lettered as `beyond_horizon`;
+    /// no trip changes.
+    BeyondHorizon {
+        /// The trip is closed (else the event itself is too old).
+        trip_closed: bool,
+    },
 }
 
 /// All trips this process owns.
@@ -194,6 +210,20 @@ pub struct State {
     /// Where the next eviction scan starts, and trips brought back from the cold tier since
     /// the last scan (looked at first).
     scan: evict::Scan,
+    /// Newest `occurred_at` (µs) accepted or restored per Kafka partition: the horizon's
+    /// watermark is their minimum, so a partition read behind the others (a backlog) holds it
+    /// back instead of seeing its events called late.
+    partition_high: HashMap<i32, i64, foldhash::fast::RandomState>,
+    /// The partitions the job reads: until each has a mark, there is no watermark.
+    partitions: Vec<i32>,
+    /// The horizon's watermark: the oldest partition mark as of the start of the batch
+    /// ([`State::set_clock`]), never moving back.
+    watermark_us: Option<i64>,
+    /// The late horizon (µs of event time), if any.
+    horizon_us: Option<i64>,
+    /// The wall clock (µs) the high-water mark is clamped to for the horizon: an event stamped
+    /// in the future cannot close every trip at once.
+    clock_us: Option<i64>,
 }
 
 impl State {
@@ -221,6 +251,19 @@ impl State {
         let key = event_key(&ev.event_id);
         let fp = ev.fingerprint();
         let existing = self.index.get(ev.trip_id.as_str()).copied();
+        if self.clock_us.is_none() {
+            // No batch clock (tests, tools): the watermark follows every event.
+            self.refresh_watermark();
+        }
+        let cutoff = self.horizon_cutoff_us();
+        if id_rule {
+            if cutoff.is_some_and(|c| ev.occurred_at.timestamp_micros() < c) {
+                return Ok(Outcome::BeyondHorizon { trip_closed: false });
+            }
+            if existing.is_some_and(|s| self.slots[s as usize].is_closed(cutoff)) {
+                return Ok(Outcome::BeyondHorizon { trip_closed: true });
+            }
+        }
         // The trip's own ids first: a re-send to the trip that holds the id is a duplicate,
         // whatever the job-wide index says (state written before the rule may hold an id on
         // two trips).
@@ -228,14 +271,29 @@ impl State {
             let seen = &self.slots[s as usize].seen;
             seen.iter().find(|(e, _)| *e == key).map(|(_, f)| *f)
         });
+        // The id of a closed trip is free again: the job-wide rule spans the horizon (a closed
+        // trip's ids are forgotten when it leaves memory).
+        let mut take_over = false;
         if id_rule
             && seen_fp.is_none()
             && let Some(&holder) = self.ids.get(&key)
             && Some(holder) != existing
         {
-            return Ok(Outcome::EventIdReused {
-                holder: TripSlot(holder),
-            });
+            if !self.slots[holder as usize].is_closed(cutoff) {
+                return Ok(Outcome::EventIdReused {
+                    holder: TripSlot(holder),
+                });
+            }
+            take_over = true;
+            // The closed trip lets the id go (its own events are all beyond the horizon, so its
+            // seen list decides nothing more), and the change is written with the next delta:
+            // one trip holds an id, after a restart too.
+            let h = &mut self.slots[holder as usize];
+            h.seen.retain(|(k, _)| *k != key);
+            if !h.dirty {
+                h.dirty = true;
+                self.dirty.push(holder);
+            }
         }
         let slot = match existing {
             Some(s) => s as usize,
@@ -255,10 +313,16 @@ impl State {
                     trip.set_balance(&b)?;
                     if let Some(t) = trip.last_occurred_us {
                         self.high_water_us = Some(self.high_water_us.map_or(t, |h| h.max(t)));
+                        let p = self.partition_high.entry(trip.partition).or_insert(t);
+                        *p = (*p).max(t);
                     }
                 }
                 trip.seen.push((key, fp));
-                self.ids.entry(key).or_insert(slot as u32);
+                if take_over {
+                    self.ids.insert(key, slot as u32);
+                } else {
+                    self.ids.entry(key).or_insert(slot as u32);
+                }
                 if applied == Applied::Overflow {
                     Outcome::BalanceOverflow
                 } else {
@@ -340,6 +404,8 @@ impl State {
         }
         if let Some(l) = t.last_occurred_us {
             self.high_water_us = Some(self.high_water_us.map_or(l, |h| h.max(l)));
+            let p = self.partition_high.entry(partition).or_insert(l);
+            *p = (*p).max(l);
         }
         self.slots[slot as usize] = t;
         Ok(TripSlot(slot))

@@ -196,3 +196,101 @@ fn an_event_beyond_the_money_type_is_refused_and_the_trip_kept() {
     let want = recon_schemas::balance::fold([&big, &big2, &big2, &pay]).unwrap();
     assert_eq!(s.get("trip-1").unwrap().balance(), want);
 }
+
+/// An event of `trip` at `hour` hours after 2026-11-28T00:00Z.
+fn at(id: u128, trip: &str, hour: i64) -> Event {
+    let mut e = ev(id, EventType::TripCharge, 1000);
+    e.trip_id = trip.into();
+    e.occurred_at = chrono::Utc.with_ymd_and_hms(2026, 11, 28, 0, 0, 0).unwrap()
+        + chrono::Duration::hours(hour);
+    e
+}
+
+#[test]
+fn the_late_horizon_dead_letters_old_events_and_closed_trips_and_frees_their_ids() {
+    let mut s = State::default();
+    s.set_horizon(Some(10 * 3_600_000_000));
+    assert_eq!(s.apply(&at(1, "a", 0), 0).unwrap(), Outcome::Accepted);
+    assert_eq!(s.apply(&at(2, "b", 5), 0).unwrap(), Outcome::Accepted);
+    assert_eq!(s.apply(&at(3, "c", 12), 0).unwrap(), Outcome::Accepted);
+    // The high-water mark is hour 12: the horizon starts at hour 2.
+    assert_eq!(
+        s.apply(&at(4, "b", 1), 0).unwrap(),
+        Outcome::BeyondHorizon { trip_closed: false },
+        "an event older than the horizon"
+    );
+    assert_eq!(
+        s.apply(&at(5, "a", 6), 0).unwrap(),
+        Outcome::BeyondHorizon { trip_closed: true },
+        "trip a's last event (hour 0) is beyond the horizon: closed"
+    );
+    assert_eq!(
+        s.apply(&at(1, "a", 0), 0).unwrap(),
+        Outcome::BeyondHorizon { trip_closed: false },
+        "a re-send of a's event is beyond the horizon, never a silent drop"
+    );
+    assert_eq!(s.apply(&at(6, "b", 6), 0).unwrap(), Outcome::Accepted);
+    // a's id is free again: the first trip to take it holds it.
+    s.take_changed();
+    assert_eq!(s.apply(&at(1, "d", 11), 0).unwrap(), Outcome::Accepted);
+    assert!(
+        s.get("a").unwrap().seen.is_empty(),
+        "the closed trip lets the id go"
+    );
+    assert_eq!(
+        s.changed(),
+        2,
+        "d and the closed a are written with the next delta"
+    );
+    assert!(matches!(
+        s.apply(&at(1, "e", 11), 0).unwrap(),
+        Outcome::EventIdReused { holder } if s.trip(holder).trip_id() == "d"
+    ));
+    // The wall clock caps the high-water mark: an event stamped far ahead closes nothing.
+    s.set_clock(
+        chrono::Utc
+            .with_ymd_and_hms(2026, 11, 28, 13, 0, 0)
+            .unwrap()
+            .timestamp_micros(),
+    );
+    assert_eq!(
+        s.apply(&at(7, "f", 24 * 365), 0).unwrap(),
+        Outcome::Accepted
+    );
+    assert_eq!(s.apply(&at(8, "b", 7), 0).unwrap(), Outcome::Accepted);
+    // Without a horizon nothing is beyond it.
+    let mut none = State::default();
+    none.apply(&at(1, "a", 1000), 0).unwrap();
+    assert_eq!(none.apply(&at(2, "b", 0), 0).unwrap(), Outcome::Accepted);
+}
+
+#[test]
+fn a_closed_trip_leaves_memory_without_its_ids_and_stays_closed() {
+    let mut s = State::default();
+    s.set_horizon(Some(10 * 3_600_000_000));
+    s.apply(&at(1, "a", 0), 0).unwrap();
+    s.apply(&at(2, "b", 12), 0).unwrap();
+    s.take_changed();
+    // A batch starts: the watermark takes b's mark.
+    s.set_clock(i64::MAX);
+    let policy = evict::EvictPolicy {
+        settled_after_us: None,
+        idle_after_us: None,
+        horizon_us: Some(10 * 3_600_000_000),
+        scan_per_barrier: 10,
+    };
+    let out = s.evict(s.high_water_us().unwrap(), &policy);
+    assert_eq!(out.len(), 1, "only the closed trip leaves");
+    assert_eq!(out[0].trip_id, "a");
+    assert!(out[0].ids.is_empty(), "its ids are forgotten");
+    assert!(!s.holds_id(event_key(&uuid::Uuid::from_u128(1))));
+    // Back in memory (an event for it), it is closed even with the horizon gone.
+    let mut later = State::default();
+    later
+        .rehydrate("cold", out[0].record.as_ref().unwrap())
+        .unwrap();
+    assert_eq!(
+        later.apply(&at(9, "a", 1), 0).unwrap(),
+        Outcome::BeyondHorizon { trip_closed: true }
+    );
+}

@@ -175,9 +175,21 @@ pub const BALANCE_OVERFLOW: &str = "balance_overflow";
 /// changes). Which trip is first follows the order the job read its partitions in.
 pub const EVENT_ID_REUSED: &str = "event_id_reused";
 
+/// `rejected_events.reason` of a record that decoded, but that came later than the job's
+/// configured horizon (`[state] late_horizon_ms`): its `occurred_at` is older than the
+/// horizon behind the newest event the job accepted, or its trip had no event for longer than
+/// the horizon (the trip is closed; its state may be gone). Not summed, not dropped: every
+/// such record is here, and batch-verify counts them.
+pub const BEYOND_HORIZON: &str = "beyond_horizon";
+
 /// Reasons of records that decoded but whose event was not applied; with [`RejectReason::ALL`]
 /// (the decoding errors), every reason a `rejected_events` row can carry.
-pub const EVENT_REASONS: [&str; 3] = [CONFLICTING_DUPLICATE, BALANCE_OVERFLOW, EVENT_ID_REUSED];
+pub const EVENT_REASONS: [&str; 4] = [
+    CONFLICTING_DUPLICATE,
+    BALANCE_OVERFLOW,
+    EVENT_ID_REUSED,
+    BEYOND_HORIZON,
+];
 
 /// Every `rejected_events.reason` code: the decoding errors, then [`EVENT_REASONS`].
 pub fn every_reason() -> impl Iterator<Item = &'static str> {

@@ -40,6 +40,7 @@ async fn merged_runs_keep_every_trip_and_are_deleted_only_when_unlisted() {
     let policy = EvictPolicy {
         settled_after_us: None,
         idle_after_us: Some(0),
+        horizon_us: None,
         scan_per_barrier: 1_000,
     };
     let mut state = State::default();
@@ -57,7 +58,7 @@ async fn merged_runs_keep_every_trip_and_are_deleted_only_when_unlisted() {
         tier.add(&log, CheckpointId(id), Generation(1), &out)
             .await
             .unwrap();
-        tier.maintain(&log, CheckpointId(id), Generation(1))
+        tier.maintain(&log, (CheckpointId(id), Generation(1)), None)
             .await
             .unwrap();
         tier.finish_merge(CheckpointId(id + 1)).await.unwrap();
@@ -119,5 +120,67 @@ async fn merged_runs_keep_every_trip_and_are_deleted_only_when_unlisted() {
             .await
             .unwrap();
         assert_eq!(recs.len(), 1, "trip {t} after restart");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_beyond_the_horizon_is_rewritten_without_event_ids() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(root.path()).unwrap();
+    let store = Arc::new(ObjectCheckpointStore::new(Arc::new(fs)));
+    let log = CheckpointLog::new(store, "", JobId::new("expire").unwrap());
+    let mut tier = ColdTier::open(&log, &root.path().join("local"), &[], &[], 1 << 30)
+        .await
+        .unwrap();
+    let mut state = State::default();
+    for t in 0..40u32 {
+        state.apply(&event(t, u128::from(t) + 1), 0).unwrap();
+    }
+    state.take_changed();
+    let policy = EvictPolicy {
+        settled_after_us: None,
+        idle_after_us: Some(0),
+        horizon_us: None,
+        scan_per_barrier: 100,
+    };
+    let out = state.evict(i64::MAX, &policy);
+    tier.add(&log, CheckpointId(1), Generation(1), &out)
+        .await
+        .unwrap();
+    assert_eq!(tier.refs()[0].ids, 40);
+    let last = tier.refs()[0]
+        .last_us_max
+        .expect("the run knows its newest event");
+    // Before the horizon passes the run's newest event: nothing to do.
+    tier.maintain(&log, (CheckpointId(2), Generation(1)), Some(last))
+        .await
+        .unwrap();
+    tier.finish_merge(CheckpointId(3)).await.unwrap();
+    assert_eq!(tier.refs()[0].ids, 40);
+    // After: the run is rewritten, every trip kept, every id gone; the old run retires.
+    tier.maintain(&log, (CheckpointId(3), Generation(1)), Some(last + 1))
+        .await
+        .unwrap();
+    tier.finish_merge(CheckpointId(4)).await.unwrap();
+    let r = &tier.refs()[0];
+    assert_eq!((r.trips, r.ids), (40, 0));
+    assert_eq!(tier.retired().len(), 1);
+    for t in 0..40u32 {
+        let recs = tier
+            .trip_records(trip_key(&format!("trip-{t}")))
+            .await
+            .unwrap();
+        assert_eq!(recs.len(), 1);
+        let (_, b, seen, _) = crate::state::codec::decode_trip("cold", &recs[0].1).unwrap();
+        assert!(
+            seen.is_empty() && b.events == 1,
+            "trip {t} closed with its balance"
+        );
+        assert!(
+            tier.id_holders(event_key(&uuid::Uuid::from_u128(u128::from(t) + 1)))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }
