@@ -28,6 +28,10 @@ use crate::state::{Outcome, State, codec};
 use super::{percentile, rss_bytes};
 
 const HOUR_US: i64 = 3_600_000_000;
+/// The late horizon of the run: a trip with no event for 3 days is closed.
+const HORIZON_US: i64 = 72 * HOUR_US;
+/// Cold runs merge up to this size (a merge holds its output in memory).
+const MERGE_BYTES_MAX: u64 = 64 << 20;
 /// Simulated event time between barriers (simulated days pass in seconds: a barrier per
 /// simulated minute would scan every slot tens of thousands of times).
 const BARRIER_EVERY_US: i64 = 600_000_000;
@@ -80,17 +84,18 @@ pub async fn run(
     let store = std::sync::Arc::new(ObjectCheckpointStore::new(std::sync::Arc::new(fs)));
     let log = CheckpointLog::new(store, "", JobId::new("bounded-bench").expect("job id"));
     let cold_dir = dir.join("bounded-cold");
-    let mut cold = ColdTier::open(&log, &cold_dir, &[], &[], 256 << 20).await?;
+    let mut cold = ColdTier::open(&log, &cold_dir, &[], &[], MERGE_BYTES_MAX).await?;
     let mut fold = ChainFold::default();
     let mut sums: BTreeMap<String, String> = BTreeMap::new();
     let mut folds = 0u64;
     let policy = EvictPolicy {
         settled_after_us: Some(HOUR_US),
         idle_after_us: Some(7 * 24 * HOUR_US),
-        horizon_us: None,
+        horizon_us: Some(HORIZON_US),
         scan_per_barrier: 200_000,
     };
     let mut state = State::default();
+    state.set_horizon(Some(HORIZON_US));
     // (time, trip, event number): the next event of every open trip, plus late ones.
     let mut queue: BinaryHeap<Reverse<(i64, u64, u8)>> = BinaryHeap::new();
     let mut next_trip = 0u64;
@@ -98,7 +103,7 @@ pub async fn run(
     let mut id = 0u64;
     let mut chain: Vec<String> = Vec::new();
     let (mut barriers, mut events, mut brought, mut evicted) = (Vec::new(), 0u64, 0u64, 0u64);
-    let (mut late, mut resent, mut peak_hot) = (0u64, 0u64, 0usize);
+    let (mut late, mut resent, mut beyond, mut peak_hot) = (0u64, 0u64, 0u64, 0usize);
     let started = Instant::now();
     loop {
         let arrival = (next_trip < trips).then(|| next_trip as i64 * interval_us);
@@ -160,11 +165,14 @@ pub async fn run(
                 1 | 2 => queue.push(Reverse((now + life_us / 3, t, n + 1))),
                 3 if t % 100 == 7 => queue.push(Reverse((now + 48 * HOUR_US, t, 4))),
                 3 if t % 200 == 3 => queue.push(Reverse((now + 48 * HOUR_US, t, 5))),
+                // A refund 5 days after the trip's last event: beyond the horizon.
+                3 if t % 1000 == 11 => queue.push(Reverse((now + 120 * HOUR_US, t, 6))),
                 _ => {}
             }
             match n {
                 4 => late += 1,
                 5 => resent += 1,
+                6 => beyond += 1,
                 _ => {}
             }
             // 5: the payment re-sent, byte for byte (its first time: a third of a life in).
@@ -177,10 +185,10 @@ pub async fn run(
         let b = crate::cold::bring_back(&mut state, &mut cold, &ev).await?;
         brought += u64::from(b.trip) + u64::from(b.holder);
         let o = state.apply(&ev, (ev.event_id.as_u128() >> 8) as i32 % 16)?;
-        let want = if n == 5 {
-            Outcome::ExactDuplicate
-        } else {
-            Outcome::Accepted
+        let want = match n {
+            5 => Outcome::ExactDuplicate,
+            6 => Outcome::BeyondHorizon { trip_closed: true },
+            _ => Outcome::Accepted,
         };
         anyhow::ensure!(o == want, "{}: {o:?}, expected {want:?}", ev.event_id);
         events += 1;
@@ -198,7 +206,8 @@ pub async fn run(
         codec::apply_file(&mut restored, rel, &bytes, i == 0)?;
     }
     let refs = cold.refs();
-    let mut reopened = ColdTier::open(&log, &cold_dir, &refs, cold.retired(), 256 << 20).await?;
+    let mut reopened =
+        ColdTier::open(&log, &cold_dir, &refs, cold.retired(), MERGE_BYTES_MAX).await?;
     let recovery = t0.elapsed();
 
     // Every trip exact: charged = collected = fare, paid out + fees = fare, refunds 1.00.
@@ -238,6 +247,9 @@ pub async fn run(
         "events": events,
         "late_refunds": late,
         "resent_duplicates": resent,
+        "beyond_horizon_dead_lettered": beyond,
+        "cold_ids": refs.iter().map(|r| r.ids).sum::<u64>(),
+        "cold_bytes": refs.iter().map(|r| r.bytes).sum::<u64>(),
         "evicted": evicted,
         "brought_back": brought,
         "peak_hot_trips": peak_hot,
