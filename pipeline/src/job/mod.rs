@@ -221,6 +221,8 @@ pub(crate) struct Job {
     outputs: outputs::Outputs,
     /// The background fold of the state chain.
     compaction: crate::checkpoint::fold::ChainFold,
+    /// The checkpoints each checkpoint's state chain reads (for pruning).
+    chains: BTreeMap<CheckpointId, Vec<CheckpointId>>,
     since_commit: u32,
     oldest_uncommitted: Option<Instant>,
     started: Instant,

@@ -59,18 +59,41 @@ impl Job {
     /// Deletes checkpoints nothing needs any more.
     async fn prune(&mut self, committed_everywhere: CheckpointId) -> Result<(), JobError> {
         let present = self.log.ids_after(None).await?;
-        let chain = chain_ids(&self.state_chain);
-        let doomed = protocol::prunable(
-            &present,
-            self.last,
-            &chain,
-            Some(committed_everywhere),
-            self.cfg.keep_last,
-        );
+        // Every checkpoint that stays keeps the directories its own state chain reads (a
+        // rewind reads them), not only the head's: a fold's base sits in an older directory.
+        // Grown until nothing changes: at most one round per checkpoint present.
+        let mut chain = chain_ids(&self.state_chain);
+        let mut doomed = Vec::new();
+        for _ in 0..=present.len() {
+            doomed = protocol::prunable(
+                &present,
+                self.last,
+                &chain,
+                Some(committed_everywhere),
+                self.cfg.keep_last,
+            );
+            let before = chain.len();
+            for id in present.iter().filter(|id| !doomed.contains(id)) {
+                let Some(ids) = self.chain_of(*id).await else {
+                    // Unknown: delete nothing this time; the next commit prunes.
+                    return Ok(());
+                };
+                for c in ids {
+                    if !chain.contains(&c) {
+                        chain.push(c);
+                    }
+                }
+            }
+            if chain.len() == before {
+                break;
+            }
+        }
         if !doomed.is_empty() {
             let n = self.log.prune(&doomed).await?;
             tracing::debug!(pruned = n, "old checkpoints pruned");
         }
+        self.chains
+            .retain(|id, _| present.contains(id) && !doomed.contains(id));
         // Cold runs merged away that no retained checkpoint lists any more.
         if let Some(cold) = self.cold.as_mut()
             && let Some(oldest) = present.iter().filter(|id| !doomed.contains(id)).min()
@@ -83,6 +106,25 @@ impl Job {
             }
         }
         Ok(())
+    }
+
+    /// The checkpoints whose directories a checkpoint's state chain reads (manifests never
+    /// change: remembered). A checkpoint without an entry or with a broken manifest (a prune cut
+    /// short) reads none; `None` when the store did not answer.
+    async fn chain_of(&mut self, id: CheckpointId) -> Option<Vec<CheckpointId>> {
+        if let Some(c) = self.chains.get(&id) {
+            return Some(c.clone());
+        }
+        let chain = match self.log.completed(id).await {
+            Ok(Some(c)) => chain_ids(&c.manifest.state_chain),
+            Ok(None) | Err(crate::checkpoint::log::LogError::Corrupt { .. }) => Vec::new(),
+            Err(e) => {
+                tracing::debug!(checkpoint = %id, error = %e, "cannot read a kept checkpoint's manifest; pruning waits");
+                return None;
+            }
+        };
+        self.chains.insert(id, chain.clone());
+        Some(chain)
     }
 
     /// Non-exactly-once modes: append files straight away, no marker guard.

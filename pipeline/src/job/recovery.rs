@@ -344,6 +344,7 @@ pub(super) async fn recover(
         },
         outputs: Default::default(),
         compaction: Default::default(),
+        chains: BTreeMap::new(),
         since_commit: 0,
         oldest_uncommitted: None,
         started: std::time::Instant::now(),

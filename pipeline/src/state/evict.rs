@@ -14,10 +14,9 @@
 //! push every trip out at once.
 
 use compact_str::CompactString;
-use recon_schemas::balance::TripStatus;
 
 use super::codec::{self, CodecError};
-use super::{FLAG_COLD_CURRENT, FLAG_VACANT, State, TripSlot};
+use super::{FLAG_BALANCED, FLAG_COLD_CURRENT, FLAG_VACANT, State, TripSlot};
 
 /// When a trip leaves memory (event-time spans, microseconds; `None`: never for that reason).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,8 +200,7 @@ impl State {
         if policy.idle_after_us.is_some_and(|a| age >= a) {
             return true;
         }
-        policy.settled_after_us.is_some_and(|a| age >= a)
-            && t.balance().status() == TripStatus::Balanced
+        policy.settled_after_us.is_some_and(|a| age >= a) && t.flags & FLAG_BALANCED != 0
     }
 
     /// Removes a trip from memory (slot freed, index and id entries dropped). A closed trip's

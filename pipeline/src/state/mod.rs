@@ -43,6 +43,9 @@ const FLAG_CONFLICTING_DUPLICATE: u8 = 2;
 const FLAG_COLD_CURRENT: u8 = 4;
 /// The slot is free (its trip left memory).
 const FLAG_VACANT: u8 = 8;
+/// The balance's status is `BALANCED` (kept with the balance: the eviction scan reads it
+/// without unpacking the sums).
+const FLAG_BALANCED: u8 = 16;
 const FLAGS_BALANCE: u8 = FLAG_CURRENCY_MISMATCH | FLAG_CONFLICTING_DUPLICATE;
 
 /// A sum that no longer fits the money column.
@@ -142,7 +145,9 @@ impl TripState {
         self.events = b.events;
         self.last_occurred_us = b.last_occurred_at.map(|t| t.timestamp_micros());
         self.currency = b.currency;
-        self.flags = (self.flags & !FLAGS_BALANCE)
+        let balanced = b.status() == recon_schemas::balance::TripStatus::Balanced;
+        self.flags = (self.flags & !(FLAGS_BALANCE | FLAG_BALANCED))
+            | (if balanced { FLAG_BALANCED } else { 0 })
             | (if b.currency_mismatch {
                 FLAG_CURRENCY_MISMATCH
             } else {
