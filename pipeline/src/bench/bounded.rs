@@ -161,7 +161,7 @@ pub async fn run(
             fold.start(&log, &chain, &sums, CheckpointId(id), 50);
             barriers.push((t0.elapsed(), full));
             peak_hot = peak_hot.max(state.trips());
-            if id % 144 == 0 {
+            if id.is_multiple_of(144) {
                 // A line per simulated day: a long run shows where it is.
                 let d: Vec<Duration> = barriers.iter().map(|(d, _)| *d).collect();
                 eprintln!(

@@ -86,18 +86,22 @@ impl ChainFold {
         let log = log.clone();
         self.task = Some(tokio::spawn(async move {
             let started = Instant::now();
-            let mut files = Vec::with_capacity(chain.len());
-            for (p, sum) in chain.iter().zip(&sums) {
+            // Newest first, one file in memory at a time.
+            let mut fold = codec::Fold::default();
+            for (i, (p, sum)) in chain.iter().zip(&sums).enumerate().rev() {
                 let bytes = log
                     .read_checked(p, sum.as_ref(), by)
                     .await
                     .map_err(|e| e.to_string())?;
-                files.push((p.clone(), bytes));
-            }
-            let bytes = tokio::task::spawn_blocking(move || codec::compact(&files))
+                let path = p.clone();
+                fold = tokio::task::spawn_blocking(move || {
+                    fold.add(&path, &bytes, i == 0).map(|()| fold)
+                })
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
+            }
+            let bytes = fold.finish();
             let last = chain.last().expect("a chain with deltas");
             let (path, there) = log
                 .create_file_in(last, STATE_BASE_FILE, bytes.clone())

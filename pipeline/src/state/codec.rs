@@ -274,21 +274,34 @@ pub fn apply_file(
 
 /// Folds a chain of state files (a full file first, then deltas, oldest first) into one full
 /// file that restores exactly what the chain restores: the newest version of each trip, without
-/// the trips a tombstone removed. Streaming and newest-first: memory is the output and the set
-/// of trip ids decided so far, never a decoded chain. Deterministic (same chain, same bytes).
-/// Runs off the barrier (`crate::job::compaction`).
+/// the trips a tombstone removed. Deterministic (same chain, same bytes). See [`Fold`].
 pub fn compact<B: AsRef<[u8]>>(files: &[(String, B)]) -> Result<Vec<u8>, CodecError> {
-    use std::collections::HashSet;
-    let mut decided: HashSet<String> = HashSet::new();
-    let mut body = Vec::new();
-    let mut count = 0usize;
+    let mut fold = Fold::default();
     for (i, (path, bytes)) in files.iter().enumerate().rev() {
+        fold.add(path, bytes.as_ref(), i == 0)?;
+    }
+    Ok(fold.finish())
+}
+
+/// A fold fed newest file first, one at a time: memory is the output, the set of trip ids
+/// decided so far and the file being read, never the whole chain decoded. Runs off the
+/// barrier (`crate::checkpoint::fold`).
+#[derive(Default)]
+pub struct Fold {
+    decided: std::collections::HashSet<String, foldhash::fast::FixedState>,
+    body: Vec<u8>,
+    count: usize,
+}
+
+impl Fold {
+    /// Adds the next older file of the chain (`oldest`: the chain's first, full file).
+    pub fn add(&mut self, path: &str, bytes: &[u8], oldest: bool) -> Result<(), CodecError> {
+        use std::collections::HashSet;
         let corrupt = |message: String| CodecError::Corrupt {
-            path: path.clone(),
+            path: path.to_string(),
             message,
         };
         let take_err = |e: postcard::Error| corrupt(e.to_string());
-        let bytes = bytes.as_ref();
         let (format, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(take_err)?;
         if format != 1 && format != STATE_FORMAT {
             return Err(corrupt(format!(
@@ -296,7 +309,7 @@ pub fn compact<B: AsRef<[u8]>>(files: &[(String, B)]) -> Result<Vec<u8>, CodecEr
             )));
         }
         let (full, rest) = postcard::take_from_bytes::<bool>(rest).map_err(take_err)?;
-        if (i == 0) != full {
+        if oldest != full {
             return Err(corrupt(
                 "a state chain must be one full file followed by deltas".into(),
             ));
@@ -320,21 +333,31 @@ pub fn compact<B: AsRef<[u8]>>(files: &[(String, B)]) -> Result<Vec<u8>, CodecEr
         for _ in 0..n {
             let (r, more) = postcard::take_from_bytes::<TripRecord>(rest).map_err(take_err)?;
             rest = more;
-            if removed.contains(&r.trip_id) || decided.contains(&r.trip_id) {
+            if removed.contains(&r.trip_id) || self.decided.contains(&r.trip_id) {
                 continue;
             }
-            body = postcard::to_extend(&r, body).map_err(take_err)?;
-            count += 1;
-            decided.insert(r.trip_id);
+            self.body =
+                postcard::to_extend(&r, std::mem::take(&mut self.body)).map_err(take_err)?;
+            self.count += 1;
+            if !oldest {
+                // Nothing older than the full file is read: its trips need no memory.
+                self.decided.insert(r.trip_id);
+            }
         }
-        decided.extend(removed);
+        self.decided.extend(removed);
+        Ok(())
     }
-    // The fields of a full `StateFile`, in order: format, full, trips (length + records),
-    // evicted (empty).
-    let mut out = postcard::to_stdvec(&(STATE_FORMAT, true, count)).expect("header encodes");
-    out.extend_from_slice(&body);
-    out.extend(postcard::to_stdvec(&0usize).expect("length encodes"));
-    Ok(out)
+
+    /// The full file.
+    pub fn finish(self) -> Vec<u8> {
+        // The fields of a full `StateFile`, in order: format, full, trips (length + records),
+        // evicted (empty).
+        let mut out =
+            postcard::to_stdvec(&(STATE_FORMAT, true, self.count)).expect("header encodes");
+        out.extend_from_slice(&self.body);
+        out.extend(postcard::to_stdvec(&0usize).expect("length encodes"));
+        out
+    }
 }
 
 #[cfg(test)]
