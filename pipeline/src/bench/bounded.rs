@@ -89,6 +89,8 @@ pub async fn run(
     let mut sums: BTreeMap<String, String> = BTreeMap::new();
     let mut folds = 0u64;
     let (mut fold_ms, mut background) = (Vec::new(), Vec::new());
+    // Barrier parts: evict, encode the delta, write it, write the cold run, the rest.
+    let mut parts: [Vec<Duration>; 5] = Default::default();
     let policy = EvictPolicy {
         settled_after_us: Some(HOUR_US),
         idle_after_us: Some(7 * 24 * HOUR_US),
@@ -131,6 +133,7 @@ pub async fn run(
             cold.collect(&log, CheckpointId(id)).await?;
             let t0 = Instant::now();
             let out = state.evict(state.high_water_us().unwrap_or(0), &policy);
+            let t_evict = t0.elapsed();
             let changed = state.take_changed();
             // As the job's barrier does: a delta, a finished fold taken in, a cold run, a
             // merge taken in or started; folds and merges run in the background.
@@ -144,14 +147,17 @@ pub async fn run(
                 )
             };
             let sum = state_checksum(&bytes);
+            let t_delta = t0.elapsed();
             let path = log
                 .write_state(CheckpointId(id), Generation(1), bytes)
                 .await?;
             sums.insert(path.clone(), sum);
             chain.push(path);
             evicted += out.len() as u64;
+            let t_write = t0.elapsed();
             cold.add(&log, CheckpointId(id), Generation(1), &out)
                 .await?;
+            let t_cold = t0.elapsed();
             cold.maintain(
                 &log,
                 (CheckpointId(id), Generation(1)),
@@ -160,17 +166,27 @@ pub async fn run(
             .await?;
             fold.start(&log, &chain, &sums, CheckpointId(id), 50);
             barriers.push((t0.elapsed(), full));
+            parts[0].push(t_evict);
+            parts[1].push(t_delta - t_evict);
+            parts[2].push(t_write - t_delta);
+            parts[3].push(t_cold - t_write);
+            parts[4].push(t0.elapsed() - t_cold);
             peak_hot = peak_hot.max(state.trips());
             if id.is_multiple_of(144) {
                 // A line per simulated day: a long run shows where it is.
                 let d: Vec<Duration> = barriers.iter().map(|(d, _)| *d).collect();
+                let p99: Vec<String> = parts
+                    .iter()
+                    .map(|p| format!("{:.1}", percentile(p.clone(), 0.99)))
+                    .collect();
                 eprintln!(
-                    "bench: bounded: day {} of {days}: {events} events, {} trips in memory, {} cold runs, RSS {} MiB, barrier p99 {:.1} ms, {:.0} s",
+                    "bench: bounded: day {} of {days}: {events} events, {} trips in memory, {} cold runs, RSS {} MiB, barrier p99 {:.1} ms (evict/delta/write/cold/rest {}), {:.0} s",
                     id / 144,
                     state.trips(),
                     cold.refs().len(),
                     rss_bytes() >> 20,
                     percentile(d, 0.99),
+                    p99.join("/"),
                     started.elapsed().as_secs_f64()
                 );
             }
@@ -282,6 +298,13 @@ pub async fn run(
         "peak_hot_trips": peak_hot,
         "cold_runs": refs.len(),
         "chain_folds": folds,
+        "barrier_parts_ms_p99": {
+            "evict": percentile(parts[0].clone(), 0.99),
+            "encode_delta": percentile(parts[1].clone(), 0.99),
+            "write_delta": percentile(parts[2].clone(), 0.99),
+            "cold_run": percentile(parts[3].clone(), 0.99),
+            "rest": percentile(parts[4].clone(), 0.99),
+        },
         "fold_ms_p50": percentile(fold_ms.clone(), 0.5),
         "fold_ms_max": percentile(fold_ms, 1.0),
         "background_wait_ms_p99": percentile(background.clone(), 0.99),
