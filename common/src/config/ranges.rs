@@ -92,7 +92,7 @@ pub fn numeric_keys(raw: &RawConfig) -> Vec<NumericKey> {
             cp.full_state_every as i128,
             1,
             10_000,
-            "recovery reads up to this many delta files after the last full state",
+            "recovery reads about this many delta files after the last full state (more while a background fold is running)",
         ),
         k(
             "checkpoint.keep_last",
