@@ -35,7 +35,8 @@ pub struct RawState {
     /// id index to the horizon.
     #[serde(default)]
     pub late_horizon_ms: u64,
-    /// Trips looked at per barrier for eviction (a round-robin scan).
+    /// Trips looked at per barrier for eviction (a round-robin scan; above the trips in memory,
+    /// every barrier looks at every trip).
     #[serde(default = "scan_default")]
     pub evict_scan_per_barrier: usize,
     /// Local working copy of the cold tier's runs (read by lookups; the checkpoint store holds
@@ -48,7 +49,7 @@ pub struct RawState {
 }
 
 fn scan_default() -> usize {
-    200_000
+    2_000_000
 }
 
 fn merge_default() -> u64 {

@@ -95,7 +95,7 @@ pub async fn run(
         settled_after_us: Some(HOUR_US),
         idle_after_us: Some(7 * 24 * HOUR_US),
         horizon_us: Some(HORIZON_US),
-        scan_per_barrier: 200_000,
+        scan_per_barrier: 2_000_000,
     };
     let mut state = State::default();
     state.set_horizon(Some(HORIZON_US));
