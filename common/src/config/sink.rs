@@ -21,12 +21,12 @@ pub struct RawState {
     /// Largest accepted payload; larger records are dead-lettered.
     pub payload_bytes_max: usize,
     /// A `BALANCED` trip leaves memory for the cold tier once its last event is this many
-    /// milliseconds of event time old; 0 = settled trips stay.
-    #[serde(default)]
+    /// milliseconds of event time old; 0 = settled trips stay. Default: one day.
+    #[serde(default = "settled_default")]
     pub evict_settled_after_ms: u64,
     /// Any trip leaves memory once its last event is this many milliseconds of event time
-    /// old; 0 = idle trips stay.
-    #[serde(default)]
+    /// old; 0 = idle trips stay. Default: seven days.
+    #[serde(default = "idle_default")]
     pub evict_idle_after_ms: u64,
     /// The late horizon, in milliseconds of event time; 0 = none. A record whose `occurred_at`
     /// is older than this behind the newest event accepted, or whose trip had no event for
@@ -46,6 +46,14 @@ pub struct RawState {
     /// Runs are merged while the result stays under this size.
     #[serde(default = "merge_default")]
     pub cold_merge_bytes_max: u64,
+}
+
+fn settled_default() -> u64 {
+    86_400_000
+}
+
+fn idle_default() -> u64 {
+    7 * 86_400_000
 }
 
 fn scan_default() -> usize {
@@ -70,8 +78,8 @@ impl Default for RawState {
     fn default() -> Self {
         RawState {
             payload_bytes_max: 64 * 1024,
-            evict_settled_after_ms: 0,
-            evict_idle_after_ms: 0,
+            evict_settled_after_ms: settled_default(),
+            evict_idle_after_ms: idle_default(),
             late_horizon_ms: 0,
             evict_scan_per_barrier: scan_default(),
             cold_dir: String::new(),
