@@ -309,7 +309,7 @@ async fn run(config: Option<PathBuf>, idle_ms: Option<u64>) -> anyhow::Result<()
     };
     let report = job::run(&cfg, env).await?;
     println!(
-        "stopped cleanly: generation {} checkpoints {} commits {} records {} events {} duplicates {} rejected {} trips {} last checkpoint {}",
+        "stopped cleanly: generation {} checkpoints {} commits {} records {} events {} duplicates {} rejected {} trips {} last checkpoint {} evicted {} brought back {} state folds {}",
         report.generation,
         report.checkpoints,
         report.commits,
@@ -318,7 +318,10 @@ async fn run(config: Option<PathBuf>, idle_ms: Option<u64>) -> anyhow::Result<()
         report.counts.duplicates,
         report.counts.rejected,
         report.trips,
-        report.last_checkpoint
+        report.last_checkpoint,
+        report.evicted,
+        report.brought_back,
+        report.compactions
     );
     Ok(())
 }

@@ -126,8 +126,15 @@ pub async fn run(
             let waited = Instant::now();
             cold.finish_merge(CheckpointId(id)).await?;
             if let Some(done) = fold.wait().await.map_err(anyhow::Error::msg)? {
-                folds += u64::from(install(&mut chain, &mut sums, &done));
                 fold_ms.push(done.took);
+                if install(&mut chain, &mut sums, &done) {
+                    folds += 1;
+                    // As the job's prune does (it keeps a few checkpoints more): the folded
+                    // files are read by no chain any more.
+                    for p in &done.replaces {
+                        log.delete_file(p).await?;
+                    }
+                }
             }
             background.push(waited.elapsed());
             cold.collect(&log, CheckpointId(id)).await?;
