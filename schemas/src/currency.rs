@@ -96,9 +96,11 @@ impl Currency {
 
     /// Parses an upper-case ISO 4217 code; `None` if it is not in [`TABLE`].
     pub fn parse(code: &str) -> Option<Currency> {
+        // The table is in code order (a test checks): a binary search, not ~60 comparisons
+        // for every event and every restored trip.
         TABLE
-            .iter()
-            .position(|(c, _)| *c == code)
+            .binary_search_by(|(c, _)| (*c).cmp(code))
+            .ok()
             .map(|i| Currency(i as u8))
     }
 

@@ -35,6 +35,8 @@ const MERGE_BYTES_MAX: u64 = 64 << 20;
 /// Simulated event time between barriers (simulated days pass in seconds: a barrier per
 /// simulated minute would scan every slot tens of thousands of times).
 const BARRIER_EVERY_US: i64 = 600_000_000;
+/// A chain is folded once it holds this many deltas.
+const FOLD_AFTER_DELTAS: usize = 50;
 
 fn event(trip: u64, n: u8, at_us: i64) -> Event {
     let kind = match n {
@@ -107,6 +109,8 @@ pub async fn run(
     let mut chain: Vec<String> = Vec::new();
     let (mut barriers, mut events, mut brought, mut evicted) = (Vec::new(), 0u64, 0u64, 0u64);
     let (mut late, mut resent, mut beyond, mut peak_hot) = (0u64, 0u64, 0u64, 0usize);
+    let (mut mid_recoveries, mut peak_before_recovery) = (Vec::new(), 0u64);
+    let mut recovery_due = false;
     let started = Instant::now();
     loop {
         let arrival = (next_trip < trips).then(|| next_trip as i64 * interval_us);
@@ -138,7 +142,10 @@ pub async fn run(
             }
             background.push(waited.elapsed());
             cold.collect(&log, CheckpointId(id)).await?;
-            let t0 = Instant::now();
+            if id.is_multiple_of(144 * (days / 4).max(1)) && next_trip < trips {
+                recovery_due = true;
+            }
+            let mut t0 = Instant::now();
             let out = state.evict(state.high_water_us().unwrap_or(0), &policy);
             let t_evict = t0.elapsed();
             let changed = state.take_changed();
@@ -165,13 +172,63 @@ pub async fn run(
             cold.add(&log, CheckpointId(id), Generation(1), &out)
                 .await?;
             let t_cold = t0.elapsed();
+            if recovery_due && chain.len() > FOLD_AFTER_DELTAS {
+                // Recovery while the job is at full size (~`open` trips in memory), from the
+                // longest chain (a full file and `FOLD_AFTER_DELTAS` deltas: the fold is due),
+                // with no merge or fold running (the machine has 2 cores; a restart runs
+                // neither): what a restart at this checkpoint restores, timed, then compared
+                // trip by trip with the live state. A real restart is a fresh process: the
+                // restored copy's memory is reported apart and the peak is measured without it.
+                let paused = Instant::now();
+                recovery_due = false;
+                peak_before_recovery = peak_before_recovery.max(peak_rss_bytes());
+                let before = rss_bytes();
+                let (restored, _, took) =
+                    recover(&log, &chain, &sums, CheckpointId(id), &cold_dir, &cold).await?;
+                let added = rss_bytes().saturating_sub(before);
+                anyhow::ensure!(
+                    restored.trips() == state.trips(),
+                    "recovery at checkpoint {id}: {} trips restored, {} live",
+                    restored.trips(),
+                    state.trips()
+                );
+                for t in state.iter() {
+                    let r = restored.get(t.trip_id()).ok_or_else(|| {
+                        anyhow::anyhow!("recovery at checkpoint {id}: {} is lost", t.trip_id())
+                    })?;
+                    anyhow::ensure!(
+                        r.balance() == t.balance() && r.seen == t.seen,
+                        "recovery at checkpoint {id}: {} differs",
+                        t.trip_id()
+                    );
+                }
+                eprintln!(
+                    "bench: bounded: recovery at day {} (checkpoint {id}, {} files): {} trips restored and equal to the live state in {:.0} ms (restored copy {} MiB)",
+                    id / 144,
+                    chain.len(),
+                    restored.trips(),
+                    took.as_secs_f64() * 1000.0,
+                    added >> 20
+                );
+                mid_recoveries.push(json!({
+                    "day": id / 144,
+                    "trips_restored": restored.trips(),
+                    "chain_files": chain.len(),
+                    "recovery_ms": took.as_secs_f64() * 1000.0,
+                    "restored_copy_bytes": added,
+                }));
+                drop(restored);
+                reset_peak_rss();
+                // Not part of the barrier.
+                t0 += paused.elapsed();
+            }
             cold.maintain(
                 &log,
                 (CheckpointId(id), Generation(1)),
                 state.horizon_cutoff_us(),
             )
             .await?;
-            fold.start(&log, &chain, &sums, CheckpointId(id), 50);
+            fold.start(&log, &chain, &sums, CheckpointId(id), FOLD_AFTER_DELTAS);
             barriers.push((t0.elapsed(), full));
             parts[0].push(t_evict);
             parts[1].push(t_delta - t_evict);
@@ -244,21 +301,12 @@ pub async fn run(
         events += 1;
     }
     let run_s = started.elapsed().as_secs_f64();
-    let peak_rss = peak_rss_bytes();
+    let peak_rss = peak_rss_bytes().max(peak_before_recovery);
 
-    // Recovery: the state chain plus the cold tier's indexes (local copies present).
-    let t0 = Instant::now();
-    let mut restored = State::default();
-    for (i, rel) in chain.iter().enumerate() {
-        let bytes = log
-            .read_checked(rel, sums.get(rel), CheckpointId(id))
-            .await?;
-        codec::apply_file(&mut restored, rel, &bytes, i == 0)?;
-    }
+    // Recovery at the end: the state chain plus the cold tier's indexes (local copies present).
+    let (mut restored, mut reopened, recovery) =
+        recover(&log, &chain, &sums, CheckpointId(id), &cold_dir, &cold).await?;
     let refs = cold.refs();
-    let mut reopened =
-        ColdTier::open(&log, &cold_dir, &refs, cold.retired(), MERGE_BYTES_MAX).await?;
-    let recovery = t0.elapsed();
 
     // Every trip exact: charged = collected = fare, paid out + fees = fare, refunds 1.00.
     let mut checked = 0u64;
@@ -327,6 +375,7 @@ pub async fn run(
         "barrier_ms_max": percentile(durations, 1.0),
         "delta_barrier_ms_p99": percentile(deltas, 0.99),
         "recovery_ms": recovery.as_secs_f64() * 1000.0,
+        "recovery_at_full_size": mid_recoveries,
         "trips_checked_exact": checked,
         "run_s": run_s,
     });
@@ -339,6 +388,39 @@ pub async fn run(
         recovery.as_secs_f64() * 1000.0,
     );
     Ok(summary)
+}
+
+/// Restores the state chain and reopens the cold tier as a restart does; returns both and the
+/// time taken.
+async fn recover(
+    log: &CheckpointLog,
+    chain: &[String],
+    sums: &BTreeMap<String, String>,
+    head: CheckpointId,
+    cold_dir: &std::path::Path,
+    cold: &ColdTier,
+) -> anyhow::Result<(State, ColdTier, Duration)> {
+    let t0 = Instant::now();
+    let mut files = Vec::with_capacity(chain.len());
+    for rel in chain {
+        files.push((
+            rel.clone(),
+            log.read_checked(rel, sums.get(rel), head).await?,
+        ));
+    }
+    let mut restored = State::default();
+    codec::restore_chain(&mut restored, &files)?;
+    drop(files);
+    let reopened =
+        ColdTier::open(log, cold_dir, &cold.refs(), cold.retired(), MERGE_BYTES_MAX).await?;
+    Ok((restored, reopened, t0.elapsed()))
+}
+
+/// Starts a new peak for [`peak_rss_bytes`] (Linux: `5` to `/proc/self/clear_refs`).
+fn reset_peak_rss() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        tracing::warn!("cannot reset the peak RSS ({e}): the peak includes the recovery copy");
+    }
 }
 
 /// Peak resident set (VmHWM) of this process.

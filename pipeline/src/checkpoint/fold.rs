@@ -102,20 +102,22 @@ impl ChainFold {
                 .map_err(|e| e.to_string())?;
             }
             let bytes = fold.finish();
+            // The file is the size of the whole state: no second copy of it is made.
+            let (sha256, len) = (state_checksum(&bytes), bytes.len());
             let last = chain.last().expect("a chain with deltas");
             let (path, there) = log
-                .create_file_in(last, STATE_BASE_FILE, bytes.clone())
+                .create_file_in(last, STATE_BASE_FILE, bytes)
                 .await
                 .map_err(|e| e.to_string())?;
-            if there != bytes {
+            if there.len() != len || state_checksum(&there) != sha256 {
                 return Err(format!(
                     "{path} already holds other bytes than this fold of the same chain (written by another build?); left in place, not used"
                 ));
             }
             Ok(Folded {
                 replaces: chain,
-                sha256: state_checksum(&bytes),
-                bytes: bytes.len(),
+                sha256,
+                bytes: len,
                 path,
                 took: started.elapsed(),
             })

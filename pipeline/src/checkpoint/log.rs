@@ -255,10 +255,10 @@ impl CheckpointLog {
         id: CheckpointId,
         generation: Generation,
         name: &str,
-        bytes: Vec<u8>,
+        bytes: impl Into<Bytes>,
     ) -> Result<String, LogError> {
         let rel = format!("{}/{name}", checkpoint_dir(id, generation));
-        self.store.put(&self.path(&rel), Bytes::from(bytes)).await?;
+        self.store.put(&self.path(&rel), bytes.into()).await?;
         Ok(rel)
     }
 

@@ -221,6 +221,8 @@ pub(super) async fn put_run(
         ids: meta.ids,
         last_us_max: meta.last_us_max,
     };
+    // One buffer for both writes (a merged run is tens of MiB).
+    let bytes = bytes::Bytes::from(bytes);
     let path = log
         .write_file(id, generation, name, bytes.clone())
         .await

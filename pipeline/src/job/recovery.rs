@@ -277,10 +277,7 @@ pub(super) async fn recover(
         Some((paths, files)) if paths == claimed.manifest.state_chain => files,
         _ => log.read_state_chain(&claimed.manifest).await?,
     };
-    for (i, (rel, bytes)) in chain.iter().enumerate() {
-        codec::apply_file(&mut state, rel, bytes, i == 0)
-            .map_err(|e| JobError::Protocol(e.to_string()))?;
-    }
+    codec::restore_chain(&mut state, &chain).map_err(|e| JobError::Protocol(e.to_string()))?;
 
     if let Some(h) = claimed.manifest.high_water_us {
         state.raise_high_water(h);

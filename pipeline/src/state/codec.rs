@@ -47,10 +47,13 @@ mod exact {
     }
 }
 
+/// One trip in a state file. Decoded owned (`String`, `Vec`) or, on the restore path,
+/// borrowing its strings from the file and its ids inline (`&str`, [`Seen`](super::Seen)):
+/// the bytes are the same.
 #[derive(Serialize, Deserialize)]
-struct TripRecord {
-    trip_id: String,
-    currency: String,
+struct TripRecord<S = String, V = Vec<(u64, u64)>> {
+    trip_id: S,
+    currency: S,
     #[serde(with = "exact")]
     charged: Decimal,
     #[serde(with = "exact")]
@@ -67,7 +70,7 @@ struct TripRecord {
     last_occurred_at_us: Option<i64>,
     currency_mismatch: bool,
     conflicting_duplicate: bool,
-    seen: Vec<(u64, u64)>,
+    seen: V,
     partition: i32,
 }
 
@@ -197,9 +200,22 @@ pub fn decode_trip(name: &str, bytes: &[u8]) -> Result<Restored, CodecError> {
 }
 
 fn restored(path: &str, r: TripRecord) -> Result<Restored, CodecError> {
-    let currency = Currency::parse(&r.currency).ok_or_else(|| CodecError::Corrupt {
+    let balance = balance_of(path, &r)?;
+    Ok((
+        r.trip_id,
+        balance,
+        r.seen.into_iter().collect(),
+        r.partition,
+    ))
+}
+
+fn balance_of<S: AsRef<str>, V>(
+    path: &str,
+    r: &TripRecord<S, V>,
+) -> Result<TripBalance, CodecError> {
+    let currency = Currency::parse(r.currency.as_ref()).ok_or_else(|| CodecError::Corrupt {
         path: path.to_string(),
-        message: format!("unknown currency {:?}", r.currency),
+        message: format!("unknown currency {:?}", r.currency.as_ref()),
     })?;
     let mut balance = TripBalance::new(currency);
     balance.charged = r.charged;
@@ -214,12 +230,7 @@ fn restored(path: &str, r: TripRecord) -> Result<Restored, CodecError> {
         .and_then(DateTime::<Utc>::from_timestamp_micros);
     balance.currency_mismatch = r.currency_mismatch;
     balance.conflicting_duplicate = r.conflicting_duplicate;
-    Ok((
-        r.trip_id,
-        balance,
-        r.seen.into_iter().collect(),
-        r.partition,
-    ))
+    Ok(balance)
 }
 
 /// Applies one file of a chain to `state`. The first file of a chain must be full.
@@ -272,6 +283,102 @@ pub fn apply_file(
     Ok(())
 }
 
+/// Restores a chain (its full file first, then deltas, oldest first) into an empty `state`:
+/// what applying each file in order with [`apply_file`] restores, but each trip is decoded and
+/// restored once. Files are read newest first; a trip a newer file decided (wrote or removed)
+/// is skipped in older ones, and its strings are borrowed from the file, never copied. At a
+/// million trips and a 50-delta chain this halves the work of a restart.
+pub fn restore_chain<B: AsRef<[u8]>>(
+    state: &mut State,
+    files: &[(String, B)],
+) -> Result<(), CodecError> {
+    use std::collections::HashMap;
+    // Trip id -> the index of the newest file that wrote or removed it.
+    let mut decided: HashMap<&str, usize, foldhash::fast::FixedState> = HashMap::default();
+    let mut heads = Vec::with_capacity(files.len());
+    for (i, (path, bytes)) in files.iter().enumerate() {
+        let h = file_head(path, bytes.as_ref())?;
+        if i == 0 && !h.full {
+            return Err(corrupt(
+                path,
+                "a state chain must start with a full file".into(),
+            ));
+        }
+        heads.push(h);
+    }
+    // Most trips are in the full file (deltas mostly rewrite them): room for those.
+    let trips = heads.first().map_or(0, |h| h.count);
+    state.reserve(trips, trips);
+    for (i, ((path, _), head)) in files.iter().zip(&heads).enumerate().rev() {
+        let mut rest = head.records;
+        for _ in 0..head.count {
+            let (r, more) = postcard::take_from_bytes::<TripRecord<&str, super::Seen>>(rest)
+                .map_err(|e| corrupt(path, e.to_string()))?;
+            rest = more;
+            if decided.contains_key(r.trip_id) {
+                continue;
+            }
+            if i > 0 {
+                // Nothing older than the full file is read: its trips need no entry.
+                decided.insert(r.trip_id, i);
+            }
+            let balance = balance_of(path, &r)?;
+            state
+                .restore(r.trip_id, &balance, r.seen, r.partition)
+                .map_err(|e| corrupt(path, e.to_string()))?;
+        }
+        // This file's tombstones remove its own versions (applied after its trips), never a
+        // newer file's.
+        let removed: Vec<&str> = if head.format == 1 {
+            Vec::new()
+        } else {
+            postcard::from_bytes(rest).map_err(|e| corrupt(path, e.to_string()))?
+        };
+        for t in removed {
+            if decided.get(t).is_some_and(|&by| by > i) {
+                continue;
+            }
+            state.forget(t);
+            decided.insert(t, i);
+        }
+    }
+    Ok(())
+}
+
+/// The fields before a state file's records.
+struct FileHead<'a> {
+    format: u32,
+    full: bool,
+    count: usize,
+    records: &'a [u8],
+}
+
+fn file_head<'a>(path: &str, bytes: &'a [u8]) -> Result<FileHead<'a>, CodecError> {
+    let err = |e: postcard::Error| corrupt(path, e.to_string());
+    let (format, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(err)?;
+    if format != 1 && format != STATE_FORMAT {
+        return Err(corrupt(
+            path,
+            format!("format {format} is not supported by this build (reads 1 to {STATE_FORMAT})"),
+        ));
+    }
+    let (full, rest) = postcard::take_from_bytes::<bool>(rest).map_err(err)?;
+    let (count, records) = postcard::take_from_bytes::<usize>(rest).map_err(err)?;
+    Ok(FileHead {
+        format,
+        full,
+        count,
+        records,
+    })
+}
+
+fn corrupt(path: &str, message: String) -> CodecError {
+    CodecError::Corrupt {
+        path: path.to_string(),
+        message,
+    }
+}
+
 /// Folds a chain of state files (a full file first, then deltas, oldest first) into one full
 /// file that restores exactly what the chain restores: the newest version of each trip, without
 /// the trips a tombstone removed. Deterministic (same chain, same bytes). See [`Fold`].
@@ -282,6 +389,11 @@ pub fn compact<B: AsRef<[u8]>>(files: &[(String, B)]) -> Result<Vec<u8>, CodecEr
     }
     Ok(fold.finish())
 }
+
+/// Bytes kept before a fold's records for its header: a `u32`, a `bool` and a `usize` as
+/// varints take at most 5 + 1 + 10; the rest leaves room for the trailing length without a
+/// reallocation.
+const HEADER_ROOM: usize = 24;
 
 /// A fold fed newest file first, one at a time: memory is the output, the set of trip ids
 /// decided so far and the file being read, never the whole chain decoded. Runs off the
@@ -328,6 +440,15 @@ impl Fold {
             postcard::from_bytes(rest).map_err(take_err)?
         };
         let removed: HashSet<String> = removed.into_iter().collect();
+        if self.body.is_empty() {
+            // Room for the header, written in place by `finish` (no copy of the body).
+            self.body.resize(HEADER_ROOM, 0);
+        }
+        if oldest {
+            // The full file is most of the output: one allocation of the right size rather
+            // than doublings (each of which holds the old and the new buffer at once).
+            self.body.reserve_exact(trips.len());
+        }
         // Pass 2: a trip no newer file decided and this file did not remove is kept.
         let mut rest = trips;
         for _ in 0..n {
@@ -351,12 +472,19 @@ impl Fold {
     /// The full file.
     pub fn finish(self) -> Vec<u8> {
         // The fields of a full `StateFile`, in order: format, full, trips (length + records),
-        // evicted (empty).
-        let mut out =
+        // evicted (empty). The header goes into the room left before the records, and the
+        // records move down over what is left of it: the file is built in the body's buffer.
+        let header =
             postcard::to_stdvec(&(STATE_FORMAT, true, self.count)).expect("header encodes");
-        out.extend_from_slice(&self.body);
-        out.extend(postcard::to_stdvec(&0usize).expect("length encodes"));
-        out
+        let mut body = self.body;
+        if body.is_empty() {
+            body.resize(HEADER_ROOM, 0);
+        }
+        let start = HEADER_ROOM - header.len();
+        body[start..HEADER_ROOM].copy_from_slice(&header);
+        body.drain(..start);
+        body.extend(postcard::to_stdvec(&0usize).expect("length encodes"));
+        body
     }
 }
 
@@ -449,5 +577,70 @@ mod tests {
         assert!(compact(&chain[1..]).is_err());
         let twice = [chain[0].clone(), chain[0].clone()];
         assert!(compact(&twice).is_err());
+    }
+
+    #[test]
+    fn restoring_a_chain_newest_first_equals_applying_it_in_order() {
+        for seed in 1..=300u64 {
+            let mut x = seed;
+            let mut next = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let mut s = State::default();
+            let mut chain = Vec::new();
+            let mut id = 0u128;
+            for round in 0..8 {
+                for _ in 0..next(12) + 1 {
+                    let t = format!("t{}", next(16));
+                    id += 1;
+                    // Now and then an id again: duplicates and conflicts in the seen lists.
+                    let eid = if next(5) == 0 { id / 2 + 1 } else { id };
+                    let _ = s.apply(&ev(&t, eid, 1 + next(900) as i64), next(3) as i32);
+                }
+                let changed = s.take_changed();
+                // Tombstones: trips in this delta, trips of older files, trips never seen.
+                let gone: Vec<String> = (0..next(4)).map(|_| format!("t{}", next(20))).collect();
+                let bytes = if round == 0 {
+                    encode_full(&s)
+                } else {
+                    encode_delta(
+                        changed.iter().map(|c| s.trip(*c)),
+                        gone.iter().map(String::as_str),
+                    )
+                };
+                chain.push((format!("f{round}"), bytes));
+            }
+            let mut want = State::default();
+            for (i, (p, b)) in chain.iter().enumerate() {
+                apply_file(&mut want, p, b, i == 0).unwrap();
+            }
+            let mut got = State::default();
+            restore_chain(&mut got, &chain).unwrap();
+            assert_eq!(got.trips(), want.trips(), "seed {seed}");
+            for t in want.iter() {
+                let g = got.get(t.trip_id()).unwrap();
+                assert_eq!(g.balance(), t.balance(), "seed {seed} {}", t.trip_id());
+                assert_eq!(g.seen, t.seen, "seed {seed} {}", t.trip_id());
+                assert_eq!(g.partition, t.partition, "seed {seed} {}", t.trip_id());
+            }
+            // The id index answers alike: every id again, on another trip.
+            for e in 1..=id {
+                let probe = ev("probe", e, 1);
+                let answer = |s: &mut State| match s.apply(&probe, 0).unwrap() {
+                    crate::state::Outcome::EventIdReused { holder } => {
+                        s.trip(holder).trip_id().to_string()
+                    }
+                    o => format!("{o:?}"),
+                };
+                assert_eq!(answer(&mut got), answer(&mut want), "seed {seed} id {e}");
+            }
+        }
+        let mut s = State::default();
+        s.apply(&ev("a", 1, 100), 0).unwrap();
+        let delta = encode_delta(std::iter::empty(), std::iter::empty());
+        assert!(restore_chain(&mut State::default(), &[("d".to_string(), delta)]).is_err());
     }
 }
