@@ -161,9 +161,68 @@ async fn evicted_trips_come_back_exactly() {
         }
     }
     demo::publish(&brokers, "bs", &later, &mut expected).unwrap();
+    // What crashes leave behind, planted: a merged run never taken in, in the directory of a
+    // pruned checkpoint; the delta and run of a barrier whose manifest was never written;
+    // local copies no checkpoint lists. And what must stay: a newer generation's files, a
+    // file in the local directory that is not the tier's.
+    let root = dir.path().join("ck").join("bounded");
+    let (_, ckpt_gen) = checkpoint::manifest::parse_checkpoint_dir(&chain[chain.len() - 1])
+        .expect("a checkpoint directory");
+    let (store, prefix) = checkpoint::store::open(&cfg).unwrap();
+    let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
+    let present = log.ids_after(None).await.unwrap();
+    let head_id = *present.last().unwrap();
+    assert!(present[0].0 > 1, "checkpoint 1 was pruned: {present:?}");
+    let dir_of = |id: u64, g: u64| {
+        checkpoint::manifest::checkpoint_dir(
+            recon_pipeline::ids::CheckpointId(id),
+            recon_pipeline::ids::Generation(g),
+        )
+    };
+    let planted = [
+        format!("{}/cold-merge.run", dir_of(1, ckpt_gen.0)),
+        format!("{}/state.bin", dir_of(head_id.0 + 1, ckpt_gen.0)),
+        format!("{}/cold-0.run", dir_of(head_id.0 + 1, ckpt_gen.0)),
+    ];
+    let newer = format!("{}/state.bin", dir_of(head_id.0 + 1, 1_000));
+    for p in planted.iter().chain([&newer]) {
+        let path = root.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"left by a crash").unwrap();
+    }
+    let cold2 = dir.path().join("cold-2");
+    std::fs::create_dir_all(&cold2).unwrap();
+    let stale_local = [
+        format!("{}.run", "ab".repeat(32)),
+        format!("{}.tmp", "cd".repeat(32)),
+    ];
+    for name in stale_local.iter().chain([&"notes.txt".to_string()]) {
+        std::fs::write(cold2.join(name), b"x").unwrap();
+    }
     // A restart on another machine: the local working copy is gone.
-    let cfg2 = config(&brokers, dir.path(), &dir.path().join("cold-2"));
+    let cfg2 = config(&brokers, dir.path(), &cold2);
     let second = run_until_idle(&cfg2, catalog.clone()).await.unwrap();
+    for p in &planted {
+        assert!(
+            !root.join(p).exists(),
+            "{p} was left by a crash and is still there"
+        );
+    }
+    assert!(
+        root.join(&newer).exists(),
+        "a newer generation's file was deleted"
+    );
+    std::fs::remove_file(root.join(&newer)).unwrap();
+    for name in &stale_local {
+        assert!(
+            !cold2.join(name).exists(),
+            "stale local copy {name} is still there"
+        );
+    }
+    assert!(
+        cold2.join("notes.txt").exists(),
+        "a file the tier did not write was deleted"
+    );
     let rec = reconcile::check(catalog.as_ref(), &cfg2, &expected)
         .await
         .unwrap();

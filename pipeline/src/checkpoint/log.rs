@@ -262,6 +262,16 @@ impl CheckpointLog {
         Ok(rel)
     }
 
+    /// Every file under `rel` (a folder relative to the job root), relative to the job root.
+    pub async fn files_under(&self, rel: &str) -> Result<Vec<String>, LogError> {
+        let root = format!("{}/", self.root);
+        let paths = self.store.list_after(&self.path(rel), None).await?;
+        Ok(paths
+            .into_iter()
+            .filter_map(|p| p.strip_prefix(&root).map(str::to_string))
+            .collect())
+    }
+
     /// Deletes a file by its path relative to the job root (absent: nothing to do).
     pub async fn delete_file(&self, rel: &str) -> Result<(), LogError> {
         self.store.delete(&self.path(rel)).await?;

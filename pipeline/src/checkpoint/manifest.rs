@@ -311,9 +311,43 @@ pub fn checkpoint_dir(id: CheckpointId, generation: Generation) -> String {
     format!("ckpt/{:020}-g{}", id.0, generation.0)
 }
 
+/// Parses the checkpoint and generation back out of a path under a checkpoint directory
+/// (`ckpt/<id>-g<generation>/<file>`, relative to the job root); `None` for anything else.
+pub fn parse_checkpoint_dir(rel: &str) -> Option<(CheckpointId, Generation)> {
+    let mut parts = rel.split('/');
+    (parts.next()? == "ckpt").then_some(())?;
+    let (id, generation) = parts.next()?.split_once("-g")?;
+    (id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit())).then_some(())?;
+    (!generation.is_empty() && generation.bytes().all(|b| b.is_ascii_digit())).then_some(())?;
+    Some((
+        CheckpointId(id.parse().ok()?),
+        Generation(generation.parse().ok()?),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_dirs_parse_back() {
+        for (id, g) in [(0, 0), (7, 1), (u64::MAX, u64::MAX), (12_345, 40)] {
+            let dir = checkpoint_dir(CheckpointId(id), Generation(g));
+            let want = Some((CheckpointId(id), Generation(g)));
+            assert_eq!(parse_checkpoint_dir(&format!("{dir}/state.bin")), want);
+            assert_eq!(parse_checkpoint_dir(&dir), want);
+        }
+        for other in [
+            "log/00000000000000000001.json",
+            "ckpt/1-g1/state.bin",
+            "ckpt/00000000000000000001-g/state.bin",
+            "ckpt/00000000000000000001-gx/state.bin",
+            "ckpt/0000000000000000000x-g1/state.bin",
+            "x/ckpt/00000000000000000001-g1/state.bin",
+        ] {
+            assert_eq!(parse_checkpoint_dir(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn log_paths_sort_numerically_and_parse_back() {

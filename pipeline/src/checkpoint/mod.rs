@@ -20,3 +20,4 @@ pub mod publish;
 #[cfg(test)]
 mod simulation;
 pub mod store;
+pub mod sweep;

@@ -13,6 +13,7 @@
 //! Runs are merged size-tiered, off the barrier (`merge`): a merge keeps the newest record of
 //! each trip, and the runs it replaces are deleted once no retained checkpoint lists them.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,7 @@ impl ColdTier {
             merging: None,
             retired: retired.to_vec(),
         };
+        tier.sweep_local(refs);
         for r in refs {
             let local = tier.dir.join(local_name(r));
             let present = std::fs::metadata(&local).is_ok_and(|m| m.len() == r.bytes);
@@ -116,6 +118,33 @@ impl ColdTier {
             tier.runs.push(open_local(r.clone(), &local)?);
         }
         Ok(tier)
+    }
+
+    /// Deletes the local copies no run of `refs` or the retired list is (a merge or a write
+    /// that a crash cut short, runs deleted while this process was down). Only names this tier
+    /// writes (`<sha256>.run`, `<sha256>.tmp`) are touched: the directory may be shared.
+    fn sweep_local(&self, refs: &[RunRef]) {
+        let keep: HashSet<&str> = refs
+            .iter()
+            .map(|r| r.sha256.as_str())
+            .chain(self.retired.iter().map(|r| r.sha256.as_str()))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some((sha, ext)) = name.to_str().and_then(|n| n.rsplit_once('.')) else {
+                continue;
+            };
+            let ours = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
+            if ours
+                && (ext == "tmp" || (ext == "run" && !keep.contains(sha)))
+                && let Err(err) = std::fs::remove_file(e.path())
+            {
+                tracing::warn!(path = %e.path().display(), error = %err, "cannot delete a stale local cold run copy");
+            }
+        }
     }
 
     /// Whether no trip is cold (lookups can be skipped).

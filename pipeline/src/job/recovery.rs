@@ -394,6 +394,17 @@ pub(super) async fn recover(
             tracing::warn!(error = %e, "orphan cleanup skipped, nothing more deleted; garbage stays until the next start or `recon-pipeline maintain`")
         }
     }
+    // And the checkpoint store's: files of attempts a crash cut short.
+    match crate::checkpoint::sweep::sweep(&job.log, generation).await {
+        Ok(s) => tracing::info!(
+            listed = s.listed,
+            deleted = s.deleted,
+            "checkpoint store swept"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "checkpoint store sweep skipped, nothing deleted; garbage stays until the next start")
+        }
+    }
     Ok(job)
 }
 
