@@ -12,7 +12,8 @@
 //! [`ColdTier::collect`] deletes it, from the store and from the local directory. The retired
 //! list is part of every manifest (`cold_retired`), so a restart finishes what a crash left.
 //! A merge that a crash cut short leaves a file no manifest lists in its checkpoint's
-//! directory (a leak bounded by the number of crashes; `maintain` sweeps do not see it).
+//! directory: the next start's `checkpoint::sweep` deletes it once that checkpoint is pruned,
+//! and the tier's local copy when it opens.
 
 use std::collections::HashSet;
 use std::ops::Range;
