@@ -43,7 +43,11 @@
 //! Every length and count read from a file is checked against the bytes that remain before it
 //! is used or allocated for; corrupt input yields [`RunError`], never a panic.
 
+mod bloom;
+
 use std::ops::Range;
+
+use bloom::{BLOOM_BLOCK_WORDS, BLOOM_PROBES, Bloom};
 
 /// Version of the cold run format; written in the footer and the trailer.
 pub const RUN_FORMAT: u32 = 1;
@@ -63,10 +67,6 @@ const TRIP_ENTRY_MIN: usize = 12;
 const ID_ENTRY: usize = 16;
 /// first, last, offset, len.
 const INDEX_ENTRY: usize = 32;
-const BLOOM_BLOCK_WORDS: usize = 8;
-const BLOOM_BITS_PER_KEY: usize = 10;
-const BLOOM_PROBES: u32 = 7;
-const BLOOM_SEED: u64 = 0x7263_6e72_756e_0001;
 /// The smallest footer: header fields, two empty indexes, two empty filters, the CRC.
 const MIN_FOOTER_LEN: usize = 4 + 3 * 8 + 2 * 8 + 2 * (4 + 8) + CRC_LEN;
 
@@ -606,59 +606,5 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Blocked Bloom filter over u64 keys: 512-bit blocks, [`BLOOM_PROBES`] bits per key in one
-/// block. Frozen with the format: see the module doc.
-#[derive(Debug)]
-struct Bloom {
-    words: Vec<u64>,
-}
-
-impl Bloom {
-    fn build(n: usize, keys: impl Iterator<Item = u64>) -> Bloom {
-        let blocks = (n * BLOOM_BITS_PER_KEY).div_ceil(64 * BLOOM_BLOCK_WORDS);
-        let mut bloom = Bloom {
-            words: vec![0; blocks * BLOOM_BLOCK_WORDS],
-        };
-        for key in keys {
-            let (block, bits) = bloom.probe(key);
-            for (word, bit) in bits {
-                bloom.words[block + word] |= bit;
-            }
-        }
-        bloom
-    }
-
-    /// The first word of the key's block, and its (word within block, bit mask) probes.
-    /// Requires a non-empty filter.
-    fn probe(&self, key: u64) -> (usize, impl Iterator<Item = (usize, u64)> + use<>) {
-        let h = splitmix64(key ^ BLOOM_SEED);
-        let blocks = (self.words.len() / BLOOM_BLOCK_WORDS) as u128;
-        let block = ((u128::from(h) * blocks) >> 64) as usize * BLOOM_BLOCK_WORDS;
-        let g = splitmix64(h);
-        let probes = (0..BLOOM_PROBES).map(move |i| {
-            let bit = (g >> (i * 9)) & 511;
-            ((bit / 64) as usize, 1u64 << (bit % 64))
-        });
-        (block, probes)
-    }
-
-    fn contains(&self, key: u64) -> bool {
-        if self.words.is_empty() {
-            return false;
-        }
-        let (block, mut bits) = self.probe(key);
-        bits.all(|(word, bit)| self.words[block + word] & bit != 0)
-    }
-}
-
-/// splitmix64's output function: a fixed, well-mixing bijection on u64.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
-#[path = "run_tests.rs"]
 mod tests;
