@@ -5,26 +5,25 @@
 //! [`CheckpointLog::complete`]. Only a completed entry counts; everything else is garbage that
 //! [`CheckpointLog::prune`] may remove once nothing refers to it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
+pub use crate::checkpoint::claim::ClaimKind;
+use crate::checkpoint::claim::{self, ClaimRefusal};
 use crate::checkpoint::manifest::{
-    self, EntryKind, FORMAT_VERSION, LogEntry, Manifest, PartitionCut, checkpoint_dir, log_path,
+    self, EntryKind, FORMAT_VERSION, LogEntry, Manifest, checkpoint_dir, log_path,
 };
 use crate::checkpoint::protocol::{self, Completion};
 use crate::checkpoint::store::{CheckpointStore, Created, StoreError};
-use crate::ids::{CheckpointId, Generation, JobId, Offset, PartitionId};
+use crate::ids::{CheckpointId, Generation, JobId};
 
 /// "checkpoint N" for a state file path `ckpt/<id:020>-g<gen>/state.bin`, else the path.
 fn state_writer(rel: &str) -> String {
-    rel.split('/')
-        .find_map(|part| part.split_once("-g"))
-        .and_then(|(id, _)| id.parse::<u64>().ok())
-        .map_or_else(|| rel.to_string(), |id| format!("checkpoint {id}"))
+    manifest::parse_checkpoint_dir(rel)
+        .map_or_else(|| rel.to_string(), |(id, _)| format!("checkpoint {}", id.0))
 }
 
 /// Attempts to claim a generation when other processes keep winning the race.
@@ -431,90 +430,19 @@ impl CheckpointLog {
         self.claim_as(&kind).await
     }
 
-    /// Claims a new generation after the current head, as `kind` says. Returns the completed
-    /// entry and its manifest.
+    /// Claims a new generation after the current head, as `kind` says ([`claim::plan`]).
+    /// Returns the completed entry and its manifest.
     pub async fn claim_as(&self, kind: &ClaimKind) -> Result<Completed, LogError> {
         for _ in 0..CLAIM_ATTEMPTS_MAX {
             let head = self.head().await?;
-            let (id, generation) = protocol::claim(head.as_ref().map(|c| &c.entry));
-            let (base, entry_kind) = match (kind, &head) {
-                (ClaimKind::Rewind { to, reason }, _) => {
-                    let target = self.completed(*to).await?.ok_or_else(|| {
-                        self.corrupt(format!(
-                            "cannot rewind to checkpoint {to}: it is not in the log (pruned?)"
-                        ))
-                    })?;
-                    (
-                        Some(target.manifest),
-                        EntryKind::Rewind {
-                            to: *to,
-                            reason: reason.clone(),
-                        },
-                    )
-                }
-                (ClaimKind::TopicReset { judged, reason, .. }, h) => {
-                    let at = h.as_ref().map(|h| h.entry.checkpoint_id);
-                    if at != Some(*judged) {
-                        return Err(LogError::Moved {
-                            job: self.job.clone(),
-                            judged: *judged,
-                            head: at,
-                        });
-                    }
-                    (
-                        h.as_ref().map(|h| h.manifest.clone()),
-                        EntryKind::TopicReset {
-                            reason: reason.clone(),
-                        },
-                    )
-                }
-                (ClaimKind::Resume, Some(h)) => (
-                    Some(h.manifest.clone()),
-                    EntryKind::GenerationStart {
-                        resumes: Some(h.entry.checkpoint_id),
-                    },
-                ),
-                (ClaimKind::Resume, None) => (None, EntryKind::GenerationStart { resumes: None }),
+            let next = protocol::claim(head.as_ref().map(|c| &c.entry));
+            let target = match kind {
+                ClaimKind::Rewind { to, .. } => self.completed(*to).await?.map(|c| c.manifest),
+                _ => None,
             };
-            let manifest = match base {
-                Some(b) => {
-                    let mut m = b.continuation(id, generation);
-                    if let (ClaimKind::Rewind { .. }, Some(h)) = (kind, &head) {
-                        // Everything up to the head's cut is (or is about to be) in the tables:
-                        // replay it into state only.
-                        let mut until = h.manifest.replay_until.clone();
-                        for (p, o) in h.manifest.resume_offsets() {
-                            let e = until.entry(p).or_insert(o);
-                            *e = (*e).max(o);
-                        }
-                        m.replay_until = until;
-                    }
-                    if let ClaimKind::TopicReset { restart, .. } = kind {
-                        apply_topic_reset(&mut m, restart);
-                    }
-                    m
-                }
-                None => Manifest {
-                    format: FORMAT_VERSION,
-                    job_id: self.job.clone(),
-                    checkpoint_id: id,
-                    generation,
-                    partitions: Default::default(),
-                    pending: Default::default(),
-                    state_chain: Vec::new(),
-                    state_sha256: Default::default(),
-                    cold_runs: Vec::new(),
-                    cold_retired: Vec::new(),
-                    high_water_us: None,
-                    partition_event_time_us: Default::default(),
-                    watermark_us: None,
-                    counts: Default::default(),
-                    replay_until: Default::default(),
-                    alerts: None,
-                    input_epoch: 0,
-                    topic_id: None,
-                },
-            };
+            let (manifest, entry_kind) =
+                claim::plan(kind, head.as_ref(), target.as_ref(), next, &self.job)
+                    .map_err(|r| self.refused(r))?;
             let entry = self.write_manifest(&manifest, entry_kind).await?;
             match self.complete(&entry).await {
                 Ok(()) => return Ok(Completed { entry, manifest }),
@@ -525,6 +453,19 @@ impl CheckpointLog {
         Err(LogError::ClaimRace {
             job: self.job.clone(),
         })
+    }
+
+    fn refused(&self, refusal: ClaimRefusal) -> LogError {
+        match refusal {
+            ClaimRefusal::RewindTargetMissing { to } => self.corrupt(format!(
+                "cannot rewind to checkpoint {to}: it is not in the log (pruned?)"
+            )),
+            ClaimRefusal::Moved { judged, head } => LogError::Moved {
+                job: self.job.clone(),
+                judged,
+                head,
+            },
+        }
     }
 
     /// Records, informatively, that every table holds checkpoints through `through`
@@ -574,69 +515,6 @@ impl CheckpointLog {
     }
 }
 
-/// Why a process claims a generation ([`CheckpointLog::claim_as`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClaimKind {
-    /// Resume from the head (every start of the job).
-    Resume,
-    /// Restart from an older checkpoint's state and offsets (`recon-pipeline rewind`).
-    Rewind {
-        /// The checkpoint to restart from.
-        to: CheckpointId,
-        /// Why, as the operator said it.
-        reason: String,
-    },
-    /// Accept a recreated or truncated topic (`recon-pipeline accept-topic-reset`): keep the
-    /// head's state, move the listed partitions, start a new input epoch.
-    TopicReset {
-        /// The head the operator's decision was based on; the claim refuses if the log moved.
-        judged: CheckpointId,
-        /// Per partition: the offset to read from next (the new topic's earliest), or `None`
-        /// to forget a partition the topic no longer has.
-        restart: BTreeMap<PartitionId, Option<Offset>>,
-        /// Why, as the operator said it.
-        reason: String,
-    },
-}
-
-/// Applies a topic reset to the continuation of the head: a new input epoch; listed partitions
-/// restart with no identity and no rewind replay bound (their old offsets mean nothing now).
-fn apply_topic_reset(m: &mut Manifest, restart: &BTreeMap<PartitionId, Option<Offset>>) {
-    m.input_epoch += 1;
-    // The old topic's id: the next checkpoint records the new one.
-    m.topic_id = None;
-    for (p, at) in restart {
-        m.replay_until.remove(p);
-        match at {
-            Some(o) => {
-                m.partitions.insert(
-                    *p,
-                    PartitionCut {
-                        start: *o,
-                        end: *o,
-                        records: 0,
-                        last: None,
-                    },
-                );
-            }
-            None => {
-                m.partitions.remove(p);
-            }
-        }
-    }
-}
-
 /// The name of a compacted state chain (`crate::job::compaction`), written in the directory of
 /// the last checkpoint whose delta it folds.
 pub const STATE_BASE_FILE: &str = "state-base.bin";
-
-/// Checkpoint ids referenced by a state chain (paths `ckpt/<id>-g<gen>/state.bin`).
-pub fn chain_ids(chain: &[String]) -> Vec<CheckpointId> {
-    chain
-        .iter()
-        .filter_map(|p| {
-            let dir = p.strip_prefix("ckpt/")?.split('/').next()?;
-            dir.split('-').next()?.parse().ok().map(CheckpointId)
-        })
-        .collect()
-}

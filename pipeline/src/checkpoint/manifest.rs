@@ -325,6 +325,16 @@ pub fn parse_checkpoint_dir(rel: &str) -> Option<(CheckpointId, Generation)> {
     ))
 }
 
+/// The checkpoints whose directories a state chain reads (paths `ckpt/<id>-g<gen>/...`), or
+/// `None` if a path is not in a checkpoint directory: a caller deciding what to delete must
+/// then delete nothing, never guess.
+pub fn chain_ids(chain: &[String]) -> Option<Vec<CheckpointId>> {
+    chain
+        .iter()
+        .map(|p| parse_checkpoint_dir(p).map(|(id, _)| id))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +347,18 @@ mod tests {
             assert_eq!(parse_checkpoint_dir(&format!("{dir}/state.bin")), want);
             assert_eq!(parse_checkpoint_dir(&dir), want);
         }
+        let chain = [
+            format!(
+                "{}/state-base.bin",
+                checkpoint_dir(CheckpointId(3), Generation(1))
+            ),
+            format!(
+                "{}/state.bin",
+                checkpoint_dir(CheckpointId(5), Generation(2))
+            ),
+        ];
+        let ids = Some(vec![CheckpointId(3), CheckpointId(5)]);
+        assert_eq!(chain_ids(&chain), ids);
         for other in [
             "log/00000000000000000001.json",
             "ckpt/1-g1/state.bin",
@@ -346,6 +368,13 @@ mod tests {
             "x/ckpt/00000000000000000001-g1/state.bin",
         ] {
             assert_eq!(parse_checkpoint_dir(other), None, "{other}");
+            assert_eq!(
+                chain_ids(&[
+                    "ckpt/00000000000000000003-g1/state.bin".into(),
+                    other.into()
+                ]),
+                None
+            );
         }
     }
 

@@ -3,12 +3,14 @@
 //! - [`protocol`]: the decisions, pure functions (no I/O);
 //! - [`manifest`]: the on-disk records;
 //! - [`store`]: the storage contract (create-if-absent) and its `object_store` implementation;
+//! - [`claim`]: what a generation claim writes (resume, rewind, topic reset), decided purely;
 //! - [`log`]: reading and extending the checkpoint log through that contract;
 //! - [`commit`]: publishing completed checkpoints to Iceberg through a guarded catalog;
 //! - [`presence`]: every pending file exists with its recorded size before it is committed.
 //! - [`clock`]: naming a clock skew that makes Iceberg refuse every commit.
 //! - [`fold`]: the state chain folded into one full file off the barrier.
 
+pub mod claim;
 pub mod clock;
 pub mod commit;
 pub mod fold;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use iceberg::spec::DataFile;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 
-use crate::checkpoint::log::chain_ids;
+use crate::checkpoint::manifest::chain_ids;
 use crate::checkpoint::protocol;
 use crate::checkpoint::publish::{Published, Publisher};
 use crate::crash::CrashPoint;
@@ -62,7 +62,10 @@ impl Job {
         // Every checkpoint that stays keeps the directories its own state chain reads (a
         // rewind reads them), not only the head's: a fold's base sits in an older directory.
         // Grown until nothing changes: at most one round per checkpoint present.
-        let mut chain = chain_ids(&self.state_chain);
+        let Some(mut chain) = chain_ids(&self.state_chain) else {
+            tracing::warn!(chain = ?self.state_chain, "the state chain names a file outside a checkpoint directory; nothing is pruned");
+            return Ok(());
+        };
         let mut doomed = Vec::new();
         for _ in 0..=present.len() {
             doomed = protocol::prunable(
@@ -116,7 +119,13 @@ impl Job {
             return Some(c.clone());
         }
         let chain = match self.log.completed(id).await {
-            Ok(Some(c)) => chain_ids(&c.manifest.state_chain),
+            Ok(Some(c)) => match chain_ids(&c.manifest.state_chain) {
+                Some(ids) => ids,
+                None => {
+                    tracing::warn!(checkpoint = %id, chain = ?c.manifest.state_chain, "a kept checkpoint's state chain names a file outside a checkpoint directory; pruning waits");
+                    return None;
+                }
+            },
             Ok(None) | Err(crate::checkpoint::log::LogError::Corrupt { .. }) => Vec::new(),
             Err(e) => {
                 tracing::debug!(checkpoint = %id, error = %e, "cannot read a kept checkpoint's manifest; pruning waits");
