@@ -213,7 +213,7 @@ async fn run(cli: &Cli) -> anyhow::Result<(Report, Vec<PastRun>)> {
                     e.to_string(),
                 );
                 if let Err(r) =
-                    batch_verify::run::record_run(catalog.as_ref(), &cfg, &report, &opts).await
+                    batch_verify::record::record_run(catalog.as_ref(), &cfg, &report, &opts).await
                 {
                     tracing::warn!(error = %r, "could not record the failed run in verification_runs");
                 }

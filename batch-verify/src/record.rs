@@ -218,3 +218,30 @@ pub fn arrow_of(table: &Table) -> Result<SchemaRef> {
         .map(Arc::new)
         .map_err(|e| VerifyError::lakehouse("arrow schema", table.identifier(), e))
 }
+
+/// Appends the run's rows: discrepancies first, the run row last.
+pub async fn record_run(
+    catalog: &dyn Catalog,
+    cfg: &recon_common::config::Config,
+    report: &Report,
+    opts: &crate::options::Options,
+) -> Result<()> {
+    recon_common::lakehouse::ensure_tables(catalog, &cfg.catalog.namespace)
+        .await
+        .map_err(|e| VerifyError::lakehouse("ensure_tables", &cfg.catalog.namespace, e))?;
+    let date = opts.day.date;
+    if !report.discrepancies.is_empty() {
+        let table = crate::run::load(catalog, cfg, "verification_discrepancies").await?;
+        let schema = arrow_of(&table)?;
+        let batches = report
+            .discrepancies
+            .chunks(8192)
+            .map(|rows| discrepancy_batch(&report.run_id, date, rows, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        append(catalog, &table, &report.run_id, batches).await?;
+    }
+    let table = crate::run::load(catalog, cfg, "verification_runs").await?;
+    let schema = arrow_of(&table)?;
+    let batch = run_batch(report, date, &schema)?;
+    append(catalog, &table, &report.run_id, vec![batch]).await
+}

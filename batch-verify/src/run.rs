@@ -55,7 +55,8 @@ fn widen(windows: &mut Windows, p: Position) {
     w.1 = w.1.max(p.offset + 1);
 }
 
-async fn load(catalog: &dyn Catalog, cfg: &Config, name: &str) -> Result<Table> {
+/// Loads one of the job's tables by name.
+pub(crate) async fn load(catalog: &dyn Catalog, cfg: &Config, name: &str) -> Result<Table> {
     let ident = table_ident(cfg, name);
     catalog
         .load_table(&ident)
@@ -317,7 +318,7 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     };
     report.apply(&findings);
     if opts.record {
-        record_run(catalog.as_ref(), cfg, &report, opts).await?;
+        record::record_run(catalog.as_ref(), cfg, &report, opts).await?;
     }
     drop(scratch);
     Ok(report)
@@ -338,33 +339,6 @@ fn rows_limit(rows: u64, max: u64, table: &str) -> Result<()> {
 
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Appends the run's rows: discrepancies first, the run row last.
-pub async fn record_run(
-    catalog: &dyn Catalog,
-    cfg: &Config,
-    report: &Report,
-    opts: &Options,
-) -> Result<()> {
-    recon_common::lakehouse::ensure_tables(catalog, &cfg.catalog.namespace)
-        .await
-        .map_err(|e| VerifyError::lakehouse("ensure_tables", &cfg.catalog.namespace, e))?;
-    let date = opts.day.date;
-    if !report.discrepancies.is_empty() {
-        let table = load(catalog, cfg, "verification_discrepancies").await?;
-        let schema = record::arrow_of(&table)?;
-        let batches = report
-            .discrepancies
-            .chunks(8192)
-            .map(|rows| record::discrepancy_batch(&report.run_id, date, rows, &schema))
-            .collect::<Result<Vec<_>>>()?;
-        record::append(catalog, &table, &report.run_id, batches).await?;
-    }
-    let table = load(catalog, cfg, "verification_runs").await?;
-    let schema = record::arrow_of(&table)?;
-    let batch = record::run_batch(report, date, &schema)?;
-    record::append(catalog, &table, &report.run_id, vec![batch]).await
 }
 
 async fn read_lake(
