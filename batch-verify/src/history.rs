@@ -6,6 +6,7 @@ use iceberg::table::Table;
 
 use crate::error::Result;
 use crate::lakehouse::{Columns, scan};
+use recon_schemas::tables::TableName;
 
 /// One recorded run, as the history shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +51,7 @@ pub async fn newest_runs(table: &Table, newest: usize) -> Result<Vec<PastRun>> {
         runs.truncate(newest);
     };
     scan(table, &columns, Predicate::AlwaysTrue, |b| {
-        let c = Columns::new(b, "verification_runs");
+        let c = Columns::new(b, TableName::VerificationRuns.as_str());
         let (finished, dates) = (c.micros("finished_at")?, c.dates("business_date")?);
         let (status, truth) = (c.strings("status")?, c.strings("truth_source")?);
         let counts = [

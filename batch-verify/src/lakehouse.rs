@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::error::{Result, VerifyError};
 use crate::report::{Discrepancy, Findings, Kind};
 use crate::row::{BalanceRow, EventRow, Position, extra_digest, type_code_of};
+use recon_schemas::tables::TableName;
 
 /// Rows per Arrow batch asked of the reader.
 const BATCH_ROWS: usize = 16 * 1024;
@@ -247,7 +248,7 @@ pub async fn scan_ledger(
     mut f: impl FnMut(LedgerRow) -> Result<()>,
 ) -> Result<()> {
     scan(table, &LEDGER_COLUMNS, filter, |b| {
-        let c = Columns::new(b, "ledger_events");
+        let c = Columns::new(b, TableName::LedgerEvents.as_str());
         let (ids, types, trips) = (
             c.strings("event_id")?,
             c.strings("event_type")?,
@@ -346,7 +347,7 @@ pub async fn scan_rejected(
         "checkpoint_id",
     ];
     scan(table, &columns, Predicate::AlwaysTrue, |b| {
-        let c = Columns::new(b, "rejected_events");
+        let c = Columns::new(b, TableName::RejectedEvents.as_str());
         let (parts, offsets) = (c.ints("kafka_partition")?, c.longs("kafka_offset")?);
         let (keys, payloads, reasons) = (
             c.binaries("kafka_key")?,
@@ -401,7 +402,7 @@ pub async fn scan_balances(
         &columns,
         time_range("last_occurred_at", from, None),
         |b| {
-            let c = Columns::new(b, "trip_balances");
+            let c = Columns::new(b, TableName::TripBalances.as_str());
             let (trips, currencies, statuses, reasons) = (
                 c.strings("trip_id")?,
                 c.strings("currency")?,

@@ -226,7 +226,10 @@ async fn run(cli: &Cli) -> anyhow::Result<(Report, Vec<PastRun>)> {
 /// The newest recorded runs (this one included when it was recorded); none if they cannot be
 /// read (the page says so by its empty history; the run's verdict does not depend on it).
 async fn history(catalog: &dyn iceberg::Catalog, cfg: &Config) -> Vec<PastRun> {
-    let ident = recon_common::lakehouse::table_ident(cfg, "verification_runs");
+    let ident = recon_common::lakehouse::table_ident(
+        cfg,
+        recon_schemas::tables::TableName::VerificationRuns,
+    );
     let read = async {
         let table = catalog
             .load_table(&ident)

@@ -18,6 +18,7 @@ use iceberg::Catalog;
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use recon_common::writer::{TableTarget, TableWriter};
+use recon_schemas::tables::TableName;
 
 use crate::error::{Result, VerifyError};
 use crate::report::{Discrepancy, Report};
@@ -95,7 +96,7 @@ fn timestamps(value: i64, dt: &DataType) -> ArrayRef {
 /// The `verification_runs` row of `report`.
 pub fn run_batch(report: &Report, date: NaiveDate, schema: &SchemaRef) -> Result<RecordBatch> {
     let json = report.to_json();
-    assemble("verification_runs", schema, |name, dt| {
+    assemble(TableName::VerificationRuns.as_str(), schema, |name, dt| {
         let long = |v: u64| {
             Some(longs(std::iter::once(Some(
                 i64::try_from(v).unwrap_or(i64::MAX),
@@ -133,7 +134,7 @@ pub fn discrepancy_batch(
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
     let n = rows.len();
-    assemble("verification_discrepancies", schema, |name, _| match name {
+    assemble(TableName::VerificationDiscrepancies.as_str(), schema, |name, _| match name {
         "run_id" => Some(strings(std::iter::repeat_n(Some(run_id), n))),
         "business_date" => Some(dates(days_since_epoch(date), n)),
         "kind" => Some(strings(rows.iter().map(|d| Some(d.kind.as_str())))),
@@ -231,7 +232,7 @@ pub async fn record_run(
         .map_err(|e| VerifyError::lakehouse("ensure_tables", &cfg.catalog.namespace, e))?;
     let date = opts.day.date;
     if !report.discrepancies.is_empty() {
-        let table = crate::run::load(catalog, cfg, "verification_discrepancies").await?;
+        let table = crate::run::load(catalog, cfg, TableName::VerificationDiscrepancies).await?;
         let schema = arrow_of(&table)?;
         let batches = report
             .discrepancies
@@ -240,7 +241,7 @@ pub async fn record_run(
             .collect::<Result<Vec<_>>>()?;
         append(catalog, &table, &report.run_id, batches).await?;
     }
-    let table = crate::run::load(catalog, cfg, "verification_runs").await?;
+    let table = crate::run::load(catalog, cfg, TableName::VerificationRuns).await?;
     let schema = arrow_of(&table)?;
     let batch = run_batch(report, date, &schema)?;
     append(catalog, &table, &report.run_id, vec![batch]).await

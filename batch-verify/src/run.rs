@@ -18,6 +18,7 @@ use iceberg::Catalog;
 use iceberg::table::Table;
 use recon_common::config::Config;
 use recon_common::lakehouse::table_ident;
+use recon_schemas::tables::TableName;
 
 use crate::balances::{self, Incomplete};
 use crate::checks::{self, Totals};
@@ -56,7 +57,7 @@ fn widen(windows: &mut Windows, p: Position) {
 }
 
 /// Loads one of the job's tables by name.
-pub(crate) async fn load(catalog: &dyn Catalog, cfg: &Config, name: &str) -> Result<Table> {
+pub(crate) async fn load(catalog: &dyn Catalog, cfg: &Config, name: TableName) -> Result<Table> {
     let ident = table_ident(cfg, name);
     catalog
         .load_table(&ident)
@@ -84,9 +85,9 @@ pub async fn verify(cfg: &Config, catalog: Arc<dyn Catalog>, opts: &Options) -> 
     })?;
     let dir = scratch.path().to_path_buf();
     let n = opts.buckets.max(1);
-    let ledger = load(catalog.as_ref(), cfg, "ledger_events").await?;
-    let rejected = load(catalog.as_ref(), cfg, "rejected_events").await?;
-    let balances = load(catalog.as_ref(), cfg, "trip_balances").await?;
+    let ledger = load(catalog.as_ref(), cfg, TableName::LedgerEvents).await?;
+    let rejected = load(catalog.as_ref(), cfg, TableName::RejectedEvents).await?;
+    let balances = load(catalog.as_ref(), cfg, TableName::TripBalances).await?;
     // Which topic each row came from, for jobs that accepted a topic reset.
     let ledger_commits = crate::offsets::commits(&ledger)?;
     let epochs = {
@@ -366,7 +367,11 @@ async fn read_lake(
     lakehouse::scan_ledger(ledger, the_day, &mut findings, |mut r| {
         r.position.topics_ago = epochs.topics_ago(r.checkpoint_id);
         lake.ledger_rows += 1;
-        rows_limit(lake.ledger_rows, opts.truth_records_max, "ledger_events")?;
+        rows_limit(
+            lake.ledger_rows,
+            opts.truth_records_max,
+            TableName::LedgerEvents.as_str(),
+        )?;
         if lake.ledger_rows.is_multiple_of(65_536) {
             bar.set_position(lake.ledger_rows);
         }
@@ -407,7 +412,11 @@ async fn read_lake(
     lakehouse::scan_rejected(rejected, |mut r| {
         r.position.topics_ago = epochs.topics_ago(r.checkpoint_id);
         rejected_rows += 1;
-        rows_limit(rejected_rows, opts.truth_records_max, "rejected_events")?;
+        rows_limit(
+            rejected_rows,
+            opts.truth_records_max,
+            TableName::RejectedEvents.as_str(),
+        )?;
         let scope = scope_of(&day, r.payload, None);
         let digest = reject_digest(r.key, r.payload);
         let key = if kafka_mode {
@@ -474,7 +483,11 @@ async fn read_lake(
     let mut balance_rows = 0u64;
     lakehouse::scan_balances(balances, day.start, |b| {
         balance_rows += 1;
-        rows_limit(balance_rows, opts.truth_records_max, "trip_balances")?;
+        rows_limit(
+            balance_rows,
+            opts.truth_records_max,
+            TableName::TripBalances.as_str(),
+        )?;
         lake.trips
             .push(hash_bytes(b.trip_id.as_bytes()), &TripItem::Balance(b))
     })

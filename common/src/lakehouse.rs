@@ -179,10 +179,10 @@ pub fn with_idle_transaction_guard(uri: &str, commit_timeout: Duration) -> Strin
 }
 
 /// Identifier of a product table in the configured namespace.
-pub fn table_ident(cfg: &Config, name: &str) -> TableIdent {
+pub fn table_ident(cfg: &Config, name: impl AsRef<str>) -> TableIdent {
     TableIdent::new(
         NamespaceIdent::new(cfg.catalog.namespace.clone()),
-        name.to_string(),
+        name.as_ref().to_string(),
     )
 }
 

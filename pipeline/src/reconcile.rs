@@ -11,6 +11,7 @@ use iceberg::Catalog;
 use recon_schemas::balance::{self, TripBalance};
 use recon_schemas::event::Event;
 use recon_schemas::money;
+use recon_schemas::tables::TableName;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -153,7 +154,7 @@ pub async fn check(
     };
     let ledger = lakehouse::scan(
         catalog,
-        &lakehouse::table_ident(cfg, "ledger_events"),
+        &lakehouse::table_ident(cfg, TableName::LedgerEvents),
         &[
             "event_id",
             "event_type",
@@ -213,7 +214,7 @@ pub async fn check(
     }
     let rejected = lakehouse::scan(
         catalog,
-        &lakehouse::table_ident(cfg, "rejected_events"),
+        &lakehouse::table_ident(cfg, TableName::RejectedEvents),
         &["reason"],
     )
     .await?;
@@ -301,7 +302,7 @@ pub async fn latest_balances(
 ) -> Result<HashMap<String, LatestBalance>, LakehouseError> {
     let balances = lakehouse::scan(
         catalog,
-        &lakehouse::table_ident(cfg, "trip_balances"),
+        &lakehouse::table_ident(cfg, TableName::TripBalances),
         &[
             "trip_id",
             "checkpoint_id",

@@ -30,26 +30,87 @@ use serde::Deserialize;
 /// The Iceberg namespace of every recon table.
 pub const NAMESPACE: &str = "recon";
 
+/// A recon table: the one place each table's name is spelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TableName {
+    /// `ledger_events`: every accepted event exactly once.
+    LedgerEvents,
+    /// `trip_balances`: the changelog of per-trip balances.
+    TripBalances,
+    /// `rejected_events`: the dead letters.
+    RejectedEvents,
+    /// `verification_runs`: one row per batch-verify run.
+    VerificationRuns,
+    /// `verification_discrepancies`: what each run found.
+    VerificationDiscrepancies,
+}
+
+impl TableName {
+    /// Every table, in [`FILES`] order.
+    pub const ALL: [TableName; 5] = [
+        TableName::LedgerEvents,
+        TableName::TripBalances,
+        TableName::RejectedEvents,
+        TableName::VerificationRuns,
+        TableName::VerificationDiscrepancies,
+    ];
+
+    /// The streaming job's output tables, in commit order.
+    pub const OUTPUTS: [TableName; 3] = [
+        TableName::LedgerEvents,
+        TableName::TripBalances,
+        TableName::RejectedEvents,
+    ];
+
+    /// The table's name in the catalog.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TableName::LedgerEvents => "ledger_events",
+            TableName::TripBalances => "trip_balances",
+            TableName::RejectedEvents => "rejected_events",
+            TableName::VerificationRuns => "verification_runs",
+            TableName::VerificationDiscrepancies => "verification_discrepancies",
+        }
+    }
+
+    /// The table's definition.
+    pub fn def(self) -> TableDef {
+        load(self.as_str())
+    }
+}
+
+impl AsRef<str> for TableName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The table files, by table name, as compiled in.
 pub const FILES: [(&str, &str); 5] = [
     (
-        "ledger_events",
+        TableName::LedgerEvents.as_str(),
         include_str!("../tables/ledger_events.json"),
     ),
     (
-        "trip_balances",
+        TableName::TripBalances.as_str(),
         include_str!("../tables/trip_balances.json"),
     ),
     (
-        "rejected_events",
+        TableName::RejectedEvents.as_str(),
         include_str!("../tables/rejected_events.json"),
     ),
     (
-        "verification_runs",
+        TableName::VerificationRuns.as_str(),
         include_str!("../tables/verification_runs.json"),
     ),
     (
-        "verification_discrepancies",
+        TableName::VerificationDiscrepancies.as_str(),
         include_str!("../tables/verification_discrepancies.json"),
     ),
 ];
@@ -283,28 +344,28 @@ pub mod col {
 /// `ledger_events`: every accepted event exactly once. Partitioned by `day(occurred_at)`;
 /// identifier field `event_id`.
 pub fn ledger_events() -> TableDef {
-    load("ledger_events")
+    TableName::LedgerEvents.def()
 }
 
 /// `trip_balances`: changelog of per-trip balances, one row per trip per checkpoint in which it
 /// changed. Unpartitioned.
 pub fn trip_balances() -> TableDef {
-    load("trip_balances")
+    TableName::TripBalances.def()
 }
 
 /// `rejected_events`: the dead-letter table. Partitioned by `day(rejected_at)`.
 pub fn rejected_events() -> TableDef {
-    load("rejected_events")
+    TableName::RejectedEvents.def()
 }
 
 /// `verification_runs`: one row per batch-verify run. Unpartitioned.
 pub fn verification_runs() -> TableDef {
-    load("verification_runs")
+    TableName::VerificationRuns.def()
 }
 
 /// `verification_discrepancies`: each discrepancy a run found. Unpartitioned.
 pub fn verification_discrepancies() -> TableDef {
-    load("verification_discrepancies")
+    TableName::VerificationDiscrepancies.def()
 }
 
 /// Every recon table, in [`FILES`] order.

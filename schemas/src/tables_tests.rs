@@ -32,6 +32,7 @@ fn every_table_loads_and_has_an_arrow_form() {
             "verification_discrepancies"
         ]
     );
+    assert_eq!(TableName::ALL.map(TableName::as_str), names[..]);
     for def in &defs {
         let arrow = arrow_schema(def);
         assert_eq!(arrow.fields().len(), def.schema.as_struct().fields().len());

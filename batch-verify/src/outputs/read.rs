@@ -11,6 +11,7 @@ use super::{AlertRecord, CurrentRow, LakeBalance};
 use crate::error::{Result, VerifyError};
 use crate::lakehouse::{Columns, scan};
 use crate::row::SUM_NAMES;
+use recon_schemas::tables::TableName;
 
 /// Streams every `trip_balances` row (the whole history: the latest row of a trip is chosen per
 /// bucket) into `f`.
@@ -21,7 +22,7 @@ pub async fn lake_balances(
     let mut columns = vec!["trip_id", "checkpoint_id", "status"];
     columns.extend(SUM_NAMES);
     scan(table, &columns, Predicate::AlwaysTrue, |b| {
-        let c = Columns::new(b, "trip_balances");
+        let c = Columns::new(b, TableName::TripBalances.as_str());
         let (trips, checkpoints, statuses) = (
             c.strings("trip_id")?,
             c.longs("checkpoint_id")?,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use recon_schemas::decode::Limits;
+use recon_schemas::tables::TableName;
 
 use crate::checkpoint::commit::Committer;
 use crate::checkpoint::log::CheckpointLog;
@@ -247,12 +248,8 @@ pub(super) async fn recover(
     claims_in_a_row(&log).await?;
     let committer = committer(cfg, env, generation);
     let mut targets = BTreeMap::new();
-    for (output, name) in [
-        (Output::Ledger, "ledger_events"),
-        (Output::Balances, "trip_balances"),
-        (Output::Rejected, "rejected_events"),
-    ] {
-        let ident = lakehouse::table_ident(cfg, name);
+    for output in Output::ALL {
+        let ident = lakehouse::table_ident(cfg, output.table());
         let table = lakehouse::load_table(env.catalog.as_ref(), &ident).await?;
         let target = TableTarget::new(table, cfg.sink.zstd_level, cfg.sink.file_size_bytes_target)
             .map_err(|source| LakehouseError::Catalog {
@@ -350,7 +347,7 @@ pub(super) async fn recover(
     job.publish().await?;
     // A rewind's replay skips the records the tables now hold as `event_id_reused`.
     if !job.replay_until.is_empty() {
-        let ident = lakehouse::table_ident(cfg, "rejected_events");
+        let ident = lakehouse::table_ident(cfg, TableName::RejectedEvents);
         let rejected = lakehouse::load_table(env.catalog.as_ref(), &ident).await?;
         job.replay_skips =
             super::replay::ReplaySkips::load(&rejected, &job.cuts, &job.replay_until).await?;

@@ -45,9 +45,10 @@ use crate::maintain::report::{Report, TableReport};
 use crate::maintain::retention::RetentionPolicy;
 use crate::maintain::sweep::Rules;
 use crate::{checkpoint, lakehouse, orphans};
+use recon_schemas::tables::TableName;
 
 /// The job's tables, in the order they are maintained.
-pub const TABLES: [&str; 3] = ["ledger_events", "trip_balances", "rejected_events"];
+pub const TABLES: [TableName; 3] = TableName::OUTPUTS;
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +185,7 @@ pub async fn run(
             Err(e) => t.error = Some(e.to_string()),
         }
         crate::telemetry::maintained(
-            name,
+            name.as_str(),
             t.expiry.as_ref().map_or(0, |p| p.expire.len() as u64),
             t.sweep.as_ref().map_or(0, |s| s.deleted),
             t.sweep.as_ref().map_or(0, |s| s.deleted_bytes),

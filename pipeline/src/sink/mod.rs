@@ -13,6 +13,7 @@ use iceberg::table::Table;
 
 use crate::checkpoint::manifest::PendingFiles;
 use crate::ids::{CheckpointId, Generation, JobId};
+use recon_schemas::tables::TableName;
 use rows::{BalanceRows, LedgerRows, RejectedRows};
 use writer::{BackgroundWriter, TableTarget};
 
@@ -47,6 +48,15 @@ pub enum Output {
 impl Output {
     /// All outputs, in commit order.
     pub const ALL: [Output; 3] = [Output::Ledger, Output::Balances, Output::Rejected];
+
+    /// The table this output writes.
+    pub const fn table(self) -> TableName {
+        match self {
+            Output::Ledger => TableName::LedgerEvents,
+            Output::Balances => TableName::TripBalances,
+            Output::Rejected => TableName::RejectedEvents,
+        }
+    }
 }
 
 struct Slot {

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use recon_schemas::balance::TripBalance;
 use recon_schemas::event::Event;
 use recon_schemas::money;
+use recon_schemas::tables::TableName;
 use rust_decimal::Decimal;
 
 /// Error building a batch: the table definition and this code disagree.
@@ -126,7 +127,7 @@ pub struct LedgerRows {
 }
 
 impl LedgerRows {
-    const TABLE: &'static str = "ledger_events";
+    const TABLE: &'static str = TableName::LedgerEvents.as_str();
 
     /// Adds one accepted event read at `partition`/`offset`.
     pub fn push(&mut self, ev: Event, partition: i32, offset: i64) -> Result<(), RowsError> {
@@ -215,7 +216,7 @@ pub struct RejectedRows {
 }
 
 impl RejectedRows {
-    const TABLE: &'static str = "rejected_events";
+    const TABLE: &'static str = TableName::RejectedEvents.as_str();
 
     /// Adds one record.
     pub fn push(&mut self, r: Rejected) {
@@ -268,7 +269,7 @@ pub struct BalanceRows {
 }
 
 impl BalanceRows {
-    const TABLE: &'static str = "trip_balances";
+    const TABLE: &'static str = TableName::TripBalances.as_str();
 
     /// Adds the balance of `trip_id` as of this checkpoint.
     pub fn push(&mut self, trip_id: String, balance: TripBalance, partition: i32) {
