@@ -134,23 +134,27 @@ pub fn discrepancy_batch(
     schema: &SchemaRef,
 ) -> Result<RecordBatch> {
     let n = rows.len();
-    assemble(TableName::VerificationDiscrepancies.as_str(), schema, |name, _| match name {
-        "run_id" => Some(strings(std::iter::repeat_n(Some(run_id), n))),
-        "business_date" => Some(dates(days_since_epoch(date), n)),
-        "kind" => Some(strings(rows.iter().map(|d| Some(d.kind.as_str())))),
-        "event_id" => Some(strings(rows.iter().map(|d| d.event_id.as_deref()))),
-        "trip_id" => Some(strings(rows.iter().map(|d| d.trip_id.as_deref()))),
-        "kafka_partition" => {
-            let mut b = Int32Builder::new();
-            for d in rows {
-                b.append_option(d.kafka_partition);
+    assemble(
+        TableName::VerificationDiscrepancies.as_str(),
+        schema,
+        |name, _| match name {
+            "run_id" => Some(strings(std::iter::repeat_n(Some(run_id), n))),
+            "business_date" => Some(dates(days_since_epoch(date), n)),
+            "kind" => Some(strings(rows.iter().map(|d| Some(d.kind.as_str())))),
+            "event_id" => Some(strings(rows.iter().map(|d| d.event_id.as_deref()))),
+            "trip_id" => Some(strings(rows.iter().map(|d| d.trip_id.as_deref()))),
+            "kafka_partition" => {
+                let mut b = Int32Builder::new();
+                for d in rows {
+                    b.append_option(d.kafka_partition);
+                }
+                Some(Arc::new(b.finish()) as ArrayRef)
             }
-            Some(Arc::new(b.finish()) as ArrayRef)
-        }
-        "kafka_offset" => Some(longs(rows.iter().map(|d| d.kafka_offset))),
-        "detail" => Some(strings(rows.iter().map(|d| Some(d.detail.as_str())))),
-        _ => None,
-    })
+            "kafka_offset" => Some(longs(rows.iter().map(|d| d.kafka_offset))),
+            "detail" => Some(strings(rows.iter().map(|d| Some(d.detail.as_str())))),
+            _ => None,
+        },
+    )
 }
 
 /// Appends `batches` to `table` in one commit stamped with `run_id`.

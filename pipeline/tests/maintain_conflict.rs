@@ -12,8 +12,10 @@ use std::time::Duration;
 use iceberg::table::Table;
 use iceberg::{Catalog, TableCommit, TableIdent};
 use recon_pipeline::checkpoint::commit::{CommitOutcome, CommitRequest, Committer, marks_of};
+use recon_pipeline::checkpoint::log::{CheckpointLog, CommitPermit};
+use recon_pipeline::checkpoint::store::ObjectCheckpointStore;
 use recon_pipeline::config::{Config, RawCatalog, RawConfig};
-use recon_pipeline::ids::{CheckpointId, Generation, JobId};
+use recon_pipeline::ids::{CheckpointId, JobId};
 use recon_pipeline::lakehouse;
 use recon_pipeline::maintain::expire::Expirer;
 use recon_pipeline::maintain::retention::RetentionPolicy;
@@ -51,6 +53,8 @@ struct Fixture {
     catalog: Arc<dyn Catalog>,
     ident: TableIdent,
     job: JobId,
+    /// The job's generation, claimed in a checkpoint log of its own.
+    permit: CommitPermit,
 }
 
 async fn fixture() -> Fixture {
@@ -69,14 +73,18 @@ async fn fixture() -> Fixture {
     lakehouse::ensure_tables(catalog.as_ref(), &cfg.catalog.namespace)
         .await
         .unwrap();
+    let job = JobId::new("jc").unwrap();
+    let store = ObjectCheckpointStore::new(Arc::new(object_store::memory::InMemory::new()));
+    let log = CheckpointLog::new(Arc::new(store), "ckpt", job.clone());
     let f = Fixture {
         _dir: dir,
         ident: lakehouse::table_ident(&cfg, "ledger_events"),
-        job: JobId::new("jc").unwrap(),
+        job,
+        permit: log.claim(None).await.unwrap().permit,
         catalog,
     };
     for c in 1..=4 {
-        let outcome = commit(f.catalog.clone(), &f.ident, &f.job, c).await;
+        let outcome = commit(f.catalog.clone(), &f.ident, &f.permit, c).await;
         assert_eq!(outcome, CommitOutcome::Committed);
     }
     f
@@ -86,16 +94,10 @@ async fn fixture() -> Fixture {
 async fn commit(
     catalog: Arc<dyn Catalog>,
     table: &TableIdent,
-    job: &JobId,
+    permit: &CommitPermit,
     through: u64,
 ) -> CommitOutcome {
-    let committer = Committer::new(
-        catalog,
-        job.clone(),
-        Generation(1),
-        5,
-        Duration::from_secs(10),
-    );
+    let committer = Committer::new(catalog, permit, 5, Duration::from_secs(10));
     let req = CommitRequest {
         table: table.clone(),
         after: (through > 1).then_some(CheckpointId(through - 1)),
@@ -131,9 +133,9 @@ async fn a_job_commit_landing_first_makes_the_expiry_replan_and_survives() {
         t.metadata().snapshots().map(|s| s.snapshot_id()).collect()
     };
     let job_side = {
-        let (catalog, ident, job) = (f.catalog.clone(), f.ident.clone(), f.job.clone());
+        let (catalog, ident, permit) = (f.catalog.clone(), f.ident.clone(), f.permit.clone());
         Box::pin(async move {
-            let outcome = commit(catalog, &ident, &job, 5).await;
+            let outcome = commit(catalog, &ident, &permit, 5).await;
             assert_eq!(outcome, CommitOutcome::Committed);
         }) as Interloper
     };
@@ -180,7 +182,7 @@ async fn an_expiry_landing_first_does_not_disturb_the_jobs_commit() {
         interloper: tokio::sync::Mutex::new(Some(maintain_side)),
     });
     assert_eq!(
-        commit(racing, &f.ident, &f.job, 5).await,
+        commit(racing, &f.ident, &f.permit, 5).await,
         CommitOutcome::Committed
     );
     let t = f.catalog.load_table(&f.ident).await.unwrap();

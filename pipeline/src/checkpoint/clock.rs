@@ -134,8 +134,10 @@ mod tests {
 
         let committer = Committer::new(
             catalog,
-            JobId::new("j").unwrap(),
-            Generation(1),
+            &crate::checkpoint::log::CommitPermit::unclaimed_for_tests(
+                JobId::new("j").unwrap(),
+                Generation(1),
+            ),
             3,
             Duration::from_secs(5),
         );

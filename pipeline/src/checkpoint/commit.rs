@@ -20,6 +20,7 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableCommit, TableIdent};
 
+use crate::checkpoint::log::CommitPermit;
 use crate::checkpoint::protocol::{
     self, AncestryEnd, AttemptVerdict, MarksVerdict, Ownership, Refusal, TableFindings, TableMarks,
 };
@@ -306,11 +307,31 @@ pub struct Committer {
     generation: Generation,
     attempts_max: u32,
     timeout: Duration,
+    /// Built from a [`CommitPermit`]; a read-only committer refuses to commit.
+    may_commit: bool,
 }
 
 impl Committer {
-    /// A committer for `job` at `generation`.
+    /// A committer that commits as the generation `permit` proves this process claimed.
     pub fn new(
+        catalog: Arc<dyn Catalog>,
+        permit: &CommitPermit,
+        attempts_max: u32,
+        timeout: Duration,
+    ) -> Committer {
+        Committer {
+            catalog,
+            job: permit.job().clone(),
+            generation: permit.generation(),
+            attempts_max,
+            timeout,
+            may_commit: true,
+        }
+    }
+
+    /// A committer that only reads the tables' marks, comparing them with `generation` (the
+    /// one a claim would take: a pre-flight before the claim). [`Committer::commit`] refuses.
+    pub fn read_only(
         catalog: Arc<dyn Catalog>,
         job: JobId,
         generation: Generation,
@@ -323,6 +344,7 @@ impl Committer {
             generation,
             attempts_max,
             timeout,
+            may_commit: false,
         }
     }
 
@@ -406,6 +428,15 @@ impl Committer {
     /// timeout) -> reload and read the marks -> committed iff the marks reach `req.through`.
     pub async fn commit(&self, req: &CommitRequest) -> Result<CommitOutcome, CommitError> {
         let table_name = req.table.to_string();
+        if !self.may_commit {
+            return Err(CommitError::Protocol {
+                table: table_name,
+                message: format!(
+                    "a bug: a read-only committer (generation {} of job {}, not claimed) was asked to commit; nothing was written",
+                    self.generation, self.job
+                ),
+            });
+        }
         let mut last = String::from("none");
         for attempt in 1..=self.attempts_max {
             let guard = Arc::new(GuardedCatalog {

@@ -112,6 +112,46 @@ pub struct Completed {
     pub manifest: Manifest,
 }
 
+/// The right to commit to the tables as one generation of one job. Only
+/// [`CheckpointLog::claim_as`] issues one, once that generation's claim is complete in the log:
+/// a [`Committer`](super::commit::Committer) that appends is built from a permit, so no code
+/// path commits as a generation it did not claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitPermit {
+    job: JobId,
+    generation: Generation,
+}
+
+impl CommitPermit {
+    /// The job it commits for.
+    pub fn job(&self) -> &JobId {
+        &self.job
+    }
+
+    /// The generation it commits as.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// A permit no claim backs, for unit tests of the commit path alone.
+    #[cfg(test)]
+    pub(crate) fn unclaimed_for_tests(job: JobId, generation: Generation) -> CommitPermit {
+        CommitPermit { job, generation }
+    }
+}
+
+/// A generation this process claimed: the claim as completed in the log, and the permit to
+/// commit as it.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// The claim's log entry.
+    pub entry: LogEntry,
+    /// The claim's manifest (what the generation starts from).
+    pub manifest: Manifest,
+    /// The right to commit as the claimed generation.
+    pub permit: CommitPermit,
+}
+
 /// The log of one job.
 #[derive(Clone)]
 pub struct CheckpointLog {
@@ -422,7 +462,7 @@ impl CheckpointLog {
     pub async fn claim(
         &self,
         rewind_to: Option<(CheckpointId, String)>,
-    ) -> Result<Completed, LogError> {
+    ) -> Result<Claimed, LogError> {
         let kind = match rewind_to {
             None => ClaimKind::Resume,
             Some((to, reason)) => ClaimKind::Rewind { to, reason },
@@ -432,7 +472,7 @@ impl CheckpointLog {
 
     /// Claims a new generation after the current head, as `kind` says ([`claim::plan`]).
     /// Returns the completed entry and its manifest.
-    pub async fn claim_as(&self, kind: &ClaimKind) -> Result<Completed, LogError> {
+    pub async fn claim_as(&self, kind: &ClaimKind) -> Result<Claimed, LogError> {
         for _ in 0..CLAIM_ATTEMPTS_MAX {
             let head = self.head().await?;
             let next = protocol::claim(head.as_ref().map(|c| &c.entry));
@@ -445,7 +485,17 @@ impl CheckpointLog {
                     .map_err(|r| self.refused(r))?;
             let entry = self.write_manifest(&manifest, entry_kind).await?;
             match self.complete(&entry).await {
-                Ok(()) => return Ok(Completed { entry, manifest }),
+                Ok(()) => {
+                    let permit = CommitPermit {
+                        job: self.job.clone(),
+                        generation: entry.generation,
+                    };
+                    return Ok(Claimed {
+                        entry,
+                        manifest,
+                        permit,
+                    });
+                }
                 Err(LogError::Fenced { .. }) => continue,
                 Err(e) => return Err(e),
             }

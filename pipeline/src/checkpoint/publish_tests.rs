@@ -12,7 +12,7 @@ use iceberg::spec::{
 use object_store::memory::InMemory;
 
 use super::*;
-use crate::checkpoint::log::ClaimKind;
+use crate::checkpoint::log::{ClaimKind, CommitPermit};
 use crate::checkpoint::manifest::{EntryKind, PartitionCut, PendingFiles};
 use crate::checkpoint::protocol::{PROP_CHECKPOINT_FIRST, PROP_CHECKPOINT_ID, PROP_INPUT_EPOCH};
 use crate::checkpoint::simulation::{TABLES, memory_catalog};
@@ -80,13 +80,7 @@ async fn no_commit_spans_a_topic_reset() {
     let c5 = checkpoint(&log, &reset.manifest, 0, 4).await;
     assert_eq!(c5.input_epoch, 1);
 
-    let committer = Committer::new(
-        catalog.clone(),
-        log.job().clone(),
-        reset.entry.generation,
-        4,
-        Duration::from_secs(5),
-    );
+    let committer = Committer::new(catalog.clone(), &reset.permit, 4, Duration::from_secs(5));
     let uncommitted = BTreeMap::new();
     let publisher = Publisher::new(&committer, &log, &uncommitted, None);
     for t in TABLES {
@@ -154,8 +148,7 @@ async fn the_guard_refuses_another_jobs_table_and_commits_stamp_owner_and_sha() 
     let committer = |job: &str| {
         Committer::new(
             catalog.clone(),
-            JobId::new(job).unwrap(),
-            Generation(1),
+            &CommitPermit::unclaimed_for_tests(JobId::new(job).unwrap(), Generation(1)),
             3,
             Duration::from_secs(5),
         )
@@ -206,13 +199,7 @@ async fn a_missing_pending_file_commits_nothing_anywhere() {
     let log = CheckpointLog::new(store, "t", JobId::new("gone").unwrap());
     let first = log.claim(None).await.unwrap();
     let c2 = checkpoint(&log, &first.manifest, 0, 10).await;
-    let committer = Committer::new(
-        catalog.clone(),
-        log.job().clone(),
-        first.entry.generation,
-        4,
-        Duration::from_secs(5),
-    );
+    let committer = Committer::new(catalog.clone(), &first.permit, 4, Duration::from_secs(5));
     let mut tables = Vec::new();
     for t in TABLES {
         let ident = TableIdent::from_strs(["sim", t]).unwrap();
@@ -267,4 +254,39 @@ async fn a_missing_pending_file_commits_nothing_anywhere() {
         let done = publisher.table(t, c2.checkpoint_id).await.unwrap();
         assert_eq!(done, Published::Committed);
     }
+}
+
+/// Only a claimed generation commits: the pre-flight's read-only committer refuses, and the
+/// table stays as it was.
+#[tokio::test]
+async fn a_read_only_committer_refuses_to_commit() {
+    use crate::checkpoint::commit::{CommitError, CommitRequest};
+    use crate::ids::Generation;
+    let catalog = memory_catalog().await;
+    let job = JobId::new("ro").unwrap();
+    let c = Committer::read_only(
+        catalog.clone(),
+        job,
+        Generation(1),
+        3,
+        Duration::from_secs(5),
+    );
+    let ident = TableIdent::from_strs(["sim", TABLES[0]]).unwrap();
+    let req = CommitRequest {
+        table: ident.clone(),
+        after: None,
+        first: CheckpointId(1),
+        through: CheckpointId(1),
+        files: vec![],
+        offsets_json: "{}".into(),
+        input_epoch: 0,
+        through_sha256: None,
+    };
+    let err = c.commit(&req).await.unwrap_err();
+    assert!(matches!(err, CommitError::Protocol { .. }), "{err}");
+    let table = catalog.load_table(&ident).await.unwrap();
+    assert!(
+        table.metadata().current_snapshot().is_none(),
+        "nothing written"
+    );
 }

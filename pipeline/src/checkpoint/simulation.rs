@@ -88,13 +88,7 @@ impl World {
         let log = CheckpointLog::new(store, "sim", self.job.clone());
         let claimed = log.claim(None).await.map_err(|e| e.to_string())?;
         let generation = claimed.entry.generation;
-        let committer = Committer::new(
-            catalog.clone(),
-            self.job.clone(),
-            generation,
-            4,
-            Duration::from_secs(5),
-        );
+        let committer = Committer::new(catalog.clone(), &claimed.permit, 4, Duration::from_secs(5));
         let mut tables = Vec::new();
         for t in TABLES {
             let ident = TableIdent::from_strs(["sim", t]).unwrap();

@@ -9,7 +9,7 @@ use recon_schemas::decode::Limits;
 use recon_schemas::tables::TableName;
 
 use crate::checkpoint::commit::Committer;
-use crate::checkpoint::log::CheckpointLog;
+use crate::checkpoint::log::{CheckpointLog, CommitPermit};
 use crate::checkpoint::manifest::{EntryKind, LastRecord, PartitionCut};
 use crate::checkpoint::presence::ObjectStoreSizes;
 use crate::checkpoint::publish::Publisher;
@@ -175,7 +175,13 @@ pub(super) async fn verify_pending_files(cfg: &Config, env: &JobEnv) -> Result<(
     })?;
     // The generation a claim would take: only compared with the tables' stamps, never written.
     let (_, generation) = crate::checkpoint::protocol::claim(Some(&head.entry));
-    let committer = committer(cfg, env, generation);
+    let committer = Committer::read_only(
+        env.catalog.clone(),
+        cfg.job_id.clone(),
+        generation,
+        cfg.commit.attempts_max,
+        Duration::from_millis(cfg.commit.timeout_ms),
+    );
     let mut tables = Vec::new();
     for name in crate::maintain::TABLES {
         let ident = lakehouse::table_ident(cfg, name);
@@ -202,12 +208,11 @@ pub(super) async fn verify_pending_files(cfg: &Config, env: &JobEnv) -> Result<(
     Ok(())
 }
 
-/// The committer of `generation` with the configured attempts and timeout.
-fn committer(cfg: &Config, env: &JobEnv, generation: crate::ids::Generation) -> Committer {
+/// The committer of the claimed generation with the configured attempts and timeout.
+fn committer(cfg: &Config, env: &JobEnv, permit: &CommitPermit) -> Committer {
     Committer::new(
         env.catalog.clone(),
-        cfg.job_id.clone(),
-        generation,
+        permit,
         cfg.commit.attempts_max,
         Duration::from_millis(cfg.commit.timeout_ms),
     )
@@ -246,7 +251,7 @@ pub(super) async fn recover(
     // the claim. A refusal here still publishes and deletes nothing.
     super::preflight::after_claim(cfg, env.catalog.as_ref(), &log, generation, resumed).await?;
     claims_in_a_row(&log).await?;
-    let committer = committer(cfg, env, generation);
+    let committer = committer(cfg, env, &claimed.permit);
     let mut targets = BTreeMap::new();
     for output in Output::ALL {
         let ident = lakehouse::table_ident(cfg, output.table());
