@@ -86,16 +86,21 @@ impl ChainFold {
         let log = log.clone();
         self.task = Some(tokio::spawn(async move {
             let started = Instant::now();
-            // Newest first, one file in memory at a time.
+            // Newest first, one delta in memory at a time; the full file (the oldest, most of
+            // the chain's bytes) in chunks.
             let mut fold = codec::Fold::default();
             for (i, (p, sum)) in chain.iter().zip(&sums).enumerate().rev() {
+                if i == 0 {
+                    fold = fold_full(&log, p, sum.as_ref(), by, fold).await?;
+                    continue;
+                }
                 let bytes = log
                     .read_checked(p, sum.as_ref(), by)
                     .await
                     .map_err(|e| e.to_string())?;
                 let path = p.clone();
                 fold = tokio::task::spawn_blocking(move || {
-                    fold.add(&path, &bytes, i == 0).map(|()| fold)
+                    fold.add(&path, &bytes, false).map(|()| fold)
                 })
                 .await
                 .map_err(|e| e.to_string())?
@@ -124,6 +129,51 @@ impl ChainFold {
         }));
         true
     }
+}
+
+/// Adds the chain's full file to `fold`, read in chunks on a blocking thread and hashed on
+/// the way; the fold is returned only if the file's checksum is the one checkpoint `by`
+/// recorded (nothing read is used before that).
+async fn fold_full(
+    log: &CheckpointLog,
+    path: &str,
+    sum: Option<&String>,
+    by: CheckpointId,
+    mut fold: codec::Fold,
+) -> Result<codec::Fold, String> {
+    use futures::StreamExt;
+    use sha2::{Digest, Sha256};
+    let (len, mut chunks) = log
+        .read_state_chunks(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let handle = tokio::runtime::Handle::current();
+    let rel = path.to_string();
+    let (fold, found) = tokio::task::spawn_blocking(move || {
+        let mut hasher = Sha256::new();
+        let mut next = || match handle.block_on(chunks.next()) {
+            Some(Ok(chunk)) => {
+                hasher.update(&chunk);
+                Ok(Some(chunk))
+            }
+            Some(Err(e)) => Err(codec::CodecError::Corrupt {
+                path: rel.clone(),
+                message: format!("cannot read it: {e}"),
+            }),
+            None => Ok(None),
+        };
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        fold.add_full_chunks(&rel, len, &mut next)?;
+        // Hash what is left after the last record (nothing, in a sound file).
+        while next()?.is_some() {}
+        Ok::<_, codec::CodecError>((fold, hex::encode(hasher.finalize())))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    log.check_sum(path, sum, Some(found), by)
+        .map_err(|e| e.to_string())?;
+    Ok(fold)
 }
 
 /// Takes a fold into a chain and its checksums: the folded prefix becomes the full file.

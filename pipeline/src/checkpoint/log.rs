@@ -17,7 +17,7 @@ use crate::checkpoint::manifest::{
     self, EntryKind, FORMAT_VERSION, LogEntry, Manifest, checkpoint_dir, log_path,
 };
 use crate::checkpoint::protocol::{self, Completion};
-use crate::checkpoint::store::{CheckpointStore, Created, StoreError};
+use crate::checkpoint::store::{CheckpointStore, Chunks, Created, StoreError};
 use crate::ids::{CheckpointId, Generation, JobId};
 
 /// "checkpoint N" for a state file path `ckpt/<id:020>-g<gen>/state.bin`, else the path.
@@ -349,28 +349,51 @@ impl CheckpointLog {
         by: CheckpointId,
     ) -> Result<Bytes, LogError> {
         let bytes = self.read_state(rel).await?;
-        match expected {
-            Some(expected) => {
-                let found = manifest::state_checksum(&bytes);
-                if &found != expected {
-                    return Err(LogError::StateChecksum {
-                        job: self.job.clone(),
-                        checkpoint: by,
-                        path: rel.to_string(),
-                        written_by: state_writer(rel),
-                        expected: expected.clone(),
-                        found,
-                    });
-                }
-            }
-            None => tracing::warn!(
-                job = %self.job,
-                checkpoint = %by,
-                path = %rel,
-                "state file has no recorded checksum (written by an older build): restored unverified"
-            ),
-        }
+        let found = expected.map(|_| manifest::state_checksum(&bytes));
+        self.check_sum(rel, expected, found, by)?;
         Ok(bytes)
+    }
+
+    /// Reads a state file in chunks (a fold's full file, never all of it in memory); the
+    /// caller hashes every chunk and checks the sum with [`CheckpointLog::check_sum`] before
+    /// it uses anything it read.
+    pub async fn read_state_chunks(&self, rel: &str) -> Result<(u64, Chunks), LogError> {
+        self.store
+            .get_chunks(&self.path(rel))
+            .await?
+            .ok_or_else(|| self.corrupt(format!("state file {rel} is missing")))
+    }
+
+    /// Checks the SHA-256 `found` of state file `rel` against the one checkpoint `by` recorded
+    /// ([`LogError::StateChecksum`] on a mismatch; a warning when none was recorded).
+    pub fn check_sum(
+        &self,
+        rel: &str,
+        expected: Option<&String>,
+        found: Option<String>,
+        by: CheckpointId,
+    ) -> Result<(), LogError> {
+        match (expected, found) {
+            (Some(expected), Some(found)) if &found != expected => Err(LogError::StateChecksum {
+                job: self.job.clone(),
+                checkpoint: by,
+                path: rel.to_string(),
+                written_by: state_writer(rel),
+                expected: expected.clone(),
+                found,
+            }),
+            (Some(_), Some(_)) => Ok(()),
+            (Some(_), None) => Err(self.corrupt(format!("state file {rel} was not hashed"))),
+            (None, _) => {
+                tracing::warn!(
+                    job = %self.job,
+                    checkpoint = %by,
+                    path = %rel,
+                    "state file has no recorded checksum (written by an older build): restored unverified"
+                );
+                Ok(())
+            }
+        }
     }
 
     /// Writes a file into the directory of an existing checkpoint only if nothing is there yet;

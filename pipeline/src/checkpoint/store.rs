@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -54,6 +54,9 @@ pub enum StoreError {
     },
 }
 
+/// An object read in chunks ([`CheckpointStore::get_chunks`]).
+pub type Chunks = futures::stream::BoxStream<'static, Result<Bytes, StoreError>>;
+
 /// The operations the checkpoint protocol needs from durable storage.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
@@ -63,6 +66,15 @@ pub trait CheckpointStore: Send + Sync {
     async fn put(&self, path: &str, bytes: Bytes) -> Result<(), StoreError>;
     /// Reads the object at `path`, `None` when absent.
     async fn get(&self, path: &str) -> Result<Option<Bytes>, StoreError>;
+    /// Reads the object at `path` as a stream of chunks, `None` when absent: a large file is
+    /// read without holding all of it; with its size. The default reads it whole (one chunk).
+    async fn get_chunks(&self, path: &str) -> Result<Option<(u64, Chunks)>, StoreError> {
+        let whole = self.get(path).await?;
+        Ok(whole.map(|b| {
+            let len = b.len() as u64;
+            (len, futures::stream::once(async move { Ok(b) }).boxed())
+        }))
+    }
     /// Lists paths under `prefix` that sort strictly after `after` (all of them when `None`), sorted.
     async fn list_after(
         &self,
@@ -134,6 +146,18 @@ impl CheckpointStore for ObjectCheckpointStore {
     async fn get(&self, path: &str) -> Result<Option<Bytes>, StoreError> {
         match self.inner.get(&Path::from(path)).await {
             Ok(r) => r.bytes().await.map(Some).map_err(|e| io("get", path, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(io("get", path, e)),
+        }
+    }
+
+    async fn get_chunks(&self, path: &str) -> Result<Option<(u64, Chunks)>, StoreError> {
+        match self.inner.get(&Path::from(path)).await {
+            Ok(r) => {
+                let (len, path) = (r.meta.size, path.to_string());
+                let chunks = r.into_stream().map_err(move |e| io("get", &path, e));
+                Ok(Some((len, chunks.boxed())))
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(io("get", path, e)),
         }

@@ -469,6 +469,60 @@ impl Fold {
         Ok(())
     }
 
+    /// Adds the chain's full file (its oldest, the last added) read chunk by chunk from
+    /// `next` (`None`: the end): one chunk and one record in memory at a time, not the file.
+    /// A full file carries no tombstones; one that does is refused as corrupt. `len`: the
+    /// file's size, the most it adds to the output (reserved at once: no doubling).
+    pub fn add_full_chunks(
+        &mut self,
+        path: &str,
+        len: usize,
+        next: impl FnMut() -> Result<Option<bytes::Bytes>, CodecError>,
+    ) -> Result<(), CodecError> {
+        let mut r = ChunkReader {
+            path,
+            buf: Vec::new(),
+            at: 0,
+            next,
+            ended: false,
+        };
+        let format: u32 = r.take()?;
+        if format != 1 && format != STATE_FORMAT {
+            return Err(corrupt(
+                path,
+                format!(
+                    "format {format} is not supported by this build (reads 1 to {STATE_FORMAT})"
+                ),
+            ));
+        }
+        if !r.take::<bool>()? {
+            let message = "a state chain must be one full file followed by deltas".into();
+            return Err(corrupt(path, message));
+        }
+        let n: usize = r.take()?;
+        if self.body.is_empty() {
+            self.body.resize(HEADER_ROOM, 0);
+        }
+        self.body.reserve_exact(len);
+        for _ in 0..n {
+            let t: TripRecord = r.take()?;
+            if self.decided.contains(&t.trip_id) {
+                continue;
+            }
+            let body = std::mem::take(&mut self.body);
+            self.body = postcard::to_extend(&t, body).map_err(|e| corrupt(path, e.to_string()))?;
+            self.count += 1;
+        }
+        if format != 1 {
+            let evicted: Vec<String> = r.take()?;
+            if !evicted.is_empty() {
+                let message = format!("a full file lists {} tombstones", evicted.len());
+                return Err(corrupt(path, message));
+            }
+        }
+        Ok(())
+    }
+
     /// The full file.
     pub fn finish(self) -> Vec<u8> {
         // The fields of a full `StateFile`, in order: format, full, trips (length + records),
@@ -485,6 +539,39 @@ impl Fold {
         body.drain(..start);
         body.extend(postcard::to_stdvec(&0usize).expect("length encodes"));
         body
+    }
+}
+
+/// Decodes records from a file read in chunks, pulling the next chunk when a record does not
+/// fit in what is buffered.
+struct ChunkReader<'p, F> {
+    path: &'p str,
+    buf: Vec<u8>,
+    at: usize,
+    next: F,
+    ended: bool,
+}
+
+impl<F: FnMut() -> Result<Option<bytes::Bytes>, CodecError>> ChunkReader<'_, F> {
+    fn take<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, CodecError> {
+        // Every pass either decodes, fails, or consumes a chunk; a stream ends.
+        loop {
+            match postcard::take_from_bytes::<T>(&self.buf[self.at..]) {
+                Ok((value, rest)) => {
+                    self.at = self.buf.len() - rest.len();
+                    return Ok(value);
+                }
+                Err(postcard::Error::DeserializeUnexpectedEnd) if !self.ended => {
+                    self.buf.drain(..self.at);
+                    self.at = 0;
+                    match (self.next)()? {
+                        Some(chunk) => self.buf.extend_from_slice(&chunk),
+                        None => self.ended = true,
+                    }
+                }
+                Err(e) => return Err(corrupt(self.path, e.to_string())),
+            }
+        }
     }
 }
 

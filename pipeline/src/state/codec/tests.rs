@@ -153,3 +153,52 @@ fn restoring_a_chain_newest_first_equals_applying_it_in_order() {
     let delta = encode_delta(std::iter::empty(), std::iter::empty());
     assert!(restore_chain(&mut State::default(), &[("d".to_string(), delta)]).is_err());
 }
+
+/// The full file read in chunks of any size (one byte, a few, all) folds to the same bytes as
+/// the file read whole; a truncated full file, or one that carries tombstones, is refused.
+#[test]
+fn a_full_file_folded_in_chunks_is_the_full_file_folded_whole() {
+    let mut s = State::default();
+    for t in 0..40u128 {
+        s.apply(&ev(&format!("t{t}"), t, 100 + t as i64), (t % 3) as i32)
+            .unwrap();
+    }
+    let full = encode_full(&s);
+    s.take_changed();
+    for t in 5..12u128 {
+        s.apply(&ev(&format!("t{t}"), 1000 + t, 7), 0).unwrap();
+    }
+    let changed = s.take_changed();
+    let delta = encode_delta(changed.iter().map(|c| s.trip(*c)), ["t1", "t30"]);
+    let chain = [
+        ("full".to_string(), full.clone()),
+        ("d1".to_string(), delta.clone()),
+    ];
+    let want = compact(&chain).unwrap();
+    let chunked = |bytes: &[u8], size: usize| -> Result<Vec<u8>, CodecError> {
+        let mut fold = Fold::default();
+        fold.add("d1", &delta, false)?;
+        let mut chunks = bytes.chunks(size).map(bytes::Bytes::copy_from_slice);
+        fold.add_full_chunks("full", bytes.len(), || Ok(chunks.next()))?;
+        Ok(fold.finish())
+    };
+    for size in [1, 2, 3, 7, 64, 1000, full.len()] {
+        assert_eq!(
+            chunked(&full, size).unwrap(),
+            want,
+            "chunks of {size} bytes"
+        );
+    }
+    for cut in [1, full.len() / 2, full.len() - 1] {
+        assert!(chunked(&full[..cut], 5).is_err(), "truncated at {cut}");
+    }
+    let with_tombstones = postcard::to_stdvec(&StateFile {
+        format: STATE_FORMAT,
+        full: true,
+        trips: Vec::new(),
+        evicted: vec!["t2".into()],
+    })
+    .unwrap();
+    assert!(chunked(&with_tombstones, 3).is_err());
+    assert!(chunked(&delta, 3).is_err(), "a delta is not a full file");
+}
