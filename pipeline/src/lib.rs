@@ -10,6 +10,7 @@
 
 pub use recon_common::{config, ids, lakehouse, logging, redactor, secrets};
 
+pub mod alloc;
 pub mod bench;
 pub mod catalog_wrap;
 pub mod checkpoint;

@@ -146,6 +146,7 @@ fn init_logs(format: &str, default_level: &str) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    recon_pipeline::alloc::tune();
     let cli = Cli::parse();
     // The demo prints its own story; its logs stay quiet unless RUST_LOG asks.
     let level = if matches!(cli.command, Command::Demo(_)) {
