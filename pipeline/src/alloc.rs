@@ -31,6 +31,8 @@ pub fn tune() {
 }
 
 /// mimalloc's purge delay now, in milliseconds.
+// `c_long` is `i64` here, `i32` on some platforms.
+#[allow(clippy::useless_conversion)]
 pub fn purge_delay_ms() -> i64 {
     // SAFETY: reading an option has no precondition.
     i64::from(unsafe { mi_option_get(PURGE_DELAY) })
