@@ -5,6 +5,7 @@ use std::path::PathBuf;
 /// mimalloc instead of glibc malloc: with glibc, the large buffers background tasks allocate
 /// and free on tokio's worker threads (cold-run merges, state-chain folds) stayed in per-thread
 /// arenas, and resident memory grew with every simulated day of the bounded-state bench.
+/// Its options: `recon_pipeline::alloc`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
