@@ -21,6 +21,7 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableCommit, TableIdent};
 
 use crate::checkpoint::log::CommitPermit;
+use crate::checkpoint::protocol::attempt::{self, Answer, OnAnswer, Outcome};
 use crate::checkpoint::protocol::{
     self, AncestryEnd, AttemptVerdict, MarksVerdict, Ownership, Refusal, TableFindings, TableMarks,
 };
@@ -448,73 +449,61 @@ impl Committer {
                 verdict: Mutex::new(None),
                 refusal: Mutex::new(None),
             });
-            let result = tokio::time::timeout(self.timeout, self.attempt(&guard, req)).await;
-            let refused =
-                matches!(&result, Ok(Err(e)) if e.kind() == iceberg::ErrorKind::DataInvalid);
-            let answer = match result {
-                Ok(Ok(())) => "ok".to_string(),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {:?}", self.timeout),
+            let answer = match tokio::time::timeout(self.timeout, self.attempt(&guard, req)).await {
+                Ok(Ok(())) => Answer::Ok,
+                Ok(Err(e)) => Answer::Failed {
+                    message: e.to_string(),
+                    data_invalid: e.kind() == iceberg::ErrorKind::DataInvalid,
+                },
+                Err(_) => Answer::NoAnswer {
+                    message: format!("no answer within {:?}", self.timeout),
+                },
             };
             if let Some(refusal) = guard.refused() {
                 return Err(CommitError::Refused { refusal });
             }
-            match guard.last_verdict() {
-                Some(AttemptVerdict::Fenced { theirs }) => {
-                    return Err(CommitError::Fenced {
-                        table: table_name,
-                        job: self.job.clone(),
-                        ours: self.generation,
-                        theirs,
-                    });
+            let seen = guard.last_verdict();
+            let fenced = |theirs| CommitError::Fenced {
+                table: table_name.clone(),
+                job: self.job.clone(),
+                ours: self.generation,
+                theirs,
+            };
+            match attempt::on_answer(&answer, seen) {
+                OnAnswer::Fenced { theirs } => return Err(fenced(theirs)),
+                OnAnswer::Stale { committed } => return Ok(CommitOutcome::Stale { committed }),
+                // Iceberg refuses snapshots older than the table's last update: name the
+                // clocks rather than retrying what cannot succeed.
+                OnAnswer::CheckClock => {
+                    if let Some(skew) = self.clock_skew(&req.table).await {
+                        let table = table_name.clone();
+                        return Err(CommitError::ClockSkew { table, skew });
+                    }
                 }
-                Some(AttemptVerdict::Stale { committed }) => {
-                    return Ok(CommitOutcome::Stale { committed });
-                }
-                _ => {}
-            }
-            // Iceberg refuses snapshots older than the table's last update (DataInvalid): name
-            // the clocks rather than retrying what cannot succeed.
-            if refused && let Some(skew) = self.clock_skew(&req.table).await {
-                return Err(CommitError::ClockSkew {
-                    table: table_name,
-                    skew,
-                });
+                OnAnswer::Reload => {}
             }
             // Whatever the answer said, the table decides.
             match self.marks(&req.table).await {
                 Ok(marks) => {
-                    match protocol::check_attempt(self.generation, req.after, req.through, &marks) {
-                        AttemptVerdict::AlreadyCommitted => {
-                            let ours = answer == "ok"
-                                && guard.last_verdict() == Some(AttemptVerdict::Proceed);
-                            return Ok(if ours {
-                                CommitOutcome::Committed
-                            } else {
-                                CommitOutcome::AlreadyCommitted
-                            });
-                        }
-                        AttemptVerdict::Fenced { theirs } => {
-                            return Err(CommitError::Fenced {
-                                table: table_name,
-                                job: self.job.clone(),
-                                ours: self.generation,
-                                theirs,
-                            });
-                        }
-                        AttemptVerdict::Stale { committed } => {
+                    let table =
+                        protocol::check_attempt(self.generation, req.after, req.through, &marks);
+                    match attempt::on_reload(&answer, seen, table) {
+                        Outcome::Committed => return Ok(CommitOutcome::Committed),
+                        Outcome::AlreadyCommitted => return Ok(CommitOutcome::AlreadyCommitted),
+                        Outcome::Fenced { theirs } => return Err(fenced(theirs)),
+                        Outcome::Stale { committed } => {
                             return Ok(CommitOutcome::Stale { committed });
                         }
-                        AttemptVerdict::Proceed => {
-                            if answer == "ok" {
+                        Outcome::Retry { phantom } => {
+                            if phantom {
                                 tracing::error!(table = %table_name, through = %req.through,
                                 "catalog reported a commit that is not in the table; retrying");
                             }
-                            last = answer;
+                            last = answer.describe().to_string();
                         }
                     }
                 }
-                Err(e) => last = format!("{answer}; reload failed: {e}"),
+                Err(e) => last = format!("{}; reload failed: {e}", answer.describe()),
             }
             tracing::warn!(table = %table_name, attempt, error = %last, "commit attempt not verified; retrying");
             let backoff = Duration::from_millis((50u64 << attempt.min(6)).min(3_000));

@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 
+pub mod attempt;
 pub mod preflight;
 
 pub use preflight::{
