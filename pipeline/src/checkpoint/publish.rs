@@ -42,9 +42,25 @@ pub enum PublishError {
         /// Job.
         job: String,
     },
-    /// The protocol refuses to continue; the message says why and what to do.
-    #[error("{0}")]
-    Protocol(String),
+    /// A checkpoint a table lacks is no longer in the log: its files cannot be committed.
+    #[error(
+        "checkpoint {id} must be committed but its log entry is gone (pruned?); the tables lack it: restore the checkpoint store from a backup, or rewind (`recon-pipeline rewind`) to a checkpoint the tables hold"
+    )]
+    CheckpointGone {
+        /// The checkpoint.
+        id: CheckpointId,
+    },
+    /// The pending files of a checkpoint cannot be read against the table's metadata (their
+    /// partition spec or schema is gone from it, or the recorded file does not parse).
+    #[error(
+        "table {table}: the pending files of a checkpoint cannot be committed: {what}; was the table's partition spec or schema replaced while the job ran?"
+    )]
+    PendingUnreadable {
+        /// Table.
+        table: String,
+        /// What does not match, with the ids.
+        what: String,
+    },
     /// A pending file is missing or the wrong size (operator needed), or could not be checked
     /// (transient); see [`PendingFileError::needs_operator`]. Nothing was committed.
     #[error(transparent)]
@@ -273,9 +289,7 @@ impl<'a> Publisher<'a> {
         }
         match self.log.completed(id).await? {
             Some(c) => Ok(c.manifest),
-            None => Err(PublishError::Protocol(format!(
-                "checkpoint {id} must be committed but its log entry is gone (pruned?); the tables lack it"
-            ))),
+            None => Err(PublishError::CheckpointGone { id }),
         }
     }
 
@@ -377,25 +391,24 @@ pub fn decode_files(
 ) -> Result<Vec<DataFile>, PublishError> {
     let md = table.metadata();
     let name = table.identifier();
-    let spec = md.partition_spec_by_id(spec_id).ok_or_else(|| {
-        PublishError::Protocol(format!(
-            "{name}: partition spec {spec_id} of pending files is gone"
-        ))
-    })?;
-    let schema = md.schema_by_id(schema_id).ok_or_else(|| {
-        PublishError::Protocol(format!(
-            "{name}: schema {schema_id} of pending files is gone"
-        ))
-    })?;
+    let unreadable = |what: String| PublishError::PendingUnreadable {
+        table: name.to_string(),
+        what,
+    };
+    let spec = md
+        .partition_spec_by_id(spec_id)
+        .ok_or_else(|| unreadable(format!("their partition spec {spec_id} is gone")))?;
+    let schema = md
+        .schema_by_id(schema_id)
+        .ok_or_else(|| unreadable(format!("their schema {schema_id} is gone")))?;
     let ptype = spec
         .partition_type(schema)
-        .map_err(|e| PublishError::Protocol(format!("{name}: {e}")))?;
+        .map_err(|e| unreadable(format!("partition type of spec {spec_id}: {e}")))?;
     files
         .iter()
         .map(|json| {
-            deserialize_data_file_from_json(json, spec_id, &ptype, schema).map_err(|e| {
-                PublishError::Protocol(format!("{name}: pending file unreadable: {e}"))
-            })
+            deserialize_data_file_from_json(json, spec_id, &ptype, schema)
+                .map_err(|e| unreadable(format!("a recorded data file does not parse: {e}")))
         })
         .collect()
 }

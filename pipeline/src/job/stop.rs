@@ -183,7 +183,9 @@ fn publish_class(e: &PublishError) -> StopClass {
         // answer in time is transient.
         PublishError::PendingFile(p) if p.needs_operator() => StopClass::OperatorNeeded,
         PublishError::PendingFile(_) => StopClass::Transient,
-        PublishError::Protocol(_) => StopClass::OperatorNeeded,
+        PublishError::CheckpointGone { .. } | PublishError::PendingUnreadable { .. } => {
+            StopClass::OperatorNeeded
+        }
     }
 }
 
@@ -296,6 +298,15 @@ mod tests {
             PublishError::Refused(ahead.clone()).into(),
             StopClass::OperatorNeeded,
         );
+        let gone = PublishError::CheckpointGone {
+            id: CheckpointId(4),
+        };
+        check(gone.into(), StopClass::OperatorNeeded);
+        let unreadable = PublishError::PendingUnreadable {
+            table: "t".into(),
+            what: "their schema 3 is gone".into(),
+        };
+        check(unreadable.into(), StopClass::OperatorNeeded);
         check(
             JobError::Refused(vec![ahead.clone()]),
             StopClass::OperatorNeeded,
