@@ -70,9 +70,7 @@ impl Job {
 
         if let Some(cold) = self.cold.as_mut() {
             if !evicted.is_empty() {
-                cold.add(&self.log, id, self.generation, &evicted)
-                    .await
-                    .map_err(|e| JobError::Protocol(e.to_string()))?;
+                cold.add(&self.log, id, self.generation, &evicted).await?;
                 self.report.evicted += evicted.len() as u64;
                 self.crash.hit(CrashPoint::AfterColdRunWritten)?;
             }
@@ -82,8 +80,7 @@ impl Job {
                 (id, self.generation),
                 self.state.horizon_cutoff_us(),
             )
-            .await
-            .map_err(|e| JobError::Protocol(e.to_string()))?;
+            .await?;
         }
         let state_bytes = bytes.len();
         let checksum = crate::checkpoint::manifest::state_checksum(&bytes);

@@ -115,8 +115,29 @@ pub enum JobError {
     /// The Kafka consumer thread ended without an error (it should never): restart.
     #[error("the Kafka consumer thread stopped")]
     ConsumerStopped,
-    /// The protocol refuses to continue (offsets moving backwards, unreadable state); the
-    /// message says why and what to do.
+    /// The cold tier failed: unreadable (corrupt, operator needed) or its store did not
+    /// answer (transient).
+    #[error(transparent)]
+    Cold(#[from] crate::cold::ColdError),
+    /// The checkpoint's state files did not decode (their checksums matched: written so by a
+    /// bug or another build); nothing was written.
+    #[error(
+        "{0}; rewind to an older checkpoint (`recon-pipeline checkpoints list`, then `recon-pipeline rewind`)"
+    )]
+    State(#[from] crate::state::codec::CodecError),
+    /// A partition's offsets went backwards within a run: stopping rather than counting twice.
+    #[error(
+        "partition {partition}: offset {offset} is before the expected {expected}; offsets moved backwards (topic recreated or reset?). Stopping rather than double-counting; if the topic was recreated, see `recon-pipeline accept-topic-reset`"
+    )]
+    OffsetsBackwards {
+        /// The partition.
+        partition: PartitionId,
+        /// The offset read.
+        offset: i64,
+        /// The next offset expected.
+        expected: Offset,
+    },
+    /// The protocol refuses to continue; the message says why and what to do.
     #[error("{0}")]
     Protocol(String),
     /// A simulated crash (tests and demo only).
@@ -365,10 +386,11 @@ impl Job {
                 last: None,
             });
             if r.offset < cut.end.0 {
-                return Err(JobError::Protocol(format!(
-                    "partition {pid}: offset {} is before the expected {}; offsets moved backwards (topic recreated or reset?). Stopping rather than double-counting",
-                    r.offset, cut.end
-                )));
+                return Err(JobError::OffsetsBackwards {
+                    partition: pid,
+                    offset: r.offset,
+                    expected: cut.end,
+                });
             }
             cut.end = Offset(r.offset + 1);
             cut.records += 1;
@@ -520,9 +542,7 @@ impl Job {
         let Some(cold) = self.cold.as_mut().filter(|c| !c.is_empty()) else {
             return Ok(());
         };
-        let b = crate::cold::bring_back(&mut self.state, cold, ev)
-            .await
-            .map_err(|e| JobError::Protocol(e.to_string()))?;
+        let b = crate::cold::bring_back(&mut self.state, cold, ev).await?;
         self.report.brought_back += u64::from(b.trip) + u64::from(b.holder);
         Ok(())
     }

@@ -279,7 +279,7 @@ pub(super) async fn recover(
         Some((paths, files)) if paths == claimed.manifest.state_chain => files,
         _ => log.read_state_chain(&claimed.manifest).await?,
     };
-    codec::restore_chain(&mut state, &chain).map_err(|e| JobError::Protocol(e.to_string()))?;
+    codec::restore_chain(&mut state, &chain)?;
 
     if let Some(h) = claimed.manifest.high_water_us {
         state.raise_high_water(h);

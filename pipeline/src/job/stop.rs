@@ -105,6 +105,9 @@ impl JobError {
             JobError::Refused(r) => refusals_class(r),
             JobError::Config(_) => StopClass::Config,
             JobError::ConsumerStopped => StopClass::Transient,
+            JobError::Cold(crate::cold::ColdError::Io(_)) => StopClass::Transient,
+            JobError::Cold(crate::cold::ColdError::Corrupt(_)) => StopClass::OperatorNeeded,
+            JobError::State(_) | JobError::OffsetsBackwards { .. } => StopClass::OperatorNeeded,
             JobError::Protocol(_) => StopClass::OperatorNeeded,
             JobError::SimulatedCrash(_) => StopClass::Transient,
         }
@@ -298,6 +301,10 @@ mod tests {
             PublishError::Refused(ahead.clone()).into(),
             StopClass::OperatorNeeded,
         );
+        let io = crate::cold::ColdError::Io("store down".into());
+        check(io.into(), StopClass::Transient);
+        let corrupt = crate::cold::ColdError::Corrupt("run x: CRC".into());
+        check(corrupt.into(), StopClass::OperatorNeeded);
         let gone = PublishError::CheckpointGone {
             id: CheckpointId(4),
         };
