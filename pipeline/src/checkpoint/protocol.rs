@@ -178,6 +178,35 @@ pub fn plan_commit(ours: Generation, head: CheckpointId, marks: &TableMarks) -> 
     }
 }
 
+/// What an exactly-once output (the alerts topic, the current-balance table) needs at a start,
+/// from the checkpoint its own progress record holds and the log head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputPlan {
+    /// The output holds a checkpoint the log does not reach: the log was lost or replaced, and
+    /// emitting now could emit twice. Stop for an operator.
+    Ahead {
+        /// What the output holds.
+        held: CheckpointId,
+    },
+    /// It holds the head: nothing to emit.
+    UpToDate,
+    /// It lacks the checkpoints after `held` through the head: emit them, with the progress
+    /// record, in one transaction.
+    Behind {
+        /// What the output holds (`None`: nothing yet).
+        held: Option<CheckpointId>,
+    },
+}
+
+/// Decides what an output needs, as [`plan_commit`] does for a table.
+pub fn plan_output(held: Option<CheckpointId>, head: CheckpointId) -> OutputPlan {
+    match held {
+        Some(h) if h > head => OutputPlan::Ahead { held: h },
+        Some(h) if h == head => OutputPlan::UpToDate,
+        held => OutputPlan::Behind { held },
+    }
+}
+
 /// The verdict on one commit attempt against the exact base it would land on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttemptVerdict {
@@ -292,6 +321,19 @@ pub fn prunable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An output ahead of the log stops; at the head it waits; behind it emits the rest.
+    #[test]
+    fn an_output_is_planned_like_a_table() {
+        let head = CheckpointId(7);
+        let held = CheckpointId(8);
+        assert_eq!(plan_output(Some(held), head), OutputPlan::Ahead { held });
+        assert_eq!(plan_output(Some(head), head), OutputPlan::UpToDate);
+        let held = Some(CheckpointId(3));
+        assert_eq!(plan_output(held, head), OutputPlan::Behind { held });
+        let held = None;
+        assert_eq!(plan_output(held, head), OutputPlan::Behind { held });
+    }
 
     fn job() -> JobId {
         JobId::new("job").unwrap()

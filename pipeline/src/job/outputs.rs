@@ -9,6 +9,7 @@ use recon_schemas::balance::TripStatus;
 use recon_schemas::event::Event;
 
 use crate::checkpoint::manifest::{AlertsFile, Manifest};
+use crate::checkpoint::protocol::{OutputPlan, plan_output};
 use crate::config::Config;
 use crate::crash::CrashPoint;
 use crate::ids::{CheckpointId, PartitionId};
@@ -139,11 +140,10 @@ impl Job {
         .await
         .map_err(blocking_err)??;
         let head = self.last;
-        if done.is_some_and(|d| d > head) {
+        if let OutputPlan::Ahead { held } = plan_output(done, head) {
             return Err(JobError::Output(OutputError::Protocol(format!(
-                "the alerts topic's progress says checkpoint {} of job {} was emitted, but the checkpoint log ends at {head}: \
+                "the alerts topic's progress says checkpoint {held} of job {} was emitted, but the checkpoint log ends at {head}: \
                  the log was lost or replaced; emitting now could duplicate alerts. Restore the checkpoint store or use a new job_id",
-                done.map_or(0, |d| d.0),
                 self.cfg.job_id
             ))));
         }
@@ -185,18 +185,19 @@ impl Job {
 
     async fn recover_balances(&mut self, held: Option<CheckpointId>) -> Result<(), JobError> {
         let head = self.last;
-        if held.is_some_and(|h| h > head) {
-            return Err(JobError::Output(OutputError::Protocol(format!(
-                "{} holds checkpoint {} of job {} but the checkpoint log ends at {head}: the log was lost or replaced; \
-                 restore the checkpoint store or use a new job_id",
-                self.cfg.current_balances.table,
-                held.map_or(0, |h| h.0),
-                self.cfg.job_id
-            ))));
-        }
-        if held == Some(head) {
-            tracing::info!(checkpoint = %head, "current balances already hold the head");
-            return Ok(());
+        match plan_output(held, head) {
+            OutputPlan::Ahead { held } => {
+                return Err(JobError::Output(OutputError::Protocol(format!(
+                    "{} holds checkpoint {held} of job {} but the checkpoint log ends at {head}: the log was lost or replaced; \
+                     restore the checkpoint store or use a new job_id",
+                    self.cfg.current_balances.table, self.cfg.job_id
+                ))));
+            }
+            OutputPlan::UpToDate => {
+                tracing::info!(checkpoint = %head, "current balances already hold the head");
+                return Ok(());
+            }
+            OutputPlan::Behind { .. } => {}
         }
         // Behind: the restored state is every trip's balance as of the head.
         let rows: Vec<BalanceRow> = self
