@@ -52,18 +52,22 @@ pub const RECOVERY_LIMITS: references::Limits = references::Limits {
 /// (what it deleted was judged with complete references) and the job starts.
 pub const CLEANUP_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Reads the attempt out of a data file name written by `job`.
+/// The name prefix of the data files one attempt writes for checkpoint `id`: the writer then
+/// appends `-<counter:05>.parquet` (iceberg-rust's `DefaultFileNameGenerator`). The one place
+/// the name is spelled; [`parse_writer`] reads it back.
+pub fn data_file_prefix(
+    job: &JobId,
+    generation: Generation,
+    id: CheckpointId,
+    attempt: uuid::Uuid,
+) -> String {
+    format!("{job}-g{generation}-c{:020}-{}", id.0, attempt.simple())
+}
+
+/// Reads the attempt out of a data file name written by `job` ([`parse_writer`], for one job).
 pub fn parse_name(job: &JobId, file_name: &str) -> Option<(Generation, CheckpointId)> {
-    let rest = file_name.strip_prefix(job.as_str())?.strip_prefix("-g")?;
-    let (generation, rest) = rest.split_once("-c")?;
-    let checkpoint = rest.get(..20)?;
-    if !rest.ends_with(".parquet") {
-        return None;
-    }
-    Some((
-        Generation(generation.parse().ok()?),
-        CheckpointId(checkpoint.parse().ok()?),
-    ))
+    let (writer, generation, checkpoint) = parse_writer(file_name)?;
+    (writer == job.as_str()).then_some((generation, checkpoint))
 }
 
 /// Reads the writer out of a data file name of any job: `(job, generation, checkpoint)`.
@@ -368,6 +372,27 @@ async fn clean_unbounded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every name the sink writes parses back to its writer, and to no other job.
+    #[test]
+    fn written_names_parse_back() {
+        for (job, g, c) in [
+            ("j", 1, 1),
+            ("pay-eu-1", 12, 345),
+            ("a-b", u64::MAX, u64::MAX),
+        ] {
+            let job = JobId::new(job).unwrap();
+            let prefix =
+                data_file_prefix(&job, Generation(g), CheckpointId(c), uuid::Uuid::new_v4());
+            for counter in ["00000", "00017", "123456"] {
+                let name = format!("{prefix}-{counter}.parquet");
+                let want = (Generation(g), CheckpointId(c));
+                assert_eq!(parse_name(&job, &name), Some(want), "{name}");
+                assert_eq!(parse_writer(&name), Some((job.as_str(), want.0, want.1)));
+                assert_eq!(parse_name(&JobId::new("other").unwrap(), &name), None);
+            }
+        }
+    }
 
     #[test]
     fn names_parse_for_job_ids_with_dashes() {

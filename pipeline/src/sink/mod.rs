@@ -155,11 +155,7 @@ impl Sink {
         };
         let (job, generation) = (&self.job, self.generation);
         let prefix = slot.prefix.get_or_insert_with(|| {
-            format!(
-                "{job}-g{generation}-c{:020}-{}",
-                id.0,
-                uuid::Uuid::new_v4().simple()
-            )
+            crate::orphans::data_file_prefix(job, generation, id, uuid::Uuid::new_v4())
         });
         slot.writer.write(prefix, batch).await.map_err(werr)
     }
