@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use super::log::Completed;
-use super::manifest::{EntryKind, FORMAT_VERSION, Manifest, PartitionCut};
+use super::manifest::{EntryKind, Manifest, PartitionCut};
 use crate::ids::{CheckpointId, Generation, JobId, Offset, PartitionId};
 
 /// Why a process claims a generation ([`CheckpointLog::claim_as`](super::log::CheckpointLog::claim_as)).
@@ -93,7 +93,7 @@ pub fn plan(
         }
     };
     let Some(base) = base else {
-        return Ok((first_manifest(job, id, generation), entry_kind));
+        return Ok((Manifest::empty(job.clone(), id, generation), entry_kind));
     };
     let mut m = base.continuation(id, generation);
     match (kind, head) {
@@ -113,30 +113,6 @@ fn replay_bound(head: &Manifest) -> BTreeMap<PartitionId, Offset> {
         *e = (*e).max(o);
     }
     until
-}
-
-/// The manifest of a job's first claim: nothing read, no state.
-fn first_manifest(job: &JobId, id: CheckpointId, generation: Generation) -> Manifest {
-    Manifest {
-        format: FORMAT_VERSION,
-        job_id: job.clone(),
-        checkpoint_id: id,
-        generation,
-        partitions: Default::default(),
-        pending: Default::default(),
-        state_chain: Vec::new(),
-        state_sha256: Default::default(),
-        cold_runs: Vec::new(),
-        cold_retired: Vec::new(),
-        high_water_us: None,
-        partition_event_time_us: Default::default(),
-        watermark_us: None,
-        counts: Default::default(),
-        replay_until: Default::default(),
-        alerts: None,
-        input_epoch: 0,
-        topic_id: None,
-    }
 }
 
 /// Applies a topic reset to the continuation of the head: a new input epoch; listed partitions

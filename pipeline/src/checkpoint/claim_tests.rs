@@ -3,7 +3,7 @@
 use chrono::DateTime;
 
 use super::*;
-use crate::checkpoint::manifest::LogEntry;
+use crate::checkpoint::manifest::{FORMAT_VERSION, LogEntry};
 
 fn job() -> JobId {
     JobId::new("j").unwrap()
@@ -20,7 +20,7 @@ fn cut(start: i64, end: i64) -> PartitionCut {
 
 /// A completed checkpoint `id` reading partitions 0 and 1 up to `ends`.
 fn completed(id: u64, ends: [i64; 2]) -> Completed {
-    let mut manifest = first_manifest(&job(), CheckpointId(id), Generation(3));
+    let mut manifest = Manifest::empty(job(), CheckpointId(id), Generation(3));
     manifest.partitions.insert(PartitionId(0), cut(0, ends[0]));
     manifest.partitions.insert(PartitionId(1), cut(0, ends[1]));
     manifest.state_chain = vec![format!("ckpt/{id:020}-g3/state.bin")];

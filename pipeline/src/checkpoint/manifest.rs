@@ -257,6 +257,31 @@ impl Manifest {
         self.partitions.iter().map(|(p, c)| (*p, c.end)).collect()
     }
 
+    /// The manifest of nothing: no partitions read, no files, no state (a job's first claim;
+    /// tests build on it).
+    pub fn empty(job_id: JobId, checkpoint_id: CheckpointId, generation: Generation) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            job_id,
+            checkpoint_id,
+            generation,
+            partitions: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            state_chain: Vec::new(),
+            state_sha256: BTreeMap::new(),
+            cold_runs: Vec::new(),
+            cold_retired: Vec::new(),
+            high_water_us: None,
+            partition_event_time_us: BTreeMap::new(),
+            watermark_us: None,
+            counts: Counts::default(),
+            replay_until: BTreeMap::new(),
+            alerts: None,
+            input_epoch: 0,
+            topic_id: None,
+        }
+    }
+
     /// A manifest that continues `self` with nothing new: same offsets and state, no files.
     /// Used for generation starts and rewinds.
     pub fn continuation(&self, checkpoint_id: CheckpointId, generation: Generation) -> Manifest {

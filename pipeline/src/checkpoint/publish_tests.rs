@@ -136,14 +136,8 @@ async fn the_guard_refuses_another_jobs_table_and_commits_stamp_owner_and_sha() 
     let catalog = memory_catalog().await;
     let ident = TableIdent::from_strs(["sim", TABLES[0]]).unwrap();
     let req = CommitRequest {
-        table: ident.clone(),
-        after: None,
-        first: CheckpointId(1),
-        through: CheckpointId(1),
-        files: vec![],
-        offsets_json: "{}".into(),
-        input_epoch: 0,
         through_sha256: Some("abc".into()),
+        ..first_commit(&ident)
     };
     let committer = |job: &str| {
         Committer::new(
@@ -260,7 +254,7 @@ async fn a_missing_pending_file_commits_nothing_anywhere() {
 /// table stays as it was.
 #[tokio::test]
 async fn a_read_only_committer_refuses_to_commit() {
-    use crate::checkpoint::commit::{CommitError, CommitRequest};
+    use crate::checkpoint::commit::CommitError;
     use crate::ids::Generation;
     let catalog = memory_catalog().await;
     let job = JobId::new("ro").unwrap();
@@ -272,16 +266,7 @@ async fn a_read_only_committer_refuses_to_commit() {
         Duration::from_secs(5),
     );
     let ident = TableIdent::from_strs(["sim", TABLES[0]]).unwrap();
-    let req = CommitRequest {
-        table: ident.clone(),
-        after: None,
-        first: CheckpointId(1),
-        through: CheckpointId(1),
-        files: vec![],
-        offsets_json: "{}".into(),
-        input_epoch: 0,
-        through_sha256: None,
-    };
+    let req = first_commit(&ident);
     let err = c.commit(&req).await.unwrap_err();
     assert!(matches!(err, CommitError::Protocol { .. }), "{err}");
     let table = catalog.load_table(&ident).await.unwrap();
@@ -289,4 +274,18 @@ async fn a_read_only_committer_refuses_to_commit() {
         table.metadata().current_snapshot().is_none(),
         "nothing written"
     );
+}
+
+/// The (empty) commit of checkpoint 1 to `table`.
+fn first_commit(table: &TableIdent) -> crate::checkpoint::commit::CommitRequest {
+    crate::checkpoint::commit::CommitRequest {
+        table: table.clone(),
+        after: None,
+        first: CheckpointId(1),
+        through: CheckpointId(1),
+        files: vec![],
+        offsets_json: "{}".into(),
+        input_epoch: 0,
+        through_sha256: None,
+    }
 }

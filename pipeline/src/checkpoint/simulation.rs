@@ -34,9 +34,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::commit::Committer;
 use crate::checkpoint::log::CheckpointLog;
-use crate::checkpoint::manifest::{
-    Counts, EntryKind, FORMAT_VERSION, Manifest, PartitionCut, PendingFiles,
-};
+use crate::checkpoint::manifest::{EntryKind, Manifest, PartitionCut, PendingFiles};
 use crate::checkpoint::publish::Publisher;
 use crate::checkpoint::store::{CheckpointStore, ObjectCheckpointStore};
 use crate::ids::{CheckpointId, Generation, JobId, Offset, PartitionId};
@@ -180,24 +178,9 @@ impl Process {
             }
         }
         let manifest = Manifest {
-            format: FORMAT_VERSION,
-            job_id: self.log.job().clone(),
-            checkpoint_id: id,
-            generation: self.generation,
             partitions: cuts.clone(),
             pending,
-            state_chain: Vec::new(),
-            state_sha256: Default::default(),
-            cold_runs: Vec::new(),
-            cold_retired: Vec::new(),
-            high_water_us: None,
-            partition_event_time_us: Default::default(),
-            watermark_us: None,
-            counts: Counts::default(),
-            replay_until: Default::default(),
-            alerts: None,
-            input_epoch: 0,
-            topic_id: None,
+            ..Manifest::empty(self.log.job().clone(), id, self.generation)
         };
         let entry = self
             .log

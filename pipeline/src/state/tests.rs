@@ -4,10 +4,15 @@ use chrono::TimeZone;
 use recon_schemas::event::EventType;
 
 fn ev(id: u128, kind: EventType, cents: i64) -> Event {
+    event("trip-1", id, kind, cents)
+}
+
+/// An event of `trip` in USD at 2026-11-28 10:00 UTC (for the state's tests and its codec's).
+pub(super) fn event(trip: &str, id: u128, kind: EventType, cents: i64) -> Event {
     Event {
         event_id: uuid::Uuid::from_u128(id),
         event_type: kind,
-        trip_id: "trip-1".into(),
+        trip_id: trip.into(),
         amount: Decimal::new(cents, 2),
         currency: Currency::USD,
         occurred_at: chrono::Utc

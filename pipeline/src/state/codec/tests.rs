@@ -1,25 +1,10 @@
 //! Tests of the state file format.
 
 use super::*;
-use chrono::TimeZone;
 use recon_schemas::event::{Event, EventType};
 
 fn ev(trip: &str, id: u128, cents: i64) -> Event {
-    Event {
-        event_id: uuid::Uuid::from_u128(id),
-        event_type: EventType::TripCharge,
-        trip_id: trip.into(),
-        amount: Decimal::new(cents, 2),
-        currency: Currency::parse("USD").unwrap(),
-        occurred_at: chrono::Utc
-            .with_ymd_and_hms(2026, 11, 28, 10, 0, 0)
-            .unwrap(),
-        rider_id: None,
-        driver_id: None,
-        payment_id: None,
-        payout_id: None,
-        schema_version: 1,
-    }
+    crate::state::tests::event(trip, id, EventType::TripCharge, cents)
 }
 
 #[test]
