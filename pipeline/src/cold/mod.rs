@@ -87,10 +87,14 @@ pub async fn bring_back(
                     continue;
                 }
                 trips.push(id.clone());
+                // A trip in memory answers for itself: had it held the id, memory would have
+                // said so above. Its cold record may be older than memory (it let the id go
+                // to a later trip since), so it is no evidence: look further.
+                if state.is_hot(&id) {
+                    continue;
+                }
                 if seen.iter().any(|(k, _)| *k == key) {
-                    if !state.is_hot(&id) {
-                        brought.holder |= state.rehydrate(&name, &rec)?;
-                    }
+                    brought.holder |= state.rehydrate(&name, &rec)?;
                     break 'holders;
                 }
             }
