@@ -69,6 +69,11 @@ impl fmt::Display for Offset {
     }
 }
 
+/// The longest job id.
+pub const JOB_ID_LEN_MAX: usize = 64;
+/// Length of the suffix a fleet task adds to its job's id (`.t0000`).
+pub const TASK_SUFFIX_LEN: usize = 6;
+
 /// Identity of a streaming job: names its checkpoint log and stamps its commits.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -79,7 +84,7 @@ impl JobId {
     /// object paths and file names.
     pub fn new(id: &str) -> Result<JobId, String> {
         let ok = !id.is_empty()
-            && id.len() <= 64
+            && id.len() <= JOB_ID_LEN_MAX
             && id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
@@ -95,6 +100,15 @@ impl JobId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The id of task `task` of this (fleet) job: `<job>.t<task:04>`, which names the task's
+    /// checkpoint log and its data files. `None` when the result would not be a job id
+    /// (the configuration refuses such a job id first).
+    pub fn task(&self, task: u32) -> Option<JobId> {
+        (task < 10_000)
+            .then(|| JobId::new(&format!("{}.t{task:04}", self.0)).ok())
+            .flatten()
     }
 }
 

@@ -32,6 +32,13 @@ pub enum CrashPoint {
     /// Bounded state on: a barrier's evicted trips are written as a cold run in the checkpoint
     /// store; its state delta (with their tombstones) and manifest are not.
     AfterColdRunWritten,
+    /// Fleet committer: its commit record (manifest) is written, its log entry is not.
+    CommitterBeforeRecord,
+    /// Fleet committer: the record is durable; one table holds it, the others do not.
+    CommitterDuringCommit,
+    /// Fleet committer: every table holds the record; the progress workers prune by is not
+    /// written.
+    CommitterAfterCommit,
 }
 
 impl CrashPoint {
@@ -54,6 +61,13 @@ impl CrashPoint {
     /// Points reached only with bounded state on (`[state] evict_*`), at a barrier that evicts.
     pub const BOUNDED: [CrashPoint; 1] = [CrashPoint::AfterColdRunWritten];
 
+    /// Points of the fleet committer (`run --role committer`).
+    pub const COMMITTER: [CrashPoint; 3] = [
+        CrashPoint::CommitterBeforeRecord,
+        CrashPoint::CommitterDuringCommit,
+        CrashPoint::CommitterAfterCommit,
+    ];
+
     /// The name used in `RECON_CRASH_AT`.
     pub fn name(self) -> &'static str {
         match self {
@@ -66,6 +80,9 @@ impl CrashPoint {
             CrashPoint::BeforeAlertsCommit => "before-alerts-commit",
             CrashPoint::BeforeBalancesCommit => "before-balances-commit",
             CrashPoint::AfterColdRunWritten => "after-cold-run-written",
+            CrashPoint::CommitterBeforeRecord => "committer-before-record",
+            CrashPoint::CommitterDuringCommit => "committer-during-commit",
+            CrashPoint::CommitterAfterCommit => "committer-after-commit",
         }
     }
 
@@ -75,6 +92,7 @@ impl CrashPoint {
             .into_iter()
             .chain(CrashPoint::OUTPUTS)
             .chain(CrashPoint::BOUNDED)
+            .chain(CrashPoint::COMMITTER)
             .find(|p| p.name() == name)
     }
 }

@@ -145,6 +145,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
             crash: plan.clone(),
             shutdown: rx,
             idle_exit: Some(Duration::from_millis(1500)),
+            fleet: None,
         };
         match job::run(&cfg, env).await {
             Err(JobError::SimulatedCrash(p)) => {

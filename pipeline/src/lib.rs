@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod cold;
 pub mod crash;
 pub mod demo;
+pub mod fleet;
 pub mod generate;
 pub mod job;
 pub mod maintain;

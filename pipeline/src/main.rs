@@ -31,6 +31,17 @@ struct Cli {
     command: Command,
 }
 
+/// What a `run` process does in a fleet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    /// Worker and committer (a fleet), or the single-process job.
+    All,
+    /// Tasks only.
+    Worker,
+    /// The committer only.
+    Committer,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the streaming job until SIGTERM/SIGINT (final checkpoint and commit, exit 0).
@@ -51,6 +62,11 @@ enum Command {
         /// (Kubernetes, compose).
         #[arg(long, env = "RECON_HOLD_ON_STOP")]
         hold_on_stop: bool,
+        /// With `[fleet] tasks = K`: `worker` (runs the tasks Kafka's group coordinator gives
+        /// it), `committer` (one per job: commits every task's checkpoints), or `all` (both in
+        /// this process). Without a fleet only `all` (the default) is accepted.
+        #[arg(long, value_enum, default_value = "all", env = "RECON_ROLE")]
+        role: Role,
     },
     /// The zero-setup demo: in-process Kafka mock cluster, SQLite catalog and a local
     /// warehouse under `./lakehouse`; crashes and restarts the job mid-stream, then reconciles.
@@ -231,7 +247,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             config,
             exit_when_idle_ms,
             hold_on_stop: _,
-        } => run(config, exit_when_idle_ms).await,
+            role,
+        } => run(config, exit_when_idle_ms, role).await,
         Command::Demo(args) => demo::run(args).await.map(|_| ()),
         Command::Bench(args) => bench::run(args).await.map(|_| ()),
         Command::Generate(args) => {
@@ -281,8 +298,83 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn run(config: Option<PathBuf>, idle_ms: Option<u64>) -> anyhow::Result<()> {
+/// A fleet process: a worker, the committer, or both (the committer stops after the worker's
+/// tasks made their final checkpoints, so that it commits them).
+async fn run_fleet(cfg: &Config, env: JobEnv, role: Role) -> anyhow::Result<()> {
+    use recon_pipeline::fleet::{committer, worker};
+    match role {
+        Role::Worker => {
+            let r = worker::run(cfg, env).await?;
+            println!(
+                "worker stopped cleanly: task starts {} revoked {} checkpoints {} records {}",
+                r.task_starts, r.revoked, r.checkpoints, r.records
+            );
+        }
+        Role::Committer => {
+            let r = committer::run(cfg, env).await?;
+            println!(
+                "committer stopped cleanly: generation {} records {} commits {} last sequence {}",
+                r.generation, r.records, r.commits, r.last
+            );
+        }
+        Role::All => {
+            // The worker stops on SIGTERM or when the committer failed; the committer stops
+            // after the worker (its tasks' final checkpoints are then durable: a last commit).
+            let (ctx, crx) = watch::channel(false);
+            let (wtx, wrx) = watch::channel(false);
+            let wtx = std::sync::Arc::new(wtx);
+            let mut outer = env.shutdown.clone();
+            let forward = wtx.clone();
+            tokio::spawn(async move {
+                if outer.changed().await.is_ok() {
+                    let _ = forward.send(true);
+                }
+            });
+            let committer_env = JobEnv {
+                catalog: env.catalog.clone(),
+                store: env.store.clone(),
+                store_prefix: env.store_prefix.clone(),
+                crash: CrashPlan::default(),
+                shutdown: crx,
+                idle_exit: None,
+                fleet: None,
+            };
+            let worker_env = JobEnv {
+                shutdown: wrx,
+                ..env
+            };
+            let working = async {
+                let r = worker::run(cfg, worker_env).await;
+                let _ = ctx.send(true);
+                r
+            };
+            let committing = async {
+                let r = committer::run(cfg, committer_env).await;
+                if r.is_err() {
+                    let _ = wtx.send(true);
+                }
+                r
+            };
+            let (worked, committed) = tokio::join!(working, committing);
+            let w = worked?;
+            let c = committed?;
+            println!(
+                "fleet stopped cleanly: task starts {} checkpoints {} records {}; committer generation {} commits {} last sequence {}",
+                w.task_starts, w.checkpoints, w.records, c.generation, c.commits, c.last
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn run(config: Option<PathBuf>, idle_ms: Option<u64>, role: Role) -> anyhow::Result<()> {
     let cfg = Config::load(config.as_deref())?;
+    if !cfg.fleet.enabled() && role != Role::All {
+        return Err(recon_pipeline::config::ConfigError(format!(
+            "--role {role:?} needs [fleet] tasks > 0; without a fleet the job runs as one process (drop --role)"
+        ))
+        .into());
+    }
     let (store, prefix) = checkpoint::store::open(&cfg).context("opening the checkpoint store")?;
     if let Some(listen) = cfg.metrics_listen {
         recon_pipeline::telemetry::serve(listen).await?;
@@ -308,7 +400,11 @@ async fn run(config: Option<PathBuf>, idle_ms: Option<u64>) -> anyhow::Result<()
         crash: CrashPlan::default(),
         shutdown: rx,
         idle_exit: idle_ms.map(Duration::from_millis),
+        fleet: None,
     };
+    if cfg.fleet.enabled() {
+        return run_fleet(&cfg, env, role).await;
+    }
     let report = job::run(&cfg, env).await?;
     println!(
         "stopped cleanly: generation {} checkpoints {} commits {} records {} events {} duplicates {} rejected {} trips {} last checkpoint {} evicted {} brought back {} state folds {}",
@@ -361,6 +457,10 @@ async fn rewind(
     yes: bool,
 ) -> anyhow::Result<()> {
     let cfg = Config::load(config.as_deref())?;
+    anyhow::ensure!(
+        !cfg.fleet.enabled(),
+        "rewind is not supported for a fleet ([fleet] tasks > 0) in this build: every task and the committer would have to rewind to one cut; nothing was written"
+    );
     let (store, prefix) = checkpoint::store::open(&cfg)?;
     let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
     let head = log

@@ -167,6 +167,40 @@ pub fn committed(id: u64, took: Duration, tables_landed: u64) {
     gauge!("recon_seconds_since_last_commit").set(0.0);
 }
 
+/// Fleet committer: commit sequence `id` is in every table, `took` after its gathering began.
+pub fn committer_commit(id: u64, took: Duration) {
+    histogram!("recon_committer_commit_duration_seconds").record(took.as_secs_f64());
+    gauge!("recon_committer_last_sequence").set(id as f64);
+    LAST_COMMIT_UNIX_MS.store(now_ms(), Ordering::Relaxed);
+    gauge!("recon_seconds_since_last_commit").set(0.0);
+    READY.store(true, Ordering::Relaxed);
+}
+
+/// Fleet committer: completed checkpoints of `task` found at a gathering (its commit lag).
+pub fn committer_task_lag(task: u32, checkpoints: u64) {
+    gauge!("recon_committer_task_lag_checkpoints", "task" => task.to_string())
+        .set(checkpoints as f64);
+}
+
+/// Fleet worker: tasks this worker runs now.
+pub fn worker_tasks(n: usize) {
+    gauge!("recon_worker_tasks").set(n as f64);
+    if n > 0 {
+        READY.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Fleet worker: a rebalance gave (`assigned`) or took (`revoked`) tasks.
+pub fn worker_rebalance(kind: &'static str, tasks: usize) {
+    counter!("recon_worker_rebalances_total", "kind" => kind).increment(1);
+    counter!("recon_worker_task_moves_total", "kind" => kind).increment(tasks as u64);
+}
+
+/// Fleet worker: from a task's assignment to its first completed checkpoint here.
+pub fn task_handover(took: Duration) {
+    histogram!("recon_worker_task_handover_seconds").record(took.as_secs_f64());
+}
+
 /// Consumer lag of one partition (records between the position and the high watermark).
 pub fn lag(partition: i32, records: i64) {
     gauge!("recon_consumer_lag_records", "partition" => partition.to_string())

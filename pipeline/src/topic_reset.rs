@@ -117,6 +117,10 @@ pub fn plan(
 /// `topic_reset` entry.
 pub async fn run(cfg: &Config, reason: &str, yes: bool) -> anyhow::Result<()> {
     anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+    anyhow::ensure!(
+        !cfg.fleet.enabled(),
+        "accept-topic-reset is not supported for a fleet ([fleet] tasks > 0) in this build: each task's log would need its own reset entry and the committer an epoch; nothing was written"
+    );
     let (store, prefix) = crate::checkpoint::store::open(cfg)?;
     let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
     let head = log

@@ -48,6 +48,7 @@ async fn run(
         crash,
         shutdown: rx,
         idle_exit: Some(Duration::from_millis(1500)),
+        fleet: None,
     };
     job::run(cfg, env).await
 }

@@ -165,6 +165,39 @@ aws_virtual_hosted_style_request = "false"
     }
 }
 
+impl JobSetup {
+    /// Starts `recon-pipeline run --config <config>` with `args` after it (e.g. `--role
+    /// worker`) and extra environment; output goes to `log`.
+    pub fn spawn_with(
+        &self,
+        args: &[&str],
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> std::process::Child {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(binary());
+        cmd.args(["run", "--config"])
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "warn,recon_pipeline=info")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("spawn recon-pipeline")
+    }
+
+    /// Appends `text` (a TOML section) to the configuration file.
+    pub fn append_config(&self, text: &str) {
+        let mut toml = std::fs::read_to_string(&self.config).expect("read config");
+        toml.push('\n');
+        toml.push_str(text);
+        std::fs::write(&self.config, toml).expect("write config");
+    }
+}
+
 /// Waits for a child with a deadline (polling its status); kills it and panics when the
 /// deadline passes. Returns the status and the log.
 pub fn wait_with_deadline(

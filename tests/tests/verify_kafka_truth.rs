@@ -213,6 +213,7 @@ async fn kafka_truth_against_the_streaming_jobs_tables_is_clean() {
         crash: CrashPlan::default(),
         shutdown: rx,
         idle_exit: Some(Duration::from_millis(1500)),
+        fleet: None,
     };
     job::run(&cfg, env).await.unwrap();
     let r = run(&cfg, catalog).await;

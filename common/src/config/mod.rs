@@ -11,6 +11,7 @@
 
 mod catalog;
 mod checkpoint;
+pub mod fleet;
 mod load;
 mod maintenance;
 pub mod outputs;
@@ -81,6 +82,8 @@ pub struct RawConfig {
     pub current_balances: crate::config::outputs::RawCurrentBalances,
     /// Table maintenance.
     pub maintenance: RawMaintenance,
+    /// Workers and committer (off by default).
+    pub fleet: crate::config::fleet::RawFleet,
 }
 
 impl Default for RawConfig {
@@ -98,6 +101,7 @@ impl Default for RawConfig {
             alerts: Default::default(),
             current_balances: Default::default(),
             maintenance: RawMaintenance::default(),
+            fleet: Default::default(),
         }
     }
 }
@@ -143,6 +147,9 @@ pub struct Config {
     pub current_balances_url: Option<String>,
     /// Defaults of `maintain` (validated: `retain_last >= 1`, orphan age >= [`ORPHAN_AGE_MIN`]).
     pub maintenance: RawMaintenance,
+    /// `[fleet]` (validated: with tasks, exactly-once, no `source.partitions`, no optional
+    /// outputs, a job id short enough for task ids).
+    pub fleet: crate::config::fleet::RawFleet,
 }
 
 impl std::fmt::Debug for Config {
@@ -170,6 +177,7 @@ impl std::fmt::Debug for Config {
                 &self.current_balances_url.as_deref().map(redact_url),
             )
             .field("maintenance", &self.maintenance)
+            .field("fleet", &self.fleet)
             .finish()
     }
 }
@@ -294,7 +302,11 @@ impl Config {
         } else {
             None
         };
+        if raw.fleet.enabled() {
+            fleet_fits(&raw)?;
+        }
         Ok(Config {
+            fleet: raw.fleet,
             alerts: raw.alerts,
             alerts_watch,
             current_balances: raw.current_balances,
@@ -320,6 +332,42 @@ impl Config {
     pub fn catalog_is_postgres(&self) -> bool {
         self.catalog.uri.starts_with("postgres")
     }
+}
+
+/// What a fleet needs of the rest of the configuration (each refusal says what to change).
+fn fleet_fits(raw: &RawConfig) -> Result<(), ConfigError> {
+    let no = |m: &str| {
+        Err(ConfigError(format!(
+            "fleet.tasks = {}: {m}",
+            raw.fleet.tasks
+        )))
+    };
+    if raw.delivery != DeliveryMode::ExactlyOnce {
+        return no(
+            "a fleet commits through its committer, which is exactly-once only; set delivery = \"exactly-once\" or fleet.tasks = 0",
+        );
+    }
+    if !raw.source.partitions.is_empty() {
+        return no("the fleet assigns partitions to tasks (p mod tasks); remove source.partitions");
+    }
+    if raw.alerts.enabled || raw.current_balances.enabled {
+        return no(
+            "the optional outputs ([alerts], [current_balances]) run in single-process jobs only in this build; turn them off or set fleet.tasks = 0",
+        );
+    }
+    if raw.source.brokers == "mock" {
+        return no(
+            "workers share tasks through Kafka's group coordinator, which librdkafka's mock cluster does not run with read_committed transactions; use a real broker",
+        );
+    }
+    if raw.job_id.len() > crate::ids::JOB_ID_LEN_MAX - crate::ids::TASK_SUFFIX_LEN {
+        return no(&format!(
+            "job_id {:?} is too long for task ids (`<job_id>.t0000`); at most {} characters",
+            raw.job_id,
+            crate::ids::JOB_ID_LEN_MAX - crate::ids::TASK_SUFFIX_LEN
+        ));
+    }
+    Ok(())
 }
 
 /// Turns a relative warehouse path into a `file://` URL; leaves URLs alone.

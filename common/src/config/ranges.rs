@@ -207,6 +207,27 @@ pub fn numeric_keys(raw: &RawConfig) -> Vec<NumericKey> {
             "at most ten years",
         ),
         k(
+            "fleet.tasks",
+            raw.fleet.tasks as i128,
+            0,
+            4_096,
+            "0 is one process; each task has its own checkpoint log and consumer, and K is fixed at creation",
+        ),
+        k(
+            "fleet.session_timeout_ms",
+            raw.fleet.session_timeout_ms as i128,
+            3_000,
+            300_000,
+            "how long a silent worker keeps its tasks; the broker bounds it too",
+        ),
+        k(
+            "fleet.commit_interval_ms",
+            raw.fleet.commit_interval_ms as i128,
+            0,
+            3_600_000,
+            "0 follows checkpoint.interval_ms; at most an hour",
+        ),
+        k(
             "maintenance.retain_last",
             m.retain_last as i128,
             1,

@@ -355,6 +355,7 @@ async fn run_job(cfg: &Config, crash: CrashPlan, idle: Duration) -> anyhow::Resu
         crash,
         shutdown: rx,
         idle_exit: Some(idle),
+        fleet: None,
     };
     Ok(job::run(cfg, env).await?)
 }

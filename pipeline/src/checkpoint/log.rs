@@ -185,6 +185,35 @@ impl CheckpointLog {
         format!("{}/{rel}", self.root)
     }
 
+    /// The log of another job beside this one (same store, same prefix).
+    pub fn sibling(&self, job: JobId) -> CheckpointLog {
+        let prefix = self
+            .root
+            .strip_suffix(self.job.as_str())
+            .unwrap_or("")
+            .trim_end_matches('/');
+        CheckpointLog {
+            store: self.store.clone(),
+            root: if prefix.is_empty() {
+                job.to_string()
+            } else {
+                format!("{prefix}/{job}")
+            },
+            job,
+        }
+    }
+
+    /// The store the log lives in.
+    pub fn store(&self) -> &Arc<dyn CheckpointStore> {
+        &self.store
+    }
+
+    /// The store path of `rel` under the job's root (records beside the log, e.g. a fleet's
+    /// `fleet.json`).
+    pub fn path_of(&self, rel: &str) -> String {
+        self.path(rel)
+    }
+
     fn corrupt(&self, message: String) -> LogError {
         LogError::Corrupt {
             job: self.job.clone(),

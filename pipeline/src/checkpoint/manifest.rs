@@ -236,6 +236,12 @@ pub struct Manifest {
     /// topic reset (the next checkpoint records the new topic's id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_id: Option<crate::source::topic_id::TopicId>,
+    /// A fleet committer's record only: per task, the newest task checkpoint this commit
+    /// sequence and the ones before it hold (cumulative). Workers prune their task's log up
+    /// to it once it is committed; a task log whose head is below it was restored from an
+    /// older copy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fleet_tasks: BTreeMap<u32, CheckpointId>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -279,6 +285,7 @@ impl Manifest {
             alerts: None,
             input_epoch: 0,
             topic_id: None,
+            fleet_tasks: BTreeMap::new(),
         }
     }
 
@@ -308,6 +315,7 @@ impl Manifest {
             alerts: None,
             input_epoch: self.input_epoch,
             topic_id: self.topic_id.clone(),
+            fleet_tasks: self.fleet_tasks.clone(),
         }
     }
 }

@@ -144,6 +144,7 @@ impl Job {
             alerts,
             input_epoch: self.input_epoch,
             topic_id: input.topic_id(),
+            fleet_tasks: BTreeMap::new(),
         };
         let entry = self
             .log
@@ -180,6 +181,17 @@ impl Job {
         self.state_sha256 = sums;
         self.start_compaction();
         self.report.checkpoints += 1;
+        if self.report.checkpoints == 1
+            && let Some(task) = &self.fleet
+        {
+            let took = task.assigned_at.elapsed();
+            crate::telemetry::task_handover(took);
+            tracing::info!(
+                task = task.task,
+                handover_ms = took.as_millis() as u64,
+                "task's first checkpoint on this worker"
+            );
+        }
         add_counts(&mut self.report.counts, &self.counts);
         tracing::info!(
             checkpoint = %id,

@@ -21,9 +21,9 @@ mod barrier;
 mod compaction;
 mod input;
 mod outputs;
-mod preflight;
-mod publish;
-mod recovery;
+pub(crate) mod preflight;
+pub(crate) mod publish;
+pub(crate) mod recovery;
 mod replay;
 mod stop;
 
@@ -67,7 +67,7 @@ impl CrashPlan {
         }
     }
 
-    fn hit(&mut self, point: CrashPoint) -> Result<(), JobError> {
+    pub(crate) fn hit(&mut self, point: CrashPoint) -> Result<(), JobError> {
         crash::maybe_crash(point);
         if let Some((p, nth)) = self.at
             && p == point
@@ -137,6 +137,9 @@ pub enum JobError {
         /// The next offset expected.
         expected: Offset,
     },
+    /// A fleet's shape, membership or committer refused (see the message).
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     /// The protocol refuses to continue; the message says why and what to do.
     #[error("{0}")]
     Protocol(String),
@@ -201,6 +204,9 @@ pub struct JobEnv {
     pub shutdown: watch::Receiver<bool>,
     /// Stop gracefully after this long without input (tests, demo, batch backfills).
     pub idle_exit: Option<Duration>,
+    /// Set when this run is one task of a fleet (`[fleet]`): it commits nothing to Iceberg,
+    /// its committer does.
+    pub fleet: Option<crate::fleet::FleetTask>,
 }
 
 /// A running job: everything between recovery and stop.
@@ -240,6 +246,8 @@ pub(crate) struct Job {
     report: RunReport,
     /// The optional exactly-once outputs (alerts topic, current balances).
     outputs: outputs::Outputs,
+    /// One task of a fleet: publishing follows the committer instead of committing.
+    fleet: Option<crate::fleet::FleetTask>,
     /// The background fold of the state chain.
     compaction: crate::checkpoint::fold::ChainFold,
     /// The checkpoints each checkpoint's state chain reads (for pruning).
@@ -267,9 +275,15 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     // its marker, or owned by another job stops here, before the claim writes anything.
     crate::lakehouse::ensure_tables(env.catalog.as_ref(), &cfg.catalog.namespace).await?;
     let log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
-    preflight::before_claim(cfg, env.catalog.as_ref(), &log).await?;
-    // And the pending files, before claiming: a missing one must not cost a generation either.
-    recovery::verify_pending_files(cfg, &env).await?;
+    if let Some(task) = &env.fleet {
+        // A task commits nothing: its log must not be behind what the committer recorded.
+        crate::fleet::worker::before_claim(task, &log).await?;
+    } else {
+        preflight::before_claim(cfg, env.catalog.as_ref(), &log).await?;
+        // And the pending files, before claiming: a missing one must not cost a generation
+        // either.
+        recovery::verify_pending_files(cfg, &env).await?;
+    }
     let mut job = recovery::recover(cfg, &env, &partitions).await?;
     if recovery::positions(&job.cuts) != verified {
         // Another instance completed a checkpoint between the check and the claim.

@@ -49,7 +49,7 @@ async fn findings(
 
 /// Before the claim: judges the tables against the log head (read after them) and the
 /// generation a claim would take. Writes nothing.
-pub(super) async fn before_claim(
+pub(crate) async fn before_claim(
     cfg: &Config,
     catalog: &dyn Catalog,
     log: &CheckpointLog,
@@ -68,7 +68,7 @@ pub(super) async fn before_claim(
 
 /// Right after the claim: `resumed` is the checkpoint the claim continues; nobody can have
 /// committed the claim's own id yet.
-pub(super) async fn after_claim(
+pub(crate) async fn after_claim(
     cfg: &Config,
     catalog: &dyn Catalog,
     log: &CheckpointLog,

@@ -16,11 +16,14 @@ use crate::sink::Output;
 use super::{Job, JobError};
 
 impl Job {
-    /// Commits every completed checkpoint up to `self.last` to every table that lacks it.
+    /// Commits every completed checkpoint up to `self.last` to every table that lacks it (a
+    /// fleet task only follows what its committer committed).
     pub(super) async fn publish(&mut self) -> Result<(), JobError> {
+        if self.fleet.is_some() {
+            return self.follow_committer().await;
+        }
         let through = self.last;
         let started = std::time::Instant::now();
-        let mut landed = false;
         let publisher = Publisher::new(
             &self.committer,
             &self.log,
@@ -31,25 +34,37 @@ impl Job {
             .into_iter()
             .map(|o| self.sink.table(o).clone())
             .collect();
-        // Every table's pending files before the first commit: a missing one stops the job with
-        // no table changed.
-        publisher.check_pending(&tables, through).await?;
-        for (i, table) in tables.iter().enumerate() {
-            if publisher.table(table, through).await? == Published::Committed {
-                self.report.commits += 1;
-                landed = true;
-            }
-            if i == 0 {
-                self.crash.hit(CrashPoint::DuringCommit)?;
-            }
-        }
+        let landed = publish_tables(
+            &publisher,
+            &tables,
+            through,
+            &mut self.crash,
+            CrashPoint::DuringCommit,
+        )
+        .await?;
+        self.report.commits += landed;
         self.report.commit_durations.push(started.elapsed());
-        crate::telemetry::committed(through.0, started.elapsed(), u64::from(landed));
-        if landed && self.report.first_data_commit.is_none() && self.report.counts.events > 0 {
+        crate::telemetry::committed(through.0, started.elapsed(), landed.min(1));
+        if landed > 0 && self.report.first_data_commit.is_none() && self.report.counts.events > 0 {
             self.report.first_data_commit = Some(self.started.elapsed());
         }
         self.crash.hit(CrashPoint::AfterCommitBeforeRecord)?;
         self.log.record_commit(through, self.generation).await?;
+        self.uncommitted.retain(|id, _| *id > through);
+        self.since_commit = 0;
+        self.oldest_uncommitted = None;
+        self.prune(through).await
+    }
+
+    /// A fleet task: forgets and prunes the checkpoints its committer has committed to every
+    /// table ([`crate::fleet::progress`]); before the first commit, nothing.
+    async fn follow_committer(&mut self) -> Result<(), JobError> {
+        let fleet = self.fleet.as_ref().expect("a fleet task");
+        let committed = crate::fleet::progress::read(&fleet.log(&self.log)).await?;
+        let Some(through) = committed.and_then(|c| c.tasks.get(&fleet.task).copied()) else {
+            return Ok(());
+        };
+        let through = through.min(self.last);
         self.uncommitted.retain(|id, _| *id > through);
         self.since_commit = 0;
         self.oldest_uncommitted = None;
@@ -183,4 +198,27 @@ impl Job {
         }
         Ok(())
     }
+}
+
+/// Commits every checkpoint up to `through` to every table that lacks it: every table's pending
+/// files are checked first (a missing one stops with no table changed), then one guarded append
+/// per table; `between` fires after the first table. Returns the appends that landed.
+pub(crate) async fn publish_tables(
+    publisher: &Publisher<'_>,
+    tables: &[iceberg::table::Table],
+    through: CheckpointId,
+    crash: &mut super::CrashPlan,
+    between: CrashPoint,
+) -> Result<u64, JobError> {
+    publisher.check_pending(tables, through).await?;
+    let mut landed = 0;
+    for (i, table) in tables.iter().enumerate() {
+        if publisher.table(table, through).await? == Published::Committed {
+            landed += 1;
+        }
+        if i == 0 {
+            crash.hit(between)?;
+        }
+    }
+    Ok(landed)
 }

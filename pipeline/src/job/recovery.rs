@@ -26,7 +26,7 @@ use crate::state::{State, codec};
 use super::{Job, JobEnv, JobError, RunReport};
 
 /// Partitions this instance owns: the configured ones, or every partition of the topic.
-pub(super) fn owned_partitions(cfg: &Config) -> Result<Vec<PartitionId>, JobError> {
+pub(crate) fn owned_partitions(cfg: &Config) -> Result<Vec<PartitionId>, JobError> {
     let all = source::topic_partitions(&cfg.source)?;
     if cfg.source.partitions.is_empty() {
         return Ok(all);
@@ -162,7 +162,7 @@ async fn claims_in_a_row(log: &CheckpointLog) -> Result<(), JobError> {
 /// stops the start with [`PendingFileError::Missing`](crate::checkpoint::presence::PendingFileError)
 /// before anything is written (no claim, no orphan deletion, no commit). Publishing checks
 /// again after the claim (another instance may have completed more meanwhile).
-pub(super) async fn verify_pending_files(cfg: &Config, env: &JobEnv) -> Result<(), JobError> {
+pub(crate) async fn verify_pending_files(cfg: &Config, env: &JobEnv) -> Result<(), JobError> {
     let log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
     let Some(head) = log.head().await? else {
         return Ok(());
@@ -249,7 +249,9 @@ pub(super) async fn recover(
     };
     // Again against the claim: another instance may have moved between the pre-flight and
     // the claim. A refusal here still publishes and deletes nothing.
-    super::preflight::after_claim(cfg, env.catalog.as_ref(), &log, generation, resumed).await?;
+    if env.fleet.is_none() {
+        super::preflight::after_claim(cfg, env.catalog.as_ref(), &log, generation, resumed).await?;
+    }
     claims_in_a_row(&log).await?;
     let committer = committer(cfg, env, &claimed.permit);
     let mut targets = BTreeMap::new();
@@ -342,6 +344,7 @@ pub(super) async fn recover(
             ..RunReport::default()
         },
         outputs: Default::default(),
+        fleet: env.fleet.clone(),
         compaction: Default::default(),
         chains: BTreeMap::new(),
         since_commit: 0,

@@ -108,6 +108,7 @@ impl JobError {
             JobError::Cold(crate::cold::ColdError::Io(_)) => StopClass::Transient,
             JobError::Cold(crate::cold::ColdError::Corrupt(_)) => StopClass::OperatorNeeded,
             JobError::State(_) | JobError::OffsetsBackwards { .. } => StopClass::OperatorNeeded,
+            JobError::Fleet(e) => e.class(),
             JobError::Protocol(_) => StopClass::OperatorNeeded,
             JobError::SimulatedCrash(_) => StopClass::Transient,
         }

@@ -30,6 +30,7 @@ pub async fn run_until_idle(
         crash: CrashPlan::default(),
         shutdown: rx,
         idle_exit: Some(Duration::from_millis(1500)),
+        fleet: None,
     };
     job::run(cfg, env).await
 }

@@ -1,0 +1,206 @@
+//! Which task owns which partition, and the job's recorded shape.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::log::CheckpointLog;
+use crate::checkpoint::store::Created;
+use crate::ids::{JobId, PartitionId};
+
+/// The task of a partition: `p mod K`.
+pub fn task_of(partition: PartitionId, tasks: u32) -> u32 {
+    (partition.0.unsigned_abs()) % tasks.max(1)
+}
+
+/// The partitions of `task` among `all`.
+pub fn partitions_of(task: u32, tasks: u32, all: &[PartitionId]) -> Vec<PartitionId> {
+    all.iter()
+        .copied()
+        .filter(|p| task_of(*p, tasks) == task)
+        .collect()
+}
+
+/// What a fleet job was created with (`<prefix>/<job>/fleet.json`, create-if-absent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    /// K.
+    pub tasks: u32,
+    /// The input topic's partition count.
+    pub partitions: u32,
+}
+
+/// Why a start refuses the recorded shape.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeRefusal {
+    /// `fleet.tasks` differs from the job's.
+    #[error(
+        "fleet.tasks = {configured} but job {job} was created with {recorded} tasks: each task's state and log hold its partitions (p mod K), so K cannot change in place. Set fleet.tasks = {recorded}; a new K needs a reshard (not in this build: a new job id on new tables)"
+    )]
+    TasksChanged {
+        /// Job.
+        job: String,
+        /// Configured K.
+        configured: u32,
+        /// Recorded K.
+        recorded: u32,
+    },
+    /// The topic's partition count changed.
+    #[error(
+        "topic {topic} has {now} partitions but job {job} was created when it had {recorded}: a new partition's records belong to no task's checkpoint, and keys now hash to other partitions (a trip's events would be split). Stopping with nothing written; restore the partition count, or start a new job id on new tables"
+    )]
+    PartitionsChanged {
+        /// Job.
+        job: String,
+        /// Topic.
+        topic: String,
+        /// Partitions now.
+        now: u32,
+        /// Partitions at creation.
+        recorded: u32,
+    },
+    /// More tasks than partitions: some tasks would own nothing.
+    #[error(
+        "fleet.tasks = {tasks} but topic {topic} has only {partitions} partitions: every task must own at least one partition; set fleet.tasks to at most {partitions}"
+    )]
+    TooManyTasks {
+        /// Topic.
+        topic: String,
+        /// K.
+        tasks: u32,
+        /// Partitions.
+        partitions: u32,
+    },
+    /// The shape record is unreadable or the store failed.
+    #[error("the fleet's shape record {path}: {message}")]
+    Unreadable {
+        /// Path.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Judges a start: the configured K and the topic's partition count against the record.
+pub fn judge(job: &JobId, topic: &str, recorded: &Shape, now: &Shape) -> Result<(), ShapeRefusal> {
+    if now.tasks != recorded.tasks {
+        return Err(ShapeRefusal::TasksChanged {
+            job: job.to_string(),
+            configured: now.tasks,
+            recorded: recorded.tasks,
+        });
+    }
+    if now.partitions != recorded.partitions {
+        return Err(ShapeRefusal::PartitionsChanged {
+            job: job.to_string(),
+            topic: topic.to_string(),
+            now: now.partitions,
+            recorded: recorded.partitions,
+        });
+    }
+    Ok(())
+}
+
+/// Records the shape at the job's first start (create-if-absent: two first starts agree on
+/// one) and judges every start against it.
+pub async fn ensure(log: &CheckpointLog, topic: &str, now: &Shape) -> Result<(), ShapeRefusal> {
+    let job = log.job();
+    if now.tasks > now.partitions {
+        return Err(ShapeRefusal::TooManyTasks {
+            topic: topic.to_string(),
+            tasks: now.tasks,
+            partitions: now.partitions,
+        });
+    }
+    let path = log.path_of("fleet.json");
+    let unreadable = |message: String| ShapeRefusal::Unreadable {
+        path: path.clone(),
+        message,
+    };
+    let bytes = serde_json::to_vec(now).map_err(|e| unreadable(e.to_string()))?;
+    let recorded = match log
+        .store()
+        .create(&path, Bytes::from(bytes))
+        .await
+        .map_err(|e| unreadable(e.to_string()))?
+    {
+        Created::Created => return Ok(()),
+        Created::AlreadyExists(theirs) => serde_json::from_slice::<Shape>(&theirs)
+            .map_err(|e| unreadable(format!("does not parse: {e}")))?,
+    };
+    judge(job, topic, &recorded, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_partition_has_exactly_one_task() {
+        let all: Vec<_> = (0..16).map(PartitionId).collect();
+        let mut seen = Vec::new();
+        for t in 0..8 {
+            let mine = partitions_of(t, 8, &all);
+            assert_eq!(mine.len(), 2, "task {t}");
+            seen.extend(mine);
+        }
+        seen.sort();
+        assert_eq!(seen, all);
+        assert_eq!(task_of(PartitionId(13), 8), 5);
+    }
+
+    #[test]
+    fn a_changed_shape_is_refused() {
+        let job = JobId::new("j").unwrap();
+        let rec = Shape {
+            tasks: 8,
+            partitions: 16,
+        };
+        assert!(judge(&job, "t", &rec, &rec.clone()).is_ok());
+        let k = Shape {
+            tasks: 4,
+            ..rec.clone()
+        };
+        assert!(matches!(
+            judge(&job, "t", &rec, &k),
+            Err(ShapeRefusal::TasksChanged {
+                recorded: 8,
+                configured: 4,
+                ..
+            })
+        ));
+        let p = Shape {
+            partitions: 32,
+            ..rec.clone()
+        };
+        let e = judge(&job, "t", &rec, &p).unwrap_err();
+        assert!(e.to_string().contains("32 partitions"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_first_start_records_and_later_ones_compare() {
+        let store: std::sync::Arc<dyn crate::checkpoint::store::CheckpointStore> =
+            std::sync::Arc::new(crate::checkpoint::store::ObjectCheckpointStore::new(
+                std::sync::Arc::new(object_store::memory::InMemory::new()),
+            ));
+        let log = CheckpointLog::new(store, "p", JobId::new("j").unwrap());
+        let s = Shape {
+            tasks: 4,
+            partitions: 8,
+        };
+        ensure(&log, "t", &s).await.unwrap();
+        ensure(&log, "t", &s).await.unwrap();
+        let other = Shape {
+            tasks: 2,
+            ..s.clone()
+        };
+        assert!(ensure(&log, "t", &other).await.is_err());
+        let many = Shape {
+            tasks: 9,
+            partitions: 8,
+        };
+        assert!(matches!(
+            ensure(&log, "t", &many).await,
+            Err(ShapeRefusal::TooManyTasks { .. })
+        ));
+    }
+}

@@ -1,0 +1,226 @@
+//! Which tasks this worker owns, from Kafka's group coordinator.
+//!
+//! The workers of a job are one consumer group subscribed to the tasks topic, whose K
+//! partitions stand for the K tasks: the coordinator's assignment of partition `t` is this
+//! worker's ownership of task `t`. Nothing is ever produced to that topic; the consumer only
+//! keeps the membership alive. The rebalance callbacks do no I/O: they post a [`Change`] and
+//! return. Membership is not a fence (a worker cut off from the coordinator keeps running until
+//! it hears): the task's generation claim is.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::config::Config;
+use crate::config::fleet::GroupProtocol;
+
+use super::FleetError;
+
+/// A change of this worker's tasks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The coordinator gave these tasks.
+    Assigned(Vec<u32>),
+    /// The coordinator took these tasks (or the membership was lost).
+    Revoked(Vec<u32>),
+}
+
+/// How long one poll of the membership consumer waits.
+const POLL: Duration = Duration::from_millis(200);
+/// Time allowed for creating or describing the tasks topic.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The tasks topic of `cfg`.
+pub fn tasks_topic(cfg: &Config) -> String {
+    if cfg.fleet.tasks_topic.is_empty() {
+        format!("recon-tasks.{}", cfg.job_id)
+    } else {
+        cfg.fleet.tasks_topic.clone()
+    }
+}
+
+struct Ctx {
+    topic: String,
+    tx: UnboundedSender<Change>,
+}
+
+impl Ctx {
+    fn tasks(&self, tpl: &rdkafka::TopicPartitionList) -> Vec<u32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition() as u32)
+            .collect()
+    }
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Revocations before the coordinator hands the tasks on: stop them first.
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let _ = self.tx.send(Change::Revoked(self.tasks(tpl)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let _ = self.tx.send(Change::Assigned(self.tasks(tpl)));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "fleet rebalance error"),
+        }
+    }
+}
+
+/// The membership consumer's thread; stopping it leaves the group (its tasks move at once).
+pub struct Membership {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Membership {
+    /// Makes sure the tasks topic has K partitions, joins the group, and posts changes to `tx`.
+    pub async fn start(
+        cfg: &Config,
+        tx: UnboundedSender<Change>,
+    ) -> Result<Membership, FleetError> {
+        let topic = tasks_topic(cfg);
+        ensure_topic(cfg, &topic).await?;
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &cfg.source.brokers)
+            .set("group.id", format!("recon-fleet.{}", cfg.job_id))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "latest");
+        match cfg.fleet.group_protocol {
+            GroupProtocol::Consumer => {
+                c.set("group.protocol", "consumer");
+            }
+            GroupProtocol::Classic => {
+                c.set("partition.assignment.strategy", "cooperative-sticky")
+                    .set(
+                        "session.timeout.ms",
+                        cfg.fleet.session_timeout_ms.to_string(),
+                    )
+                    .set(
+                        "heartbeat.interval.ms",
+                        (cfg.fleet.session_timeout_ms / 4).max(500).to_string(),
+                    );
+            }
+        }
+        // Security settings of the source apply to the group too (SASL, TLS).
+        for (k, v) in &cfg.source.properties {
+            if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+                c.set(k, v);
+            }
+        }
+        let consumer: BaseConsumer<Ctx> = c
+            .create_with_context(Ctx {
+                topic: topic.clone(),
+                tx,
+            })
+            .map_err(|e| FleetError::Membership(crate::secrets::kafka_error_text(&e)))?;
+        consumer
+            .subscribe(&[&topic])
+            .map_err(|e| FleetError::Membership(e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("recon-fleet-membership".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    if let Some(Err(e)) = consumer.poll(POLL) {
+                        tracing::warn!(error = %e, "fleet membership poll");
+                    }
+                }
+                // Leave the group: the coordinator moves this worker's tasks now rather than
+                // after the session timeout.
+                consumer.unsubscribe();
+                for _ in 0..10 {
+                    consumer.poll(Duration::from_millis(50));
+                }
+            })
+            .map_err(|e| FleetError::Membership(format!("cannot start its thread: {e}")))?;
+        Ok(Membership {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Leaves the group.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Creates the tasks topic with K partitions, or checks the one there has K.
+async fn ensure_topic(cfg: &Config, topic: &str) -> Result<(), FleetError> {
+    let k = cfg.fleet.tasks as i32;
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", &cfg.source.brokers);
+    for (key, v) in &cfg.source.properties {
+        if key.starts_with("security.") || key.starts_with("sasl.") || key.starts_with("ssl.") {
+            base.set(key, v);
+        }
+    }
+    let admin: AdminClient<DefaultClientContext> = base
+        .create()
+        .map_err(|e| FleetError::Membership(crate::secrets::kafka_error_text(&e)))?;
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(ADMIN_TIMEOUT))
+        .request_timeout(Some(ADMIN_TIMEOUT));
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(topic, k, TopicReplication::Fixed(-1))],
+            &opts,
+        )
+        .await
+        .map_err(|e| FleetError::Membership(format!("create the tasks topic {topic}: {e}")))?;
+    for r in res {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => {
+                return Err(FleetError::Membership(format!(
+                    "create the tasks topic {t}: {code}"
+                )));
+            }
+        }
+    }
+    let md = admin
+        .inner()
+        .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+        .map_err(|e| FleetError::Membership(format!("describe the tasks topic {topic}: {e}")))?;
+    let found = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len() as i32);
+    if found != k {
+        return Err(FleetError::Shape(super::layout::ShapeRefusal::Unreadable {
+            path: format!("Kafka topic {topic}"),
+            message: format!(
+                "it has {found} partitions but fleet.tasks = {k}: each partition stands for one task. Delete the topic (it holds no data) or name another with fleet.tasks_topic"
+            ),
+        }));
+    }
+    Ok(())
+}

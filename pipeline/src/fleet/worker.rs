@@ -1,0 +1,342 @@
+//! A fleet worker: runs the streaming job once per task the group coordinator gives it.
+//!
+//! On assignment a task claims its generation in its own log (`<job>.t<task>`), restores its
+//! state and reads its partitions from the checkpointed offsets; on revocation (or a lost
+//! membership) the supervisor aborts it: uncommitted work is dropped, nothing is written (the
+//! callback itself only posted the change). A task that stops with a transient error or
+//! fenced is restarted while this worker still owns it, with a growing delay; a stop that
+//! needs an operator (or a configuration fix) stops the whole worker with that class, and
+//! every restart finds the same refusal before writing anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::checkpoint::log::CheckpointLog;
+use crate::config::Config;
+use crate::ids::CheckpointId;
+use crate::job::{self, JobEnv, JobError, RunReport, StopClass};
+
+use super::layout::{self, Shape};
+use super::membership::{Change, Membership};
+use super::{FleetError, FleetTask};
+
+/// What a worker run did.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerReport {
+    /// Task runs started (assignments and restarts).
+    pub task_starts: u64,
+    /// Task runs aborted by a revocation.
+    pub revoked: u64,
+    /// Checkpoints completed by task runs that ended (graceful or aborted runs excluded).
+    pub checkpoints: u64,
+    /// Records consumed by task runs that ended gracefully.
+    pub records: u64,
+}
+
+/// A task's pre-flight, before its claim: its log must reach what the committer recorded for
+/// it (an older copy of the task's log would re-read and re-commit what the tables hold).
+pub async fn before_claim(task: &FleetTask, log: &CheckpointLog) -> Result<(), JobError> {
+    let committer = task.log(log);
+    let recorded = match committer.head().await? {
+        Some(h) => h.manifest.fleet_tasks.get(&task.task).copied(),
+        None => None,
+    };
+    let Some(recorded) = recorded else {
+        return Ok(());
+    };
+    let head = log
+        .ids_after(None)
+        .await?
+        .last()
+        .copied()
+        .unwrap_or(CheckpointId(0));
+    if head < recorded {
+        return Err(FleetError::TaskBehindCommitter {
+            task: task.task,
+            head,
+            recorded,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+struct Running {
+    /// Graceful stop (final checkpoint).
+    stop: watch::Sender<bool>,
+    /// Drop the run where it stands (a revocation).
+    abort: Option<oneshot::Sender<()>>,
+    /// Which start of the task this is (a late report of an older one is ignored).
+    run: u64,
+}
+
+impl Running {
+    fn abort(&mut self) {
+        if let Some(a) = self.abort.take() {
+            let _ = a.send(());
+        }
+    }
+}
+
+/// How a task run ended: `None` when aborted.
+type Ended = (u32, u64, Option<Result<RunReport, JobError>>);
+
+/// Starts task `t`'s run on a thread with its own runtime, catalog and store clients (so an
+/// aborted run takes its connections with it and shares none with another run). The result
+/// comes back on `done`.
+fn spawn_task(
+    t: u32,
+    run: u64,
+    cfg: Config,
+    fleet: FleetTask,
+    crash: job::CrashPlan,
+    stop: watch::Receiver<bool>,
+    done: mpsc::UnboundedSender<Ended>,
+) -> Result<oneshot::Sender<()>, JobError> {
+    let (abort_tx, abort_rx) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(format!("recon-task-{t}"))
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name(format!("recon-task-{t}-rt"))
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        JobError::Protocol(format!("task {t}: cannot start a runtime: {e}"))
+                    });
+                let rt = match rt {
+                    Ok(rt) => rt,
+                    Err(e) => return Some(Err(e)),
+                };
+                let out = rt.block_on(async move {
+                    tokio::select! {
+                        r = run_task(&cfg, fleet, crash, stop) => Some(r),
+                        _ = abort_rx => None,
+                    }
+                });
+                rt.shutdown_background();
+                out
+            }));
+            let out = outcome.unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Some(Err(JobError::Protocol(format!(
+                    "task {t} panicked (a bug): {what}"
+                ))))
+            });
+            let _ = done.send((t, run, out));
+        })
+        .map_err(|e| JobError::Protocol(format!("task {t}: cannot start its thread: {e}")))?;
+    Ok(abort_tx)
+}
+
+/// One run of a task: its own store and catalog clients, then the job.
+async fn run_task(
+    cfg: &Config,
+    fleet: FleetTask,
+    crash: job::CrashPlan,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RunReport, JobError> {
+    let (store, store_prefix) =
+        crate::checkpoint::store::open(cfg).map_err(crate::checkpoint::log::LogError::from)?;
+    let catalog = crate::lakehouse::open_catalog(cfg).await?;
+    let env = JobEnv {
+        catalog,
+        store,
+        store_prefix,
+        crash,
+        shutdown,
+        idle_exit: None,
+        fleet: Some(fleet),
+    };
+    job::run(cfg, env).await
+}
+
+/// Delay before restarting a task that stopped on its own, by consecutive failures.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis((500u64 << failures.min(6)).min(30_000))
+}
+
+/// Runs the worker until shutdown (every task stops gracefully, then it leaves the group) or a
+/// task's stop that a restart cannot fix.
+pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<WorkerReport, JobError> {
+    let k = cfg.fleet.tasks;
+    let all = crate::source::topic_partitions(&cfg.source)?;
+    let fleet_log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
+    layout::ensure(
+        &fleet_log,
+        &cfg.source.topic,
+        &Shape {
+            tasks: k,
+            partitions: all.len() as u32,
+        },
+    )
+    .await
+    .map_err(FleetError::from)?;
+    crate::lakehouse::ensure_tables(env.catalog.as_ref(), &cfg.catalog.namespace).await?;
+    let (tx, mut changes) = mpsc::unbounded_channel();
+    let mut membership = Membership::start(cfg, tx).await?;
+    tracing::info!(tasks = k, partitions = all.len(), protocol = ?cfg.fleet.group_protocol, "worker joined the fleet");
+    let mut owned: BTreeSet<u32> = BTreeSet::new();
+    let mut running: BTreeMap<u32, Running> = BTreeMap::new();
+    let (done_tx, mut done) = mpsc::unbounded_channel::<Ended>();
+    let mut runs = 0u64;
+    // Runs stopped (aborted or asked to stop) whose thread has not reported yet.
+    let mut stopping = 0usize;
+    let mut due: BTreeMap<u32, (Instant, u32)> = BTreeMap::new();
+    let mut assigned: BTreeMap<u32, Instant> = BTreeMap::new();
+    let mut report = WorkerReport::default();
+    let tick = Duration::from_millis(100);
+    let result = loop {
+        // Start every owned task that is not running and whose restart is due.
+        let now = Instant::now();
+        for t in owned.iter().copied().collect::<Vec<_>>() {
+            if running.contains_key(&t) || due.get(&t).is_some_and(|(at, _)| *at > now) {
+                continue;
+            }
+            let (stop, stop_rx) = watch::channel(false);
+            let fleet = FleetTask {
+                job: cfg.job_id.clone(),
+                task: t,
+                tasks: k,
+                assigned_at: assigned.get(&t).copied().unwrap_or_else(Instant::now),
+            };
+            runs += 1;
+            let abort = spawn_task(
+                t,
+                runs,
+                task_config(cfg, t, &all),
+                fleet,
+                env.crash.clone(),
+                stop_rx,
+                done_tx.clone(),
+            )?;
+            running.insert(
+                t,
+                Running {
+                    stop,
+                    abort: Some(abort),
+                    run: runs,
+                },
+            );
+            report.task_starts += 1;
+            tracing::info!(task = t, "task started");
+        }
+        crate::telemetry::worker_tasks(running.len());
+        tokio::select! {
+            biased;
+            _ = env.shutdown.changed() => {
+                tracing::info!(tasks = running.len(), "shutdown requested: every task's final checkpoint, then leaving the group");
+                break Ok(());
+            }
+            change = changes.recv() => match change {
+                Some(Change::Assigned(ts)) => {
+                    crate::telemetry::worker_rebalance("assigned", ts.len());
+                    tracing::info!(tasks = ?ts, "tasks assigned");
+                    for t in ts {
+                        if t < k {
+                            owned.insert(t);
+                            due.remove(&t);
+                            assigned.insert(t, Instant::now());
+                        }
+                    }
+                }
+                Some(Change::Revoked(ts)) => {
+                    crate::telemetry::worker_rebalance("revoked", ts.len());
+                    tracing::info!(tasks = ?ts, "tasks revoked: their uncommitted work is dropped");
+                    for t in ts {
+                        owned.remove(&t);
+                        due.remove(&t);
+                        if let Some(mut r) = running.remove(&t) {
+                            r.abort();
+                            stopping += 1;
+                            report.revoked += 1;
+                        }
+                    }
+                }
+                None => break Err(FleetError::Membership("the membership thread stopped".into()).into()),
+            },
+            Some((t, run, outcome)) = done.recv() => {
+                if running.get(&t).is_some_and(|r| r.run == run) {
+                    running.remove(&t);
+                } else {
+                    // A run stopped earlier (revoked) reporting its end.
+                    stopping = stopping.saturating_sub(1);
+                }
+                match outcome {
+                    // Aborted by a revocation: nothing to do.
+                    None => {}
+                    Some(Ok(r)) => {
+                        report.checkpoints += r.checkpoints;
+                        report.records += r.counts.records;
+                    }
+                    Some(Err(e)) => {
+                        let class = e.class();
+                        match class {
+                            StopClass::Transient | StopClass::Fenced => {
+                                let failures = due.get(&t).map_or(0, |(_, n)| n + 1);
+                                let wait = backoff(failures);
+                                tracing::warn!(task = t, class = class.name(), error = %e, retry_ms = wait.as_millis() as u64, "task stopped; restarting it while this worker owns it");
+                                due.insert(t, (Instant::now() + wait, failures));
+                            }
+                            StopClass::Config | StopClass::OperatorNeeded => {
+                                tracing::error!(task = t, class = class.name(), error = %e, "task stopped for an operator: the worker stops every task");
+                                break Err(e);
+                            }
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep(tick) => {}
+        }
+    };
+    // Every running task stops: gracefully on shutdown (final checkpoint), aborted otherwise.
+    for r in running.values_mut() {
+        if result.is_ok() {
+            let _ = r.stop.send(true);
+        } else {
+            r.abort();
+        }
+    }
+    let mut waiting = running.len() + stopping;
+    drop(done_tx);
+    while waiting > 0 {
+        let Some((t, _, outcome)) = done.recv().await else {
+            break;
+        };
+        waiting -= 1;
+        match outcome {
+            Some(Ok(r)) => {
+                report.checkpoints += r.checkpoints;
+                report.records += r.counts.records;
+            }
+            Some(Err(e)) => tracing::warn!(task = t, error = %e, "a task did not stop cleanly"),
+            None => {}
+        }
+    }
+    membership.stop();
+    crate::telemetry::worker_tasks(0);
+    result.map(|()| report)
+}
+
+/// The configuration of task `t`'s run: its own job id (log, data file names, consumer group)
+/// and its partitions.
+pub fn task_config(cfg: &Config, t: u32, all: &[crate::ids::PartitionId]) -> Config {
+    let mut c = cfg.clone();
+    c.job_id = cfg
+        .job_id
+        .task(t)
+        .expect("the configuration bounds the job id");
+    c.source.partitions = layout::partitions_of(t, cfg.fleet.tasks, all)
+        .into_iter()
+        .map(|p| p.0)
+        .collect();
+    c
+}

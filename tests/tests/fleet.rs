@@ -1,0 +1,352 @@
+//! The fleet against the real services: 16 partitions, K = 8 tasks, three workers and one
+//! committer as separate processes (Apache Kafka's group coordinator hands out the tasks,
+//! PostgreSQL holds the catalog, the S3 server the warehouse and checkpoints), while traffic
+//! with duplicates, conflicts and poison keeps arriving:
+//!
+//! - a worker dies by SIGKILL at each named crash point a task reaches, and comes back;
+//! - a worker is added mid-stream, and one is removed (SIGTERM: final checkpoints, leaves);
+//! - a worker is paused (SIGSTOP) past the group's session timeout, then resumed: its tasks
+//!   moved, so whatever it still tries to complete is fenced;
+//! - a second committer starts while the first runs: the first stops fenced (exit 4);
+//! - the committer dies by SIGKILL at each of its crash points, and comes back.
+//!
+//! Then: every event exactly once in `ledger_events`, every poison record and conflict once in
+//! `rejected_events`, every balance the fold of its events, every commit sequence in exactly
+//! one snapshot per table, and batch-verify clean on every business day against the topic.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use recon_pipeline::config::Config;
+use recon_pipeline::crash::CrashPoint;
+use recon_pipeline::reconcile::{self, Expected};
+use recon_pipeline::{demo, lakehouse};
+use recon_schemas::tables::TableName;
+use recon_tests::pipeline::{JobSetup, wait_with_deadline};
+use recon_tests::services_or_skip;
+use recon_tests::traffic::{create_topic, traffic};
+
+const PARTITIONS: i32 = 16;
+
+struct Fleet {
+    setup: JobSetup,
+    logs: tempfile::TempDir,
+    n: usize,
+    brokers: String,
+    chunks: Vec<Vec<recon_pipeline::generate::Record>>,
+    expected: Expected,
+    /// Every process started: killed when the test ends, passed or not.
+    pids: Vec<u32>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Fleet {
+    /// A fleet job (K = 8) on a fresh 16-partition topic with `trips` trips of noisy traffic,
+    /// published in `parts` chunks.
+    fn new(s: &recon_tests::Services, name: &str, trips: u64, parts: usize) -> Fleet {
+        // One checkpoint a second per task: eight tasks checkpointing every 300 ms would keep
+        // the test's S3 server (one Python process) busy with empty checkpoints.
+        let setup = JobSetup::new(s, name, 1000);
+        setup.append_config("[fleet]\ntasks = 8\ncommit_interval_ms = 1000\n");
+        create_topic(&s.kafka_bootstrap, &setup.topic, PARTITIONS);
+        let seed = u64::from(uuid::Uuid::new_v4().as_u128() as u32);
+        let records = traffic(&setup.topic, trips, seed, PARTITIONS);
+        let chunks = records
+            .chunks(records.len().div_ceil(parts))
+            .map(<[_]>::to_vec)
+            .collect();
+        Fleet {
+            setup,
+            logs: tempfile::tempdir().unwrap(),
+            n: 0,
+            brokers: s.kafka_bootstrap.clone(),
+            chunks,
+            expected: Expected::default(),
+            pids: Vec::new(),
+        }
+    }
+
+    fn start(&mut self, role: &str, crash: Option<String>) -> (Child, PathBuf) {
+        self.n += 1;
+        let log = self.logs.path().join(format!("{}-{role}.log", self.n));
+        let env: Vec<(&str, String)> = crash
+            .map(|c| vec![("RECON_CRASH_AT", c)])
+            .unwrap_or_default();
+        let child = self.setup.spawn_with(&["--role", role], &env, &log);
+        self.pids.push(child.id());
+        (child, log)
+    }
+
+    /// Publishes the next chunk of traffic; false when none is left.
+    fn publish(&mut self) -> bool {
+        if self.chunks.is_empty() {
+            return false;
+        }
+        let c = self.chunks.remove(0);
+        demo::publish(&self.brokers, &self.setup.topic, &c, &mut self.expected).expect("publish");
+        true
+    }
+
+    /// Stops the workers gracefully (final checkpoints), then the committer (a last commit),
+    /// and checks everything the module's documentation promises.
+    fn drain_and_check(&mut self, workers: Vec<(Child, PathBuf)>, committer: (Child, PathBuf)) {
+        while self.publish() {}
+        let cfg = Config::load(Some(&self.setup.config)).expect("config");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let catalog = rt.block_on(lakehouse::open_catalog(&cfg)).expect("catalog");
+        // The fleet has no idle exit: wait until every event is committed, then stop it.
+        let want = self.expected.events.len() as u64;
+        let mut rows = 0;
+        let start = Instant::now();
+        while rows < want {
+            assert!(
+                start.elapsed() < 4 * MINUTE,
+                "{rows} of {want} events committed after {:?}",
+                start.elapsed()
+            );
+            std::thread::sleep(Duration::from_secs(2));
+            rows = rt
+                .block_on(reconcile::check(catalog.as_ref(), &cfg, &self.expected))
+                .expect("reconcile")
+                .ledger_rows;
+        }
+        for (w, log) in workers {
+            stop(&w);
+            let (status, out) = wait_with_deadline(w, &log, 3 * MINUTE);
+            assert!(status.success(), "worker: {status:?}\n{out}");
+            assert!(out.contains("worker stopped cleanly"), "{out}");
+        }
+        let (c, log) = committer;
+        stop(&c);
+        let (status, out) = wait_with_deadline(c, &log, 3 * MINUTE);
+        assert!(status.success(), "committer: {status:?}\n{out}");
+        let expected = &self.expected;
+        let rec = rt
+            .block_on(reconcile::check(catalog.as_ref(), &cfg, expected))
+            .expect("reconcile");
+        println!("{rec}");
+        assert!(expected.poison > 0 && expected.duplicates > 0 && expected.conflicts > 0);
+        assert!(rec.is_clean(), "{rec}");
+        assert_eq!(rec.ledger_rows, expected.events.len() as u64);
+        assert_eq!(rec.rejected_rows, expected.poison + expected.conflicts);
+        rt.block_on(one_snapshot_per_sequence(catalog.as_ref(), &cfg));
+        let mut days: BTreeMap<chrono::NaiveDate, u64> = BTreeMap::new();
+        for e in expected.events.values() {
+            *days.entry(e.occurred_at.date_naive()).or_default() += 1;
+        }
+        for (day, on_day) in days {
+            let r = rt.block_on(recon_tests::verify_day::kafka_day(
+                &cfg,
+                catalog.clone(),
+                &day.to_string(),
+                batch_verify::truth::kafka::KafkaScan::Full,
+                4,
+            ));
+            assert_eq!(r.status, batch_verify::report::Status::Clean, "{day}:\n{r}");
+            assert_eq!(r.ledger_events, on_day, "{day}");
+        }
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn read(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Polls `log` until it contains `needle` `times` times (panics with the log at the deadline).
+fn wait_for(log: &Path, needle: &str, times: usize, deadline: Duration) {
+    let start = Instant::now();
+    loop {
+        let text = read(log);
+        if text.matches(needle).count() >= times {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "{needle:?} x{times} not in {} within {deadline:?}:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM: the graceful stop.
+fn stop(child: &Child) {
+    signal(child, "-TERM");
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status();
+}
+
+#[test]
+fn workers_killed_added_removed_and_paused() {
+    let Some(s) = services_or_skip("workers_killed_added_removed_and_paused") else {
+        return;
+    };
+    let mut fleet = Fleet::new(&s, "e2e_fleet_w", 3000, 10);
+    fleet.publish();
+    let committer = fleet.start("committer", None);
+    let (w2, w2_log) = fleet.start("worker", None);
+    let w3 = fleet.start("worker", None);
+    wait_for(&committer.1, "commit record durable", 1, 2 * MINUTE);
+
+    // Worker 1 dies at each named point a task reaches, then comes back for good.
+    for point in [
+        CrashPoint::MidBatch,
+        CrashPoint::AfterFilesWritten,
+        CrashPoint::BeforeCheckpointComplete,
+        CrashPoint::AfterCheckpointDurable,
+    ] {
+        // Mid-batch at the first batch; the barrier points at the fourth barrier, after the
+        // records published once the worker runs tasks have arrived.
+        let nth = if point == CrashPoint::MidBatch { 1 } else { 4 };
+        let (w1, w1_log) = fleet.start("worker", Some(format!("{}:{nth}", point.name())));
+        wait_for(&w1_log, "task started", 1, 2 * MINUTE);
+        fleet.publish();
+        let (status, out) = wait_with_deadline(w1, &w1_log, 3 * MINUTE);
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "{}: {status:?}\n{out}",
+            point.name()
+        );
+        assert!(
+            out.contains(&format!("crash point {} reached", point.name())),
+            "{out}"
+        );
+    }
+    let w1 = fleet.start("worker", None);
+    wait_for(
+        &w1.1,
+        "task's first checkpoint on this worker",
+        1,
+        2 * MINUTE,
+    );
+
+    // A fourth worker joins and gets tasks; worker 2 leaves gracefully.
+    fleet.publish();
+    let w4 = fleet.start("worker", None);
+    wait_for(
+        &w4.1,
+        "task's first checkpoint on this worker",
+        1,
+        2 * MINUTE,
+    );
+    stop(&w2);
+    let (status, out) = wait_with_deadline(w2, &w2_log, 2 * MINUTE);
+    assert!(
+        status.success(),
+        "worker 2 must leave cleanly: {status:?}\n{out}"
+    );
+    assert!(out.contains("worker stopped cleanly"), "{out}");
+
+    // Worker 3 is paused past the session timeout (10 s in infra/local), then resumed: its
+    // tasks moved meanwhile.
+    signal(&w3.0, "-STOP");
+    fleet.publish();
+    std::thread::sleep(Duration::from_secs(16));
+    signal(&w3.0, "-CONT");
+    fleet.publish();
+    wait_for(&w3.1, "tasks revoked", 1, 2 * MINUTE);
+    fleet.drain_and_check(vec![w1, w3, w4], committer);
+}
+
+#[test]
+fn two_committers_and_committer_kills() {
+    let Some(s) = services_or_skip("two_committers_and_committer_kills") else {
+        return;
+    };
+    let mut fleet = Fleet::new(&s, "e2e_fleet_c", 2000, 8);
+    fleet.publish();
+    let (c1, c1_log) = fleet.start("committer", None);
+    let w1 = fleet.start("worker", None);
+    let w2 = fleet.start("worker", None);
+    wait_for(&c1_log, "commit record durable", 1, 2 * MINUTE);
+
+    // A second committer: the first is fenced and stops with exit 4.
+    let (c2, c2_log) = fleet.start("committer", None);
+    wait_for(&c2_log, "committer claimed", 1, MINUTE);
+    fleet.publish();
+    let (status, out) = wait_with_deadline(c1, &c1_log, 2 * MINUTE);
+    assert_eq!(
+        status.code(),
+        Some(4),
+        "the first committer must stop fenced:\n{out}"
+    );
+
+    // The committer dies at each of its points, and comes back.
+    let mut committer = (c2, c2_log);
+    for point in CrashPoint::COMMITTER {
+        signal(&committer.0, "-KILL");
+        let _ = committer.0.wait();
+        fleet.publish();
+        let (c, log) = fleet.start("committer", Some(format!("{}:2", point.name())));
+        let (status, out) = wait_with_deadline(c, &log, 3 * MINUTE);
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "{}: {status:?}\n{out}",
+            point.name()
+        );
+        assert!(
+            out.contains(&format!("crash point {} reached", point.name())),
+            "{out}"
+        );
+        committer = fleet.start("committer", None);
+        wait_for(&committer.1, "committer claimed", 1, MINUTE);
+    }
+    fleet.drain_and_check(vec![w1, w2], committer);
+}
+
+/// Every commit sequence of the committer is in exactly one snapshot of each table, and the
+/// sequences run from 1 without a gap.
+async fn one_snapshot_per_sequence(catalog: &dyn iceberg::Catalog, cfg: &Config) {
+    use recon_common::stamps::{PROP_CHECKPOINT_FIRST, PROP_CHECKPOINT_ID, PROP_JOB_ID};
+    for name in [
+        TableName::LedgerEvents,
+        TableName::TripBalances,
+        TableName::RejectedEvents,
+    ] {
+        let table = lakehouse::load_table(catalog, &lakehouse::table_ident(cfg, name))
+            .await
+            .expect("table");
+        let mut ranges: Vec<(u64, u64)> = table
+            .metadata()
+            .snapshots()
+            .filter_map(|s| {
+                let p = &s.summary().additional_properties;
+                (p.get(PROP_JOB_ID)? == cfg.job_id.as_str()).then(|| {
+                    (
+                        p[PROP_CHECKPOINT_FIRST].parse().unwrap(),
+                        p[PROP_CHECKPOINT_ID].parse().unwrap(),
+                    )
+                })
+            })
+            .collect();
+        ranges.sort();
+        assert!(!ranges.is_empty(), "{name:?}: no committer snapshot");
+        let mut next = 1;
+        for (first, through) in &ranges {
+            assert_eq!(*first, next, "{name:?}: sequences {ranges:?}");
+            assert!(through >= first, "{name:?}: {ranges:?}");
+            next = through + 1;
+        }
+    }
+}
