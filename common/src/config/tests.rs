@@ -340,3 +340,31 @@ fn catalog_pool_properties_are_checked() {
     let e = load_str("[catalog.properties]\n\"pool.test-before-acquire\" = \"yes\"\n").unwrap_err();
     assert!(e.to_string().contains("true or false"), "{e}");
 }
+
+#[test]
+fn a_fleet_refuses_what_it_cannot_do_yet() {
+    let base = "[source]\nbrokers = \"127.0.0.1:9092\"\n[fleet]\ntasks = 8\n";
+    let c = load_str(base).unwrap();
+    assert_eq!(c.fleet.tasks, 8);
+    for (extra, says) in [
+        ("delivery = \"at-least-once\"\n", "exactly-once"),
+        (
+            "job_id = \"a-very-long-job-id-that-leaves-no-room-for-the-task-suffix-x\"\n",
+            "too long",
+        ),
+    ] {
+        let e = load_str(&format!("{extra}{base}")).unwrap_err().to_string();
+        assert!(e.contains("fleet.tasks = 8") && e.contains(says), "{e}");
+    }
+    let e =
+        load_str("[source]\npartitions = [1]\nbrokers = \"127.0.0.1:9092\"\n[fleet]\ntasks = 2\n")
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("remove source.partitions"), "{e}");
+    let e = load_str("[source]\nbrokers = \"mock\"\n[fleet]\ntasks = 2\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("real broker"), "{e}");
+    let e = load_str("[fleet]\ntasks = 5000\n").unwrap_err().to_string();
+    assert!(e.contains("fleet.tasks = 5000 is outside 0..=4096"), "{e}");
+}

@@ -226,6 +226,7 @@ impl Run {
         self.publish().await?;
         self.report.commit_durations.push(started.elapsed());
         crate::telemetry::committer_commit(id.0, started.elapsed());
+        tracing::info!(sequence = %id, duration_ms = started.elapsed().as_millis() as u64, "commit sequence in every table");
         Ok(true)
     }
 

@@ -340,3 +340,76 @@ pub fn task_config(cfg: &Config, t: u32, all: &[crate::ids::PartitionId]) -> Con
         .collect();
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::checkpoint::manifest::{EntryKind, Manifest};
+    use crate::checkpoint::store::{CheckpointStore, ObjectCheckpointStore};
+    use crate::ids::{Generation, JobId};
+
+    async fn complete(log: &CheckpointLog, m: &Manifest) {
+        let e = log.write_manifest(m, EntryKind::Checkpoint).await.unwrap();
+        log.complete(&e).await.unwrap();
+    }
+
+    /// An operator restores an older copy of one task's log: the task refuses to start
+    /// (exit 3) before claiming, and a task whose log is complete starts.
+    #[tokio::test]
+    async fn a_task_log_behind_the_committer_is_refused() {
+        let store: Arc<dyn CheckpointStore> = Arc::new(ObjectCheckpointStore::new(Arc::new(
+            object_store::memory::InMemory::new(),
+        )));
+        let job = JobId::new("j").unwrap();
+        let committer = CheckpointLog::new(store.clone(), "p", job.clone());
+        let mut record = Manifest::empty(job.clone(), CheckpointId(1), Generation(1));
+        record.fleet_tasks.insert(3, CheckpointId(2));
+        complete(&committer, &record).await;
+        let task_log = committer.sibling(job.task(3).unwrap());
+        let task = FleetTask {
+            job: job.clone(),
+            task: 3,
+            tasks: 8,
+            assigned_at: Instant::now(),
+        };
+        // Nothing in the task's log (deleted, or an empty copy restored).
+        let e = before_claim(&task, &task_log).await.unwrap_err();
+        assert_eq!(e.class(), StopClass::OperatorNeeded, "{e}");
+        assert!(e.to_string().contains("restored from an older copy"), "{e}");
+        complete(
+            &task_log,
+            &Manifest::empty(task_log.job().clone(), CheckpointId(1), Generation(1)),
+        )
+        .await;
+        assert!(before_claim(&task, &task_log).await.is_err());
+        complete(
+            &task_log,
+            &Manifest::empty(task_log.job().clone(), CheckpointId(2), Generation(1)),
+        )
+        .await;
+        before_claim(&task, &task_log).await.unwrap();
+        // Another task the committer holds nothing of starts.
+        let other = FleetTask { task: 4, ..task };
+        before_claim(&other, &committer.sibling(job.task(4).unwrap()))
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn a_task_config_owns_its_partitions_under_its_own_id() {
+        let mut raw = crate::config::RawConfig {
+            job_id: "pay".into(),
+            ..Default::default()
+        };
+        raw.source.brokers = "127.0.0.1:1".into();
+        raw.source.topic = "t".into();
+        raw.fleet.tasks = 4;
+        let cfg = Config::resolve(raw).unwrap();
+        let all: Vec<_> = (0..10).map(crate::ids::PartitionId).collect();
+        let t = task_config(&cfg, 1, &all);
+        assert_eq!(t.job_id.as_str(), "pay.t0001");
+        assert_eq!(t.source.partitions, vec![1, 5, 9]);
+    }
+}
