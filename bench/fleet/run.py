@@ -146,6 +146,12 @@ def run_scale(a):
     with open(cfg, "w") as f:
         f.write(config(f"bs{run}", topic, work, a.scale_tasks, a.interval_ms))
     k = a.scale_tasks
+    # Traffic keeps flowing while the fleet starts, drains and recovers (the committer's
+    # latency is measured on commits that carry records).
+    background = subprocess.Popen([a.binary, "generate", "--brokers", os.environ["RECON_KAFKA_BOOTSTRAP"],
+                                   "--topic", topic, "--no-create-topic", "--trips", str(a.trips),
+                                   "--rate", str(a.scale_rate), "--seed", "8"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     clog = os.path.join(work, "committer.log")
     committer = subprocess.Popen([a.binary, "run", "--config", cfg, "--role", "committer"],
                                  stdout=open(clog, "w"), stderr=subprocess.STDOUT)
@@ -170,6 +176,8 @@ def run_scale(a):
     logs, procs = start_workers("start")
     until(lambda: count(logs, "task's first checkpoint on this worker") >= k, "every task's first checkpoint")
     start_s = time.time() - started
+    out, _ = background.communicate(timeout=1800)
+    total += int(re.search(r"published (\d+) records", out).group(1))
     until(lambda: committed_records(clog) >= total, "every record committed")
     drain_s = time.time() - started
     for p in procs:
@@ -188,6 +196,7 @@ def run_scale(a):
     committer.wait(timeout=300)
     commit_ms = durations([clog], "commit sequence in every table", "duration_ms")
     doc = {"partitions": a.scale_partitions, "tasks": k, "records": total, "workers": 2,
+           "background_rate": a.scale_rate,
            "interval_ms": a.interval_ms,
            "start_to_every_task_checkpointed_s": start_s,
            "start_to_every_record_committed_s": drain_s,
@@ -220,6 +229,7 @@ def main():
                     help="instead: start, recovery and commit latency with --scale-tasks tasks on --scale-partitions partitions")
     ap.add_argument("--scale-partitions", type=int, default=1000)
     ap.add_argument("--scale-tasks", type=int, default=64)
+    ap.add_argument("--scale-rate", type=int, default=10000, help="records/s published while the fleet runs")
     a = ap.parse_args()
     for k in ("RECON_KAFKA_BOOTSTRAP", "RECON_PG_CATALOG_URL"):
         if k not in os.environ:

@@ -6,7 +6,11 @@ configuration was refused (an unknown key, a bad value, an env variable that doe
 - infra/k8s/recon.toml + the StatefulSet's env, as the kubelet builds it (secretKeyRef, then `$(VAR)`);
 - infra/k8s/recon.toml + the batch-verify CronJob's env;
 - infra/k8s/recon.toml + infra/systemd/recon-pipeline.env.example, as systemd reads an EnvironmentFile;
-- infra/compose/recon.toml + the compose file's environment of the job.
+- infra/compose/recon.toml + the compose file's environment of the job;
+- the fleet: infra/k8s/recon.toml + the environment of each Deployment of infra/k8s/fleet (envFrom the ConfigMap
+  generated from fleet.env, then the Secret recipe), + infra/systemd's env files of recon-worker@.service and
+  recon-committer.service, and infra/compose/recon.toml + the compose fleet services' environment; each loaded with
+  the role its deployment runs (`run --role` is not run here: `checkpoints list` loads the same configuration).
 Secret values are stand-ins with the characters real ones have (`/`, `+`, `=`, `@`, spaces).
 """
 
@@ -23,6 +27,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "infra" / "k8s"
+FLEET = K8S / "fleet"
+SYSTEMD = REPO / "infra" / "systemd"
 SECRET_STAND_INS = {
     "catalog-uri": "postgres://recon:pa%40ss@postgres.db.svc:5432/recon_catalog",
     "truth-url": "postgres://verifier:pa%40ss@ledger.db.svc:5432/ledger",
@@ -32,10 +38,16 @@ SECRET_STAND_INS = {
 }
 
 
-def kubelet_env(container: dict, secret: dict[str, str]) -> dict[str, str]:
-    """A container's environment as the kubelet builds it: secretKeyRef values from `secret`, then `$(VAR)`
-    expanded from variables defined earlier (an unknown reference stays literal, `$$` is a literal `$`)."""
+def kubelet_env(
+    container: dict, secret: dict[str, str], config_maps: dict[str, dict[str, str]] | None = None
+) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: `envFrom` ConfigMaps (from `config_maps`, by name)
+    first, then `env` in order: secretKeyRef values from `secret`, `$(VAR)` expanded from variables defined
+    earlier (an unknown reference stays literal, `$$` is a literal `$`)."""
     env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        name = source["configMapRef"]["name"]
+        env.update((config_maps or {})[name])
     for e in container.get("env", []):
         ref = e.get("valueFrom", {}).get("secretKeyRef")
         if ref:
@@ -67,6 +79,41 @@ def systemd_env_file(text: str) -> dict[str, str]:
             value = re.sub(r"\\(.)", r"\1", value)
         env[key] = value
     return env
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a kustomize `envs:` file (configMapGenerator): `#` comments, values verbatim."""
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out[key] = value
+    return out
+
+
+def fleet_config_maps() -> dict[str, dict[str, str]]:
+    """The ConfigMaps infra/k8s/fleet generates (name -> data) from its env files."""
+    k = yaml.safe_load((FLEET / "kustomization.yaml").read_text())
+    out: dict[str, dict[str, str]] = {}
+    for gen in k.get("configMapGenerator", []):
+        data: dict[str, str] = {}
+        for f in gen.get("envs", []):
+            data.update(env_file(FLEET / f))
+        out[gen["name"]] = data
+    return out
+
+
+def fleet_container(file: str) -> dict:
+    """The container of the Deployment in infra/k8s/fleet/`file`."""
+    docs = [d for d in yaml.safe_load_all((FLEET / file).read_text()) if d and d.get("kind") == "Deployment"]
+    if len(docs) != 1:
+        raise SystemExit(f"job_configs: expected one Deployment in infra/k8s/fleet/{file}")
+    return docs[0]["spec"]["template"]["spec"]["containers"][0]
+
+
+def fleet_env(file: str, secret: dict[str, str]) -> dict[str, str]:
+    return kubelet_env(fleet_container(file), secret, fleet_config_maps())
 
 
 def workload_container(file: str, kind: str) -> dict:
@@ -102,7 +149,34 @@ def cases() -> list[tuple[str, Path, dict[str, str]]]:
             REPO / "infra" / "compose" / "recon.toml",
             {k: str(v) for k, v in compose["services"]["recon-pipeline"]["environment"].items()},
         ),
+        ("k8s fleet workers", K8S / "recon.toml", fleet_env("fleet-workers-deployment.yaml", SECRET_STAND_INS)),
+        ("k8s fleet committer", K8S / "recon.toml", fleet_env("fleet-committer-deployment.yaml", SECRET_STAND_INS)),
+        (
+            "systemd fleet env files",
+            K8S / "recon.toml",
+            systemd_env_file((SYSTEMD / "recon-pipeline.env.example").read_text())
+            | systemd_env_file((SYSTEMD / "recon-fleet.env.example").read_text())
+            | systemd_unit_env(SYSTEMD / "recon-worker@.service", "1"),
+        ),
+        *(
+            (
+                f"compose {service}",
+                REPO / "infra" / "compose" / "recon.toml",
+                {k: str(v) for k, v in compose["services"][service]["environment"].items()},
+            )
+            for service in ("recon-fleet-worker", "recon-fleet-committer")
+        ),
     ]
+
+
+def systemd_unit_env(unit: Path, instance: str) -> dict[str, str]:
+    """`Environment=` lines of a unit (one assignment each, as written here), `%i` replaced by `instance`."""
+    out = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            key, value = line[len("Environment=") :].replace("%i", instance).split("=", 1)
+            out[key] = value
+    return out
 
 
 def binary() -> Path:
@@ -131,6 +205,9 @@ def main() -> int:
                 env=env,
                 cwd=tmp,
             )
+        fleet = name.startswith(("k8s fleet", "systemd fleet", "compose recon-fleet"))
+        if fleet and recipe.get("RECON__FLEET__TASKS", "0") in ("", "0"):
+            problems.append(f"{name}: the environment sets no RECON__FLEET__TASKS > 0")
         if r.returncode != 0 or "gen" not in r.stdout:
             problems.append(
                 f"{name}: {config.relative_to(REPO)} with its environment: exit {r.returncode}: {r.stderr.strip()}"

@@ -13,6 +13,14 @@ RECON_REQUIRE_SERVICES=1):
 4. sends SIGTERM and measures the graceful stop (final checkpoint + commit) against the StatefulSet's
    terminationGracePeriodSeconds; the exit code must be 0;
 5. checks that no secret value appears in the job's output.
+Then the same for a fleet (infra/k8s/fleet): a worker and a committer process, each with the args and the
+environment of its Deployment (fleet.env's ConfigMap through envFrom, the Secret recipe), on the same recon.toml
+with [fleet] tasks swapped for 2 (the topic here has 2 partitions; K <= partitions); every fleet metric
+(metric_names.FLEET_*) appears on the /metrics of the role that exports it, with the job's per-checkpoint metrics
+on the worker's; the fleet panels of the dashboard answer with data from a real Prometheus scraping both, the
+health and fleet alerts stay silent; /healthz, /readyz and compose's healthcheck answer; SIGTERM -> exit 0 within
+each Deployment's grace period; no secret in either output. A single-process job never exports the fleet
+metrics, so that is where they are checked live.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import tomli_w
 import yaml
@@ -166,6 +175,22 @@ def wait_for(what: str, child: subprocess.Popen, log: Path, check, deadline: flo
         time.sleep(0.1)
 
 
+def is_fleet(name: str) -> bool:
+    return metric_names.strip_series_suffix(name, metric_names.source_metrics()) in metric_names.FLEET_METRICS
+
+
+def single_job_query(names: set[str]) -> bool:
+    """A dashboard query a single-process job must answer: not batch-verify's, the optional outputs' or a fleet's."""
+    return not any(
+        n.startswith(metric_names.VERIFY_PREFIX) or n in metric_names.OUTPUT_METRICS or is_fleet(n) for n in names
+    )
+
+
+def fleet_query(names: set[str]) -> bool:
+    """A dashboard query of the fleet row (it uses a fleet metric)."""
+    return any(is_fleet(n) for n in names)
+
+
 # Alerts whose expression must return nothing while the job is healthy (a false positive pages someone). The
 # rejected-rate alert is left out: this traffic is 5% poison on purpose; the batch-verify ones have no data here.
 HEALTHY_SILENT = {
@@ -173,11 +198,15 @@ HEALTHY_SILENT = {
     "ReconCommitStaleCritical", "ReconNoCommitSinceStart", "ReconConsumerLagHigh", "ReconRestarted",
     "ReconRestartLoop",
 }  # fmt: skip
+# ... and while a fleet is (no data for a single-process job: silent there too).
+FLEET_SILENT = {"ReconFleetTasksUnowned", "ReconCommitterDown", "ReconCommitterLagging", "ReconFleetRebalancing"}
 
 
-def check_with_prometheus(target: str, work: Path) -> str:
-    """A real Prometheus scrapes the job: every dashboard query returns data (those on batch-verify's and the
-    optional outputs' metrics aside: none here), and the alert expressions of HEALTHY_SILENT return nothing."""
+def check_with_prometheus(
+    target: str | list[str], work: Path, wanted: Callable[[set[str]], bool] = single_job_query
+) -> str:
+    """A real Prometheus scrapes the job (or a fleet's processes): every dashboard query `wanted` picks (by its
+    metric names) returns data, and the alert expressions of HEALTHY_SILENT and FLEET_SILENT return nothing."""
     binary = os.environ.get("RECON_PROMETHEUS_BIN")
     if not binary:
         print("live_job: *** Prometheus queries SKIPPED: RECON_PROMETHEUS_BIN is not set (infra/deploy/check sets it)")
@@ -186,23 +215,23 @@ def check_with_prometheus(target: str, work: Path) -> str:
         prom.wait_for_samples(3)
         empty, asked = [], 0
         for where, expr in metric_names.dashboard_exprs(metric_names.dashboard()):
-            names = metric_names.names_in(expr)
-            optional = any(n.startswith(metric_names.VERIFY_PREFIX) or n in metric_names.OUTPUT_METRICS for n in names)
-            if optional or where.startswith("annotation"):
+            if not wanted(metric_names.names_in(expr)) or where.startswith("annotation"):
                 continue
             asked += 1
             if not prom.query(expr):
                 empty.append(f"{where}: {expr}")
+        assert asked, "no dashboard query selected"
         assert not empty, "dashboard queries with no data from a running job:\n" + "\n".join(empty)
-        rules = [r for r in metric_names.rules() if r.get("alert") in HEALTHY_SILENT]
-        assert len(rules) == len(HEALTHY_SILENT), f"alerts renamed? {sorted(HEALTHY_SILENT)}"
+        silent = HEALTHY_SILENT | FLEET_SILENT
+        rules = [r for r in metric_names.rules() if r.get("alert") in silent]
+        assert len(rules) == len(silent), f"alerts renamed? {sorted(silent)}"
         firing = [r["alert"] for r in rules if prom.query(r["expr"])]
         assert not firing, f"alert expressions true for a healthy job: {firing}"
     return f"Prometheus answers all {asked} dashboard queries and keeps {len(rules)} alerts silent"
 
 
-def compose_healthcheck(host: str, port: int) -> list[str]:
-    test = yaml.safe_load(COMPOSE.read_text())["services"]["recon-pipeline"]["healthcheck"]["test"]
+def compose_healthcheck(host: str, port: int, service: str = "recon-pipeline") -> list[str]:
+    test = yaml.safe_load(COMPOSE.read_text())["services"][service]["healthcheck"]["test"]
     assert test[0] == "CMD", test
     return [a.replace("/dev/tcp/127.0.0.1/9464", f"/dev/tcp/{host}/{port}") for a in test[1:]]
 
@@ -263,8 +292,12 @@ def main() -> int:
             assert http_get(base, "/healthz")[0] == 200, "/healthz is not 200"
             registered = metric_names.source_metrics()
             # The optional outputs are off in infra/k8s/recon.toml (their defaults): their metrics never appear.
-            optional = metric_names.job_series({n: k for n, k in registered.items() if n in metric_names.OUTPUT_METRICS})
-            expected = metric_names.job_series(registered) - optional
+            optional = metric_names.job_series(
+                {n: k for n, k in registered.items() if n in metric_names.OUTPUT_METRICS}
+            )
+            # A fleet's metrics never appear on a single-process job: fleet_main checks them on a live fleet.
+            fleet = metric_names.job_series({n: k for n, k in registered.items() if n in metric_names.FLEET_METRICS})
+            expected = metric_names.job_series(registered) - optional - fleet
             body = wait_for(
                 "every registered metric on /metrics",
                 child,
@@ -285,6 +318,7 @@ def main() -> int:
                 if n not in metric_names.PROMETHEUS_NAMES
                 and not n.startswith(metric_names.VERIFY_PREFIX)
                 and n not in metric_names.OUTPUT_METRICS
+                and not is_fleet(n)
             }
             missing = sorted(job_used - live)
             assert not missing, (
@@ -321,7 +355,141 @@ def main() -> int:
             f"series (all present {t_ready:.1f} s after start); {prom}; /healthz, /readyz and the compose healthcheck answer; "
             f"SIGTERM -> exit 0 in {stop_s:.2f} s (grace {grace} s); no secret in the output"
         )
+    fleet_main(svc, bin_path, secret)
     return 0
+
+
+def deployment(file: str) -> dict:
+    return next(
+        d for d in yaml.safe_load_all((K8S / "fleet" / file).read_text()) if d and d.get("kind") == "Deployment"
+    )
+
+
+FLEET_TASKS_HERE = 2  # the topic's partitions here; fleet.env's K needs that many partitions at least
+
+
+def fleet_main(svc: dict[str, str], bin_path: Path, secret: dict[str, str]) -> None:
+    """A worker and a committer as infra/k8s/fleet deploys them (see the module's documentation)."""
+    name = f"deploy_{uuid.uuid4().hex[:12]}"
+    registered = metric_names.source_metrics()
+    roles = {
+        "worker": (
+            "fleet-workers-deployment.yaml",
+            metric_names.FLEET_WORKER_METRICS | metric_names.FLEET_WORKER_JOB_METRICS,
+        ),
+        "committer": (
+            "fleet-committer-deployment.yaml",
+            metric_names.FLEET_COMMITTER_METRICS | metric_names.FLEET_COMMITTER_JOB_METRICS,
+        ),
+    }
+    with tempfile.TemporaryDirectory(prefix="recon-deploy-fleet-") as tmp:
+        work = Path(tmp)
+        traffic = (
+            f"generate --brokers {svc['RECON_KAFKA_BOOTSTRAP']} --topic {name}.events --partitions {FLEET_TASKS_HERE} "
+            "--trips 200 --seed 9 --poison-rate 0.05 --duplicate-rate 0.05 --no-progress"
+        )
+        run_checked(
+            [str(bin_path), *traffic.split(), "--truth-jsonl", str(work / "truth.jsonl")], 120, work / "gen.log"
+        )
+        cfg, swapped = local_config(name, svc)
+        (work / "recon.toml").write_text(tomli_w.dumps(cfg))
+        children: dict[str, tuple[subprocess.Popen, Path, int]] = {}
+        try:
+            for role, (file, _) in roles.items():
+                d = deployment(file)
+                container = d["spec"]["template"]["spec"]["containers"][0]
+                env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RECON__"))}
+                recipe = job_configs.fleet_env(file, secret)
+                assert int(recipe.get("RECON__FLEET__TASKS", "0")) >= FLEET_TASKS_HERE, recipe.get(
+                    "RECON__FLEET__TASKS"
+                )
+                recipe["RECON__FLEET__TASKS"] = str(FLEET_TASKS_HERE)
+                env.update(recipe)
+                args = [str(work / "recon.toml") if a == "/etc/recon/recon.toml" else a for a in container["args"]]
+                log = work / f"{role}.log"
+                with open(log, "wb") as out:
+                    child = subprocess.Popen(
+                        [str(bin_path), *args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work
+                    )
+                children[role] = (child, log, d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+            print(
+                f"live_job: fleet {name}: a worker and a committer with the args and environment of infra/k8s/fleet's "
+                f"Deployments (RECON__FLEET__TASKS={FLEET_TASKS_HERE}, the topic's partitions), "
+                f"{', '.join(swapped)} swapped"
+            )
+            t_start = time.monotonic()
+            deadline = t_start + DEADLINE_S
+            bases, lives = {}, {}
+            for role, (child, log, _) in children.items():
+                bound = wait_for(
+                    f"the {role}'s metrics address in the log",
+                    child,
+                    log,
+                    lambda: re.search(r'"bound":"([0-9.]+):(\d+)"', log.read_text(errors="replace")),
+                    deadline,
+                )
+                bases[role] = (bound.group(1), int(bound.group(2)))
+            for role, (child, log, _) in children.items():
+                host, port = bases[role]
+                base = f"http://{host}:{port}"
+                assert http_get(base, "/healthz")[0] == 200, f"{role}: /healthz is not 200"
+                want = metric_names.job_series({n: registered[n] for n in roles[role][1]})
+                body = wait_for(
+                    f"the {role}'s metrics {sorted(roles[role][1])} on /metrics",
+                    child,
+                    log,
+                    lambda: (b := http_get(base, "/metrics")[1]) and want <= series_names(b) and b,
+                    deadline,
+                )
+                lives[role] = series_names(body)
+                status, text = http_get(base, "/readyz")
+                assert status == 200, f"{role}: /readyz answered {status} {text!r}"
+            t_ready = time.monotonic() - t_start
+            problems: list[str] = []
+            dash, rules = metric_names.used_names(problems)
+            assert not problems, problems
+            fleet_used = {n for n in dash | rules if is_fleet(n)}
+            missing = sorted(fleet_used - lives["worker"] - lives["committer"])
+            assert not missing, f"the dashboard or the rules use {missing}, which neither fleet process exports"
+            prom = check_with_prometheus([f"{h}:{p}" for h, p in bases.values()], work, fleet_query)
+            host, port = bases["worker"]
+            hc = subprocess.run(
+                compose_healthcheck(host, port, "recon-fleet-worker"),
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            assert hc.returncode == 0, f"the compose fleet healthcheck failed against a ready worker: {hc.stderr}"
+            stops = []
+            # Workers first (their final checkpoints), then the committer (a last commit of them).
+            for role, (child, log, grace) in children.items():
+                t_term = time.monotonic()
+                child.send_signal(signal.SIGTERM)
+                try:
+                    rc = child.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(
+                        f"SIGTERM: the {role} did not stop within {grace}s:\n{log.read_text()[-4000:]}"
+                    )
+                out = log.read_text(errors="replace")
+                assert rc == 0 and f"{role} stopped cleanly" in out, (
+                    f"SIGTERM: {role} exit {rc}, expected 0 and '{role} stopped cleanly':\n{out[-4000:]}"
+                )
+                leaked = [k for k in ("kafka-sasl-password", "s3-secret-access-key", "catalog-uri") if secret[k] in out]
+                assert not leaked, f"the {role}'s output contains the Secret's {leaked}"
+                stops.append(f"{role} {time.monotonic() - t_term:.2f} s (grace {grace} s)")
+        finally:
+            for child, _, _ in children.values():
+                if child.poll() is None:
+                    child.kill()
+                    child.wait(timeout=30)
+        print(
+            f"live_job: fleet ok: the {len(metric_names.FLEET_METRICS)} fleet metrics live on the worker's and the "
+            f"committer's /metrics (all {t_ready:.1f} s after start), the {len(fleet_used)} the dashboard and rules use "
+            f"among them; {prom}; /healthz, /readyz and the compose healthcheck answer; SIGTERM -> exit 0: "
+            f"{', '.join(stops)}; no secret in the output"
+        )
 
 
 if __name__ == "__main__":

@@ -4,11 +4,18 @@
   (strict: unknown fields are errors) for the oldest and the newest version we support; the kustomization lists
   every file; names, labels, ports, secret keys and `$(VAR)` references agree across resources; one replica; the
   grace period covers recon.toml's checkpoint interval + commit timeout.
+- The fleet (infra/k8s/fleet, a kustomize Component): its resources against the same schemas; the component
+  lists every file; workers (a Deployment, `--role worker`) and the committer (one replica, Recreate, `--role
+  committer`) with the StatefulSet's probes, port, secret recipe, grace period and security; the ConfigMap of K
+  they read; selectors disjoint, each PDB selecting one of them, the metrics Service both. `kubectl kustomize`
+  (its built-in kustomize, offline) renders it both ways the README gives: the single-process pieces are gone,
+  the fleet's are there, and nothing else changed.
 - Compose (infra/compose): the compose-spec JSON schema (vendored by `check-jsonschema`); every mounted path and
   build context exists; the stop grace period equals Kubernetes'.
 - Dockerfile (infra/docker): parses (BuildKit's parser); stages, COPY sources, the binaries, the toolchain
   version, the user and the port agree with the rest.
-- systemd (infra/systemd): `systemd-analyze verify` prints nothing; TimeoutStopSec equals the grace period.
+- systemd (infra/systemd): `systemd-analyze verify` prints nothing; TimeoutStopSec equals the grace period (the
+  fleet's units too, which also conflict with recon-pipeline.service and run their role).
 
 Usage: python manifests.py   (from infra/deploy/check, inside its virtualenv)
 """
@@ -33,6 +40,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 K8S = INFRA / "k8s"
+FLEET = K8S / "fleet"
 # Oldest supported (CronJob timeZone and PDB unhealthyPodEvictionPolicy are GA there) and newest bundled.
 K8S_VERSIONS = ("1.31.0", "1.37.0")
 NOT_IN_KUSTOMIZATION = {"kustomization.yaml", "secret.example.yaml"}
@@ -264,6 +272,286 @@ def check_k8s_consistency(resources: dict[str, list[dict]], kustomization: dict,
         )
 
 
+# --- the fleet (infra/k8s/fleet) ---------------------------------------------------------------------------------
+def fleet_resources() -> dict[str, list[dict]]:
+    return {
+        f"fleet/{p.name}": load_yaml_docs(p) for p in sorted(FLEET.glob("*.yaml")) if p.name != "kustomization.yaml"
+    }
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def check_fleet(base: dict[str, list[dict]], kustomization: dict, problems: Problems) -> int:
+    """Schemas, the component's file list and cross-references of infra/k8s/fleet; returns resources checked."""
+    resources = fleet_resources()
+    n = check_k8s_schemas(resources, problems)
+    where = "infra/k8s/fleet/kustomization.yaml"
+    comp = yaml.safe_load((FLEET / "kustomization.yaml").read_text())
+    problems.expect(
+        comp.get("kind") == "Component", where, "must be a kustomize Component (a base cannot contain its overlay)"
+    )
+    listed = set(comp.get("resources", []))
+    present = {p.name for p in FLEET.glob("*.yaml")} - {"kustomization.yaml"}
+    for missing in sorted(present - listed):
+        problems.add(where, f"{missing} is not listed under resources")
+    for ghost in sorted(listed - present):
+        problems.add(where, f"resource {ghost} does not exist")
+    generated = {}
+    for gen in comp.get("configMapGenerator", []):
+        for f in gen.get("envs", []) + gen.get("files", []):
+            problems.expect((FLEET / f).exists(), where, f"configMapGenerator file {f} does not exist")
+        generated[gen["name"]] = gen
+    deployments = {d["metadata"]["name"]: d for d in by_kind(resources, "Deployment")}
+    workers, committer = deployments.get("recon-fleet-worker"), deployments.get("recon-fleet-committer")
+    problems.expect(
+        set(deployments) == {"recon-fleet-worker", "recon-fleet-committer"},
+        "infra/k8s/fleet",
+        f"expected the Deployments recon-fleet-worker and recon-fleet-committer, found {sorted(deployments)}",
+    )
+    if not workers or not committer:
+        return n
+    cfg = job_config(K8S / "recon.toml")
+    port = listen_port(cfg)
+    sts = by_kind(base, "StatefulSet")[0]
+    sts_pod = pod_spec(sts)
+    sts_c = sts_pod["containers"][0]
+    secret_keys = set(by_kind(base, "Secret")[0].get("stringData", {}))
+    images = {i["name"] for i in kustomization.get("images", [])}
+    base_maps = {g["name"] for g in kustomization.get("configMapGenerator", [])}
+    labels_of = {}
+    for name, d, role in (
+        ("fleet-workers-deployment.yaml", workers, "worker"),
+        ("fleet-committer-deployment.yaml", committer, "committer"),
+    ):
+        where = f"infra/k8s/fleet/{name}"
+        spec = d.get("spec", {})
+        labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
+        labels_of[role] = labels
+        problems.expect(matches(spec.get("selector", {}), labels), where, "selector does not match the pod labels")
+        problems.expect(
+            labels.get("app.kubernetes.io/name") == "recon-pipeline",
+            where,
+            "pods must carry app.kubernetes.io/name: recon-pipeline (the metrics Service selects it)",
+        )
+        pod = pod_spec(d)
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        problems.expect(
+            grace == sts_pod.get("terminationGracePeriodSeconds"),
+            where,
+            f"terminationGracePeriodSeconds {grace} != the StatefulSet's (one budget: systemd and compose use it)",
+        )
+        problems.expect(
+            grace >= grace_budget_s(cfg),
+            where,
+            "terminationGracePeriodSeconds < checkpoint.interval_ms + commit.timeout_ms",
+        )
+        problems.expect(
+            pod.get("securityContext") == sts_pod.get("securityContext"),
+            where,
+            "securityContext differs from the StatefulSet's",
+        )
+        for key in ("serviceAccountName", "automountServiceAccountToken", "enableServiceLinks"):
+            problems.expect(pod.get(key) == sts_pod.get(key), where, f"{key} differs from the StatefulSet's")
+        for v in pod.get("volumes", []):
+            if "configMap" in v:
+                problems.expect(
+                    v["configMap"]["name"] in base_maps,
+                    where,
+                    f"ConfigMap {v['configMap']['name']!r} is not generated by ../kustomization.yaml",
+                )
+        containers = pod.get("containers", [])
+        problems.expect(len(containers) == 1, where, "one container")
+        for c in containers:
+            args = c.get("args", [])
+            problems.expect(
+                args[:1] == ["run"] and f"--role={role}" in " ".join(args).replace("--role ", "--role="),
+                where,
+                f"args must be `run ... --role {role}`: {args}",
+            )
+            problems.expect(
+                "--hold-on-stop" in args,
+                where,
+                "args need --hold-on-stop (as the StatefulSet: Kubernetes restarts whatever the exit code)",
+            )
+            problems.expect(
+                c["image"] == sts_c["image"] and c["image"].rsplit(":", 1)[0] in images,
+                where,
+                f"image {c['image']} is not the StatefulSet's (under ../kustomization.yaml images)",
+            )
+            ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+            problems.expect(
+                ports.get("metrics") == port, where, f"container port `metrics` != recon.toml listen port {port}"
+            )
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                problems.expect(c.get(probe) == sts_c.get(probe), where, f"{probe} differs from the StatefulSet's")
+            problems.expect(
+                "limits" in c.get("resources", {}) and "requests" in c.get("resources", {}),
+                where,
+                "resources need requests and limits",
+            )
+            problems.expect(
+                c.get("securityContext") == sts_c.get("securityContext"),
+                where,
+                "container securityContext differs from the StatefulSet's",
+            )
+            problems.expect(
+                c.get("volumeMounts") == sts_c.get("volumeMounts"), where, "volumeMounts differ from the StatefulSet's"
+            )
+            problems.expect(
+                c.get("env") == sts_c.get("env"), where, "env differs from the StatefulSet's (the same secret recipe)"
+            )
+            check_env(c, secret_keys, where, problems)
+            refs = [e["configMapRef"]["name"] for e in c.get("envFrom", []) if "configMapRef" in e]
+            problems.expect(
+                bool(refs) and all(r in generated for r in refs),
+                where,
+                f"envFrom must name the ConfigMap the component generates ({sorted(generated)}), got {refs}",
+            )
+    wspec, cspec = workers["spec"], committer["spec"]
+    problems.expect(
+        cspec.get("replicas") == 1,
+        "infra/k8s/fleet/fleet-committer-deployment.yaml",
+        "replicas must be 1: one committer per job",
+    )
+    problems.expect(
+        cspec.get("strategy", {}).get("type") == "Recreate",
+        "infra/k8s/fleet/fleet-committer-deployment.yaml",
+        "strategy must be Recreate (never two committers during a rollout)",
+    )
+    problems.expect(
+        wspec.get("replicas", 1) >= 1, "infra/k8s/fleet/fleet-workers-deployment.yaml", "replicas must be >= 1"
+    )
+    k = {}
+    for gen in generated.values():
+        for f in gen.get("envs", []):
+            for line in (FLEET / f).read_text().splitlines():
+                if line.strip() and not line.startswith("#"):
+                    key, value = line.split("=", 1)
+                    k[key.strip()] = value.strip()
+    tasks = int(k.get("RECON__FLEET__TASKS", "0") or 0)
+    problems.expect(tasks > 0, where, "fleet.env must set RECON__FLEET__TASKS > 0")
+    problems.expect(
+        wspec.get("replicas", 1) <= max(tasks, 1),
+        "infra/k8s/fleet/fleet-workers-deployment.yaml",
+        f"replicas {wspec.get('replicas')} > K = {tasks}: a worker beyond K gets no task and stays NotReady",
+    )
+    problems.expect(
+        not matches(wspec["selector"], labels_of["committer"]) and not matches(cspec["selector"], labels_of["worker"]),
+        "infra/k8s/fleet",
+        "the workers' and the committer's selectors overlap",
+    )
+    for pdb in by_kind(resources, "PodDisruptionBudget"):
+        sel = pdb.get("spec", {}).get("selector", {})
+        hits = [r for r, labels in labels_of.items() if matches(sel, labels)]
+        problems.expect(
+            len(hits) == 1,
+            "infra/k8s/fleet/fleet-pdb.yaml",
+            f"{pdb['metadata']['name']}: selects {hits or 'nothing'}, expected one role",
+        )
+    metrics = [s for s in by_kind(base, "Service") if s["metadata"].get("annotations", {}).get("prometheus.io/port")]
+    for role, labels in labels_of.items():
+        problems.expect(
+            any(s["spec"].get("selector", {}).items() <= labels.items() for s in metrics),
+            "infra/k8s/fleet",
+            f"no metrics Service of ../services.yaml selects the {role} pods",
+        )
+    return n
+
+
+def kustomize(directory: Path) -> list[dict] | None:
+    r = subprocess.run(
+        ["kubectl", "kustomize", str(directory)], check=False, capture_output=True, text=True, timeout=120
+    )
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr.strip())
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+def check_fleet_render(problems: Problems) -> str:
+    """`kubectl kustomize` (built-in kustomize, offline) renders the base, the base with the component's line
+    uncommented, and an overlay of one's own; the fleet renders differ from the base exactly as promised."""
+    where = "infra/k8s/fleet (kubectl kustomize)"
+    if shutil.which("kubectl") is None:
+        # The manifests themselves are validated above; only the rendering needs kubectl (a
+        # fresh machine may lack it: `apt-get install kubectl`).
+        print(f"{where}: kubectl not found; the fleet component was not rendered", file=sys.stderr)
+        return "not rendered (no kubectl)"
+    key = lambda d: (
+        d["kind"],
+        d["metadata"]["name"].rsplit("-", 1)[0] if d["kind"] == "ConfigMap" else d["metadata"]["name"],
+    )
+    with tempfile.TemporaryDirectory(prefix="recon-kustomize-") as tmp:
+        tmp = Path(tmp)
+        own = tmp / "own-overlay"
+        own.mkdir()
+        (own / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [os.path.relpath(K8S, own)],
+                    "components": [os.path.relpath(FLEET, own)],
+                }
+            )
+        )
+        copy = tmp / "k8s"
+        shutil.copytree(K8S, copy)
+        text = (copy / "kustomization.yaml").read_text()
+        uncommented = text.replace("# components:\n#   - fleet\n", "components:\n  - fleet\n")
+        problems.expect(
+            uncommented != text,
+            "infra/k8s/kustomization.yaml",
+            "the commented `# components:` / `#   - fleet` lines are gone",
+        )
+        (copy / "kustomization.yaml").write_text(uncommented)
+        try:
+            base = kustomize(K8S)
+            renders = {"own overlay": kustomize(own), "components line uncommented": kustomize(copy)}
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            problems.add(where, f"kubectl kustomize failed: {e}")
+            return "render failed"
+    base_keys = {key(d) for d in base}
+    gone = {("StatefulSet", "recon-pipeline"), ("Service", "recon-pipeline"), ("PodDisruptionBudget", "recon-pipeline")}
+    added = {
+        ("Deployment", "recon-fleet-worker"),
+        ("Deployment", "recon-fleet-committer"),
+        ("ConfigMap", "recon-fleet"),
+        ("PodDisruptionBudget", "recon-fleet-worker"),
+        ("PodDisruptionBudget", "recon-fleet-committer"),
+    }
+    problems.expect(
+        gone <= base_keys and not (added & base_keys), where, "the base must render the single job and no fleet"
+    )
+    for how, docs in renders.items():
+        keys = {key(d) for d in docs}
+        problems.expect(
+            keys == (base_keys - gone) | added,
+            where,
+            f"{how}: expected the base less {sorted(gone)} plus {sorted(added)}; extra {sorted(keys - ((base_keys - gone) | added))}, "
+            f"missing {sorted(((base_keys - gone) | added) - keys)}",
+        )
+        maps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+        for d in docs:
+            problems.expect(
+                d["metadata"].get("namespace", "recon") == "recon"
+                and d["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "recon",
+                where,
+                f"{how}: {d['kind']}/{d['metadata']['name']} lacks namespace recon or the part-of label",
+            )
+            if d["kind"] == "Deployment":
+                pod = d["spec"]["template"]["spec"]
+                refs = [e["configMapRef"]["name"] for c in pod["containers"] for e in c.get("envFrom", [])]
+                refs += [v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v]
+                problems.expect(
+                    all(r in maps for r in refs),
+                    where,
+                    f"{how}: {d['metadata']['name']} names ConfigMaps {refs} not among {sorted(maps)}",
+                )
+    return f"rendered {len(renders)} ways"
+
+
 # --- compose --------------------------------------------------------------------------------------------------------
 def compose_schema() -> dict:
     import check_jsonschema
@@ -307,6 +595,34 @@ def check_compose(problems: Problems, grace_s: int) -> None:
         job.get("stop_grace_period") == f"{grace_s}s",
         where,
         f"recon-pipeline stop_grace_period must equal terminationGracePeriodSeconds ({grace_s}s)",
+    )
+    for name in ("recon-fleet-worker", "recon-fleet-committer"):
+        s = services.get(name, {})
+        problems.expect(
+            s.get("profiles") == ["fleet"], where, f"{name}: must be in profile fleet only (not started by default)"
+        )
+        problems.expect(
+            s.get("stop_grace_period") == f"{grace_s}s", where, f"{name}: stop_grace_period must be {grace_s}s"
+        )
+        role = name.rsplit("-", 1)[1]
+        problems.expect(
+            "--role" in s.get("command", [])
+            and role in s.get("command", [])
+            and "--hold-on-stop" in s.get("command", []),
+            where,
+            f"{name}: command must run --role {role} --hold-on-stop",
+        )
+        problems.expect(
+            s.get("healthcheck") == job.get("healthcheck"), where, f"{name}: healthcheck differs from recon-pipeline's"
+        )
+        problems.expect(
+            int(str(s.get("environment", {}).get("RECON__FLEET__TASKS", 0))) > 0,
+            where,
+            f"{name}: RECON__FLEET__TASKS must be > 0",
+        )
+    committer = services.get("recon-fleet-committer", {})
+    problems.expect(
+        committer.get("deploy", {}).get("replicas", 1) == 1, where, "recon-fleet-committer: exactly one replica"
     )
     cfg = job_config(path.parent / "recon.toml")
     problems.expect(
@@ -429,6 +745,26 @@ def check_systemd(problems: Problems, grace_s: int) -> None:
     )
     for key in ("Restart=on-failure", "KillSignal=SIGTERM", "EnvironmentFile=", "NoNewPrivileges=yes"):
         problems.expect(key in unit, "infra/systemd/recon-pipeline.service", f"{key} missing")
+    hardening = unit[unit.index("NoNewPrivileges=") : unit.index("ReadWritePaths=")]
+    for name, role in (("recon-worker@.service", "worker"), ("recon-committer.service", "committer")):
+        text = (INFRA / "systemd" / name).read_text()
+        m = re.search(r"^TimeoutStopSec=(\d+)s?$", text, re.MULTILINE)
+        problems.expect(
+            bool(m) and int(m.group(1)) == grace_s, f"infra/systemd/{name}", f"TimeoutStopSec must be {grace_s}s"
+        )
+        for key in (
+            "Restart=on-failure",
+            "RestartPreventExitStatus=2 3 4",
+            "KillSignal=SIGTERM",
+            "Conflicts=recon-pipeline.service",
+            "EnvironmentFile=/etc/recon/recon-pipeline.env",
+            "EnvironmentFile=/etc/recon/recon-fleet.env",
+            f"--role {role}",
+        ):
+            problems.expect(key in text, f"infra/systemd/{name}", f"{key} missing")
+        problems.expect(
+            hardening in text, f"infra/systemd/{name}", "the hardening block differs from recon-pipeline.service's"
+        )
     tool = shutil.which("systemd-analyze")
     if tool is None:
         problems.add(
@@ -475,10 +811,13 @@ def main() -> int:
     check_compose_monitoring(problems)
     check_dockerfile(problems, run_as, listen_port(job_config(K8S / "recon.toml")))
     check_systemd(problems, grace_s)
+    n += check_fleet(resources, kustomization, problems)
+    rendered = check_fleet_render(problems)
     for p in problems.items:
         print(f"FAIL {p}")
     print(
-        f"manifests: {n} Kubernetes resources x {len(K8S_VERSIONS)} versions, compose, Dockerfile, systemd units: "
+        f"manifests: {n} Kubernetes resources (the fleet's included) x {len(K8S_VERSIONS)} versions, the fleet component "
+        f"{rendered}, compose, Dockerfile, systemd units: "
         f"{len(problems.items)} problem(s)"
     )
     return 1 if problems.items else 0

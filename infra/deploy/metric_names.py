@@ -9,8 +9,12 @@ Static checks (infra/deploy/check runs `python metric_names.py`):
   as `_bucket`/`_sum`/`_count`), batch-verify's `recon_verify_*`, or Prometheus's own `up` (names of a feature
   whose code is not in the tree yet, OUTPUT_METRICS and `recon_verify_*`, only warn);
 - every metric the job registers is on the dashboard (a new metric must get a panel);
-- every alert of the rules has a promtool test in which it fires.
-live_job.py checks the same names against the real `/metrics` of a running job.
+- every alert of the rules has a promtool test in which it fires;
+- FLEET_WORKER_METRICS / FLEET_COMMITTER_METRICS below name exactly the recon_worker_* / recon_committer_* metrics
+  that pipeline/src/telemetry.rs registers (a new one must be added there, a removed one taken out).
+live_job.py checks the same names against the real `/metrics` of a running job: the single-process job's for the
+job metrics, and a fleet's worker and committer processes for the fleet metrics (which a single-process job never
+exports).
 """
 
 from __future__ import annotations
@@ -51,6 +55,31 @@ OUTPUT_METRICS |= {
     "recon_maintain_deleted_bytes_total",
     "recon_maintain_failures_total",
 }
+# Metrics of a fleet ([fleet] tasks = K), registered in pipeline/src/telemetry.rs: a single-process job never
+# exports them, so live_job.py checks them against a live fleet instead (a worker and a committer process). A
+# worker also exports the job's per-checkpoint metrics (those of the tasks it runs); a committer, besides its own,
+# recon_seconds_since_last_commit (FLEET_COMMITTER_JOB_METRICS).
+FLEET_SOURCE = REPO / "pipeline" / "src" / "telemetry.rs"
+FLEET_WORKER_METRICS = {
+    "recon_worker_tasks",
+    "recon_worker_rebalances_total",
+    "recon_worker_task_moves_total",
+    "recon_worker_task_handover_seconds",
+}
+FLEET_COMMITTER_METRICS = {
+    "recon_committer_commit_duration_seconds",
+    "recon_committer_last_sequence",
+    "recon_committer_task_lag_checkpoints",
+}
+FLEET_METRICS = FLEET_WORKER_METRICS | FLEET_COMMITTER_METRICS
+FLEET_WORKER_JOB_METRICS = {
+    "recon_last_checkpoint_id",
+    "recon_last_checkpoint_timestamp_seconds",
+    "recon_checkpoint_duration_seconds",
+    "recon_records_total",
+    "recon_stopped",
+}
+FLEET_COMMITTER_JOB_METRICS = {"recon_seconds_since_last_commit", "recon_stopped"}
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "$instance": ".*"}
 
 
@@ -184,6 +213,23 @@ def check_dashboard_layout(d: dict, problems: list[str]) -> None:
         problems.append(f"{DASHBOARD.name}: no `datasource` variable")
 
 
+def check_fleet_names(registered: dict[str, str], problems: list[str]) -> None:
+    """FLEET_*_METRICS are exactly the recon_worker_* / recon_committer_* metrics telemetry.rs registers."""
+    text = FLEET_SOURCE.read_text()
+    in_telemetry = set(
+        re.findall(r"\b(?:counter|gauge|histogram)!\(\s*\"((?:recon_worker|recon_committer)_[a-z0-9_]+)\"", text)
+    )
+    anywhere = {n for n in registered if n.startswith(("recon_worker_", "recon_committer_"))}
+    for name in sorted(FLEET_METRICS - in_telemetry):
+        problems.append(
+            f"metric_names.py FLEET_*_METRICS lists {name}, which {FLEET_SOURCE.relative_to(REPO)} does not register"
+        )
+    for name in sorted(anywhere - FLEET_METRICS):
+        problems.append(
+            f"pipeline/src registers the fleet metric {name}: add it to FLEET_WORKER_METRICS or FLEET_COMMITTER_METRICS"
+        )
+
+
 def check_rule_tests(problems: list[str]) -> None:
     tests = yaml.safe_load(RULE_TESTS.read_text())
     firing = {c["alertname"] for t in tests["tests"] for c in t.get("alert_rule_test", []) if c.get("exp_alerts")}
@@ -232,13 +278,14 @@ def main() -> int:
     for name in sorted(set(registered) - on_dashboard):
         problems.append(f"{DASHBOARD.name}: metric {name} ({registered[name]}, pipeline/src) has no panel")
     check_rule_tests(problems)
+    check_fleet_names(registered, problems)
     for w in warnings:
         print(f"WARNING {w}")
     for p in problems:
         print(f"FAIL {p}")
     print(
         f"metric names: {len(registered)} registered by the job, {len(dash)} used by the dashboard, "
-        f"{len(rule)} by the rules; {len(problems)} problem(s)"
+        f"{len(rule)} by the rules; {len(FLEET_METRICS)} fleet metrics, all in telemetry.rs; {len(problems)} problem(s)"
     )
     return 1 if problems else 0
 

@@ -30,10 +30,13 @@ def free_port() -> int:
 
 
 class Prometheus:
-    """`with Prometheus(binary, workdir, target, job) as p: p.query(expr)`."""
+    """`with Prometheus(binary, workdir, target, job) as p: p.query(expr)`; `target` is one host:port or a list
+    of them (a fleet's processes, all under one scrape job)."""
 
-    def __init__(self, binary: Path, workdir: Path, target: str, job: str) -> None:
-        self.binary, self.dir, self.target, self.job = binary, workdir, target, job
+    def __init__(self, binary: Path, workdir: Path, target: str | list[str], job: str) -> None:
+        self.binary, self.dir, self.job = binary, workdir, job
+        self.targets = [target] if isinstance(target, str) else list(target)
+        self.target = ", ".join(self.targets)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -42,7 +45,7 @@ class Prometheus:
     def __enter__(self) -> Self:
         config = {
             "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": f"{SCRAPE_INTERVAL_S}s"},
-            "scrape_configs": [{"job_name": self.job, "static_configs": [{"targets": [self.target]}]}],
+            "scrape_configs": [{"job_name": self.job, "static_configs": [{"targets": self.targets}]}],
         }
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         with open(self.log, "wb") as out:
@@ -79,13 +82,13 @@ class Prometheus:
         return body["data"]["result"]
 
     def wait_for_samples(self, samples: int) -> None:
-        """Polls until the target has been scraped successfully `samples` times (rate() needs two)."""
+        """Polls until every target has been scraped successfully `samples` times (rate() needs two)."""
         deadline = time.monotonic() + STARTUP_DEADLINE_S
         expr = f'count_over_time(up{{job="{self.job}"}}[5m]) >= {samples} and up{{job="{self.job}"}} == 1'
         while True:
             assert self.proc and self.proc.poll() is None, f"Prometheus exited:\n{self.log.read_text()[-3000:]}"
             try:
-                if self.query(expr):
+                if len(self.query(expr)) == len(self.targets):
                     return
             except (OSError, AssertionError):
                 pass  # not listening yet

@@ -70,7 +70,36 @@ pub enum ShapeRefusal {
         /// Partitions.
         partitions: u32,
     },
-    /// The shape record is unreadable or the store failed.
+    /// The job's log holds a single-process job's checkpoints: switching it to a fleet in place
+    /// would re-read the topic into tasks that start empty.
+    #[error(
+        "job {job} ran as one process ([fleet] tasks = 0): its checkpoint log and tables hold its progress, which tasks cannot take over in place (they would re-read the topic from source.start_from and write every event twice). Keep fleet.tasks = 0 for this job, or start the fleet under a new job id on new tables (a new namespace)"
+    )]
+    WasSingle {
+        /// Job.
+        job: String,
+    },
+    /// The job was created as a fleet; a single process must not take it over.
+    #[error(
+        "job {job} was created as a fleet of {tasks} tasks ({path}): its progress is in the tasks' logs, which one process does not read. Set [fleet] tasks = {tasks} and run workers and a committer (or `run` alone: both in one process)"
+    )]
+    WasFleet {
+        /// Job.
+        job: String,
+        /// Its K.
+        tasks: u32,
+        /// The record.
+        path: String,
+    },
+    /// The store did not answer (transient).
+    #[error("the fleet's shape record {path}: the checkpoint store failed: {message}")]
+    StoreFailed {
+        /// Path.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// The shape record is unreadable.
     #[error("the fleet's shape record {path}: {message}")]
     Unreadable {
         /// Path.
@@ -78,6 +107,37 @@ pub enum ShapeRefusal {
         /// What failed.
         message: String,
     },
+}
+
+/// The shape record beside the fleet job's log.
+const SHAPE: &str = "fleet.json";
+
+/// A single-process start refuses a job created as a fleet.
+pub async fn refuse_if_fleet(log: &CheckpointLog) -> Result<(), ShapeRefusal> {
+    let path = log.path_of(SHAPE);
+    let unreadable = |message: String| ShapeRefusal::Unreadable {
+        path: path.clone(),
+        message,
+    };
+    let failed = |message: String| ShapeRefusal::StoreFailed {
+        path: path.clone(),
+        message,
+    };
+    let Some(bytes) = log
+        .store()
+        .get(&path)
+        .await
+        .map_err(|e| failed(e.to_string()))?
+    else {
+        return Ok(());
+    };
+    let shape: Shape =
+        serde_json::from_slice(&bytes).map_err(|e| unreadable(format!("does not parse: {e}")))?;
+    Err(ShapeRefusal::WasFleet {
+        job: log.job().to_string(),
+        tasks: shape.tasks,
+        path,
+    })
 }
 
 /// Judges a start: the configured K and the topic's partition count against the record.
@@ -111,17 +171,41 @@ pub async fn ensure(log: &CheckpointLog, topic: &str, now: &Shape) -> Result<(),
             partitions: now.partitions,
         });
     }
-    let path = log.path_of("fleet.json");
+    let path = log.path_of(SHAPE);
     let unreadable = |message: String| ShapeRefusal::Unreadable {
         path: path.clone(),
         message,
     };
-    let bytes = serde_json::to_vec(now).map_err(|e| unreadable(e.to_string()))?;
+    let failed = |message: String| ShapeRefusal::StoreFailed {
+        path: path.clone(),
+        message,
+    };
+    let bytes = serde_json::to_vec(now).expect("the shape serialises");
+    // A job that checkpointed as one process before: refuse before recording anything. The log
+    // is read before the record: a fleet records its shape before its committer's first claim,
+    // so entries without a record are a single process's.
+    let entries = !log
+        .ids_after(None)
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .is_empty();
+    if entries
+        && log
+            .store()
+            .get(&path)
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .is_none()
+    {
+        return Err(ShapeRefusal::WasSingle {
+            job: job.to_string(),
+        });
+    }
     let recorded = match log
         .store()
         .create(&path, Bytes::from(bytes))
         .await
-        .map_err(|e| unreadable(e.to_string()))?
+        .map_err(|e| failed(e.to_string()))?
     {
         Created::Created => return Ok(()),
         Created::AlreadyExists(theirs) => serde_json::from_slice::<Shape>(&theirs)
@@ -202,5 +286,42 @@ mod tests {
             ensure(&log, "t", &many).await,
             Err(ShapeRefusal::TooManyTasks { .. })
         ));
+        // A single process refuses the fleet's job.
+        assert!(matches!(
+            refuse_if_fleet(&log).await,
+            Err(ShapeRefusal::WasFleet { tasks: 4, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_single_process_job_is_not_switched_to_a_fleet_in_place() {
+        let store: std::sync::Arc<dyn crate::checkpoint::store::CheckpointStore> =
+            std::sync::Arc::new(crate::checkpoint::store::ObjectCheckpointStore::new(
+                std::sync::Arc::new(object_store::memory::InMemory::new()),
+            ));
+        let job = JobId::new("j").unwrap();
+        let log = CheckpointLog::new(store, "p", job.clone());
+        refuse_if_fleet(&log).await.unwrap();
+        let m = crate::checkpoint::manifest::Manifest::empty(
+            job,
+            crate::ids::CheckpointId(1),
+            crate::ids::Generation(1),
+        );
+        let e = log
+            .write_manifest(&m, crate::checkpoint::manifest::EntryKind::Checkpoint)
+            .await
+            .unwrap();
+        log.complete(&e).await.unwrap();
+        let s = Shape {
+            tasks: 2,
+            partitions: 4,
+        };
+        let refused = ensure(&log, "t", &s).await.unwrap_err();
+        assert!(
+            matches!(refused, ShapeRefusal::WasSingle { .. }),
+            "{refused}"
+        );
+        // Nothing was recorded: the single process still starts.
+        refuse_if_fleet(&log).await.unwrap();
     }
 }

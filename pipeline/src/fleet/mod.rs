@@ -75,6 +75,7 @@ impl FleetError {
     /// The stop class (exit code) of this error.
     pub fn class(&self) -> StopClass {
         match self {
+            FleetError::Shape(layout::ShapeRefusal::StoreFailed { .. }) => StopClass::Transient,
             FleetError::Shape(_)
             | FleetError::TaskBehindCommitter { .. }
             | FleetError::Gather(_) => StopClass::OperatorNeeded,

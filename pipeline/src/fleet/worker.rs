@@ -259,6 +259,10 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<WorkerReport, JobError
                             stopping += 1;
                             report.revoked += 1;
                         }
+                        // Its partitions' lag is the new owner's to report.
+                        for p in layout::partitions_of(t, k, &all) {
+                            crate::telemetry::lag(p.0, 0);
+                        }
                     }
                 }
                 None => break Err(FleetError::Membership("the membership thread stopped".into()).into()),
@@ -338,8 +342,22 @@ pub fn task_config(cfg: &Config, t: u32, all: &[crate::ids::PartitionId]) -> Con
         .into_iter()
         .map(|p| p.0)
         .collect();
+    // librdkafka prefetches up to this much per consumer, and a worker may run every task: a
+    // worker running all K prefetches at most 256 MiB together (the single process: 64 MiB),
+    // each task at least 4 MiB (unless source.properties sets it).
+    c.source
+        .properties
+        .entry("queued.max.messages.kbytes".into())
+        .or_insert_with(|| {
+            (TASK_PREFETCH_KIB_TOTAL / cfg.fleet.tasks.max(1))
+                .max(4_096)
+                .to_string()
+        });
     c
 }
+
+/// The prefetch budget of all of a worker's tasks together, when it runs every task (KiB).
+const TASK_PREFETCH_KIB_TOTAL: u32 = 256 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -411,5 +429,6 @@ mod tests {
         let t = task_config(&cfg, 1, &all);
         assert_eq!(t.job_id.as_str(), "pay.t0001");
         assert_eq!(t.source.partitions, vec![1, 5, 9]);
+        assert_eq!(t.source.properties["queued.max.messages.kbytes"], "65536");
     }
 }

@@ -218,12 +218,13 @@ fn committer(cfg: &Config, env: &JobEnv, permit: &CommitPermit) -> Committer {
     )
 }
 
-/// Claims a generation and brings tables, state and offsets to the newest checkpoint.
+/// Claims a generation and brings tables, state and offsets to the newest checkpoint; returns
+/// the job and the cleanup its start owes.
 pub(super) async fn recover(
     cfg: &Config,
     env: &JobEnv,
     partitions: &[PartitionId],
-) -> Result<Job, JobError> {
+) -> Result<(Job, Cleanup), JobError> {
     let log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
     // Nothing is written before every check passed (the caller ran the pre-flight); the
     // head's state files are checked against their checksums here, still before the claim, so a
@@ -376,41 +377,75 @@ pub(super) async fn recover(
         .iter()
         .map(|o| job.sink.table(*o).identifier().clone())
         .collect();
-    let cleanup_started = std::time::Instant::now();
-    let cleaned = orphans::clean(
-        warehouse.as_ref(),
-        env.catalog.as_ref(),
-        &job.log,
-        &tables,
+    let cleanup = Cleanup {
+        warehouse,
+        catalog: env.catalog.clone(),
+        log: job.log.clone(),
+        tables,
         generation,
         resumed,
-    )
-    .await;
-    match cleaned {
-        Ok(c) => tracing::info!(
-            deleted = c.deleted,
-            kept_referenced = c.referenced,
-            kept_pending = c.pending,
-            listed = c.listed,
-            duration_ms = cleanup_started.elapsed().as_millis() as u64,
-            "orphan cleanup done"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "orphan cleanup skipped, nothing more deleted; garbage stays until the next start or `recon-pipeline maintain`")
+    };
+    Ok((job, cleanup))
+}
+
+/// What recovery leaves to clean: files of attempts that never completed.
+pub(super) struct Cleanup {
+    warehouse: Arc<dyn object_store::ObjectStore>,
+    catalog: Arc<dyn iceberg::Catalog>,
+    log: CheckpointLog,
+    tables: Vec<iceberg::TableIdent>,
+    generation: crate::ids::Generation,
+    resumed: CheckpointId,
+}
+
+impl Cleanup {
+    /// Removes the files of attempts that never completed, never a file a snapshot or a
+    /// retained checkpoint references, then the checkpoint store's files of attempts a crash
+    /// cut short (best effort: a failure leaves garbage, never wrong data). Safe beside a
+    /// running job: only older generations' files are nominated.
+    pub(super) async fn run(self) {
+        let Cleanup {
+            warehouse,
+            catalog,
+            log,
+            tables,
+            generation,
+            resumed,
+        } = self;
+        let cleanup_started = std::time::Instant::now();
+        let cleaned = orphans::clean(
+            warehouse.as_ref(),
+            catalog.as_ref(),
+            &log,
+            &tables,
+            generation,
+            resumed,
+        )
+        .await;
+        match cleaned {
+            Ok(c) => tracing::info!(
+                deleted = c.deleted,
+                kept_referenced = c.referenced,
+                kept_pending = c.pending,
+                listed = c.listed,
+                duration_ms = cleanup_started.elapsed().as_millis() as u64,
+                "orphan cleanup done"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "orphan cleanup skipped, nothing more deleted; garbage stays until the next start or `recon-pipeline maintain`")
+            }
+        }
+        match crate::checkpoint::sweep::sweep(&log, generation).await {
+            Ok(s) => tracing::info!(
+                listed = s.listed,
+                deleted = s.deleted,
+                "checkpoint store swept"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint store sweep skipped, nothing deleted; garbage stays until the next start")
+            }
         }
     }
-    // And the checkpoint store's: files of attempts a crash cut short.
-    match crate::checkpoint::sweep::sweep(&job.log, generation).await {
-        Ok(s) => tracing::info!(
-            listed = s.listed,
-            deleted = s.deleted,
-            "checkpoint store swept"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "checkpoint store sweep skipped, nothing deleted; garbage stays until the next start")
-        }
-    }
-    Ok(job)
 }
 
 /// The eviction policy `[state]` configures.
