@@ -205,15 +205,30 @@ async fn ensure_topic(cfg: &Config, topic: &str) -> Result<(), FleetError> {
             }
         }
     }
-    let md = admin
-        .inner()
-        .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
-        .map_err(|e| FleetError::Membership(format!("describe the tasks topic {topic}: {e}")))?;
-    let found = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map_or(0, |t| t.partitions().len() as i32);
+    // A topic another worker has just created may not list its partitions yet (found by the
+    // chaos harness: three workers starting together, one read 0 partitions and stopped for an
+    // operator). Only a definite partition count is judged; until then, ask again.
+    let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+    let found = loop {
+        let md = admin
+            .inner()
+            .fetch_metadata(Some(topic), Duration::from_secs(5));
+        let n = md.ok().and_then(|md| {
+            md.topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len() as i32)
+        });
+        match n {
+            Some(n) if n > 0 => break n,
+            _ if std::time::Instant::now() >= deadline => {
+                return Err(FleetError::Membership(format!(
+                    "the tasks topic {topic} lists no partitions within {ADMIN_TIMEOUT:?}"
+                )));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
     if found != k {
         return Err(FleetError::Shape(super::layout::ShapeRefusal::Unreadable {
             path: format!("Kafka topic {topic}"),

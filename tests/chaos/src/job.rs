@@ -126,6 +126,16 @@ impl ChaosJob {
         idle_exit_ms: Option<u64>,
         env: &[(&str, String)],
     ) -> anyhow::Result<Run> {
+        self.spawn_with(&[], idle_exit_ms, env)
+    }
+
+    /// Starts `recon-pipeline run` with extra arguments (e.g. `--role worker`).
+    pub fn spawn_with(
+        &mut self,
+        args: &[&str],
+        idle_exit_ms: Option<u64>,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Run> {
         self.runs += 1;
         let n = self.runs;
         let log = self.dir.join(format!("run{n:03}.log"));
@@ -136,6 +146,7 @@ impl ChaosJob {
         if let Some(ms) = idle_exit_ms {
             cmd.args(["--exit-when-idle-ms", &ms.to_string()]);
         }
+        cmd.args(args);
         cmd.env("RUST_LOG", "warn,recon_pipeline=info")
             .env("RECON_LOG_FORMAT", "json")
             .env_remove("RECON_CRASH_AT")

@@ -206,7 +206,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
             Mode::Random(_) => "random".into(),
             Mode::Ci => "ci".into(),
             Mode::Replay(s) => format!("replay {s}"),
-        },
+        } + if opts.filter.fleet { " --fleet" } else { "" },
         scenarios_requested: plans.len() as u32,
         pipeline_binary: original.display().to_string(),
         pipeline_sha256: sha256_file(&binary).unwrap_or_default(),
@@ -234,7 +234,15 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
                 p.seed,
                 p.trips,
                 p.partitions,
-                p.faults.iter().map(|f| f.kind()).collect::<Vec<_>>(),
+                p.faults
+                    .iter()
+                    .map(|f| f.kind())
+                    .chain(
+                        p.fleet
+                            .iter()
+                            .flat_map(|f| f.faults.iter().map(|f| f.kind()))
+                    )
+                    .collect::<Vec<_>>(),
                 p.hostile.iter().map(|h| h.name()).collect::<Vec<_>>(),
                 p.terminal
                     .map(|t| format!(" terminal {}", t.kind()))

@@ -5,6 +5,7 @@
 //! recon-chaos --ci --report ci.json                                     # the bounded CI list
 //! recon-chaos --replay 1234567890                                       # one scenario by its seed
 //! recon-chaos --bounded --seed 7 --scenarios 20                         # every one with eviction on
+//! recon-chaos --fleet --seed 7 --scenarios 5                            # workers + one committer
 //! ```
 //! Exit code: 0 when every scenario was clean (no duplicate, no loss, the job always came back or
 //! stopped loudly where it must); 1 otherwise; 2 when the harness could not run.
@@ -78,6 +79,12 @@ struct Cli {
     /// evicted trips (a share of scenarios draw it without this flag too).
     #[arg(long, conflicts_with = "ci")]
     bounded: bool,
+    /// Every random (or replayed) scenario is a fleet scenario: 16 partitions, K = 8 tasks, 3
+    /// workers and one committer (separate processes), 3-6 faults among worker and committer
+    /// kills (random or at named crash points), a worker paused past the session timeout,
+    /// workers added and removed, a second committer, broker restarts.
+    #[arg(long, conflicts_with_all = ["ci", "bounded"])]
+    fleet: bool,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +101,7 @@ fn main() -> ExitCode {
     );
     kinds.push(recon_chaos::plan::bounded::cold_run_kind());
     kinds.extend(recon_chaos::operator::KINDS.map(String::from));
+    kinds.extend(recon_chaos::plan::fleet::kinds());
     if cli.list_kinds {
         for k in &kinds {
             println!("{k}");
@@ -146,6 +154,7 @@ fn main() -> ExitCode {
             exclude: cli.exclude,
             only: cli.only,
             force_bounded: cli.bounded,
+            fleet: cli.fleet,
         },
     };
     match recon_chaos::run(&opts) {

@@ -147,6 +147,7 @@ mod tests {
             exclude: vec![],
             only: vec!["table_rolled_back".into()],
             force_bounded: false,
+            fleet: false,
         };
         for i in 0..50 {
             let p = plan::random(i, plan::derive_seed(3, i), SCALE, true, &filter);
@@ -180,6 +181,7 @@ mod tests {
             exclude: KINDS.map(String::from).to_vec(),
             only: vec![],
             force_bounded: false,
+            fleet: false,
         };
         for i in 0..100 {
             let p = plan::random(i, plan::derive_seed(5, i), SCALE, true, &none);

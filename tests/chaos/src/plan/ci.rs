@@ -157,6 +157,7 @@ pub fn ci(seed: u64, scale: Scale, controllable: bool) -> Vec<Plan> {
                     poll_batch_records_max: 200,
                 },
                 bounded,
+                fleet: None,
             }
         })
         .collect()

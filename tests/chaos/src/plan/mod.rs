@@ -10,6 +10,7 @@ use crate::traffic::Hostile;
 
 pub mod bounded;
 mod ci;
+pub mod fleet;
 pub use bounded::Bounded;
 pub use ci::ci;
 
@@ -189,6 +190,8 @@ pub struct Plan {
     pub knobs: Knobs,
     /// Bounded state on (eviction, cold tier, a late phase): see [`bounded`].
     pub bounded: Option<Bounded>,
+    /// A fleet of workers and one committer instead of one process (`--fleet`): see [`fleet`].
+    pub fleet: Option<fleet::FleetPlan>,
 }
 
 /// Sizes of traffic.
@@ -227,6 +230,8 @@ pub struct Filter {
     pub only: Vec<String>,
     /// Every scenario with bounded state on (`--bounded`).
     pub force_bounded: bool,
+    /// Every scenario a fleet scenario (`--fleet`).
+    pub fleet: bool,
 }
 
 impl Filter {
@@ -368,6 +373,9 @@ pub fn draw_fault(rng: &mut ChaCha8Rng, controllable: bool, filter: &Filter) -> 
 
 /// A random scenario of the kinds `filter` allows.
 pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &Filter) -> Plan {
+    if filter.fleet {
+        return fleet::random(index, seed, scale, controllable, filter);
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let trips = rng.random_range(scale.trips_min..=scale.trips_max);
     let partitions = rng.random_range(1..=4);
@@ -500,5 +508,6 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
         operator,
         knobs,
         bounded,
+        fleet: None,
     }
 }

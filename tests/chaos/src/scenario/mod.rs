@@ -15,6 +15,8 @@
 mod bounded;
 mod faults;
 mod finish;
+mod fleet;
+mod fleet_procs;
 mod operator;
 mod operator_conditions;
 mod orch;
@@ -132,6 +134,8 @@ pub struct Outcome {
     pub lost_with_topic: u64,
     /// Bounded state on: what left memory, what had to come back, what restarts did.
     pub bounded: Option<bounded::BoundedOutcome>,
+    /// A fleet scenario: its processes, handovers and commit sequences.
+    pub fleet: Option<fleet::FleetOutcome>,
 }
 
 /// Log messages of the job counted in the report: evidence of which recovery paths ran.
@@ -160,6 +164,10 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Outcome {
             .map(Fault::kind)
             .chain(plan.terminal.map(|t| t.kind().to_string()))
             .chain(plan.bounded.as_ref().map(|_| Bounded::KIND.to_string()))
+            .chain(plan.fleet.iter().flat_map(|f| {
+                std::iter::once(crate::plan::fleet::FleetPlan::KIND.to_string())
+                    .chain(f.faults.iter().map(|f| f.kind()))
+            }))
             .chain(plan.operator.iter().flat_map(|o| {
                 let mut v = vec![o.kind().to_string()];
                 if let crate::operator::OperatorFault::CrashLoop { condition, .. } = o {
@@ -234,7 +242,12 @@ pub fn run(ctx: &Ctx, plan: &Plan) -> Outcome {
     ctx.pg.accept();
     // (`infra/local/up` only when a service was stopped on purpose or the scenario went wrong: it
     // costs seconds per scenario.)
-    let stopped_a_service = plan.faults.iter().any(Fault::needs_service_control);
+    let stopped_a_service = plan.faults.iter().any(Fault::needs_service_control)
+        || plan.fleet.as_ref().is_some_and(|f| {
+            f.faults
+                .iter()
+                .any(|f| matches!(f, crate::plan::fleet::FleetFault::BrokerRestart { .. }))
+        });
     if ctx.services.controllable()
         && (stopped_a_service || out.result != "clean")
         && let Err(e) = ctx.services.ensure_up()
@@ -350,6 +363,8 @@ impl<'a> Scenario<'a> {
         // Chunks: a load and a probe per fault, and a tail.
         let parts = if plan.terminal.is_some() {
             2
+        } else if let Some(f) = &plan.fleet {
+            f.faults.len() * 2 + 2
         } else {
             plan.faults.len() * 2 + 1
         };
@@ -455,6 +470,9 @@ impl<'a> Scenario<'a> {
     }
 
     fn execute(&mut self, out: &mut Outcome) -> Result<(), Failure> {
+        if self.plan.fleet.is_some() {
+            return self.fleet(out);
+        }
         if let Some(t) = self.plan.terminal {
             return self.terminal(t, out);
         }
