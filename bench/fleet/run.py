@@ -30,8 +30,9 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def config(job, topic, workdir, tasks, interval_ms):
-    fleet = f"\n[fleet]\ntasks = {tasks}\ncommit_interval_ms = {interval_ms // 2}\n" if tasks else ""
+def config(job, topic, workdir, tasks, interval_ms, protocol="consumer"):
+    fleet = (f"\n[fleet]\ntasks = {tasks}\ncommit_interval_ms = {interval_ms // 2}\n"
+             f"group_protocol = \"{protocol}\"\n") if tasks else ""
     return f"""job_id = "{job}"
 [source]
 brokers = "{os.environ['RECON_KAFKA_BOOTSTRAP']}"
@@ -144,7 +145,7 @@ def run_scale(a):
     work = tempfile.mkdtemp(prefix="fleet-scale-")
     cfg = os.path.join(work, "recon.toml")
     with open(cfg, "w") as f:
-        f.write(config(f"bs{run}", topic, work, a.scale_tasks, a.interval_ms))
+        f.write(config(f"bs{run}", topic, work, a.scale_tasks, a.interval_ms, a.group_protocol))
     k = a.scale_tasks
     # Traffic keeps flowing while the fleet starts, drains and recovers (the committer's
     # latency is measured on commits that carry records).
@@ -225,6 +226,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--interval-ms", type=int, default=2000)
     ap.add_argument("--out")
+    ap.add_argument("--group-protocol", default="consumer", choices=["consumer", "classic"])
     ap.add_argument("--scale", action="store_true",
                     help="instead: start, recovery and commit latency with --scale-tasks tasks on --scale-partitions partitions")
     ap.add_argument("--scale-partitions", type=int, default=1000)
@@ -253,7 +255,7 @@ def main():
             job = f"bf{run}r{rnd}w{w}"
             cfg = os.path.join(work, "recon.toml")
             with open(cfg, "w") as f:
-                f.write(config(job, topic, work, a.tasks if w else 0, a.interval_ms))
+                f.write(config(job, topic, work, a.tasks if w else 0, a.interval_ms, a.group_protocol))
             r = run_single(a.binary, cfg, work, 3000) if w == 0 else run_fleet(a.binary, cfg, work, w, total)
             r.update({"mode": "single" if w == 0 else f"fleet-{w}", "workers": w, "round": rnd,
                       "events_per_s": total / r["seconds"], "logs": work})
@@ -271,13 +273,20 @@ def main():
     base = summary.get("single", {}).get("events_per_s_median")
     for mode, s in summary.items():
         s["ratio_to_single"] = s["events_per_s_median"] / base if base else None
+    handover = durations([os.path.join(r["logs"], f) for r in results if r["workers"]
+                          for f in os.listdir(r["logs"]) if f.endswith(".log") and "worker" in f],
+                         "task's first checkpoint on this worker", "handover_ms")
     doc = {"records": total, "partitions": a.partitions, "tasks": a.tasks, "rounds": a.rounds,
+           "group_protocol": a.group_protocol,
+           "handover_ms": {"n": len(handover), "p50": pct(handover, 0.5), "p99": pct(handover, 0.99)},
            "interval_ms": a.interval_ms, "results": results, "summary": summary}
     out = json.dumps(doc, indent=2)
     print(out)
     if a.out:
         open(a.out, "w").write(out)
     print(f"\n{total} records, {a.partitions} partitions, K = {a.tasks}, medians of {a.rounds} round(s):", file=sys.stderr)
+    print(f"  task handover (assignment -> first checkpoint, interval {a.interval_ms} ms): n {len(handover)} "
+          f"p50 {pct(handover, 0.5)} ms p99 {pct(handover, 0.99)} ms", file=sys.stderr)
     for mode, s in summary.items():
         ratio = f"{s['ratio_to_single']:.2f}x single" if s["ratio_to_single"] else ""
         print(f"  {mode:8} {s['events_per_s_median']:>10,.0f} records/s  cpu {s['cpu_seconds_median']:7.1f} s"

@@ -37,6 +37,13 @@ use super::FleetError;
 use super::layout::{self, Shape};
 use super::progress::{self, Committed};
 
+/// Task logs read at once while gathering.
+const GATHER_TASKS_AT_ONCE: usize = 8;
+/// Manifests of one task read at once while gathering.
+const GATHER_READS_AT_ONCE: usize = 8;
+/// Checkpoints of one task gathered per round (a longer backlog takes several rounds).
+const GATHER_PER_TASK_MAX: usize = 2_000;
+
 /// What a committer run did.
 #[derive(Clone, Debug, Default)]
 pub struct CommitterReport {
@@ -231,28 +238,56 @@ impl Run {
     }
 
     /// Adds to `gathered`, per task, its completed checkpoints after what the newest record
-    /// and the earlier gatherings hold, in log order (each manifest is read once).
+    /// and the earlier gatherings hold, in log order (each manifest is read once). Task logs
+    /// are read [`GATHER_TASKS_AT_ONCE`] at a time, each one's manifests
+    /// [`GATHER_READS_AT_ONCE`] at a time: a committer that was down finds minutes of
+    /// checkpoints of every task (found in the fleet test: 480 manifests one by one held a
+    /// commit back two minutes), at most [`GATHER_PER_TASK_MAX`] per task per round.
     async fn gather(&mut self) -> Result<(), JobError> {
-        for (t, task_log) in self.tasks.iter().enumerate() {
-            let t = t as u32;
-            let manifests = self.gathered.entry(t).or_default();
-            let after = match manifests.last() {
-                Some(m) => Some(m.checkpoint_id),
-                None => self.head.fleet_tasks.get(&t).copied(),
-            };
-            let ids = task_log.ids_after(after).await?;
-            let mut expected = after.map_or(CheckpointId(1), CheckpointId::next);
-            for id in ids {
-                if id != expected {
-                    return Err(PublishError::CheckpointGone { id: expected }.into());
-                }
-                let Some(c) = task_log.completed(id).await? else {
-                    return Err(PublishError::CheckpointGone { id }.into());
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        let afters: Vec<(u32, Option<CheckpointId>)> = (0..self.tasks.len() as u32)
+            .map(|t| {
+                let after = match self.gathered.get(&t).and_then(|m| m.last()) {
+                    Some(m) => Some(m.checkpoint_id),
+                    None => self.head.fleet_tasks.get(&t).copied(),
                 };
-                manifests.push(c.manifest);
-                expected = id.next();
-            }
-            crate::telemetry::committer_task_lag(t, manifests.len() as u64);
+                (t, after)
+            })
+            .collect();
+        let tasks = &self.tasks;
+        let found: Vec<(u32, Vec<Manifest>)> = stream::iter(afters)
+            .map(|(t, after)| async move {
+                let log = &tasks[t as usize];
+                let ids = log.ids_after(after).await?;
+                let mut expected = after.map_or(CheckpointId(1), CheckpointId::next);
+                for id in ids.iter().take(GATHER_PER_TASK_MAX) {
+                    if *id != expected {
+                        return Err(JobError::from(PublishError::CheckpointGone {
+                            id: expected,
+                        }));
+                    }
+                    expected = id.next();
+                }
+                let manifests: Vec<Manifest> =
+                    stream::iter(ids.into_iter().take(GATHER_PER_TASK_MAX))
+                        .map(|id| async move {
+                            match log.completed(id).await? {
+                                Some(c) => Ok(c.manifest),
+                                None => Err(JobError::from(PublishError::CheckpointGone { id })),
+                            }
+                        })
+                        .buffered(GATHER_READS_AT_ONCE)
+                        .try_collect()
+                        .await?;
+                Ok((t, manifests))
+            })
+            .buffer_unordered(GATHER_TASKS_AT_ONCE)
+            .try_collect()
+            .await?;
+        for (t, manifests) in found {
+            let all = self.gathered.entry(t).or_default();
+            all.extend(manifests);
+            crate::telemetry::committer_task_lag(t, all.len() as u64);
         }
         Ok(())
     }

@@ -255,6 +255,8 @@ pub(crate) struct Job {
     since_commit: u32,
     oldest_uncommitted: Option<Instant>,
     started: Instant,
+    /// When the newest checkpoint completed (an idle fleet task skips barriers until long).
+    checkpointed_at: Instant,
 }
 
 /// Runs the job until shutdown, idle exit, or an error.

@@ -351,6 +351,7 @@ pub(super) async fn recover(
         since_commit: 0,
         oldest_uncommitted: None,
         started: std::time::Instant::now(),
+        checkpointed_at: std::time::Instant::now(),
     };
     // Whatever the previous generation completed but did not publish, publish now.
     job.publish().await?;
