@@ -149,19 +149,8 @@ aws_virtual_hosted_style_request = "false"
         env: &[(&str, String)],
         log: &Path,
     ) -> std::process::Child {
-        let out = std::fs::File::create(log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let mut cmd = Command::new(binary());
-        cmd.args(["run", "--config"])
-            .arg(&self.config)
-            .args(["--exit-when-idle-ms", &idle_exit_ms.to_string()])
-            .env("RUST_LOG", "warn,recon_pipeline=info")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.spawn().expect("spawn recon-pipeline")
+        let idle = idle_exit_ms.to_string();
+        self.spawn_with(&["--exit-when-idle-ms", &idle], env, log)
     }
 }
 

@@ -184,6 +184,21 @@ fn wait_for(log: &Path, needle: &str, times: usize, deadline: Duration) {
     }
 }
 
+/// Waits for a process armed with `RECON_CRASH_AT` to die by SIGKILL at `point`.
+fn died_at(point: CrashPoint, (child, log): (Child, PathBuf)) {
+    let (status, out) = wait_with_deadline(child, &log, 3 * MINUTE);
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{}: {status:?}\n{out}",
+        point.name()
+    );
+    assert!(
+        out.contains(&format!("crash point {} reached", point.name())),
+        "{out}"
+    );
+}
+
 /// SIGTERM: the graceful stop.
 fn stop(child: &Child) {
     signal(child, "-TERM");
@@ -220,17 +235,7 @@ fn workers_killed_added_removed_and_paused() {
         let (w1, w1_log) = fleet.start("worker", Some(format!("{}:{nth}", point.name())));
         wait_for(&w1_log, "task started", 1, 2 * MINUTE);
         fleet.publish();
-        let (status, out) = wait_with_deadline(w1, &w1_log, 3 * MINUTE);
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "{}: {status:?}\n{out}",
-            point.name()
-        );
-        assert!(
-            out.contains(&format!("crash point {} reached", point.name())),
-            "{out}"
-        );
+        died_at(point, (w1, w1_log));
     }
     let w1 = fleet.start("worker", None);
     wait_for(
@@ -298,17 +303,7 @@ fn two_committers_and_committer_kills() {
         let _ = committer.0.wait();
         fleet.publish();
         let (c, log) = fleet.start("committer", Some(format!("{}:2", point.name())));
-        let (status, out) = wait_with_deadline(c, &log, 3 * MINUTE);
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "{}: {status:?}\n{out}",
-            point.name()
-        );
-        assert!(
-            out.contains(&format!("crash point {} reached", point.name())),
-            "{out}"
-        );
+        died_at(point, (c, log));
         committer = fleet.start("committer", None);
         wait_for(&committer.1, "committer claimed", 1, MINUTE);
     }

@@ -112,17 +112,30 @@ pub enum ShapeRefusal {
 /// The shape record beside the fleet job's log.
 const SHAPE: &str = "fleet.json";
 
+/// How reading the record at `path` fails: unreadable (operator), or the store failed
+/// (transient).
+fn refusals(
+    path: &str,
+) -> (
+    impl Fn(String) -> ShapeRefusal + '_,
+    impl Fn(String) -> ShapeRefusal + '_,
+) {
+    (
+        move |message| ShapeRefusal::Unreadable {
+            path: path.to_string(),
+            message,
+        },
+        move |message| ShapeRefusal::StoreFailed {
+            path: path.to_string(),
+            message,
+        },
+    )
+}
+
 /// A single-process start refuses a job created as a fleet.
 pub async fn refuse_if_fleet(log: &CheckpointLog) -> Result<(), ShapeRefusal> {
     let path = log.path_of(SHAPE);
-    let unreadable = |message: String| ShapeRefusal::Unreadable {
-        path: path.clone(),
-        message,
-    };
-    let failed = |message: String| ShapeRefusal::StoreFailed {
-        path: path.clone(),
-        message,
-    };
+    let (unreadable, failed) = refusals(&path);
     let Some(bytes) = log
         .store()
         .get(&path)
@@ -136,7 +149,7 @@ pub async fn refuse_if_fleet(log: &CheckpointLog) -> Result<(), ShapeRefusal> {
     Err(ShapeRefusal::WasFleet {
         job: log.job().to_string(),
         tasks: shape.tasks,
-        path,
+        path: path.clone(),
     })
 }
 
@@ -172,14 +185,7 @@ pub async fn ensure(log: &CheckpointLog, topic: &str, now: &Shape) -> Result<(),
         });
     }
     let path = log.path_of(SHAPE);
-    let unreadable = |message: String| ShapeRefusal::Unreadable {
-        path: path.clone(),
-        message,
-    };
-    let failed = |message: String| ShapeRefusal::StoreFailed {
-        path: path.clone(),
-        message,
-    };
+    let (unreadable, failed) = refusals(&path);
     let bytes = serde_json::to_vec(now).expect("the shape serialises");
     // A job that checkpointed as one process before: refuse before recording anything. The log
     // is read before the record: a fleet records its shape before its committer's first claim,
