@@ -236,6 +236,18 @@ def compose_healthcheck(host: str, port: int, service: str = "recon-pipeline") -
     return [a.replace("/dev/tcp/127.0.0.1/9464", f"/dev/tcp/{host}/{port}") for a in test[1:]]
 
 
+def prepare(work: Path, bin_path: Path, svc: dict, name: str, partitions: int, trips: int, seed: int):
+    """Publishes a little noisy traffic to `<name>.events` and writes `work/recon.toml` for it."""
+    traffic = (
+        f"generate --brokers {svc['RECON_KAFKA_BOOTSTRAP']} --topic {name}.events --partitions {partitions} "
+        f"--trips {trips} --seed {seed} --poison-rate 0.05 --duplicate-rate 0.05 --no-progress"
+    )
+    run_checked([str(bin_path), *traffic.split(), "--truth-jsonl", str(work / "truth.jsonl")], 120, work / "gen.log")
+    cfg, swapped = local_config(name, svc)
+    (work / "recon.toml").write_text(tomli_w.dumps(cfg))
+    return cfg, swapped
+
+
 def main() -> int:
     svc = services()
     if svc is None:
@@ -251,15 +263,7 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="recon-deploy-") as tmp:
         work = Path(tmp)
-        traffic = (
-            f"generate --brokers {svc['RECON_KAFKA_BOOTSTRAP']} --topic {name}.events --partitions 2 --trips 300 "
-            "--seed 8 --poison-rate 0.05 --duplicate-rate 0.05 --no-progress"
-        )
-        run_checked(
-            [str(bin_path), *traffic.split(), "--truth-jsonl", str(work / "truth.jsonl")], 120, work / "gen.log"
-        )
-        cfg, swapped = local_config(name, svc)
-        (work / "recon.toml").write_text(tomli_w.dumps(cfg))
+        cfg, swapped = prepare(work, bin_path, svc, name, partitions=2, trips=300, seed=8)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RECON__"))}
         recipe = statefulset_env(secret)
         env.update(recipe)
@@ -384,15 +388,7 @@ def fleet_main(svc: dict[str, str], bin_path: Path, secret: dict[str, str]) -> N
     }
     with tempfile.TemporaryDirectory(prefix="recon-deploy-fleet-") as tmp:
         work = Path(tmp)
-        traffic = (
-            f"generate --brokers {svc['RECON_KAFKA_BOOTSTRAP']} --topic {name}.events --partitions {FLEET_TASKS_HERE} "
-            "--trips 200 --seed 9 --poison-rate 0.05 --duplicate-rate 0.05 --no-progress"
-        )
-        run_checked(
-            [str(bin_path), *traffic.split(), "--truth-jsonl", str(work / "truth.jsonl")], 120, work / "gen.log"
-        )
-        cfg, swapped = local_config(name, svc)
-        (work / "recon.toml").write_text(tomli_w.dumps(cfg))
+        cfg, swapped = prepare(work, bin_path, svc, name, partitions=FLEET_TASKS_HERE, trips=200, seed=9)
         children: dict[str, tuple[subprocess.Popen, Path, int]] = {}
         try:
             for role, (file, _) in roles.items():
