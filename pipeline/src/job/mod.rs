@@ -19,6 +19,7 @@
 
 mod barrier;
 mod compaction;
+mod error;
 mod input;
 mod outputs;
 pub(crate) mod preflight;
@@ -27,6 +28,7 @@ pub(crate) mod recovery;
 mod replay;
 mod stop;
 
+pub use error::JobError;
 pub use stop::{StopClass, log_class, refusal_class, refusals_class};
 
 use std::collections::BTreeMap;
@@ -37,17 +39,16 @@ use iceberg::Catalog;
 use recon_schemas::decode::{self, Limits};
 use tokio::sync::watch;
 
-use crate::checkpoint::commit::{CommitError, Committer};
-use crate::checkpoint::log::{CheckpointLog, LogError};
+use crate::checkpoint::commit::Committer;
+use crate::checkpoint::log::CheckpointLog;
 use crate::checkpoint::manifest::{Counts, LastRecord, Manifest, PartitionCut};
 use crate::checkpoint::store::CheckpointStore;
 use crate::config::Config;
 use crate::crash::{self, CrashPoint};
 use crate::ids::{CheckpointId, Generation, Offset, PartitionId};
-use crate::lakehouse::LakehouseError;
 use crate::sink::rows::Rejected;
 use crate::sink::{Sink, SinkError};
-use crate::source::{InputGuard, Record, Source, SourceError};
+use crate::source::{InputGuard, Record, Source};
 use crate::state::{Outcome, State};
 
 /// How a test or the demo injects a crash without killing the process.
@@ -79,73 +80,6 @@ impl CrashPlan {
         }
         Ok(())
     }
-}
-
-/// Why the job stopped with an error. Every variant says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    /// Configuration or connection problem at start.
-    #[error(transparent)]
-    Lakehouse(#[from] LakehouseError),
-    /// Checkpoint log problem (store down, corrupt record, fenced).
-    #[error(transparent)]
-    Log(#[from] LogError),
-    /// Commit problem (fenced, exhausted, table ahead of the log).
-    #[error(transparent)]
-    Commit(#[from] CommitError),
-    /// Publishing problem.
-    #[error(transparent)]
-    Publish(#[from] crate::checkpoint::publish::PublishError),
-    /// Kafka problem.
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    /// An optional output (alerts topic, current balances) failed or is fenced.
-    #[error(transparent)]
-    Output(#[from] crate::outputs::OutputError),
-    /// Writing data files failed.
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    /// Recovery's checks refused to write (table ahead of the log, rolled back, another job's
-    /// table, fenced); nothing was written. One line per table.
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; also: "))]
-    Refused(Vec<crate::checkpoint::protocol::Refusal>),
-    /// The configuration does not fit what was found (e.g. a partition the topic lacks).
-    #[error("configuration: {0}")]
-    Config(String),
-    /// The Kafka consumer thread ended without an error (it should never): restart.
-    #[error("the Kafka consumer thread stopped")]
-    ConsumerStopped,
-    /// The cold tier failed: unreadable (corrupt, operator needed) or its store did not
-    /// answer (transient).
-    #[error(transparent)]
-    Cold(#[from] crate::cold::ColdError),
-    /// The checkpoint's state files did not decode (their checksums matched: written so by a
-    /// bug or another build); nothing was written.
-    #[error(
-        "{0}; rewind to an older checkpoint (`recon-pipeline checkpoints list`, then `recon-pipeline rewind`)"
-    )]
-    State(#[from] crate::state::codec::CodecError),
-    /// A partition's offsets went backwards within a run: stopping rather than counting twice.
-    #[error(
-        "partition {partition}: offset {offset} is before the expected {expected}; offsets moved backwards (topic recreated or reset?). Stopping rather than double-counting; if the topic was recreated, see `recon-pipeline accept-topic-reset`"
-    )]
-    OffsetsBackwards {
-        /// The partition.
-        partition: PartitionId,
-        /// The offset read.
-        offset: i64,
-        /// The next offset expected.
-        expected: Offset,
-    },
-    /// A fleet's shape, membership or committer refused (see the message).
-    #[error(transparent)]
-    Fleet(#[from] crate::fleet::FleetError),
-    /// The protocol refuses to continue; the message says why and what to do.
-    #[error("{0}")]
-    Protocol(String),
-    /// A simulated crash (tests and demo only).
-    #[error("simulated crash at {}", .0.name())]
-    SimulatedCrash(CrashPoint),
 }
 
 /// What a run did, for the CLI summary, the demo and tests.
