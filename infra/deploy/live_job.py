@@ -236,6 +236,17 @@ def compose_healthcheck(host: str, port: int, service: str = "recon-pipeline") -
     return [a.replace("/dev/tcp/127.0.0.1/9464", f"/dev/tcp/{host}/{port}") for a in test[1:]]
 
 
+def terminate(child: subprocess.Popen, log: Path, grace: float, what: str) -> tuple[int, float]:
+    """SIGTERM, then the exit code and how long the stop took; fails past `grace` seconds."""
+    t_term = time.monotonic()
+    child.send_signal(signal.SIGTERM)
+    try:
+        rc = child.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"SIGTERM: {what} did not stop within {grace} s:\n{log.read_text()[-4000:]}")
+    return rc, time.monotonic() - t_term
+
+
 def prepare(work: Path, bin_path: Path, svc: dict, name: str, partitions: int, trips: int, seed: int):
     """Publishes a little noisy traffic to `<name>.events` and writes `work/recon.toml` for it."""
     traffic = (
@@ -334,16 +345,7 @@ def main() -> int:
             )
             assert hc.returncode == 0, f"the compose healthcheck failed against a ready job: {hc.stderr}"
             grace = statefulset()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-            t_term = time.monotonic()
-            child.send_signal(signal.SIGTERM)
-            try:
-                rc = child.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                raise AssertionError(
-                    f"SIGTERM: the job did not stop within terminationGracePeriodSeconds={grace}:\n"
-                    f"{log.read_text()[-4000:]}"
-                )
-            stop_s = time.monotonic() - t_term
+            rc, stop_s = terminate(child, log, grace, "the job")
         finally:
             if child.poll() is None:
                 child.kill()
@@ -460,21 +462,14 @@ def fleet_main(svc: dict[str, str], bin_path: Path, secret: dict[str, str]) -> N
             stops = []
             # Workers first (their final checkpoints), then the committer (a last commit of them).
             for role, (child, log, grace) in children.items():
-                t_term = time.monotonic()
-                child.send_signal(signal.SIGTERM)
-                try:
-                    rc = child.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    raise AssertionError(
-                        f"SIGTERM: the {role} did not stop within {grace}s:\n{log.read_text()[-4000:]}"
-                    )
+                rc, stop_s = terminate(child, log, grace, f"the {role}")
                 out = log.read_text(errors="replace")
                 assert rc == 0 and f"{role} stopped cleanly" in out, (
                     f"SIGTERM: {role} exit {rc}, expected 0 and '{role} stopped cleanly':\n{out[-4000:]}"
                 )
                 leaked = [k for k in ("kafka-sasl-password", "s3-secret-access-key", "catalog-uri") if secret[k] in out]
                 assert not leaked, f"the {role}'s output contains the Secret's {leaked}"
-                stops.append(f"{role} {time.monotonic() - t_term:.2f} s (grace {grace} s)")
+                stops.append(f"{role} {stop_s:.2f} s (grace {grace} s)")
         finally:
             for child, _, _ in children.values():
                 if child.poll() is None:

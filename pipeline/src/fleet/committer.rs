@@ -313,10 +313,8 @@ impl Run {
         self.report.commits += landed;
         self.crash.hit(CrashPoint::CommitterAfterCommit)?;
         self.log.record_commit(through, self.generation).await?;
-        let tasks = match self.uncommitted.get(&through) {
-            Some(m) => m.fleet_tasks.clone(),
-            None => self.head.fleet_tasks.clone(),
-        };
+        // The newest record is `through`'s: its progress is what every table now holds.
+        let tasks = self.head.fleet_tasks.clone();
         progress::write(
             &self.log,
             &Committed {
