@@ -10,9 +10,15 @@
 //! - a second committer starts while the first runs: the first stops fenced (exit 4);
 //! - the committer dies by SIGKILL at each of its crash points, and comes back.
 //!
+//! The workers' test runs the optional outputs too (alerts topic, current balances: per task,
+//! each task's own Kafka transactional id and PostgreSQL progress rows), and kills a worker at
+//! their two crash points.
+//!
 //! Then: every event exactly once in `ledger_events`, every poison record and conflict once in
 //! `rejected_events`, every balance the fold of its events, every commit sequence in exactly
-//! one snapshot per table, and batch-verify clean on every business day against the topic.
+//! one snapshot per table, batch-verify clean on every business day against the topic (with
+//! its output checks where on), and, with the outputs on, every alert the input implies once in
+//! the alerts topic and every trip's current balance equal to its latest `trip_balances` row.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -38,6 +44,8 @@ struct Fleet {
     brokers: String,
     chunks: Vec<Vec<recon_pipeline::generate::Record>>,
     expected: Expected,
+    /// With the optional outputs on: the alerts topic.
+    alerts_topic: Option<String>,
     /// Every process started: killed when the test ends, passed or not.
     pids: Vec<u32>,
 }
@@ -55,12 +63,20 @@ impl Drop for Fleet {
 
 impl Fleet {
     /// A fleet job (K = 8) on a fresh 16-partition topic with `trips` trips of noisy traffic,
-    /// published in `parts` chunks.
-    fn new(s: &recon_tests::Services, name: &str, trips: u64, parts: usize) -> Fleet {
+    /// published in `parts` chunks; `outputs`: with alerts and current balances on.
+    fn new(
+        s: &recon_tests::Services,
+        name: &str,
+        trips: u64,
+        parts: usize,
+        outputs: bool,
+    ) -> Fleet {
         // One checkpoint a second per task: eight tasks checkpointing every 300 ms would keep
         // the test's S3 server (one Python process) busy with empty checkpoints.
         let setup = JobSetup::new(s, name, 1000);
         setup.append_config("[fleet]\ntasks = 8\ncommit_interval_ms = 1000\n");
+        let alerts_topic =
+            outputs.then(|| recon_tests::outputs::enable(&setup.config, &setup.name));
         create_topic(&s.kafka_bootstrap, &setup.topic, PARTITIONS);
         let seed = u64::from(uuid::Uuid::new_v4().as_u128() as u32);
         let records = traffic(&setup.topic, trips, seed, PARTITIONS);
@@ -75,6 +91,7 @@ impl Fleet {
             brokers: s.kafka_bootstrap.clone(),
             chunks,
             expected: Expected::default(),
+            alerts_topic,
             pids: Vec::new(),
         }
     }
@@ -143,6 +160,20 @@ impl Fleet {
         assert_eq!(rec.ledger_rows, expected.events.len() as u64);
         assert_eq!(rec.rejected_rows, expected.poison + expected.conflicts);
         rt.block_on(one_snapshot_per_sequence(catalog.as_ref(), &cfg));
+        if let Some(alerts_topic) = &self.alerts_topic {
+            let (alerts, trips) = rt.block_on(recon_tests::outputs::check_exact(
+                &cfg,
+                catalog.as_ref(),
+                &self.brokers,
+                &self.setup.topic,
+                alerts_topic,
+                cfg.current_balances_url
+                    .as_deref()
+                    .expect("current balances on"),
+                expected.records,
+            ));
+            println!("outputs: {alerts} alerts once each, {trips} current balances exact");
+        }
         let mut days: BTreeMap<chrono::NaiveDate, u64> = BTreeMap::new();
         for e in expected.events.values() {
             *days.entry(e.occurred_at.date_naive()).or_default() += 1;
@@ -215,23 +246,31 @@ fn workers_killed_added_removed_and_paused() {
     let Some(s) = services_or_skip("workers_killed_added_removed_and_paused") else {
         return;
     };
-    let mut fleet = Fleet::new(&s, "e2e_fleet_w", 3000, 10);
+    let mut fleet = Fleet::new(&s, "e2e_fleet_w", 3000, 12, true);
     fleet.publish();
     let committer = fleet.start("committer", None);
     let (w2, w2_log) = fleet.start("worker", None);
     let w3 = fleet.start("worker", None);
     wait_for(&committer.1, "commit record durable", 1, 2 * MINUTE);
 
-    // Worker 1 dies at each named point a task reaches, then comes back for good.
+    // Worker 1 dies at each named point a task reaches (the outputs' two included), then comes
+    // back for good.
     for point in [
         CrashPoint::MidBatch,
         CrashPoint::AfterFilesWritten,
         CrashPoint::BeforeCheckpointComplete,
         CrashPoint::AfterCheckpointDurable,
+        CrashPoint::BeforeAlertsCommit,
+        CrashPoint::BeforeBalancesCommit,
     ] {
-        // Mid-batch at the first batch; the barrier points at the fourth barrier, after the
-        // records published once the worker runs tasks have arrived.
-        let nth = if point == CrashPoint::MidBatch { 1 } else { 4 };
+        // Mid-batch at the first batch and an output transaction at its first (one may come
+        // once per chunk); the barrier points at the fourth barrier, after the records
+        // published once the worker runs tasks have arrived.
+        let nth = if point == CrashPoint::MidBatch || CrashPoint::OUTPUTS.contains(&point) {
+            1
+        } else {
+            4
+        };
         let (w1, w1_log) = fleet.start("worker", Some(format!("{}:{nth}", point.name())));
         wait_for(&w1_log, "task started", 1, 2 * MINUTE);
         fleet.publish();
@@ -278,7 +317,7 @@ fn two_committers_and_committer_kills() {
     let Some(s) = services_or_skip("two_committers_and_committer_kills") else {
         return;
     };
-    let mut fleet = Fleet::new(&s, "e2e_fleet_c", 2000, 8);
+    let mut fleet = Fleet::new(&s, "e2e_fleet_c", 2000, 8, false);
     fleet.publish();
     let (c1, c1_log) = fleet.start("committer", None);
     let w1 = fleet.start("worker", None);

@@ -12,8 +12,7 @@
 //! when a newer instance starts; its commit fails with the fencing error; a `read_committed`
 //! consumer sees none of its records.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
@@ -21,49 +20,14 @@ use recon_pipeline::config::Config;
 use recon_pipeline::crash::CrashPoint;
 use recon_pipeline::ids::{CheckpointId, JobId, Offset, PartitionId};
 use recon_pipeline::outputs::OutputError;
-use recon_pipeline::outputs::alerts::{self, Alert, InputRecord, Watch};
+use recon_pipeline::outputs::alerts::{self, InputRecord, Watch};
 use recon_pipeline::outputs::alerts_kafka::AlertsProducer;
 use recon_pipeline::reconcile::{self, Expected};
 use recon_pipeline::{demo, lakehouse};
 use recon_schemas::decode::Limits;
 use recon_tests::pipeline::{JobSetup, wait_with_deadline};
 use recon_tests::services_or_skip;
-use recon_tests::traffic::{create_topic, read_topic, traffic};
-use rust_decimal::Decimal;
-
-fn enable_outputs(setup: &JobSetup) -> String {
-    let alerts_topic = format!("{}.alerts", setup.name);
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&setup.config)
-        .unwrap();
-    write!(
-        f,
-        "\n[alerts]\nenabled = true\ntopic = \"{alerts_topic}\"\npartitions = 2\n\n[current_balances]\nenabled = true\n"
-    )
-    .unwrap();
-    alerts_topic
-}
-
-/// The alerts in the topic, keyed by id; panics on a duplicate id.
-fn alerts_in_topic(brokers: &str, topic: &str) -> HashMap<uuid::Uuid, Alert> {
-    let mut got = HashMap::new();
-    for r in read_topic(brokers, topic, Duration::from_secs(60)) {
-        let a: Alert = serde_json::from_slice(&r.payload).expect("an alert record");
-        assert_eq!(
-            r.key.as_deref(),
-            Some(a.trip_id.as_bytes()),
-            "keyed by trip"
-        );
-        if let Some(prev) = got.insert(a.alert_id, a.clone()) {
-            panic!(
-                "alert {} is in the topic twice:\n{prev:?}\n{a:?}",
-                a.alert_id
-            );
-        }
-    }
-    got
-}
+use recon_tests::traffic::{create_topic, traffic};
 
 #[test]
 fn alerts_and_current_balances_exact_at_every_crash_point() {
@@ -71,7 +35,7 @@ fn alerts_and_current_balances_exact_at_every_crash_point() {
         return;
     };
     let setup = JobSetup::new(&s, "e2e_outputs", 300);
-    let alerts_topic = enable_outputs(&setup);
+    let alerts_topic = recon_tests::outputs::enable(&setup.config, &setup.name);
     create_topic(&s.kafka_bootstrap, &setup.topic, 3);
     let seed = u64::from(uuid::Uuid::new_v4().as_u128() as u32);
     let records = traffic(&setup.topic, 2000, seed, 3);
@@ -123,63 +87,23 @@ fn alerts_and_current_balances_exact_at_every_crash_point() {
         .expect("reconcile");
     assert!(rec.is_clean(), "{rec}");
 
-    // Alerts: exactly the transitions the input implies, each once.
-    let input = read_topic(&s.kafka_bootstrap, &setup.topic, Duration::from_secs(60));
-    assert_eq!(input.len() as u64, expected.records, "input read back");
-    let job = JobId::new(&setup.name).unwrap();
-    let want = alerts::derive(
-        &job,
-        &Watch::new(vec!["DISCREPANCY"]),
-        input.iter().map(|r| InputRecord {
-            partition: r.partition,
-            offset: r.offset,
-            key: r.key.as_deref(),
-            payload: &r.payload,
-        }),
-        &Limits::default(),
-    );
-    assert!(
-        want.len() > 20,
-        "noisy traffic must raise alerts: {}",
-        want.len()
-    );
-    let got = alerts_in_topic(&s.kafka_bootstrap, &alerts_topic);
-    let mut missing = 0;
-    for w in &want {
-        match got.get(&w.alert_id) {
-            None => missing += 1,
-            Some(g) => {
-                let mut g = g.clone();
-                g.checkpoint_id = 0;
-                assert_eq!(&g, w, "alert content");
-            }
-        }
-    }
-    assert_eq!(missing, 0, "{missing} of {} alerts missing", want.len());
-    assert_eq!(got.len(), want.len(), "alerts that no transition explains");
+    // Alerts: exactly the transitions the input implies, each once; current balances: equal
+    // to every trip's latest trip_balances row.
+    let (alerts_n, trips) = rt.block_on(recon_tests::outputs::check_exact(
+        &cfg,
+        catalog.as_ref(),
+        &s.kafka_bootstrap,
+        &setup.topic,
+        &alerts_topic,
+        &s.pg_catalog_url,
+        expected.records,
+    ));
     println!(
-        "alerts: {} transitions, {} in the topic, 0 duplicates",
-        want.len(),
-        got.len()
+        "alerts: {alerts_n} in the topic, 0 duplicates; current balances: {trips} trips equal to trip_balances"
     );
-
-    // Current balances: equal to every trip's latest trip_balances row.
     let latest = rt
         .block_on(reconcile::latest_balances(catalog.as_ref(), &cfg))
         .expect("latest balances");
-    let pg = rt.block_on(current_balances(&s.pg_catalog_url, &setup.name));
-    assert_eq!(pg.len(), latest.len(), "one row per trip");
-    for (trip, (_, sums, status)) in &latest {
-        let row = pg
-            .get(trip)
-            .unwrap_or_else(|| panic!("trip {trip} missing from current balances"));
-        assert_eq!(&row.0, sums, "trip {trip} sums");
-        assert_eq!(&row.1, status, "trip {trip} status");
-    }
-    println!(
-        "current balances: {} trips equal to trip_balances",
-        pg.len()
-    );
 
     // batch-verify's checks (g) and (h), with its own readers and spilled in 4 buckets, agree;
     // then one current balance off by one thousandth is found, by trip, and nothing else.
@@ -195,7 +119,7 @@ fn alerts_and_current_balances_exact_at_every_crash_point() {
     let report = verify(4);
     let checked = report.outputs.clone().expect("outputs checked");
     assert_eq!(checked.current_balances_checked, latest.len() as u64);
-    assert_eq!(checked.alerts_checked, got.len() as u64);
+    assert_eq!(checked.alerts_checked, alerts_n as u64);
     assert_eq!(
         (checked.current_balances_in_flight, checked.alerts_in_flight),
         (0, 0),
@@ -234,30 +158,6 @@ fn alerts_and_current_balances_exact_at_every_crash_point() {
         Some(tampered.as_str()),
         "{found:?}"
     );
-}
-
-/// `(sums, status)` per trip of `job` in the current-balance table.
-async fn current_balances(url: &str, job: &str) -> HashMap<String, ([Decimal; 6], String)> {
-    use sqlx::{Connection, Row};
-    let mut c = sqlx::PgConnection::connect(url).await.expect("postgres");
-    let rows = sqlx::query(
-        "SELECT trip_id, charged::text, collected::text, refunded::text, paid_out::text, fees::text,
-                adjusted::text, status FROM recon_current_balances WHERE job_id = $1",
-    )
-    .bind(job)
-    .fetch_all(&mut c)
-    .await
-    .expect("select current balances");
-    rows.iter()
-        .map(|r| {
-            let sums: [Decimal; 6] = std::array::from_fn(|i| {
-                r.get::<String, _>(i + 1)
-                    .parse::<Decimal>()
-                    .expect("numeric")
-            });
-            (r.get::<String, _>(0), (sums, r.get::<String, _>(7)))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,9 +221,11 @@ async fn a_zombie_alerts_transaction_is_fenced() {
     new.commit().expect("new commits");
     assert_eq!(new.committed().expect("progress"), Some(CheckpointId(2)));
 
-    let got = tokio::task::spawn_blocking(move || alerts_in_topic(&brokers, &topic))
-        .await
-        .unwrap();
+    let got = tokio::task::spawn_blocking(move || {
+        recon_tests::outputs::alerts_in_topic(&brokers, &topic)
+    })
+    .await
+    .unwrap();
     let offsets: Vec<i64> = got.values().map(|a| a.kafka_offset).collect();
     assert_eq!(
         offsets,

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{AlertRecord, CurrentRow, LakeBalance, OutputsChecked, Sums};
+use super::{AlertRecord, Committed, CurrentRow, LakeBalance, OutputsChecked, Sums};
 use crate::checks::scaled;
 use crate::report::{Discrepancy, Findings, Kind};
 
@@ -16,7 +16,7 @@ fn shown(sums: &Sums) -> String {
 pub fn judge_balances(
     latest: &HashMap<String, LakeBalance>,
     rows: &[CurrentRow],
-    committed: i64,
+    committed: &Committed,
     out: &mut OutputsChecked,
     findings: &mut Findings,
 ) {
@@ -28,7 +28,7 @@ pub fn judge_balances(
         if lake.is_some_and(|l| l.sums == row.sums && l.status == row.status) {
             continue;
         }
-        if row.checkpoint_id > committed {
+        if committed.in_flight(row.kafka_partition, row.checkpoint_id) {
             out.current_balances_in_flight += 1;
             continue;
         }
@@ -70,7 +70,7 @@ pub fn judge_alerts(
     latest: &HashMap<String, LakeBalance>,
     alerts: Vec<AlertRecord>,
     watch: &[&str],
-    committed: i64,
+    committed: &Committed,
     out: &mut OutputsChecked,
     findings: &mut Findings,
 ) {
@@ -103,7 +103,7 @@ pub fn judge_alerts(
         let status = &l.status;
         let watched = watch.contains(&status.as_str());
         let alert = last.get(&l.trip_id);
-        if alert.is_some_and(|a| a.checkpoint_id as i64 > committed) {
+        if alert.is_some_and(|a| committed.in_flight(a.kafka_partition, a.checkpoint_id as i64)) {
             out.alerts_in_flight += 1;
             continue;
         }
@@ -152,10 +152,59 @@ mod tests {
                     checkpoint_id: 1,
                     sums: [*unit; 6],
                     status: status.to_string(),
+                    kafka_partition: 0,
                 };
                 (trip.to_string(), l)
             })
             .collect()
+    }
+
+    fn committed(tasks: u32, rows: &[(i32, i64)]) -> Committed {
+        let mut c = Committed::new(tasks);
+        for (p, ckpt) in rows {
+            c.add(*p, *ckpt);
+        }
+        c
+    }
+
+    /// In a fleet each task numbers its own checkpoints: a row is in flight when it is newer
+    /// than its own task's newest committed checkpoint, whatever the other tasks reached.
+    #[test]
+    fn in_flight_is_judged_per_task_in_a_fleet() {
+        // K = 4: partitions 1 and 5 are task 1 (committed through 7), 2 is task 2 (through 50).
+        let c = committed(4, &[(1, 3), (5, 7), (2, 50)]);
+        assert!(!c.in_flight(1, 7) && c.in_flight(1, 8), "task 1: through 7");
+        assert!(
+            !c.in_flight(6, 50) && c.in_flight(6, 51),
+            "task 2: through 50"
+        );
+        assert!(c.in_flight(3, 1), "task 3 has nothing committed");
+        // One process numbers every checkpoint: the newest of all.
+        let one = committed(0, &[(1, 3), (5, 7), (2, 50)]);
+        assert!(!one.in_flight(1, 50) && one.in_flight(3, 51));
+        // A current row of task 1 at checkpoint 9 differs from the lake: in flight, not
+        // reported, although task 2 committed checkpoint 50.
+        let latest = latest(&[("a", "OPEN", 1)]);
+        let row = CurrentRow {
+            trip_id: "a".into(),
+            sums: [2; 6],
+            status: "OPEN".into(),
+            checkpoint_id: 9,
+            kafka_partition: 5,
+        };
+        let (mut f, mut out) = (Findings::new(10), OutputsChecked::default());
+        judge_balances(&latest, &[row.clone()], &c, &mut out, &mut f);
+        assert_eq!(
+            (
+                f.count(Kind::CurrentBalanceMismatch),
+                out.current_balances_in_flight
+            ),
+            (0, 1)
+        );
+        // Judged against the newest of all (the single-process rule) it would be a finding.
+        let (mut f, mut out) = (Findings::new(10), OutputsChecked::default());
+        judge_balances(&latest, &[row], &one, &mut out, &mut f);
+        assert_eq!(f.count(Kind::CurrentBalanceMismatch), 1);
     }
 
     #[test]
@@ -176,7 +225,14 @@ mod tests {
         ];
         let mut f = Findings::new(10);
         let mut out = OutputsChecked::default();
-        judge_alerts(&latest, alerts, &watch, 1, &mut out, &mut f);
+        judge_alerts(
+            &latest,
+            alerts,
+            &watch,
+            &committed(0, &[(0, 1)]),
+            &mut out,
+            &mut f,
+        );
         let mut trips: Vec<_> = f.kept.iter().filter_map(|d| d.trip_id.clone()).collect();
         trips.sort();
         assert_eq!(trips, ["no-alert", "ok-disc", "stale-left"], "{:?}", f.kept);
@@ -192,11 +248,12 @@ mod tests {
             sums: [unit; 6],
             status: "OPEN".into(),
             checkpoint_id,
+            kafka_partition: 0,
         };
         let rows = [row("a", 1000, 1), row("b", 2000, 1), row("c", 2000, 9)];
         let mut f = Findings::new(10);
         let mut out = OutputsChecked::default();
-        judge_balances(&latest, &rows, 1, &mut out, &mut f);
+        judge_balances(&latest, &rows, &committed(0, &[(0, 1)]), &mut out, &mut f);
         assert_eq!(f.count(Kind::CurrentBalanceMismatch), 2, "{:?}", f.kept);
         assert_eq!(f.kept[0].trip_id.as_deref(), Some("b"));
         assert!(

@@ -64,6 +64,52 @@ pub struct LakeBalance {
     pub sums: Sums,
     /// Status after the checkpoint.
     pub status: String,
+    /// Partition that owns the trip (in a fleet: which task numbered the checkpoint).
+    pub kafka_partition: i32,
+}
+
+/// The newest checkpoint the lakehouse holds, per numberer of checkpoint ids. A single-process
+/// job numbers them all; in a fleet (`[fleet] tasks = K`) each task numbers its own, and
+/// partition `p` belongs to task `p mod K`, so an output row is judged against its own task's
+/// newest committed checkpoint (task 3's checkpoint 50 says nothing about task 5's 48).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    tasks: u32,
+    newest: HashMap<u32, i64>,
+}
+
+impl Committed {
+    /// Nothing committed yet, for a job of `tasks` tasks (0: a single process).
+    pub fn new(tasks: u32) -> Committed {
+        Committed {
+            tasks,
+            newest: HashMap::new(),
+        }
+    }
+
+    fn numberer(&self, partition: i32) -> u32 {
+        if self.tasks == 0 {
+            0
+        } else {
+            partition.rem_euclid(self.tasks as i32) as u32
+        }
+    }
+
+    /// Records a lakehouse row of `partition` written at `checkpoint`.
+    pub fn add(&mut self, partition: i32, checkpoint: i64) {
+        let n = self.newest.entry(self.numberer(partition)).or_default();
+        *n = (*n).max(checkpoint);
+    }
+
+    /// Whether an output row of `partition` at `checkpoint` is newer than the lakehouse.
+    pub fn in_flight(&self, partition: i32, checkpoint: i64) -> bool {
+        checkpoint
+            > self
+                .newest
+                .get(&self.numberer(partition))
+                .copied()
+                .unwrap_or(0)
+    }
 }
 
 /// One row of the job's current-balance table in PostgreSQL.
@@ -77,6 +123,8 @@ pub struct CurrentRow {
     pub status: String,
     /// Checkpoint that upserted it.
     pub checkpoint_id: i64,
+    /// Partition that owns the trip.
+    pub kafka_partition: i32,
 }
 
 /// One alert as the alerts topic carries it (JSON; fields the checks do not use are ignored).
@@ -125,9 +173,9 @@ pub async fn check(
     }
     let n = spill.buckets.max(1);
     let mut lake = SpillWriter::<LakeBalance>::create(spill.dir, "outputs-lake", n)?;
-    let mut committed = 0i64;
+    let mut committed = Committed::new(cfg.fleet.tasks);
     read::lake_balances(balances, |row| {
-        committed = committed.max(row.checkpoint_id);
+        committed.add(row.kafka_partition, row.checkpoint_id);
         lake.push(hash_bytes(row.trip_id.as_bytes()), &row)
     })
     .await?;
@@ -187,12 +235,12 @@ pub async fn check(
         if let Some(files) = &current {
             let mut rows = Vec::new();
             files.read_into(b, &mut rows)?;
-            judge_balances(&latest, &rows, committed, &mut out, findings);
+            judge_balances(&latest, &rows, &committed, &mut out, findings);
         }
         if let Some(files) = &alerts {
             let mut bucket = Vec::new();
             files.read_into(b, &mut bucket)?;
-            judge_alerts(&latest, bucket, watch, committed, &mut out, findings);
+            judge_alerts(&latest, bucket, watch, &committed, &mut out, findings);
         }
     }
     Ok(Some(out))

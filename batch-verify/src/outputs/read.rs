@@ -19,14 +19,15 @@ pub async fn lake_balances(
     table: &Table,
     mut f: impl FnMut(LakeBalance) -> Result<()>,
 ) -> Result<()> {
-    let mut columns = vec!["trip_id", "checkpoint_id", "status"];
+    let mut columns = vec!["trip_id", "checkpoint_id", "status", "kafka_partition"];
     columns.extend(SUM_NAMES);
     scan(table, &columns, Predicate::AlwaysTrue, |b| {
         let c = Columns::new(b, TableName::TripBalances.as_str());
-        let (trips, checkpoints, statuses) = (
+        let (trips, checkpoints, statuses, partitions) = (
             c.strings("trip_id")?,
             c.longs("checkpoint_id")?,
             c.strings("status")?,
+            c.ints("kafka_partition")?,
         );
         let sums: Vec<Vec<Option<i64>>> = SUM_NAMES
             .iter()
@@ -42,6 +43,7 @@ pub async fn lake_balances(
                 checkpoint_id: c.required("checkpoint_id", checkpoints[i])?,
                 sums: s,
                 status: c.required("status", statuses[i])?.to_string(),
+                kafka_partition: c.required("kafka_partition", partitions[i])?,
             })?;
         }
         Ok(())
@@ -75,7 +77,7 @@ pub async fn current_balances(
         .map_err(|e| fail(e.to_string()))?;
     let sum_columns: Vec<String> = SUM_NAMES.iter().map(|c| format!("{c}::text")).collect();
     let sql = format!(
-        "SELECT trip_id, {}, status, checkpoint_id FROM {table} WHERE job_id = $1",
+        "SELECT trip_id, {}, status, checkpoint_id, kafka_partition FROM {table} WHERE job_id = $1",
         sum_columns.join(", ")
     );
     let mut rows = sqlx::query(&sql).bind(job).fetch(&mut c);
@@ -108,11 +110,15 @@ pub async fn current_balances(
         let checkpoint: i64 = r
             .try_get(8)
             .map_err(|e| fail(format!("trip {trip:?}, column checkpoint_id: {e}")))?;
+        let partition: i32 = r
+            .try_get(9)
+            .map_err(|e| fail(format!("trip {trip:?}, column kafka_partition: {e}")))?;
         f(CurrentRow {
             trip_id: trip,
             sums,
             status,
             checkpoint_id: checkpoint,
+            kafka_partition: partition,
         })?;
     }
     Ok(())

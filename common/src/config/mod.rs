@@ -350,11 +350,6 @@ fn fleet_fits(raw: &RawConfig) -> Result<(), ConfigError> {
     if !raw.source.partitions.is_empty() {
         return no("the fleet assigns partitions to tasks (p mod tasks); remove source.partitions");
     }
-    if raw.alerts.enabled || raw.current_balances.enabled {
-        return no(
-            "the optional outputs ([alerts], [current_balances]) run in single-process jobs only in this build; turn them off or set fleet.tasks = 0",
-        );
-    }
     if raw.source.brokers == "mock" {
         return no(
             "workers share tasks through Kafka's group coordinator, which librdkafka's mock cluster does not run with read_committed transactions; use a real broker",

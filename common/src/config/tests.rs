@@ -342,7 +342,7 @@ fn catalog_pool_properties_are_checked() {
 }
 
 #[test]
-fn a_fleet_refuses_what_it_cannot_do_yet() {
+fn a_fleet_refuses_what_it_cannot_do() {
     let base = "[source]\nbrokers = \"127.0.0.1:9092\"\n[fleet]\ntasks = 8\n";
     let c = load_str(base).unwrap();
     assert_eq!(c.fleet.tasks, 8);
@@ -367,4 +367,10 @@ fn a_fleet_refuses_what_it_cannot_do_yet() {
     assert!(e.contains("real broker"), "{e}");
     let e = load_str("[fleet]\ntasks = 5000\n").unwrap_err().to_string();
     assert!(e.contains("fleet.tasks = 5000 is outside 0..=4096"), "{e}");
+    // The optional outputs run per task (issue 16): accepted.
+    let c = load_str(&format!(
+        "[catalog]\nuri = \"postgres://u:p@127.0.0.1/c\"\n{base}[alerts]\nenabled = true\n[current_balances]\nenabled = true\n"
+    ))
+    .unwrap();
+    assert!(c.alerts_watch.is_some() && c.current_balances_url.is_some());
 }

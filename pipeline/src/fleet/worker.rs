@@ -338,6 +338,10 @@ pub fn task_config(cfg: &Config, t: u32, all: &[crate::ids::PartitionId]) -> Con
         .job_id
         .task(t)
         .expect("the configuration bounds the job id");
+    // Each task fences its own alerts producers: a transactional id per task.
+    if !c.alerts.transactional_id.trim().is_empty() {
+        c.alerts.transactional_id = format!("{}.t{t:04}", c.alerts.transactional_id.trim());
+    }
     c.source.partitions = layout::partitions_of(t, cfg.fleet.tasks, all)
         .into_iter()
         .map(|p| p.0)
@@ -430,5 +434,15 @@ mod tests {
         assert_eq!(t.job_id.as_str(), "pay.t0001");
         assert_eq!(t.source.partitions, vec![1, 5, 9]);
         assert_eq!(t.source.properties["queued.max.messages.kbytes"], "65536");
+        // A configured alerts transactional id is made the task's own: one task's producer
+        // must not fence another's.
+        assert_eq!(
+            crate::outputs::alerts_kafka::AlertsProducer::transactional_id(&t),
+            "recon-pay.t0001-alerts"
+        );
+        let mut named = cfg.clone();
+        named.alerts.transactional_id = "payments-alerts".into();
+        let t = task_config(&named, 3, &all);
+        assert_eq!(t.alerts.transactional_id, "payments-alerts.t0003");
     }
 }

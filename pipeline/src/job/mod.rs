@@ -553,7 +553,6 @@ impl Job {
                 .expect("an applied event's trip is in state")
                 .balance();
             self.outputs.observe(
-                &self.cfg,
                 (r.partition, r.offset, checkpoint.0, self.input_epoch),
                 ev,
                 before,

@@ -10,9 +10,8 @@ use recon_schemas::event::Event;
 
 use crate::checkpoint::manifest::{AlertsFile, Manifest};
 use crate::checkpoint::protocol::{OutputPlan, plan_output};
-use crate::config::Config;
 use crate::crash::CrashPoint;
-use crate::ids::{CheckpointId, PartitionId};
+use crate::ids::{CheckpointId, JobId, PartitionId};
 use crate::outputs::OutputError;
 use crate::outputs::alerts::{self, Alert, At, Watch};
 use crate::outputs::alerts_kafka::AlertsProducer;
@@ -27,6 +26,8 @@ const ALERTS_KEEPALIVE: Duration = Duration::from_secs(60);
 /// The alerts output of a running job.
 pub(super) struct AlertsOut {
     producer: Arc<AlertsProducer>,
+    /// The job the alerts belong to (a fleet's, not the task's): part of each alert's id.
+    owner: JobId,
     watch: Watch,
     /// Alerts raised since the last barrier.
     pending: Vec<Alert>,
@@ -56,7 +57,6 @@ impl Outputs {
     /// Records the alert (if any) of an event that moved its trip from `before`.
     pub(super) fn observe(
         &mut self,
-        cfg: &Config,
         at: (i32, i64, u64, u32),
         ev: &Event,
         before: Option<TripStatus>,
@@ -66,7 +66,7 @@ impl Outputs {
             return;
         };
         let at = At {
-            job: &cfg.job_id,
+            job: &a.owner,
             partition: at.0,
             offset: at.1,
             checkpoint_id: at.2,
@@ -93,6 +93,12 @@ fn blocking_err(e: tokio::task::JoinError) -> JobError {
 }
 
 impl Job {
+    /// The job whose tables and outputs this run writes: a fleet task writes its fleet's (its
+    /// own id names only its log, claims and output fences).
+    pub(super) fn owner(&self) -> &JobId {
+        self.fleet.as_ref().map_or(&self.cfg.job_id, |t| &t.job)
+    }
+
     /// Connects the enabled outputs for this generation (the alerts producer's
     /// `init_transactions` fences older instances) and emits what the newest checkpoint left.
     pub(super) async fn recover_outputs(
@@ -103,6 +109,7 @@ impl Job {
             let producer = Arc::new(AlertsProducer::connect(&self.cfg, partitions).await?);
             self.outputs.alerts = Some(AlertsOut {
                 producer,
+                owner: self.owner().clone(),
                 watch: Watch::new(watch),
                 pending: Vec::new(),
                 last_txn: Instant::now(),
@@ -113,6 +120,7 @@ impl Job {
             let pg = BalancesPg::connect(
                 &url,
                 &self.cfg.current_balances,
+                self.owner().clone(),
                 self.cfg.job_id.clone(),
                 self.generation,
                 Duration::from_millis(self.cfg.commit.timeout_ms),

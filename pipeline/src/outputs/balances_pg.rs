@@ -36,6 +36,10 @@ pub struct BalanceRow {
 /// The PostgreSQL current-balance output of one job and generation.
 pub struct BalancesPg {
     pool: PgPool,
+    /// The job whose trips the rows are (`job_id` of the balance table).
+    owner: JobId,
+    /// The writer whose progress rows fence and record (`job_id` of the progress table): the
+    /// job itself, or one task of a fleet (whose trips are its own: a trip never crosses tasks).
     job: JobId,
     generation: Generation,
     table: String,
@@ -83,10 +87,12 @@ impl StagedTx {
 }
 
 impl BalancesPg {
-    /// Connects (bounded by `timeout`) and creates the tables if missing.
+    /// Connects (bounded by `timeout`) and creates the tables if missing. `owner` keys the
+    /// trips' rows, `job` the progress rows (the same id unless `job` is a fleet task).
     pub async fn connect(
         url: &str,
         cfg: &super::config::RawCurrentBalances,
+        owner: JobId,
         job: JobId,
         generation: Generation,
         timeout: std::time::Duration,
@@ -106,6 +112,7 @@ impl BalancesPg {
             })?;
         let out = BalancesPg {
             pool,
+            owner,
             job,
             generation,
             table: cfg.table.clone(),
@@ -308,7 +315,7 @@ impl BalancesPg {
             t = self.table
         );
         sqlx::query(&sql)
-            .bind(self.job.as_str())
+            .bind(self.owner.as_str())
             .bind(id.0 as i64)
             .execute(&mut **tx)
             .await
