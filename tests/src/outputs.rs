@@ -12,8 +12,9 @@ use rust_decimal::Decimal;
 
 use crate::traffic::read_topic;
 
-/// Appends `[alerts]` (topic `<name>.alerts`, 2 partitions) and `[current_balances]` to the
-/// configuration file; returns the alerts topic.
+/// Appends `[alerts]` (topic `<name>.alerts`, 2 partitions) and `[current_balances]` (97 rows
+/// per upsert statement, so a checkpoint takes several) to the configuration file; returns the
+/// alerts topic.
 pub fn enable(config: &std::path::Path, name: &str) -> String {
     use std::io::Write;
     let topic = format!("{name}.alerts");
@@ -23,7 +24,7 @@ pub fn enable(config: &std::path::Path, name: &str) -> String {
         .expect("config file");
     write!(
         f,
-        "\n[alerts]\nenabled = true\ntopic = \"{topic}\"\npartitions = 2\n\n[current_balances]\nenabled = true\n"
+        "\n[alerts]\nenabled = true\ntopic = \"{topic}\"\npartitions = 2\n\n[current_balances]\nenabled = true\nbatch_rows = 97\n"
     )
     .expect("append outputs");
     topic

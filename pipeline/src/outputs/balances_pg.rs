@@ -266,7 +266,11 @@ impl BalancesPg {
     }
 
     /// Upserts `rows` through a `COPY` into a transaction-local staging table, then one
-    /// `INSERT ... SELECT ... ON CONFLICT DO UPDATE` (a statement per checkpoint, not per row).
+    /// `COPY` into a session-local staging table, then one `INSERT ... SELECT ... ON CONFLICT DO
+    /// UPDATE` for the chunk (a statement per chunk, not per row). The staging table is emptied
+    /// after each chunk: it lives as long as the transaction, so without that every chunk would
+    /// upsert all earlier chunks' rows again (measured: 20 chunks of 5,000 rows upserted 1.05M
+    /// rows for 100k trips). The statement must touch exactly the chunk's rows.
     async fn upsert(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -314,14 +318,28 @@ impl BalancesPg {
                checkpoint_id = EXCLUDED.checkpoint_id, updated_at = now()",
             t = self.table
         );
-        sqlx::query(&sql)
+        let done = sqlx::query(&sql)
             .bind(self.owner.as_str())
             .bind(id.0 as i64)
             .execute(&mut **tx)
             .await
             .map_err(|e| pg("upsert balances", e))?;
-        Ok(())
+        sqlx::query("TRUNCATE recon_stage_balances")
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| pg("empty the staging table", e))?;
+        upserted_all(done.rows_affected(), rows.len())
     }
+}
+
+/// The upsert statement touched each staged row once, or the transaction must not commit.
+fn upserted_all(affected: u64, staged: usize) -> Result<(), OutputError> {
+    if affected == staged as u64 {
+        return Ok(());
+    }
+    Err(OutputError::Protocol(format!(
+        "the current-balance upsert touched {affected} rows for {staged} staged trips; nothing of this checkpoint was committed"
+    )))
 }
 
 /// Appends one row in `COPY ... FROM STDIN` text format (tab-separated, `\N` = NULL).
@@ -373,6 +391,13 @@ fn push_text(buf: &mut String, text: &str) {
 mod tests {
     use super::*;
     use recon_schemas::currency::Currency;
+
+    #[test]
+    fn an_upsert_that_touched_other_rows_than_staged_is_an_error() {
+        assert!(upserted_all(5000, 5000).is_ok());
+        let e = upserted_all(10_000, 5000).unwrap_err().to_string();
+        assert!(e.contains("touched 10000 rows for 5000"), "{e}");
+    }
 
     #[test]
     fn copy_lines_escape_text_and_mark_nulls() {
