@@ -329,6 +329,7 @@ impl Job {
         let stopping = Instant::now();
         self.barrier(guard, received).await?;
         self.publish().await?;
+        self.flush_outputs().await?;
         self.report.stop = stopping.elapsed();
         Ok(())
     }

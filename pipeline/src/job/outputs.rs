@@ -2,6 +2,7 @@
 //! written into the checkpoint at the barrier, emitted once the checkpoint is durable, and
 //! re-emitted by recovery where the output lacks them (see `crate::outputs`).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use recon_schemas::event::Event;
 use crate::checkpoint::manifest::{AlertsFile, Manifest};
 use crate::checkpoint::protocol::{OutputPlan, plan_output};
 use crate::crash::CrashPoint;
-use crate::ids::{CheckpointId, JobId, PartitionId};
+use crate::ids::{CheckpointId, JobId, Offset, PartitionId};
 use crate::outputs::OutputError;
 use crate::outputs::alerts::{self, Alert, At, Watch};
 use crate::outputs::alerts_kafka::AlertsProducer;
@@ -34,11 +35,26 @@ pub(super) struct AlertsOut {
     last_txn: Instant,
 }
 
-/// The current-balance output of a running job.
+/// Rows of durable checkpoints waiting for the transaction in flight, above which the barrier
+/// waits for it (backpressure: ~300 B a row, so ~80 MB).
+const BALANCES_BACKLOG_ROWS_MAX: usize = 262_144;
+
+/// The current-balance output of a running job, pipelined with the next interval: once a
+/// checkpoint is durable its rows join a backlog (latest row per trip) and one transaction at a
+/// time applies the backlog as of its newest checkpoint, in the background, while the job reads
+/// on. When PostgreSQL keeps up that is one transaction per checkpoint; when it does not, the
+/// checkpoints that became durable meanwhile go in the next one together (each transaction still
+/// moves the progress rows with its rows, so the table is always exactly some checkpoint's).
 pub(super) struct BalancesOut {
-    pg: BalancesPg,
+    pg: Arc<BalancesPg>,
     /// Rows of the trips the checkpoint being built changed.
     rows: Vec<BalanceRow>,
+    /// Durable checkpoints' rows not yet sent, latest per trip.
+    backlog: HashMap<String, BalanceRow>,
+    /// The newest durable checkpoint in `backlog`, with its offsets.
+    backlog_at: Option<(CheckpointId, BTreeMap<PartitionId, Offset>)>,
+    /// The transaction applying an earlier backlog.
+    in_flight: Option<tokio::task::JoinHandle<Result<(), OutputError>>>,
 }
 
 /// Both optional outputs.
@@ -128,8 +144,11 @@ impl Job {
             .await?;
             let held = pg.claim().await?;
             self.outputs.balances = Some(BalancesOut {
-                pg,
+                pg: Arc::new(pg),
                 rows: Vec::new(),
+                backlog: HashMap::new(),
+                backlog_at: None,
+                in_flight: None,
             });
             self.recover_balances(held).await?;
         }
@@ -218,7 +237,11 @@ impl Job {
             })
             .collect();
         tracing::info!(held = ?held.map(|h| h.0), head = %head, trips = rows.len(), "current balances behind the head: upserting the restored state");
-        self.emit_balances(head, rows).await
+        let Some(out) = self.outputs.balances.as_ref() else {
+            return Ok(());
+        };
+        apply_balances(out.pg.clone(), head, rows, self.offsets()).await?;
+        Ok(())
     }
 
     /// At the barrier, before the manifest: writes the checkpoint's alerts beside its state.
@@ -256,20 +279,36 @@ impl Job {
                 metrics::gauge!("recon_output_checkpoint", "output" => "alerts").set(id.0 as f64);
             }
         }
+        let offsets = self.offsets();
         if let Some(out) = self.outputs.balances.as_mut() {
-            let rows = std::mem::take(&mut out.rows);
-            self.emit_balances(id, rows).await?;
+            for row in std::mem::take(&mut out.rows) {
+                out.backlog.insert(row.trip_id.clone(), row);
+            }
+            out.backlog_at = Some((id, offsets));
+            pump_balances(out, false).await?;
         }
         Ok(())
     }
 
+    /// At a graceful stop: waits until the current balances hold the newest checkpoint.
+    pub(super) async fn flush_outputs(&mut self) -> Result<(), JobError> {
+        if let Some(out) = self.outputs.balances.as_mut() {
+            pump_balances(out, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Each read partition's next offset.
+    fn offsets(&self) -> BTreeMap<PartitionId, Offset> {
+        self.cuts.iter().map(|(p, c)| (*p, c.end)).collect()
+    }
+
     /// One Kafka transaction: `alerts` plus the progress "through checkpoint `id`".
     async fn emit_alerts(&mut self, id: CheckpointId, alerts: Vec<Alert>) -> Result<(), JobError> {
+        let offsets = self.offsets();
         let Some(out) = self.outputs.alerts.as_mut() else {
             return Ok(());
         };
-        let offsets: std::collections::BTreeMap<_, _> =
-            self.cuts.iter().map(|(p, c)| (*p, c.end)).collect();
         if offsets.is_empty() {
             // Nothing read yet, so nothing raised and no progress to record.
             return Ok(());
@@ -297,32 +336,61 @@ impl Job {
         tracing::info!(checkpoint = %id, alerts = n, duration_ms = started.elapsed().as_millis() as u64, "alerts committed");
         Ok(())
     }
+}
 
-    /// One PostgreSQL transaction: `rows` plus the progress rows at checkpoint `id`.
-    async fn emit_balances(
-        &mut self,
-        id: CheckpointId,
-        rows: Vec<BalanceRow>,
-    ) -> Result<(), JobError> {
-        let Some(out) = self.outputs.balances.as_ref() else {
+/// Collects the transaction in flight when it is done (or, with `wait`, or with the backlog
+/// over its bound, waits for it), then sends the backlog as the next one; with `wait`, until
+/// nothing is left. A failed transaction stops the job with its error (fenced, PostgreSQL
+/// unreachable...); its checkpoints are re-applied by the next start's recovery.
+async fn pump_balances(out: &mut BalancesOut, wait: bool) -> Result<(), JobError> {
+    loop {
+        if let Some(h) = out.in_flight.as_ref() {
+            if !(wait || h.is_finished() || out.backlog.len() > BALANCES_BACKLOG_ROWS_MAX) {
+                return Ok(());
+            }
+            let h = out.in_flight.take().expect("checked above");
+            h.await.map_err(|e| {
+                JobError::Output(OutputError::Protocol(format!(
+                    "the current-balance transaction panicked: {e}"
+                )))
+            })??;
+        }
+        let Some((id, offsets)) = out.backlog_at.take() else {
             return Ok(());
         };
-        let started = Instant::now();
-        let offsets: std::collections::BTreeMap<_, _> =
-            self.cuts.iter().map(|(p, c)| (*p, c.end)).collect();
-        match out.pg.stage(id, &rows, &offsets).await? {
-            Staged::AlreadyApplied(held) => {
-                tracing::info!(checkpoint = %id, held = %held, "current balances already applied (replay)");
-            }
-            Staged::Open(tx) => {
-                self.crash.hit(CrashPoint::BeforeBalancesCommit)?;
-                tx.commit().await?;
-                metrics::counter!("recon_current_balances_transactions_total").increment(1);
-                metrics::counter!("recon_current_balances_rows_total").increment(rows.len() as u64);
-                tracing::debug!(checkpoint = %id, rows = rows.len(), duration_ms = started.elapsed().as_millis() as u64, "current balances committed");
-            }
+        let rows: Vec<BalanceRow> = std::mem::take(&mut out.backlog).into_values().collect();
+        out.in_flight = Some(tokio::spawn(apply_balances(
+            out.pg.clone(),
+            id,
+            rows,
+            offsets,
+        )));
+        if !wait {
+            return Ok(());
         }
-        metrics::gauge!("recon_output_checkpoint", "output" => "current_balances").set(id.0 as f64);
-        Ok(())
     }
+}
+
+/// One PostgreSQL transaction: `rows` plus the progress rows at checkpoint `id`.
+async fn apply_balances(
+    pg: Arc<BalancesPg>,
+    id: CheckpointId,
+    rows: Vec<BalanceRow>,
+    offsets: BTreeMap<PartitionId, Offset>,
+) -> Result<(), OutputError> {
+    let started = Instant::now();
+    match pg.stage(id, &rows, &offsets).await? {
+        Staged::AlreadyApplied(held) => {
+            tracing::info!(checkpoint = %id, held = %held, "current balances already applied (replay)");
+        }
+        Staged::Open(tx) => {
+            crate::crash::maybe_crash(CrashPoint::BeforeBalancesCommit);
+            tx.commit().await?;
+            metrics::counter!("recon_current_balances_transactions_total").increment(1);
+            metrics::counter!("recon_current_balances_rows_total").increment(rows.len() as u64);
+            tracing::debug!(checkpoint = %id, rows = rows.len(), duration_ms = started.elapsed().as_millis() as u64, "current balances committed");
+        }
+    }
+    metrics::gauge!("recon_output_checkpoint", "output" => "current_balances").set(id.0 as f64);
+    Ok(())
 }
