@@ -65,6 +65,22 @@ pub fn plan(
     saved: &BTreeMap<PartitionId, PartitionCut>,
     seen: &BTreeMap<PartitionId, Seen>,
 ) -> Result<ResetPlan, String> {
+    let (plan, differs) = steps(saved, seen)?;
+    if !differs {
+        return Err(
+            "every partition still holds the records the checkpoint consumed: there is no topic reset to accept; start the job normally"
+                .into(),
+        );
+    }
+    Ok(plan)
+}
+
+/// The step of every partition, and whether any differs; refuses when a partition could not be
+/// read.
+pub fn steps(
+    saved: &BTreeMap<PartitionId, PartitionCut>,
+    seen: &BTreeMap<PartitionId, Seen>,
+) -> Result<(ResetPlan, bool), String> {
     let nothing = PartitionCut {
         start: Offset(0),
         end: Offset(0),
@@ -104,46 +120,62 @@ pub fn plan(
         };
         steps.insert(*p, (step, why));
     }
-    if !differs {
-        return Err(
-            "every partition still holds the records the checkpoint consumed: there is no topic reset to accept; start the job normally"
-                .into(),
-        );
+    Ok((ResetPlan { steps }, differs))
+}
+
+/// What the broker shows for the partitions `cfg` reads (all of the topic's unless
+/// `source.partitions` names some) and those `head` consumed, against `head`.
+pub async fn observe(
+    cfg: &Config,
+    head: &crate::checkpoint::log::Completed,
+) -> anyhow::Result<BTreeMap<PartitionId, Seen>> {
+    let mut saved = head.manifest.partitions.clone();
+    let source_cfg = cfg.source.clone();
+    let group = format!("recon-{}-identity", cfg.job_id);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        // Every partition of the new topic gets a position too, so none of it is read from
+        // `source.start_from = latest` by accident.
+        for p in source::topic_partitions(&source_cfg)? {
+            if source_cfg.partitions.is_empty() || source_cfg.partitions.contains(&p.0) {
+                saved.entry(p).or_insert(PartitionCut {
+                    start: Offset(0),
+                    end: Offset(0),
+                    records: 0,
+                    last: None,
+                });
+            }
+        }
+        Ok(probe::observe(&source_cfg, &group, &saved)?)
+    })
+    .await?
+}
+
+/// Prints one log's plan for the operator.
+pub fn print_plan(plan: &ResetPlan) {
+    for (p, (step, why)) in &plan.steps {
+        let what = match step {
+            Step::Keep(o) => format!("keep reading at offset {o}"),
+            Step::Restart(o) => format!("read from offset {o} (the topic's earliest)"),
+            Step::Forget => "forget it (the topic has no such partition)".to_string(),
+        };
+        println!("  partition {p}: {what} — {why}");
     }
-    Ok(ResetPlan { steps })
 }
 
 /// The command: check the topic against the head, print the plan, and with `yes` write the
 /// `topic_reset` entry.
 pub async fn run(cfg: &Config, reason: &str, yes: bool) -> anyhow::Result<()> {
     anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
-    anyhow::ensure!(
-        !cfg.fleet.enabled(),
-        "accept-topic-reset is not supported for a fleet ([fleet] tasks > 0) in this build: each task's log would need its own reset entry and the committer an epoch; nothing was written"
-    );
+    if cfg.fleet.enabled() {
+        return crate::fleet::topic_reset::run(cfg, reason, yes).await;
+    }
     let (store, prefix) = crate::checkpoint::store::open(cfg)?;
     let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
     let head = log
         .head()
         .await?
         .context("the checkpoint log is empty: the job has consumed nothing, there is nothing to reset; start it normally")?;
-    let mut saved = head.manifest.partitions.clone();
-    let source_cfg = cfg.source.clone();
-    let group = format!("recon-{}-identity", cfg.job_id);
-    let seen = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        // Every partition of the new topic gets a position too, so none of it is read from
-        // `source.start_from = latest` by accident.
-        for p in source::topic_partitions(&source_cfg)? {
-            saved.entry(p).or_insert(PartitionCut {
-                start: Offset(0),
-                end: Offset(0),
-                records: 0,
-                last: None,
-            });
-        }
-        Ok(probe::observe(&source_cfg, &group, &saved)?)
-    })
-    .await??;
+    let seen = observe(cfg, &head).await?;
     let plan = plan(&head.manifest.partitions, &seen).map_err(|e| {
         anyhow::anyhow!(
             "topic {:?}, job {}, checkpoint {}: {e}",
@@ -156,14 +188,7 @@ pub async fn run(cfg: &Config, reason: &str, yes: bool) -> anyhow::Result<()> {
         "accept topic reset: job {}, topic {:?}, head checkpoint {} (generation {}); the job's state is kept",
         cfg.job_id, cfg.source.topic, head.entry.checkpoint_id, head.entry.generation
     );
-    for (p, (step, why)) in &plan.steps {
-        let what = match step {
-            Step::Keep(o) => format!("keep reading at offset {o}"),
-            Step::Restart(o) => format!("read from offset {o} (the topic's earliest)"),
-            Step::Forget => "forget it (the topic has no such partition)".to_string(),
-        };
-        println!("  partition {p}: {what} — {why}");
-    }
+    print_plan(&plan);
     println!(
         "records read again that the job already holds are dropped as exact duplicates; bad records are written to rejected_events again"
     );

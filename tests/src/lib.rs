@@ -20,6 +20,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 pub mod outputs;
 pub mod pipeline;
 pub mod security;
+pub mod topics;
 pub mod traffic;
 pub mod verify_day;
 pub mod verify_fixture;

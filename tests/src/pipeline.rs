@@ -178,6 +178,24 @@ impl JobSetup {
         cmd.spawn().expect("spawn recon-pipeline")
     }
 
+    /// Runs `recon-pipeline <command> --config <config> <args>` to its end (an operator
+    /// command: `accept-topic-reset`, `rewind`...); returns success and stdout + stderr.
+    pub fn operate(&self, command: &str, args: &[&str]) -> (bool, String) {
+        let out = Command::new(binary())
+            .args([command, "--config"])
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "warn,recon_pipeline=info")
+            .output()
+            .unwrap_or_else(|e| panic!("run recon-pipeline {command}: {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// Appends `text` (a TOML section) to the configuration file.
     pub fn append_config(&self, text: &str) {
         let mut toml = std::fs::read_to_string(&self.config).expect("read config");

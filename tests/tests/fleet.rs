@@ -8,7 +8,10 @@
 //! - a worker is paused (SIGSTOP) past the group's session timeout, then resumed: its tasks
 //!   moved, so whatever it still tries to complete is fenced;
 //! - a second committer starts while the first runs: the first stops fenced (exit 4);
-//! - the committer dies by SIGKILL at each of its crash points, and comes back.
+//! - the committer dies by SIGKILL at each of its crash points, and comes back;
+//! - the topic is deleted and recreated under the fleet: a worker refuses it (exit 3, nothing
+//!   written) until the operator's `accept-topic-reset` moves every task log to the next input
+//!   epoch; then both topics' events are in the tables exactly once.
 //!
 //! The workers' test runs the optional outputs too (alerts topic, current balances: per task,
 //! each task's own Kafka transactional id and PostgreSQL progress rows), and kills a worker at
@@ -46,6 +49,8 @@ struct Fleet {
     expected: Expected,
     /// With the optional outputs on: the alerts topic.
     alerts_topic: Option<String>,
+    /// batch-verify's truth is the topic (false once a test deleted some of the input).
+    kafka_is_truth: bool,
     /// Every process started: killed when the test ends, passed or not.
     pids: Vec<u32>,
 }
@@ -92,6 +97,7 @@ impl Fleet {
             chunks,
             expected: Expected::default(),
             alerts_topic,
+            kafka_is_truth: true,
             pids: Vec::new(),
         }
     }
@@ -117,14 +123,11 @@ impl Fleet {
         true
     }
 
-    /// Stops the workers gracefully (final checkpoints), then the committer (a last commit),
-    /// and checks everything the module's documentation promises.
-    fn drain_and_check(&mut self, workers: Vec<(Child, PathBuf)>, committer: (Child, PathBuf)) {
-        while self.publish() {}
+    /// Waits until every event published so far is committed (the fleet has no idle exit).
+    fn wait_committed(&self) {
         let cfg = Config::load(Some(&self.setup.config)).expect("config");
         let rt = tokio::runtime::Runtime::new().unwrap();
         let catalog = rt.block_on(lakehouse::open_catalog(&cfg)).expect("catalog");
-        // The fleet has no idle exit: wait until every event is committed, then stop it.
         let want = self.expected.events.len() as u64;
         let mut rows = 0;
         let start = Instant::now();
@@ -140,6 +143,16 @@ impl Fleet {
                 .expect("reconcile")
                 .ledger_rows;
         }
+    }
+
+    /// Stops the workers gracefully (final checkpoints), then the committer (a last commit),
+    /// and checks everything the module's documentation promises.
+    fn drain_and_check(&mut self, workers: Vec<(Child, PathBuf)>, committer: (Child, PathBuf)) {
+        while self.publish() {}
+        let cfg = Config::load(Some(&self.setup.config)).expect("config");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let catalog = rt.block_on(lakehouse::open_catalog(&cfg)).expect("catalog");
+        self.wait_committed();
         for (w, log) in workers {
             stop(&w);
             let (status, out) = wait_with_deadline(w, &log, 3 * MINUTE);
@@ -173,6 +186,9 @@ impl Fleet {
                 expected.records,
             ));
             println!("outputs: {alerts} alerts once each, {trips} current balances exact");
+        }
+        if !self.kafka_is_truth {
+            return;
         }
         let mut days: BTreeMap<chrono::NaiveDate, u64> = BTreeMap::new();
         for e in expected.events.values() {
@@ -347,6 +363,71 @@ fn two_committers_and_committer_kills() {
         wait_for(&committer.1, "committer claimed", 1, MINUTE);
     }
     fleet.drain_and_check(vec![w1, w2], committer);
+}
+
+#[test]
+fn a_recreated_topic_is_accepted_by_every_task() {
+    let Some(s) = services_or_skip("a_recreated_topic_is_accepted_by_every_task") else {
+        return;
+    };
+    let mut fleet = Fleet::new(&s, "e2e_fleet_r", 1200, 3, false);
+    // The first topic's events are deleted with it: batch-verify's truth is gone for them
+    // (the tables are checked against what was published instead).
+    fleet.kafka_is_truth = false;
+    fleet.publish();
+    let committer = fleet.start("committer", None);
+    let (w1, w1_log) = fleet.start("worker", None);
+    fleet.wait_committed();
+    stop(&w1);
+    let (status, out) = wait_with_deadline(w1, &w1_log, 2 * MINUTE);
+    assert!(status.success(), "worker: {status:?}\n{out}");
+
+    // The topic is deleted and recreated; the new one gets traffic of its own.
+    let (brokers, topic) = (fleet.brokers.clone(), fleet.setup.topic.clone());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(recon_tests::topics::delete_topic(&brokers, &topic));
+    rt.block_on(recon_tests::topics::create_topic_retrying(
+        &brokers, &topic, PARTITIONS, MINUTE,
+    ));
+    fleet.publish();
+
+    // A worker refuses it, stopping for an operator; a restart refuses again.
+    for _ in 0..2 {
+        let (w, log) = fleet.start("worker", None);
+        let (status, out) = wait_with_deadline(w, &log, 2 * MINUTE);
+        assert_eq!(
+            status.code(),
+            Some(3),
+            "the worker must stop for an operator:\n{out}"
+        );
+        assert!(
+            out.contains("is not the input checkpoint") && out.contains("accept-topic-reset"),
+            "{out}"
+        );
+    }
+
+    // The operator accepts it: every task log moves to epoch 1.
+    let reason = ["--reason", "topic recreated by the fleet test"];
+    let (ok, out) = fleet.setup.operate("accept-topic-reset", &reason);
+    assert!(!ok && out.contains("re-run with --yes"), "{out}");
+    let (ok, out) = fleet
+        .setup
+        .operate("accept-topic-reset", &[reason[0], reason[1], "--yes"]);
+    assert!(
+        ok && out.contains("topic reset written for 8 task(s)"),
+        "{out}"
+    );
+    println!("{}", out.lines().last().unwrap_or_default());
+
+    // Both topics' events exactly once, every balance exact across them, the commit sequences
+    // unbroken (the old topic's checkpoints are committed before the new topic's).
+    let w2 = fleet.start("worker", None);
+    let w3 = fleet.start("worker", None);
+    fleet.drain_and_check(vec![w2, w3], committer);
+    let (ok, out) = fleet
+        .setup
+        .operate("accept-topic-reset", &[reason[0], reason[1], "--yes"]);
+    assert!(!ok && out.contains("no topic reset to accept"), "{out}");
 }
 
 /// Every commit sequence of the committer is in exactly one snapshot of each table, and the

@@ -25,89 +25,10 @@ use recon_pipeline::reconcile::{self, Expected};
 use recon_pipeline::{checkpoint, demo, lakehouse};
 use recon_tests::pipeline::{JobSetup, wait_with_deadline};
 use recon_tests::services_or_skip;
+use recon_tests::topics::{create_topic_retrying, delete_topic, partitions_of};
 use recon_tests::traffic::default_traffic;
 
 const PARTITIONS: i32 = 3;
-
-fn admin(brokers: &str) -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
-    rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client")
-}
-
-fn admin_opts() -> rdkafka::admin::AdminOptions {
-    rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)))
-}
-
-/// Creates the topic; while a deletion of the same name is still in progress the broker
-/// refuses, so this retries until `deadline`.
-async fn create_topic(brokers: &str, topic: &str, deadline: Duration) {
-    use rdkafka::admin::{NewTopic, TopicReplication};
-    let start = Instant::now();
-    loop {
-        let res = admin(brokers)
-            .create_topics(
-                &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
-                &admin_opts(),
-            )
-            .await
-            .expect("create_topics request");
-        match res.into_iter().next().expect("one result") {
-            Ok(_) => return,
-            Err((_, e)) if start.elapsed() < deadline => {
-                eprintln!("create {topic}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err((_, e)) => panic!("topic {topic} not created within {deadline:?}: {e}"),
-        }
-    }
-}
-
-/// Deletes the topic and waits (bounded) until the broker no longer lists it.
-async fn delete_topic(brokers: &str, topic: &str) {
-    for r in admin(brokers)
-        .delete_topics(&[topic], &admin_opts())
-        .await
-        .expect("delete_topics request")
-    {
-        r.expect("topic deleted");
-    }
-    recon_tests::wait_until(
-        "the deleted topic to disappear from metadata",
-        Duration::from_secs(60),
-        || async { partitions_of(brokers, topic).is_empty().then_some(()) },
-    )
-    .await;
-}
-
-/// `(partition, high watermark)` of every partition of `topic` (empty when it does not exist).
-fn partitions_of(brokers: &str, topic: &str) -> Vec<(i32, i64)> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("consumer");
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let Some(t) = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-    else {
-        return Vec::new();
-    };
-    t.partitions()
-        .iter()
-        .map(|p| {
-            let (_, high) = c
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .expect("watermarks");
-            (p.id(), high)
-        })
-        .collect()
-}
 
 async fn head(cfg: &Config) -> Completed {
     let (store, prefix) = checkpoint::store::open(cfg).expect("checkpoint store");
@@ -156,9 +77,10 @@ fn a_recreated_topic_stops_the_job_loudly() {
     let setup = JobSetup::new(&s, "topic_identity", 300);
     let cfg = Config::load(Some(&setup.config)).expect("config");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(create_topic(
+    rt.block_on(create_topic_retrying(
         &brokers,
         &setup.topic,
+        PARTITIONS,
         Duration::from_secs(30),
     ));
     let logdir = tempfile::tempdir().unwrap();
@@ -214,9 +136,10 @@ fn a_recreated_topic_stops_the_job_loudly() {
 
     // Recreate the topic with more records than the saved offsets in every partition.
     rt.block_on(delete_topic(&brokers, &setup.topic));
-    rt.block_on(create_topic(
+    rt.block_on(create_topic_retrying(
         &brokers,
         &setup.topic,
+        PARTITIONS,
         Duration::from_secs(60),
     ));
     let first_topic = expected.clone();
@@ -324,9 +247,10 @@ fn a_topic_recreated_while_the_job_runs_stops_it_before_anything_is_durable() {
     let setup = JobSetup::new(&s, "topic_live", 200);
     let cfg = Config::load(Some(&setup.config)).expect("config");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(create_topic(
+    rt.block_on(create_topic_retrying(
         &brokers,
         &setup.topic,
+        PARTITIONS,
         Duration::from_secs(30),
     ));
     let logdir = tempfile::tempdir().unwrap();
@@ -372,9 +296,10 @@ fn a_topic_recreated_while_the_job_runs_stops_it_before_anything_is_durable() {
     // lost 12,284 events in the trial.
     signal(&child, "-STOP");
     rt.block_on(delete_topic(&brokers, &setup.topic));
-    rt.block_on(create_topic(
+    rt.block_on(create_topic_retrying(
         &brokers,
         &setup.topic,
+        PARTITIONS,
         Duration::from_secs(60),
     ));
     demo::publish(
@@ -459,7 +384,12 @@ fn the_barrier_confirms_the_topic_id_before_a_checkpoint() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     for recreate in [true, false] {
         let topic = recon_tests::unique_name("topic_guard");
-        rt.block_on(create_topic(&brokers, &topic, Duration::from_secs(30)));
+        rt.block_on(create_topic_retrying(
+            &brokers,
+            &topic,
+            PARTITIONS,
+            Duration::from_secs(30),
+        ));
         let cfg = recon_pipeline::config::RawSource {
             brokers: brokers.clone(),
             topic: topic.clone(),
@@ -476,7 +406,12 @@ fn the_barrier_confirms_the_topic_id_before_a_checkpoint() {
             .expect("the same topic is confirmed");
         rt.block_on(delete_topic(&brokers, &topic));
         if recreate {
-            rt.block_on(create_topic(&brokers, &topic, Duration::from_secs(60)));
+            rt.block_on(create_topic_retrying(
+                &brokers,
+                &topic,
+                PARTITIONS,
+                Duration::from_secs(60),
+            ));
         }
         let err = rt
             .block_on(guard.confirm(Some(Instant::now())))
@@ -509,19 +444,7 @@ fn signal(child: &std::process::Child, sig: &str) {
 
 /// Runs `recon-pipeline accept-topic-reset` with `args`; returns success and output.
 fn operator(setup: &JobSetup, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(recon_tests::pipeline::binary())
-        .args(["accept-topic-reset", "--config"])
-        .arg(&setup.config)
-        .args(args)
-        .env("RUST_LOG", "warn,recon_pipeline=info")
-        .output()
-        .expect("run accept-topic-reset");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    setup.operate("accept-topic-reset", args)
 }
 
 /// batch-verify's offset check on every table: no gap, no overlap, and the new topic's

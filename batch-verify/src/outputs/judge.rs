@@ -193,7 +193,7 @@ mod tests {
             kafka_partition: 5,
         };
         let (mut f, mut out) = (Findings::new(10), OutputsChecked::default());
-        judge_balances(&latest, &[row.clone()], &c, &mut out, &mut f);
+        judge_balances(&latest, std::slice::from_ref(&row), &c, &mut out, &mut f);
         assert_eq!(
             (
                 f.count(Kind::CurrentBalanceMismatch),
