@@ -83,7 +83,8 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The checkpoint to restart from (see `checkpoints list`).
+        /// The checkpoint to restart from (see `checkpoints list`); for a fleet, the
+        /// committer's commit sequence (every task restarts from its checkpoint in it).
         #[arg(long)]
         to_checkpoint: u64,
         /// Why, recorded in the log entry.
@@ -306,8 +307,8 @@ async fn run_fleet(cfg: &Config, env: JobEnv, role: Role) -> anyhow::Result<()> 
         Role::Worker => {
             let r = worker::run(cfg, env).await?;
             println!(
-                "worker stopped cleanly: task starts {} revoked {} checkpoints {} records {}",
-                r.task_starts, r.revoked, r.checkpoints, r.records
+                "worker stopped cleanly: task starts {} revoked {} checkpoints {} records {} replayed {}",
+                r.task_starts, r.revoked, r.checkpoints, r.records, r.replayed
             );
         }
         Role::Committer => {
@@ -457,10 +458,9 @@ async fn rewind(
     yes: bool,
 ) -> anyhow::Result<()> {
     let cfg = Config::load(config.as_deref())?;
-    anyhow::ensure!(
-        !cfg.fleet.enabled(),
-        "rewind is not supported for a fleet ([fleet] tasks > 0) in this build: every task and the committer would have to rewind to one cut; nothing was written"
-    );
+    if cfg.fleet.enabled() {
+        return recon_pipeline::fleet::rewind::run(&cfg, to, &reason, yes).await;
+    }
     let (store, prefix) = checkpoint::store::open(&cfg)?;
     let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
     let head = log

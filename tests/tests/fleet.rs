@@ -11,7 +11,9 @@
 //! - the committer dies by SIGKILL at each of its crash points, and comes back;
 //! - the topic is deleted and recreated under the fleet: a worker refuses it (exit 3, nothing
 //!   written) until the operator's `accept-topic-reset` moves every task log to the next input
-//!   epoch; then both topics' events are in the tables exactly once.
+//!   epoch; then both topics' events are in the tables exactly once;
+//! - the operator rewinds the fleet to an earlier commit sequence: every task restarts from its
+//!   checkpoint in it and replays what it had read since into state only.
 //!
 //! The workers' test runs the optional outputs too (alerts topic, current balances: per task,
 //! each task's own Kafka transactional id and PostgreSQL progress rows), and kills a worker at
@@ -428,6 +430,103 @@ fn a_recreated_topic_is_accepted_by_every_task() {
         .setup
         .operate("accept-topic-reset", &[reason[0], reason[1], "--yes"]);
     assert!(!ok && out.contains("no topic reset to accept"), "{out}");
+}
+
+/// The committer's newest commit sequence once it holds every task log's head (polled).
+fn sequence_holding_every_task_head(cfg: &Config) -> u64 {
+    use recon_pipeline::checkpoint::log::CheckpointLog;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (store, prefix) = recon_pipeline::checkpoint::store::open(cfg).expect("store");
+        let committer = CheckpointLog::new(store.clone(), &prefix, cfg.job_id.clone());
+        recon_tests::wait_until(
+            "the committer to hold every task's head",
+            2 * MINUTE,
+            || async {
+                let head = committer.head().await.ok()??;
+                for t in 0..cfg.fleet.tasks {
+                    let task =
+                        CheckpointLog::new(store.clone(), &prefix, cfg.job_id.task(t).unwrap());
+                    let id = task.head().await.ok()??.entry.checkpoint_id;
+                    if head.manifest.fleet_tasks.get(&t) != Some(&id) {
+                        return None;
+                    }
+                }
+                Some(head.entry.checkpoint_id.0)
+            },
+        )
+        .await
+    })
+}
+
+#[test]
+fn a_rewind_restarts_every_task_from_one_commit() {
+    let Some(s) = services_or_skip("a_rewind_restarts_every_task_from_one_commit") else {
+        return;
+    };
+    let mut fleet = Fleet::new(&s, "e2e_fleet_b", 1200, 3, false);
+    // Keep the rewind target (the logs otherwise keep the newest 10 beyond what is committed).
+    let toml = std::fs::read_to_string(&fleet.setup.config).unwrap();
+    std::fs::write(
+        &fleet.setup.config,
+        toml.replacen("[checkpoint]\n", "[checkpoint]\nkeep_last = 100\n", 1),
+    )
+    .unwrap();
+    let cfg = Config::load(Some(&fleet.setup.config)).expect("config");
+    fleet.publish();
+    let committer = fleet.start("committer", None);
+    let run_until_committed = |fleet: &mut Fleet| {
+        let (w, log) = fleet.start("worker", None);
+        fleet.wait_committed();
+        stop(&w);
+        let (status, out) = wait_with_deadline(w, &log, 2 * MINUTE);
+        assert!(status.success(), "worker: {status:?}\n{out}");
+        out
+    };
+    run_until_committed(&mut fleet);
+    let sequence = sequence_holding_every_task_head(&cfg);
+    fleet.publish();
+    run_until_committed(&mut fleet);
+    assert!(sequence_holding_every_task_head(&cfg) > sequence);
+
+    // The operator rewinds the fleet to the commit that held the first chunk.
+    let args = |yes: bool| {
+        let mut a = vec![
+            "--to-checkpoint".to_string(),
+            sequence.to_string(),
+            "--reason".into(),
+            "rewound by the fleet test".into(),
+        ];
+        if yes {
+            a.push("--yes".into());
+        }
+        a
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        fleet.setup.operate("rewind", &a)
+    };
+    let (ok, out) = run(args(false));
+    assert!(!ok && out.contains("re-run with --yes"), "{out}");
+    let (ok, out) = run(args(true));
+    assert!(ok && out.contains("rewind written for 8 task(s)"), "{out}");
+
+    // One worker replays the second chunk into state only, then reads the third.
+    let (w, log) = fleet.start("worker", None);
+    fleet.publish();
+    fleet.wait_committed();
+    stop(&w);
+    let (status, out) = wait_with_deadline(w, &log, 2 * MINUTE);
+    assert!(status.success(), "worker: {status:?}\n{out}");
+    let replayed: u64 = out
+        .lines()
+        .find_map(|l| l.split("replayed ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no replay count:\n{out}"));
+    assert!(replayed > 0, "the second chunk must be replayed:\n{out}");
+    println!("rewind: {replayed} records replayed into state only");
+    let w2 = fleet.start("worker", None);
+    fleet.drain_and_check(vec![w2], committer);
 }
 
 /// Every commit sequence of the committer is in exactly one snapshot of each table, and the

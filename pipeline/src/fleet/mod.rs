@@ -10,7 +10,8 @@
 //! - [`committer`]: one fenced process makes one guarded append per table per commit sequence
 //!   for every task's completed checkpoints; [`progress`]: what it committed, for the workers'
 //!   pruning and their start checks.
-//! - [`topic_reset`]: `accept-topic-reset` for a fleet (every task log to the next input epoch).
+//! - [`topic_reset`]: `accept-topic-reset` for a fleet (every task log to the next input epoch);
+//!   [`rewind`]: `rewind` for a fleet (every task to its checkpoint in one commit sequence).
 //!
 //! Group membership is not a fence: a task's generation claim on the object store is, and the
 //! committer's claim on its own log is.
@@ -20,6 +21,7 @@ pub mod gather;
 pub mod layout;
 pub mod membership;
 pub mod progress;
+pub mod rewind;
 pub mod topic_reset;
 pub mod worker;
 

@@ -33,6 +33,17 @@ pub struct WorkerReport {
     pub checkpoints: u64,
     /// Records consumed by task runs that ended gracefully.
     pub records: u64,
+    /// Of those, records replayed into state only (after a rewind).
+    pub replayed: u64,
+}
+
+impl WorkerReport {
+    /// Adds a task run that ended gracefully.
+    fn add_run(&mut self, r: &crate::job::RunReport) {
+        self.checkpoints += r.checkpoints;
+        self.records += r.counts.records;
+        self.replayed += r.replayed;
+    }
 }
 
 /// A task's pre-flight, before its claim: its log must reach what the committer recorded for
@@ -277,10 +288,7 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<WorkerReport, JobError
                 match outcome {
                     // Aborted by a revocation: nothing to do.
                     None => {}
-                    Some(Ok(r)) => {
-                        report.checkpoints += r.checkpoints;
-                        report.records += r.counts.records;
-                    }
+                    Some(Ok(r)) => report.add_run(&r),
                     Some(Err(e)) => {
                         let class = e.class();
                         match class {
@@ -317,10 +325,7 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<WorkerReport, JobError
         };
         waiting -= 1;
         match outcome {
-            Some(Ok(r)) => {
-                report.checkpoints += r.checkpoints;
-                report.records += r.counts.records;
-            }
+            Some(Ok(r)) => report.add_run(&r),
             Some(Err(e)) => tracing::warn!(task = t, error = %e, "a task did not stop cleanly"),
             None => {}
         }
