@@ -93,6 +93,9 @@ pub struct FleetPlan {
     pub commit_interval_ms: u64,
     /// Faults, in order.
     pub faults: Vec<FleetFault>,
+    /// The optional outputs on (alerts topic, current balances): each task emits its own, and
+    /// batch-verify's checks (g)/(h) judge them at the end.
+    pub outputs: bool,
 }
 
 impl FleetPlan {
@@ -101,10 +104,16 @@ impl FleetPlan {
 
     /// The configuration section.
     pub fn toml(&self) -> String {
-        format!(
+        let mut t = format!(
             "\n[fleet]\ntasks = {}\ncommit_interval_ms = {}\n",
             self.tasks, self.commit_interval_ms
-        )
+        );
+        if self.outputs {
+            // The default alerts topic, shared by the scenarios (batch-verify reads a job's own
+            // alerts by job id); current balances in the catalog's database.
+            t.push_str("\n[alerts]\nenabled = true\n\n[current_balances]\nenabled = true\nbatch_rows = 500\n");
+        }
+        t
     }
 }
 
@@ -247,6 +256,8 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
             workers: WORKERS,
             commit_interval_ms: 1_000,
             faults,
+            // A stream of its own: the draws above (and so earlier reports' seeds) stay as they were.
+            outputs: ChaCha8Rng::seed_from_u64(seed ^ 0x6f75_7470_7574_7301).random_bool(0.5),
         }),
     }
 }
