@@ -58,6 +58,10 @@ pub enum FleetFault {
         delay_ms: u64,
         down_ms: u64,
     },
+    /// The operator rewinds the running fleet to the committer's commit sequence `back` before
+    /// its newest, during a load: every task's rewind entry fences its running owner, whose
+    /// worker restarts it from the entry (records since replayed into state only).
+    Rewind { back: u64 },
 }
 
 impl FleetFault {
@@ -78,6 +82,7 @@ impl FleetFault {
                 "fleet_kafka_broker_sigkill_restart".into()
             }
             FleetFault::BrokerRestart { hard: false, .. } => "fleet_kafka_broker_stop_start".into(),
+            FleetFault::Rewind { .. } => "fleet_rewind_while_running".into(),
         }
     }
 }
@@ -136,6 +141,7 @@ pub fn kinds() -> Vec<String> {
             delay_ms: 0,
             down_ms: 0,
         },
+        FleetFault::Rewind { back: 0 },
     ]
     .iter()
     .map(FleetFault::kind)
@@ -228,6 +234,18 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
         }
         faults.push(f);
     }
+    // Drawn from streams of their own: the draws above (and so earlier reports' seeds) stay as
+    // they were.
+    let mut extra = ChaCha8Rng::seed_from_u64(seed ^ 0x7265_7769_6e64_0001);
+    let rewind = FleetFault::Rewind {
+        back: extra.random_range(0..=3),
+    };
+    // Asked for by name (`--only fleet_rewind_while_running`): in every scenario.
+    let asked = filter.only.iter().any(|o| *o == rewind.kind());
+    if (extra.random_bool(0.3) || asked) && filter.allows(&rewind.kind()) {
+        let at = extra.random_range(0..=faults.len());
+        faults.insert(at, rewind);
+    }
     let mut hostile = Vec::new();
     let k = rng.random_range(0..=2);
     while hostile.len() < k {
@@ -288,7 +306,7 @@ mod tests {
             assert_eq!(p.partitions, PARTITIONS);
             assert!(p.faults.is_empty() && p.terminal.is_none() && p.operator.is_none());
             let f = p.fleet.expect("a fleet plan");
-            assert!((3..=6).contains(&f.faults.len()), "{f:?}");
+            assert!((3..=7).contains(&f.faults.len()), "{f:?}");
             let mut workers = f.workers;
             for x in &f.faults {
                 match x {

@@ -266,6 +266,17 @@ impl Scenario<'_> {
                 })?;
                 Utc::now()
             }
+            FleetFault::Rewind { back } => {
+                publisher = Some(self.publish_bg(load, 6));
+                self.supervise_for(f, Duration::from_millis(1_500))?;
+                let t = Utc::now();
+                // Rewound tasks restart on their workers (a first checkpoint of a new run);
+                // a documented refusal leaves the fleet as it was.
+                if self.fleet_rewind(*back, out)? {
+                    handover = Some(None);
+                }
+                t
+            }
             FleetFault::BrokerRestart {
                 hard,
                 delay_ms,
@@ -298,6 +309,69 @@ impl Scenario<'_> {
             ms: ms.as_millis() as u64,
             restarts: self.orch.restarts - restarts,
         })
+    }
+
+    /// `rewind --to-checkpoint <newest commit sequence - back> --yes` on the running fleet. A
+    /// refusal that says what to do instead (the target pruned, a task without a checkpoint in
+    /// it, nothing to rewind) is an observation; any other failure is the pipeline's. True when
+    /// the fleet was rewound.
+    fn fleet_rewind(&mut self, back: u64, out: &mut Outcome) -> Result<bool, Failure> {
+        use recon_pipeline::checkpoint::log::CheckpointLog;
+        let cfg = recon_pipeline::config::Config::load(Some(&self.orch.job.config))
+            .map_err(anyhow::Error::from)?;
+        let head = self.ctx.rt.block_on(async {
+            let (store, prefix) = recon_pipeline::checkpoint::store::open(&cfg)?;
+            let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
+            anyhow::Ok(log.head().await?.map(|h| h.entry.checkpoint_id.0))
+        })?;
+        let Some(head) = head else {
+            out.observations
+                .push("fleet rewind skipped: no commit record yet".into());
+            return Ok(false);
+        };
+        let to = head.saturating_sub(back).max(1).to_string();
+        let (status, text) = self.orch.job.operator(
+            &[
+                "rewind",
+                "--to-checkpoint",
+                &to,
+                "--reason",
+                "recon-chaos fleet rewind",
+                "--yes",
+            ],
+            Duration::from_secs(90),
+        )?;
+        let said = text
+            .lines()
+            .find(|l| {
+                l.starts_with("rewind written for") || l.contains("Error") || l.contains("error")
+            })
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect::<String>();
+        if status.success() && text.contains("rewind written for") {
+            out.observations.push(format!(
+                "fleet rewind to commit sequence {to} (head {head}): {said}"
+            ));
+            return Ok(true);
+        }
+        if [
+            "was pruned",
+            "had no checkpoint in commit sequence",
+            "nothing to rewind",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
+        {
+            out.observations.push(format!(
+                "fleet rewind to {to} refused as documented: {said}"
+            ));
+            return Ok(false);
+        }
+        Err(Failure::Pipeline(format!(
+            "`rewind --to-checkpoint {to}` on the fleet (head {head}) failed ({status}):\n{text}"
+        )))
     }
 
     /// Polls until the tables hold every event and dead letter sent, then SIGTERMs the
