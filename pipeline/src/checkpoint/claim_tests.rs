@@ -137,3 +137,47 @@ fn a_topic_reset_moves_listed_partitions_and_refuses_a_moved_head() {
     let refused = plan(&kind, None, None, NEXT, &job());
     assert_eq!(refused, Err(ClaimRefusal::Moved { judged, head }));
 }
+
+/// Two claims computed the same next (id, generation) from one head (found by the fleet chaos
+/// harness: `rewind` on a running fleet while a worker restarted the same task). The second
+/// manifest write must not replace the first: the winner's entry records the first's checksum,
+/// so an overwrite made the log unreadable ("manifest ... has checksum X, the log says Y").
+#[tokio::test]
+async fn two_claims_of_one_generation_never_overwrite_each_others_manifest() {
+    use std::sync::Arc;
+
+    use crate::checkpoint::log::{CheckpointLog, LogError};
+    use crate::checkpoint::store::{CheckpointStore, ObjectCheckpointStore};
+
+    let store: Arc<dyn CheckpointStore> = Arc::new(ObjectCheckpointStore::new(Arc::new(
+        object_store::memory::InMemory::new(),
+    )));
+    let a = CheckpointLog::new(store.clone(), "p", job());
+    let b = CheckpointLog::new(store, "p", job());
+    a.claim(None).await.unwrap();
+    let head = a.head().await.unwrap().unwrap();
+    let next = (
+        head.entry.checkpoint_id.next(),
+        head.entry.generation.next(),
+    );
+    // Both plan on the same head: a resume and a rewind-like claim with different contents.
+    let (ma, ka) = plan(&ClaimKind::Resume, Some(&head), None, next, &job()).unwrap();
+    let mut mb = ma.clone();
+    mb.partitions.insert(PartitionId(7), cut(0, 1));
+    let ea = a.write_manifest(&ma, ka.clone()).await.unwrap();
+    assert!(
+        matches!(
+            b.write_manifest(&mb, ka.clone()).await,
+            Err(LogError::ManifestTaken { at, generation, .. }) if (at, generation) == next
+        ),
+        "the second writer of one (id, generation) must not overwrite the first"
+    );
+    // The same bytes again (a retried write) are fine.
+    a.write_manifest(&ma, ka).await.unwrap();
+    a.complete(&ea).await.unwrap();
+    let now = b.head().await.expect("the log stays readable").unwrap();
+    assert_eq!(now.manifest, ma);
+    // The loser's claim goes on from the new head.
+    let c = b.claim(None).await.unwrap();
+    assert_eq!(c.entry.checkpoint_id, next.0.next());
+}

@@ -57,6 +57,21 @@ pub enum LogError {
         /// The id we tried to complete.
         at: CheckpointId,
     },
+    /// Another process wrote this checkpoint's manifest first, as the same generation: two
+    /// claims computed the same next (id, generation) from one head and raced. The manifest is
+    /// never overwritten (the winner's entry records its checksum); the loser stops, or a
+    /// claim tries again on the new head.
+    #[error(
+        "job {job}: another process wrote checkpoint {at} of generation {generation} first (two starts or claims raced for one generation); this process stops without overwriting it"
+    )]
+    ManifestTaken {
+        /// Job.
+        job: JobId,
+        /// The checkpoint.
+        at: CheckpointId,
+        /// The generation both computed.
+        generation: Generation,
+    },
     /// The log moved while an operator's decision was being made on the old head.
     #[error(
         "job {job}: the checkpoint log moved (head {head:?}, the decision was made on checkpoint {judged}); is an instance still running? Stop it and run the command again"
@@ -443,7 +458,9 @@ impl CheckpointLog {
         Ok((rel, there))
     }
 
-    /// Writes a manifest and returns the entry that would complete it.
+    /// Writes a manifest (only if nothing is at its path: a retry of the same bytes is fine,
+    /// another writer's bytes are [`LogError::ManifestTaken`]) and returns the entry that would
+    /// complete it.
     pub async fn write_manifest(
         &self,
         m: &Manifest,
@@ -464,8 +481,16 @@ impl CheckpointLog {
             manifest_sha256: sha256_hex(&bytes),
             completed_at: Utc::now(),
         };
-        self.store.put(&self.path(&rel), Bytes::from(bytes)).await?;
-        Ok(entry)
+        let bytes = Bytes::from(bytes);
+        match self.store.create(&self.path(&rel), bytes.clone()).await? {
+            Created::Created => Ok(entry),
+            Created::AlreadyExists(there) if there == bytes => Ok(entry),
+            Created::AlreadyExists(_) => Err(LogError::ManifestTaken {
+                job: self.job.clone(),
+                at: m.checkpoint_id,
+                generation: m.generation,
+            }),
+        }
     }
 
     /// Completes a checkpoint: the single atomic, conditional write that makes it count.
@@ -535,7 +560,12 @@ impl CheckpointLog {
             let (manifest, entry_kind) =
                 claim::plan(kind, head.as_ref(), target.as_ref(), next, &self.job)
                     .map_err(|r| self.refused(r))?;
-            let entry = self.write_manifest(&manifest, entry_kind).await?;
+            let entry = match self.write_manifest(&manifest, entry_kind).await {
+                Ok(entry) => entry,
+                // Another claim of the same (id, generation) got there first: the head moves.
+                Err(LogError::ManifestTaken { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             match self.complete(&entry).await {
                 Ok(()) => {
                     let permit = CommitPermit {

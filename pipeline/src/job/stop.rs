@@ -160,7 +160,9 @@ pub fn log_class(e: &LogError) -> StopClass {
     match e {
         LogError::Store(s) => store_class(s),
         LogError::Corrupt { .. } | LogError::StateChecksum { .. } => StopClass::OperatorNeeded,
-        LogError::Fenced { .. } | LogError::Moved { .. } => StopClass::Fenced,
+        LogError::Fenced { .. } | LogError::Moved { .. } | LogError::ManifestTaken { .. } => {
+            StopClass::Fenced
+        }
         LogError::ClaimRace { .. } => StopClass::Transient,
     }
 }
