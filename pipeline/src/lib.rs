@@ -24,6 +24,7 @@ pub mod maintain;
 pub mod orphans;
 pub mod outputs;
 pub mod reconcile;
+pub mod refusal;
 pub mod sink;
 pub mod source;
 pub mod state;

@@ -17,7 +17,7 @@ use recon_pipeline::checkpoint::log::CheckpointLog;
 use recon_pipeline::config::Config;
 use recon_pipeline::ids::CheckpointId;
 use recon_pipeline::job::{self, CrashPlan, JobEnv, StopClass};
-use recon_pipeline::{bench, checkpoint, demo, generate, lakehouse, maintain};
+use recon_pipeline::{bench, checkpoint, demo, generate, lakehouse, maintain, refuse};
 use tokio::sync::watch;
 
 /// recon: Kafka money events -> Iceberg, exactly once, balances exact to the cent.
@@ -214,6 +214,12 @@ fn classify(e: &anyhow::Error) -> StopClass {
             .is_some()
         {
             return StopClass::Config;
+        }
+        if cause
+            .downcast_ref::<recon_pipeline::refusal::Refused>()
+            .is_some()
+        {
+            return StopClass::OperatorNeeded;
         }
         if let Some(l) = cause.downcast_ref::<recon_pipeline::checkpoint::log::LogError>() {
             // Operator commands (rewind, accept-topic-reset, checkpoints) fail on the log.
@@ -463,22 +469,24 @@ async fn rewind(
     }
     let (store, prefix) = checkpoint::store::open(&cfg)?;
     let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
-    let head = log
-        .head()
-        .await?
-        .context("the checkpoint log is empty: nothing to rewind")?;
-    let target = log.completed(to).await?.with_context(|| {
-        format!(
-            "checkpoint {to} is not in the log of job {} (pruned?)",
+    let Some(head) = log.head().await? else {
+        refuse!("the checkpoint log is empty: nothing to rewind");
+    };
+    let Some(target) = log.completed(to).await? else {
+        refuse!(
+            "checkpoint {to} is not in the log of job {} (pruned? `checkpoints list` shows what is left)",
             cfg.job_id
-        )
-    })?;
-    anyhow::ensure!(
-        to < head.entry.checkpoint_id,
-        "checkpoint {to} is the head ({}); nothing to rewind",
-        head.entry.checkpoint_id
-    );
-    anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+        );
+    };
+    if to >= head.entry.checkpoint_id {
+        refuse!(
+            "checkpoint {to} is not older than the head ({}); nothing to rewind",
+            head.entry.checkpoint_id
+        );
+    }
+    if reason.trim().is_empty() {
+        refuse!("--reason must say why");
+    }
     // The target's state must be intact: a rewind onto an edited state file would restore it.
     log.read_state_chain(&target.manifest)
         .await
@@ -495,7 +503,7 @@ async fn rewind(
         head.manifest.resume_offsets()
     );
     if !yes {
-        anyhow::bail!("not confirmed: re-run with --yes to write the rewind entry");
+        refuse!("not confirmed: re-run with --yes to write the rewind entry");
     }
     let claimed = log.claim(Some((to, reason.clone()))).await?;
     tracing::warn!(job = %cfg.job_id, to = %to, generation = %claimed.entry.generation, checkpoint = %claimed.entry.checkpoint_id, reason, "REWIND written");

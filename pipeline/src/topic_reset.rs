@@ -17,8 +17,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
-
 use crate::checkpoint::log::{CheckpointLog, ClaimKind};
 use crate::checkpoint::manifest::PartitionCut;
 use crate::config::Config;
@@ -165,25 +163,29 @@ pub fn print_plan(plan: &ResetPlan) {
 /// The command: check the topic against the head, print the plan, and with `yes` write the
 /// `topic_reset` entry.
 pub async fn run(cfg: &Config, reason: &str, yes: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+    if reason.trim().is_empty() {
+        crate::refuse!("--reason must say why");
+    }
     if cfg.fleet.enabled() {
         return crate::fleet::topic_reset::run(cfg, reason, yes).await;
     }
     let (store, prefix) = crate::checkpoint::store::open(cfg)?;
     let log = CheckpointLog::new(store, &prefix, cfg.job_id.clone());
-    let head = log
-        .head()
-        .await?
-        .context("the checkpoint log is empty: the job has consumed nothing, there is nothing to reset; start it normally")?;
+    let Some(head) = log.head().await? else {
+        crate::refuse!(
+            "the checkpoint log is empty: the job has consumed nothing, there is nothing to reset; start it normally"
+        );
+    };
     let seen = observe(cfg, &head).await?;
-    let plan = plan(&head.manifest.partitions, &seen).map_err(|e| {
-        anyhow::anyhow!(
+    let plan = match plan(&head.manifest.partitions, &seen) {
+        Ok(p) => p,
+        Err(e) => crate::refuse!(
             "topic {:?}, job {}, checkpoint {}: {e}",
             cfg.source.topic,
             cfg.job_id,
             head.entry.checkpoint_id
-        )
-    })?;
+        ),
+    };
     println!(
         "accept topic reset: job {}, topic {:?}, head checkpoint {} (generation {}); the job's state is kept",
         cfg.job_id, cfg.source.topic, head.entry.checkpoint_id, head.entry.generation
@@ -193,7 +195,7 @@ pub async fn run(cfg: &Config, reason: &str, yes: bool) -> anyhow::Result<()> {
         "records read again that the job already holds are dropped as exact duplicates; bad records are written to rejected_events again"
     );
     if !yes {
-        anyhow::bail!("not confirmed: re-run with --yes to write the topic reset entry");
+        crate::refuse!("not confirmed: re-run with --yes to write the topic reset entry");
     }
     let claimed = log
         .claim_as(&ClaimKind::TopicReset {

@@ -465,6 +465,27 @@ fn exit_codes_name_the_stop_class() {
     let (code, err) = run(&unreachable);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("stopped: class transient (exit 1)"), "{err}");
+    // An operator command's refusal is not "restart and it may help": exit 3, what to change.
+    let out = std::process::Command::new(recon_tests::pipeline::binary())
+        .args([
+            "rewind",
+            "--to-checkpoint",
+            "5",
+            "--reason",
+            "test",
+            "--config",
+        ])
+        .arg(&unreachable)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("spawn recon-pipeline rewind");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("nothing to rewind") && err.contains("class operator-needed (exit 3)"),
+        "{err}"
+    );
 }
 
 /// `GET path` over HTTP/1.0; `None` while nothing listens.

@@ -38,7 +38,9 @@ pub async fn run(
     reason: &str,
     yes: bool,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+    if reason.trim().is_empty() {
+        crate::refuse!("--reason must say why");
+    }
     let k = cfg.fleet.tasks;
     let (store, prefix) = crate::checkpoint::store::open(cfg)?;
     let source_cfg = cfg.source.clone();
@@ -50,12 +52,12 @@ pub async fn run(
         partitions: all.len() as u32,
     };
     layout::ensure(&committer_log, &cfg.source.topic, &shape).await?;
-    let record = committer_log.completed(sequence).await?.with_context(|| {
-        format!(
+    let Some(record) = committer_log.completed(sequence).await? else {
+        crate::refuse!(
             "commit sequence {sequence} is not in the committer's log of job {} (pruned? `checkpoints list` shows what is left; raise checkpoint.keep_last to keep more). Nothing was written",
             cfg.job_id
-        )
-    })?;
+        );
+    };
     println!(
         "rewind fleet job {} to commit sequence {sequence} (generation {}): each task restarts from its checkpoint in it",
         cfg.job_id, record.entry.generation
@@ -64,25 +66,27 @@ pub async fn run(
     for t in 0..k {
         let tc = task_config(cfg, t, &all);
         let log = CheckpointLog::new(store.clone(), &prefix, tc.job_id.clone());
-        let to = *record.manifest.fleet_tasks.get(&t).with_context(|| {
-            format!(
+        let Some(&to) = record.manifest.fleet_tasks.get(&t) else {
+            crate::refuse!(
                 "task {t} had no checkpoint in commit sequence {sequence}: choose a later sequence. Nothing was written"
-            )
-        })?;
-        let head = log
-            .head()
-            .await?
-            .with_context(|| format!("task {t} ({}): its log is empty", tc.job_id))?;
+            );
+        };
+        let Some(head) = log.head().await? else {
+            crate::refuse!(
+                "task {t} ({}): its log is empty. Nothing was written",
+                tc.job_id
+            );
+        };
         if head.entry.checkpoint_id == to {
             println!("task {t}: its head is checkpoint {to}, the one in the commit: left alone");
             continue;
         }
-        let target = log.completed(to).await?.with_context(|| {
-            format!(
+        let Some(target) = log.completed(to).await? else {
+            crate::refuse!(
                 "task {t} ({}): its checkpoint {to} (in commit sequence {sequence}) was pruned; choose a later sequence or raise checkpoint.keep_last. Nothing was written",
                 tc.job_id
-            )
-        })?;
+            );
+        };
         log.read_state_chain(&target.manifest).await.with_context(|| {
             format!("task {t}: cannot rewind to checkpoint {to}: its state does not verify. Nothing was written")
         })?;
@@ -101,12 +105,12 @@ pub async fn run(
         });
     }
     if todo.is_empty() {
-        anyhow::bail!(
+        crate::refuse!(
             "every task's head is its checkpoint in commit sequence {sequence}: nothing to rewind"
         );
     }
     if !yes {
-        anyhow::bail!("not confirmed: re-run with --yes to write the rewind entries");
+        crate::refuse!("not confirmed: re-run with --yes to write the rewind entries");
     }
     for r in &todo {
         let claimed = r

@@ -52,12 +52,12 @@ pub async fn run(cfg: &Config, reason: &str, yes: bool) -> anyhow::Result<()> {
     for t in 0..k {
         let tc = task_config(cfg, t, &all);
         let log = CheckpointLog::new(store.clone(), &prefix, tc.job_id.clone());
-        let head = log.head().await?.with_context(|| {
-            format!(
-                "task {t} ({}) has no checkpoint: it never ran, so its epoch cannot follow the others'. Nothing was written; start the fleet with the old topic's job once, or use a new job_id",
+        let Some(head) = log.head().await? else {
+            crate::refuse!(
+                "task {t} ({}) has no checkpoint: it never ran, so its epoch cannot follow the others'. Nothing was written; use a new job_id",
                 tc.job_id
-            )
-        })?;
+            );
+        };
         heads.push((t, tc, log, head));
     }
     let epochs: BTreeSet<u32> = heads.iter().map(|h| h.3.manifest.input_epoch).collect();
@@ -65,7 +65,7 @@ pub async fn run(cfg: &Config, reason: &str, yes: bool) -> anyhow::Result<()> {
     let target = match epochs.len() {
         1 => newest + 1,
         2 if epochs.first() == Some(&(newest - 1)) => newest,
-        _ => anyhow::bail!(
+        _ => crate::refuse!(
             "the tasks' logs are in input epochs {epochs:?}: they cannot be brought to one by a topic reset (a task log was restored from another time?). Nothing was written"
         ),
     };
@@ -83,13 +83,14 @@ pub async fn run(cfg: &Config, reason: &str, yes: bool) -> anyhow::Result<()> {
             continue;
         }
         let seen = observe(&tc, &head).await?;
-        let (plan, d) = steps(&head.manifest.partitions, &seen).map_err(|e| {
-            anyhow::anyhow!(
+        let (plan, d) = match steps(&head.manifest.partitions, &seen) {
+            Ok(x) => x,
+            Err(e) => crate::refuse!(
                 "task {t} ({}), checkpoint {}: {e}",
                 tc.job_id,
                 head.entry.checkpoint_id
-            )
-        })?;
+            ),
+        };
         differs |= d;
         println!(
             "task {t} ({}), head checkpoint {} (generation {}):",
@@ -104,7 +105,7 @@ pub async fn run(cfg: &Config, reason: &str, yes: bool) -> anyhow::Result<()> {
         });
     }
     if !differs && todo.len() == k as usize {
-        anyhow::bail!(
+        crate::refuse!(
             "every partition of every task still holds the records its checkpoint consumed: there is no topic reset to accept; start the fleet normally"
         );
     }
@@ -112,7 +113,7 @@ pub async fn run(cfg: &Config, reason: &str, yes: bool) -> anyhow::Result<()> {
         "records read again that a task already holds are dropped as exact duplicates; bad records are written to rejected_events again"
     );
     if !yes {
-        anyhow::bail!("not confirmed: re-run with --yes to write the topic reset entries");
+        crate::refuse!("not confirmed: re-run with --yes to write the topic reset entries");
     }
     for r in &todo {
         let restart = r.plan.restart();
