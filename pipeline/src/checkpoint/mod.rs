@@ -15,6 +15,7 @@ pub mod clock;
 pub mod commit;
 pub mod fold;
 pub mod log;
+mod log_error;
 pub mod manifest;
 pub mod presence;
 pub mod protocol;
