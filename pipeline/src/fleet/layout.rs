@@ -220,6 +220,29 @@ pub async fn ensure(log: &CheckpointLog, topic: &str, now: &Shape) -> Result<(),
     judge(job, topic, &recorded, now)
 }
 
+/// For an operator command on a fleet: the checkpoint store, its prefix and the topic's
+/// partitions, with the job's recorded shape judged first (a changed K or partition count is
+/// refused, nothing written).
+pub async fn for_command(
+    cfg: &crate::config::Config,
+) -> anyhow::Result<(
+    std::sync::Arc<dyn crate::checkpoint::store::CheckpointStore>,
+    String,
+    Vec<PartitionId>,
+)> {
+    let (store, prefix) = crate::checkpoint::store::open(cfg)?;
+    let source_cfg = cfg.source.clone();
+    let all =
+        tokio::task::spawn_blocking(move || crate::source::topic_partitions(&source_cfg)).await??;
+    let committer_log = CheckpointLog::new(store.clone(), &prefix, cfg.job_id.clone());
+    let shape = Shape {
+        tasks: cfg.fleet.tasks,
+        partitions: all.len() as u32,
+    };
+    ensure(&committer_log, &cfg.source.topic, &shape).await?;
+    Ok((store, prefix, all))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use crate::checkpoint::log::{CheckpointLog, Completed};
 use crate::config::Config;
 use crate::ids::CheckpointId;
 
-use super::layout::{self, Shape};
+use super::layout;
 use super::worker::task_config;
 
 /// One task to rewind: its log, head and target.
@@ -42,16 +42,8 @@ pub async fn run(
         crate::refuse!("--reason must say why");
     }
     let k = cfg.fleet.tasks;
-    let (store, prefix) = crate::checkpoint::store::open(cfg)?;
-    let source_cfg = cfg.source.clone();
-    let all =
-        tokio::task::spawn_blocking(move || crate::source::topic_partitions(&source_cfg)).await??;
+    let (store, prefix, all) = layout::for_command(cfg).await?;
     let committer_log = CheckpointLog::new(store.clone(), &prefix, cfg.job_id.clone());
-    let shape = Shape {
-        tasks: k,
-        partitions: all.len() as u32,
-    };
-    layout::ensure(&committer_log, &cfg.source.topic, &shape).await?;
     let Some(record) = committer_log.completed(sequence).await? else {
         crate::refuse!(
             "commit sequence {sequence} is not in the committer's log of job {} (pruned? `checkpoints list` shows what is left; raise checkpoint.keep_last to keep more). Nothing was written",

@@ -23,7 +23,7 @@ use crate::checkpoint::log::{CheckpointLog, ClaimKind, Completed};
 use crate::config::Config;
 use crate::topic_reset::{ResetPlan, Step, observe, print_plan, steps};
 
-use super::layout::{self, Shape};
+use super::layout;
 use super::worker::task_config;
 
 /// One task's log, head and plan.
@@ -38,16 +38,7 @@ struct TaskReset {
 /// with `yes`, writes a `topic_reset` entry into each task log still in the old epoch.
 pub async fn run(cfg: &Config, reason: &str, yes: bool) -> anyhow::Result<()> {
     let k = cfg.fleet.tasks;
-    let (store, prefix) = crate::checkpoint::store::open(cfg)?;
-    let source_cfg = cfg.source.clone();
-    let all =
-        tokio::task::spawn_blocking(move || crate::source::topic_partitions(&source_cfg)).await??;
-    let committer_log = CheckpointLog::new(store.clone(), &prefix, cfg.job_id.clone());
-    let shape = Shape {
-        tasks: k,
-        partitions: all.len() as u32,
-    };
-    layout::ensure(&committer_log, &cfg.source.topic, &shape).await?;
+    let (store, prefix, all) = layout::for_command(cfg).await?;
     let mut heads = Vec::with_capacity(k as usize);
     for t in 0..k {
         let tc = task_config(cfg, t, &all);
