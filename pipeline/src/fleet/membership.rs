@@ -6,16 +6,26 @@
 //! keeps the membership alive. The rebalance callbacks do no I/O: they post a [`Change`] and
 //! return. Membership is not a fence (a worker cut off from the coordinator keeps running until
 //! it hears): the task's generation claim is.
+//!
+//! **A lost membership is probed, not only awaited.** librdkafka does not always call the
+//! rebalance callback when the coordinator dropped the member (found by the fleet chaos soak:
+//! after a broker stop/start a worker kept tasks 0-2 for five minutes while the coordinator gave
+//! them to two others; each restarted the task after being fenced and fenced the other back, and
+//! nothing was committed). So every [`PROBE_EVERY`] the consumer commits offset 0 of its assigned
+//! tasks-topic partitions (the topic carries no data): a commit answered "unknown member" or
+//! "fenced member epoch" means the coordinator no longer counts this worker, and its tasks are
+//! revoked here, once, until librdkafka rebalances again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -35,6 +45,8 @@ pub enum Change {
 
 /// How long one poll of the membership consumer waits.
 const POLL: Duration = Duration::from_millis(200);
+/// How often the membership is probed with a commit (see the module documentation).
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// Time allowed for creating or describing the tasks topic.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -50,6 +62,18 @@ pub fn tasks_topic(cfg: &Config) -> String {
 struct Ctx {
     topic: String,
     tx: UnboundedSender<Change>,
+    /// A probe found the membership lost and revoked the tasks; a rebalance clears it.
+    lost: AtomicBool,
+}
+
+/// Whether a commit's answer says the coordinator no longer counts this member.
+fn membership_lost(result: &KafkaResult<()>) -> bool {
+    matches!(
+        result,
+        Err(KafkaError::ConsumerCommit(
+            RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::FencedMemberEpoch
+        ))
+    )
 }
 
 impl Ctx {
@@ -66,6 +90,7 @@ impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.lost.store(false, Ordering::Relaxed);
         // Revocations before the coordinator hands the tasks on: stop them first.
         if let Rebalance::Revoke(tpl) = rebalance {
             let _ = self.tx.send(Change::Revoked(self.tasks(tpl)));
@@ -80,6 +105,33 @@ impl ConsumerContext for Ctx {
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "fleet rebalance error"),
         }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &rdkafka::TopicPartitionList) {
+        if membership_lost(&result) && !self.lost.swap(true, Ordering::Relaxed) {
+            let tasks = self.tasks(offsets);
+            tracing::warn!(tasks = ?tasks, error = ?result, "the group coordinator no longer counts this worker (no rebalance was announced): its tasks stop until it is given tasks again");
+            crate::telemetry::worker_rebalance("lost", tasks.len());
+            let _ = self.tx.send(Change::Revoked(tasks));
+        }
+    }
+}
+
+/// Commits offset 0 of every assigned tasks-topic partition, asynchronously (the answer comes
+/// to [`Ctx::commit_callback`] in a later poll).
+fn probe(consumer: &BaseConsumer<Ctx>) {
+    let Ok(assigned) = consumer.assignment() else {
+        return;
+    };
+    if assigned.count() == 0 {
+        return;
+    }
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for e in assigned.elements() {
+        let _ = tpl.add_partition_offset(e.topic(), e.partition(), rdkafka::Offset::Offset(0));
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::debug!(error = %e, "fleet membership probe not sent");
     }
 }
 
@@ -128,6 +180,7 @@ impl Membership {
             .create_with_context(Ctx {
                 topic: topic.clone(),
                 tx,
+                lost: AtomicBool::new(false),
             })
             .map_err(|e| FleetError::Membership(crate::secrets::kafka_error_text(&e)))?;
         consumer
@@ -138,9 +191,14 @@ impl Membership {
         let thread = std::thread::Builder::new()
             .name("recon-fleet-membership".into())
             .spawn(move || {
+                let mut next_probe = Instant::now() + PROBE_EVERY;
                 while !flag.load(Ordering::Relaxed) {
                     if let Some(Err(e)) = consumer.poll(POLL) {
                         tracing::warn!(error = %e, "fleet membership poll");
+                    }
+                    if Instant::now() >= next_probe {
+                        next_probe = Instant::now() + PROBE_EVERY;
+                        probe(&consumer);
                     }
                 }
                 // Leave the group: the coordinator moves this worker's tasks now rather than
@@ -238,4 +296,31 @@ async fn ensure_topic(cfg: &Config, topic: &str) -> Result<(), FleetError> {
         }));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only an answer that says the coordinator dropped the member stops the tasks: an
+    /// unreachable broker, a rebalance in progress or a stale epoch (the client is catching up)
+    /// do not.
+    #[test]
+    fn only_a_dropped_membership_counts_as_lost() {
+        let commit = |c| Err(KafkaError::ConsumerCommit(c));
+        assert!(membership_lost(&commit(RDKafkaErrorCode::UnknownMemberId)));
+        assert!(membership_lost(&commit(
+            RDKafkaErrorCode::FencedMemberEpoch
+        )));
+        for c in [
+            RDKafkaErrorCode::StaleMemberEpoch,
+            RDKafkaErrorCode::RebalanceInProgress,
+            RDKafkaErrorCode::IllegalGeneration,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::RequestTimedOut,
+        ] {
+            assert!(!membership_lost(&commit(c)), "{c:?}");
+        }
+        assert!(!membership_lost(&Ok(())));
+    }
 }
