@@ -377,7 +377,8 @@ async fn a_bad_current_balance_value_is_an_error_not_a_panic() {
     let mut c = sqlx::PgConnection::connect(&pg).await.unwrap();
     sqlx::query(&format!(
         "CREATE TABLE {table} (job_id text, trip_id text, charged text, collected text, \
-         refunded text, paid_out text, fees text, adjusted text, status text, checkpoint_id bigint)"
+         refunded text, paid_out text, fees text, adjusted text, status text, checkpoint_id bigint, \
+         kafka_partition integer)"
     ))
     .execute(&mut c)
     .await
@@ -399,7 +400,7 @@ async fn a_bad_current_balance_value_is_an_error_not_a_panic() {
             "'t5', '1.0005', '1', '0', '0', '0', '0', 'OPEN', 7".to_string(),
         ),
     ] {
-        sqlx::query(&format!("INSERT INTO {table} VALUES ('{job}', {row})"))
+        sqlx::query(&format!("INSERT INTO {table} VALUES ('{job}', {row}, 3)"))
             .execute(&mut c)
             .await
             .unwrap();
@@ -421,6 +422,7 @@ async fn a_bad_current_balance_value_is_an_error_not_a_panic() {
     assert_eq!(good_rows[0].trip_id, "t1");
     assert_eq!(good_rows[0].status, "BALANCED");
     assert_eq!(good_rows[0].checkpoint_id, 7);
+    assert_eq!(good_rows[0].kafka_partition, 3);
     assert_eq!(good_rows[0].sums, [1_000, 1_000, 0, 800, 200, 0]);
     for (job, want) in [
         ("null", "column charged: NULL"),
