@@ -39,28 +39,14 @@ def session(app, warehouse, extra_jars=(), driver_memory="2g", parallelism=2):
     """A SparkSession with infra/spark's configuration (catalog `recon` = Iceberg JdbcCatalog on
     RECON_PG_CATALOG_URL), the warehouse on a local directory through HadoopFileIO instead of S3FileIO, and
     infra/spark's jars plus `extra_jars`."""
-    from pyspark.sql import SparkSession
-
-    conf = recon_spark.defaults()
-    conf.update(recon_spark.local_overrides_from_env())
-    conf.update({
+    return recon_spark.session(app, {
         "spark.master": f"local[{parallelism}]",
         "spark.driver.memory": driver_memory,
         "spark.driver.host": "127.0.0.1",
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.sql.catalog.recon.io-impl": "org.apache.iceberg.hadoop.HadoopFileIO",
         "spark.sql.catalog.recon.warehouse": "file://" + os.path.abspath(warehouse),
-        "spark.ui.showConsoleProgress": "false",
-    })
-    jars = sorted(glob.glob(str(recon_spark.jars_dir() / "*.jar"))) + list(extra_jars)
-    conf["spark.jars"] = ",".join(jars)
-    os.environ.setdefault("SPARK_CONF_DIR", str(recon_spark.CONF.parent))
-    builder = SparkSession.builder.appName(app)
-    for k, v in conf.items():
-        builder = builder.config(k, v)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    return spark
+    }, extra_jars)
 
 
 def main():

@@ -65,8 +65,9 @@ def local_overrides_from_env() -> dict[str, str]:
     return out
 
 
-def session(app: str = "recon", overrides: dict[str, str] | None = None):
-    """A SparkSession with catalog `recon` (getOrCreate: one per process)."""
+def session(app: str = "recon", overrides: dict[str, str] | None = None, extra_jars=()):
+    """A SparkSession with catalog `recon` (getOrCreate: one per process); `extra_jars` go on the
+    classpath after infra/spark's."""
     from pyspark.sql import SparkSession
 
     jars = sorted(glob.glob(str(jars_dir() / "*.jar")))
@@ -75,7 +76,7 @@ def session(app: str = "recon", overrides: dict[str, str] | None = None):
     conf = defaults()
     conf.update(local_overrides_from_env())
     conf.update(overrides or {})
-    conf["spark.jars"] = ",".join(jars)
+    conf["spark.jars"] = ",".join(jars + list(extra_jars))
     # log4j2.properties beside spark-defaults.conf (read by the JVM PySpark starts).
     os.environ.setdefault("SPARK_CONF_DIR", str(CONF.parent))
     conf.setdefault("spark.ui.showConsoleProgress", "false")
