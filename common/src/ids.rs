@@ -110,6 +110,19 @@ impl JobId {
             .then(|| JobId::new(&format!("{}.t{task:04}", self.0)).ok())
             .flatten()
     }
+
+    /// The id of task `task` of this fleet job after a reshard recorded by commit sequence
+    /// `sequence` to `tasks` tasks: `<job>.r<sequence>-<tasks>.t<task:04>` (a reshard's task
+    /// logs are new logs, never the old tasks'), or [`JobId::task`] before any reshard.
+    /// `None` when the result would be longer than a job id may be.
+    pub fn task_after_reshard(&self, reshard: Option<(u64, u32)>, task: u32) -> Option<JobId> {
+        let Some((sequence, tasks)) = reshard else {
+            return self.task(task);
+        };
+        (task < 10_000)
+            .then(|| JobId::new(&format!("{}.r{sequence}-{tasks}.t{task:04}", self.0)).ok())
+            .flatten()
+    }
 }
 
 impl fmt::Display for JobId {

@@ -39,6 +39,11 @@ pub enum CrashPoint {
     /// Fleet committer: every table holds the record; the progress workers prune by is not
     /// written.
     CommitterAfterCommit,
+    /// `reshard`: every new task's share is in its new log; the committer's reshard record
+    /// (the point of no return) is not written.
+    ReshardAfterShares,
+    /// `reshard`: the committer's reshard record is durable; the shape record is not.
+    ReshardAfterRecord,
 }
 
 impl CrashPoint {
@@ -68,6 +73,22 @@ impl CrashPoint {
         CrashPoint::CommitterAfterCommit,
     ];
 
+    /// Points of the `reshard` command.
+    pub const RESHARD: [CrashPoint; 2] = [
+        CrashPoint::ReshardAfterShares,
+        CrashPoint::ReshardAfterRecord,
+    ];
+
+    /// Every point.
+    pub fn every() -> impl Iterator<Item = CrashPoint> {
+        CrashPoint::ALL
+            .into_iter()
+            .chain(CrashPoint::OUTPUTS)
+            .chain(CrashPoint::BOUNDED)
+            .chain(CrashPoint::COMMITTER)
+            .chain(CrashPoint::RESHARD)
+    }
+
     /// The name used in `RECON_CRASH_AT`.
     pub fn name(self) -> &'static str {
         match self {
@@ -83,17 +104,14 @@ impl CrashPoint {
             CrashPoint::CommitterBeforeRecord => "committer-before-record",
             CrashPoint::CommitterDuringCommit => "committer-during-commit",
             CrashPoint::CommitterAfterCommit => "committer-after-commit",
+            CrashPoint::ReshardAfterShares => "reshard-after-shares",
+            CrashPoint::ReshardAfterRecord => "reshard-after-record",
         }
     }
 
     /// Parses a name as written in `RECON_CRASH_AT`.
     pub fn parse(name: &str) -> Option<CrashPoint> {
-        CrashPoint::ALL
-            .into_iter()
-            .chain(CrashPoint::OUTPUTS)
-            .chain(CrashPoint::BOUNDED)
-            .chain(CrashPoint::COMMITTER)
-            .find(|p| p.name() == name)
+        CrashPoint::every().find(|p| p.name() == name)
     }
 }
 
@@ -152,24 +170,19 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_are_unique() {
-        let every = CrashPoint::ALL
-            .into_iter()
-            .chain(CrashPoint::OUTPUTS)
-            .chain(CrashPoint::BOUNDED);
-        for p in every {
+        for p in CrashPoint::every() {
             assert_eq!(CrashPoint::parse(p.name()), Some(p));
         }
-        let mut names: Vec<_> = CrashPoint::ALL
-            .iter()
-            .chain(&CrashPoint::OUTPUTS)
-            .chain(&CrashPoint::BOUNDED)
-            .map(|p| p.name())
-            .collect();
+        let mut names: Vec<_> = CrashPoint::every().map(|p| p.name()).collect();
         names.sort();
         names.dedup();
         assert_eq!(
             names.len(),
-            CrashPoint::ALL.len() + CrashPoint::OUTPUTS.len() + CrashPoint::BOUNDED.len()
+            CrashPoint::ALL.len()
+                + CrashPoint::OUTPUTS.len()
+                + CrashPoint::BOUNDED.len()
+                + CrashPoint::COMMITTER.len()
+                + CrashPoint::RESHARD.len()
         );
         assert_eq!(CrashPoint::parse("nowhere"), None);
     }

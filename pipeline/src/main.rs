@@ -94,6 +94,26 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Change a fleet's number of tasks (`[fleet] tasks`), offline: with every worker and the
+    /// committer stopped and everything committed, writes new task logs holding each new
+    /// task's share of the old tasks' state and offsets, then the committer's record of the
+    /// new shape (fencing a committer still running). Refuses, with nothing written, when a
+    /// task's checkpoint or an alert is not committed yet. Run it again to finish an
+    /// interrupted run; then set `fleet.tasks` to the new K and start the fleet.
+    Reshard {
+        /// Configuration file (TOML) of the fleet (its `fleet.tasks` may be the old or new K).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The new number of tasks K (1 to the topic's partition count).
+        #[arg(long)]
+        tasks: u32,
+        /// Why, recorded in the log entries.
+        #[arg(long)]
+        reason: String,
+        /// Confirm: without it, nothing is written.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Expire old snapshots and delete orphan files of the job's tables; safe while the job runs.
     ///
     /// Keeps the newest `--retain-last` snapshots, everything younger than `--older-than`, and
@@ -221,6 +241,10 @@ fn classify(e: &anyhow::Error) -> StopClass {
         {
             return StopClass::OperatorNeeded;
         }
+        if let Some(s) = cause.downcast_ref::<recon_pipeline::fleet::layout::ShapeRefusal>() {
+            // A fleet command judged the job's recorded shape.
+            return recon_pipeline::fleet::FleetError::Shape(s.clone()).class();
+        }
         if let Some(l) = cause.downcast_ref::<recon_pipeline::checkpoint::log::LogError>() {
             // Operator commands (rewind, accept-topic-reset, checkpoints) fail on the log.
             return job::log_class(l);
@@ -294,6 +318,20 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             reason,
             yes,
         } => rewind(config, CheckpointId(to_checkpoint), reason, yes).await,
+        Command::Reshard {
+            config,
+            tasks,
+            reason,
+            yes,
+        } => {
+            let cfg = Config::load(config.as_deref())?;
+            if !cfg.fleet.enabled() {
+                refuse!(
+                    "reshard changes a fleet's number of tasks: set [fleet] tasks to the job's current K in the configuration"
+                );
+            }
+            recon_pipeline::fleet::reshard::run(&cfg, tasks, &reason, yes).await
+        }
         Command::AcceptTopicReset {
             config,
             reason,

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 
+pub mod fleet;
 pub mod outputs;
 pub mod pipeline;
 pub mod security;

@@ -181,11 +181,22 @@ impl JobSetup {
     /// Runs `recon-pipeline <command> --config <config> <args>` to its end (an operator
     /// command: `accept-topic-reset`, `rewind`...); returns success and stdout + stderr.
     pub fn operate(&self, command: &str, args: &[&str]) -> (bool, String) {
+        self.operate_with(command, args, &[])
+    }
+
+    /// [`JobSetup::operate`] with more environment (e.g. `RECON_CRASH_AT`).
+    pub fn operate_with(
+        &self,
+        command: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (bool, String) {
         let out = Command::new(binary())
             .args([command, "--config"])
             .arg(&self.config)
             .args(args)
             .env("RUST_LOG", "warn,recon_pipeline=info")
+            .envs(env.iter().copied())
             .output()
             .unwrap_or_else(|e| panic!("run recon-pipeline {command}: {e}"));
         let text = format!(

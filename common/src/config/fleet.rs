@@ -22,7 +22,8 @@ pub enum GroupProtocol {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFleet {
-    /// Number of tasks K, fixed when the job is created (0: no fleet, one process does all).
+    /// Number of tasks K, fixed when the job is created (0: no fleet, one process does all);
+    /// `recon-pipeline reshard` changes it offline.
     pub tasks: u32,
     /// The topic whose K partitions stand for the K tasks in the workers' consumer group
     /// (created with K partitions if missing); empty: `recon-tasks.<job_id>`.

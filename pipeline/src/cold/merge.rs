@@ -15,7 +15,7 @@
 //! directory: the next start's `checkpoint::sweep` deletes it once that checkpoint is pruned,
 //! and the tier's local copy when it opens.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -248,10 +248,27 @@ pub(super) fn merge_runs(
     runs: &[OpenRun],
     cutoff_us: Option<i64>,
 ) -> Result<(RunBuilder, RunMeta), ColdError> {
-    let mut b = RunBuilder::new();
-    let mut meta = RunMeta::default();
-    // Trip keys whose kept records hold no ids: their id entries are dropped.
+    let runs: Vec<&OpenRun> = runs.iter().collect();
+    let mut out = merge_routed(&runs, cutoff_us, 1, |_, _| Ok(0))?;
+    Ok(out.pop().expect("one output"))
+}
+
+/// [`merge_runs`] into `outputs` runs: `route` names the output of each kept trip record (from
+/// its path and bytes); an id entry goes to every output holding a record of its trip key with
+/// ids. A reshard splits the cold tier this way (`fleet::reshard`).
+pub(super) fn merge_routed(
+    runs: &[&OpenRun],
+    cutoff_us: Option<i64>,
+    outputs: usize,
+    mut route: impl FnMut(&str, &[u8]) -> Result<usize, ColdError>,
+) -> Result<Vec<(RunBuilder, RunMeta)>, ColdError> {
+    let mut outs: Vec<(RunBuilder, RunMeta)> = (0..outputs)
+        .map(|_| (RunBuilder::new(), RunMeta::default()))
+        .collect();
+    // Trip keys whose kept records hold no ids: their id entries are dropped. With several
+    // outputs, also the outputs holding a key's records with ids.
     let mut idless: HashSet<u64> = HashSet::new();
+    let mut holders: HashMap<u64, Vec<usize>> = HashMap::new();
     let mut cursors: Vec<_> = runs
         .iter()
         .map(|r| Cursor::new(r, r.index.trip_blocks(), run::block_trips))
@@ -272,7 +289,21 @@ pub(super) fn merge_runs(
                 if group.contains(&v.trip_id) {
                     continue;
                 }
+                let o = if outputs == 1 {
+                    0
+                } else {
+                    route(&cursor.run.r.path, &value)?
+                };
+                let (b, meta) = outs.get_mut(o).ok_or_else(|| {
+                    ColdError::Corrupt(format!("trip {} routed to no output", v.trip_id))
+                })?;
                 any_ids |= v.ids > 0;
+                if outputs > 1 && v.ids > 0 {
+                    let h = holders.entry(key).or_default();
+                    if !h.contains(&o) {
+                        h.push(o);
+                    }
+                }
                 meta.trip(v.last_us);
                 meta.ids += v.ids as u64;
                 group.push(v.trip_id);
@@ -291,20 +322,31 @@ pub(super) fn merge_runs(
         .iter_mut()
         .map(Cursor::next)
         .collect::<Result<Vec<_>, _>>()?;
-    meta.ids = 0;
+    for (_, meta) in &mut outs {
+        meta.ids = 0;
+    }
     while let Some(entry) = heads.iter().flatten().copied().min() {
         for (head, cursor) in heads.iter_mut().zip(cursors.iter_mut()) {
             while *head == Some(entry) {
                 *head = cursor.next()?;
             }
         }
-        if !idless.contains(&entry.1) {
+        if idless.contains(&entry.1) {
+            continue;
+        }
+        let to: &[usize] = if outputs == 1 {
+            &[0]
+        } else {
+            holders.get(&entry.1).map_or(&[], Vec::as_slice)
+        };
+        for o in to {
+            let (b, meta) = &mut outs[*o];
             b.id(entry.0, entry.1);
             meta.ids += 1;
         }
     }
-    Ok((b, meta))
+    Ok(outs)
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

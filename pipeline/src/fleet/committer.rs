@@ -90,7 +90,7 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<CommitterReport, JobEr
         partitions: all.len() as u32,
     };
     let log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
-    layout::ensure(&log, &cfg.source.topic, &shape)
+    let current = layout::ensure(&log, &cfg.source.topic, &shape)
         .await
         .map_err(FleetError::from)?;
     lakehouse::ensure_tables(env.catalog.as_ref(), &cfg.catalog.namespace).await?;
@@ -126,10 +126,9 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<CommitterReport, JobEr
     })?;
     let tasks = (0..k)
         .map(|t| {
-            let id = cfg
-                .job_id
-                .task(t)
-                .expect("the configuration bounds the job id");
+            let id = current
+                .task_job(&cfg.job_id, t)
+                .expect("the configuration and the reshard command bound the job id");
             log.sibling(id)
         })
         .collect();
@@ -165,11 +164,14 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<CommitterReport, JobEr
             biased;
             _ = env.shutdown.changed() => {
                 tracing::info!("shutdown requested: a last commit of what the tasks completed");
-                run.round(&all).await?;
+                // Empty task checkpoints too (their first on a worker, a final one): a fleet
+                // stopped workers first, committer last, has nothing left uncommitted, which
+                // `reshard` requires.
+                run.round(&all, true).await?;
                 return Ok(run.report);
             }
             _ = tokio::time::sleep(interval) => {
-                if run.round(&all).await? {
+                if run.round(&all, false).await? {
                     last_new = Instant::now();
                 } else if env.idle_exit.is_some_and(|idle| last_new.elapsed() >= idle) {
                     tracing::info!("nothing new from any task: committer stops (idle exit)");
@@ -182,9 +184,11 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<CommitterReport, JobEr
 
 impl Run {
     /// One commit interval: gather, record, publish. Returns whether anything was new.
+    /// `everything`: also when the tasks' new checkpoints carry nothing (the last round).
     async fn round(
         &mut self,
         partitions_at_start: &[crate::ids::PartitionId],
+        everything: bool,
     ) -> Result<bool, JobError> {
         // A partition added while running belongs to no task: stop before committing around it.
         let now = crate::source::topic_partitions(&self.cfg.source)?;
@@ -207,7 +211,7 @@ impl Run {
             .flatten()
             .any(|m| m.counts.records > 0 || m.pending.values().any(|p| !p.files.is_empty()));
         let aged = self.last_record.elapsed().as_millis() as u64 >= self.cfg.commit.interval_ms_max;
-        if !carries && !aged {
+        if !carries && !aged && !everything {
             return Ok(false);
         }
         let id = self.last.next();

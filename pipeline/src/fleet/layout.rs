@@ -34,7 +34,7 @@ pub struct Shape {
 pub enum ShapeRefusal {
     /// `fleet.tasks` differs from the job's.
     #[error(
-        "fleet.tasks = {configured} but job {job} was created with {recorded} tasks: each task's state and log hold its partitions (p mod K), so K cannot change in place. Set fleet.tasks = {recorded}; a new K needs a reshard (not in this build: a new job id on new tables)"
+        "fleet.tasks = {configured} but job {job} was created with {recorded} tasks: each task's state and log hold its partitions (p mod K), so K cannot change in place. Set fleet.tasks = {recorded}; a new K needs `recon-pipeline reshard --tasks <K>` with the fleet stopped"
     )]
     TasksChanged {
         /// Job.
@@ -91,6 +91,46 @@ pub enum ShapeRefusal {
         /// The record.
         path: String,
     },
+    /// A reshard wrote its record into the committer's log but not yet its shape record
+    /// (the command was interrupted): nothing may run until it is finished.
+    #[error(
+        "job {job}: a reshard to {tasks} tasks was interrupted after its commit record {sequence}: run `recon-pipeline reshard --tasks {tasks}` again to finish it (it writes nothing else), then start the fleet with fleet.tasks = {tasks}"
+    )]
+    ReshardInterrupted {
+        /// Job.
+        job: String,
+        /// The new K.
+        tasks: u32,
+        /// The committer's record of the reshard.
+        sequence: u64,
+    },
+    /// The committer's log ends before the reshard its shape records name: an older copy of the
+    /// checkpoint store was restored; its records name the old tasks.
+    #[error(
+        "job {job}: the committer's log ends at commit sequence {head} but the job was resharded to {tasks} tasks by commit sequence {sequence}: the checkpoint store was restored from an older copy. Restore the newest copy (nothing was written)"
+    )]
+    LogBeforeReshard {
+        /// Job.
+        job: String,
+        /// The log's head (0: empty).
+        head: u64,
+        /// The reshard's K.
+        tasks: u32,
+        /// The reshard's commit sequence.
+        sequence: u64,
+    },
+    /// The job was resharded while this process ran: its tasks are not the job's any more.
+    #[error(
+        "job {job} was resharded to {tasks} tasks (commit sequence {sequence}) while this process ran with the old shape: stop it, set fleet.tasks = {tasks} and start again; nothing was written"
+    )]
+    Resharded {
+        /// Job.
+        job: String,
+        /// The new K.
+        tasks: u32,
+        /// The reshard's commit sequence.
+        sequence: u64,
+    },
     /// The store did not answer (transient).
     #[error("the fleet's shape record {path}: the checkpoint store failed: {message}")]
     StoreFailed {
@@ -112,6 +152,126 @@ pub enum ShapeRefusal {
 /// The shape record beside the fleet job's log.
 const SHAPE: &str = "fleet.json";
 
+/// The folder of reshard records beside the fleet job's log: `reshards/<sequence:020>.json`,
+/// one per reshard, named by the committer's record that made it (create-if-absent).
+const RESHARDS: &str = "reshards";
+
+/// At most this many reshard records are read (a bound on a listing of external input).
+const RESHARDS_MAX: usize = 10_000;
+
+/// A reshard record: the shape from commit sequence `sequence` on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reshard {
+    /// The committer's record that made this shape the job's.
+    pub sequence: u64,
+    /// K before.
+    pub from_tasks: u32,
+    /// The shape after.
+    pub shape: Shape,
+    /// Why, as the operator said it.
+    pub reason: String,
+}
+
+/// Path of the record of the reshard made by commit sequence `sequence` (relative to the job).
+pub fn reshard_path(sequence: u64) -> String {
+    format!("{RESHARDS}/{sequence:020}.json")
+}
+
+/// The job's shape now: as created, or as its newest reshard made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Current {
+    /// K and the partition count.
+    pub shape: Shape,
+    /// The newest reshard, if any.
+    pub reshard: Option<Reshard>,
+}
+
+impl Current {
+    /// The job id of task `t` in this shape (names its log, data files, groups).
+    pub fn task_job(&self, job: &JobId, t: u32) -> Option<JobId> {
+        job.task_after_reshard(
+            self.reshard.as_ref().map(|r| (r.sequence, r.shape.tasks)),
+            t,
+        )
+    }
+
+    /// What names of this shape carry after the job's (tasks topic, group): `.r<S>-<K>` after
+    /// a reshard, nothing before.
+    pub fn suffix(&self) -> String {
+        self.reshard
+            .as_ref()
+            .map(|r| format!(".r{}-{}", r.sequence, r.shape.tasks))
+            .unwrap_or_default()
+    }
+
+    /// The commit sequence of the newest reshard (0: never resharded).
+    pub fn sequence(&self) -> u64 {
+        self.reshard.as_ref().map_or(0, |r| r.sequence)
+    }
+}
+
+/// The newest reshard record of the job, if any.
+pub async fn newest_reshard(log: &CheckpointLog) -> Result<Option<Reshard>, ShapeRefusal> {
+    let dir = log.path_of(RESHARDS);
+    let (unreadable, failed) = refusals(&dir);
+    let mut names = log
+        .files_under(RESHARDS)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if names.len() > RESHARDS_MAX {
+        return Err(unreadable(format!(
+            "holds {} records, more than {RESHARDS_MAX}: not a reshard history this build reads",
+            names.len()
+        )));
+    }
+    names.sort();
+    let Some(newest) = names.pop() else {
+        return Ok(None);
+    };
+    let bytes = log
+        .store()
+        .get(&log.path_of(&newest))
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .ok_or_else(|| failed(format!("{newest} was listed but is gone")))?;
+    let r: Reshard = serde_json::from_slice(&bytes)
+        .map_err(|e| unreadable(format!("{newest} does not parse: {e}")))?;
+    if newest != reshard_path(r.sequence) {
+        return Err(unreadable(format!(
+            "{newest} records commit sequence {}: renamed or edited",
+            r.sequence
+        )));
+    }
+    Ok(Some(r))
+}
+
+/// Records a reshard (create-if-absent: a second run of the command writes the same record).
+pub async fn record_reshard(log: &CheckpointLog, r: &Reshard) -> Result<(), ShapeRefusal> {
+    let path = log.path_of(&reshard_path(r.sequence));
+    let (unreadable, failed) = refusals(&path);
+    let bytes = serde_json::to_vec(r).expect("the record serialises");
+    match log
+        .store()
+        .create(&path, Bytes::from(bytes))
+        .await
+        .map_err(|e| failed(e.to_string()))?
+    {
+        Created::Created => Ok(()),
+        Created::AlreadyExists(theirs) => {
+            let theirs: Reshard = serde_json::from_slice(&theirs)
+                .map_err(|e| unreadable(format!("does not parse: {e}")))?;
+            if theirs.shape == r.shape && theirs.from_tasks == r.from_tasks {
+                Ok(())
+            } else {
+                Err(unreadable(format!(
+                    "already records a reshard to {} tasks, not {}",
+                    theirs.shape.tasks, r.shape.tasks
+                )))
+            }
+        }
+    }
+}
+
 /// How reading the record at `path` fails: unreadable (operator), or the store failed
 /// (transient).
 fn refusals(
@@ -132,8 +292,8 @@ fn refusals(
     )
 }
 
-/// A single-process start refuses a job created as a fleet.
-pub async fn refuse_if_fleet(log: &CheckpointLog) -> Result<(), ShapeRefusal> {
+/// The shape the job was created with (`fleet.json`; `None`: never started as a fleet).
+async fn created(log: &CheckpointLog) -> Result<Option<Shape>, ShapeRefusal> {
     let path = log.path_of(SHAPE);
     let (unreadable, failed) = refusals(&path);
     let Some(bytes) = log
@@ -142,10 +302,41 @@ pub async fn refuse_if_fleet(log: &CheckpointLog) -> Result<(), ShapeRefusal> {
         .await
         .map_err(|e| failed(e.to_string()))?
     else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| unreadable(format!("does not parse: {e}")))
+}
+
+/// The shape now of a job created with `created`: its newest reshard's, if any.
+async fn after_reshards(log: &CheckpointLog, created: Shape) -> Result<Current, ShapeRefusal> {
+    Ok(match newest_reshard(log).await? {
+        Some(r) => Current {
+            shape: r.shape.clone(),
+            reshard: Some(r),
+        },
+        None => Current {
+            shape: created,
+            reshard: None,
+        },
+    })
+}
+
+/// The job's shape as recorded (`None`: never started as a fleet), without judging it.
+pub async fn current(log: &CheckpointLog) -> Result<Option<Current>, ShapeRefusal> {
+    match created(log).await? {
+        Some(shape) => after_reshards(log, shape).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A single-process start refuses a job created as a fleet.
+pub async fn refuse_if_fleet(log: &CheckpointLog) -> Result<(), ShapeRefusal> {
+    let path = log.path_of(SHAPE);
+    let Some(shape) = created(log).await? else {
         return Ok(());
     };
-    let shape: Shape =
-        serde_json::from_slice(&bytes).map_err(|e| unreadable(format!("does not parse: {e}")))?;
     Err(ShapeRefusal::WasFleet {
         job: log.job().to_string(),
         tasks: shape.tasks,
@@ -175,7 +366,11 @@ pub fn judge(job: &JobId, topic: &str, recorded: &Shape, now: &Shape) -> Result<
 
 /// Records the shape at the job's first start (create-if-absent: two first starts agree on
 /// one) and judges every start against it.
-pub async fn ensure(log: &CheckpointLog, topic: &str, now: &Shape) -> Result<(), ShapeRefusal> {
+pub async fn ensure(
+    log: &CheckpointLog,
+    topic: &str,
+    now: &Shape,
+) -> Result<Current, ShapeRefusal> {
     let job = log.job();
     if now.tasks > now.partitions {
         return Err(ShapeRefusal::TooManyTasks {
@@ -190,11 +385,11 @@ pub async fn ensure(log: &CheckpointLog, topic: &str, now: &Shape) -> Result<(),
     // A job that checkpointed as one process before: refuse before recording anything. The log
     // is read before the record: a fleet records its shape before its committer's first claim,
     // so entries without a record are a single process's.
-    let entries = !log
+    let ids = log
         .ids_after(None)
         .await
-        .map_err(|e| failed(e.to_string()))?
-        .is_empty();
+        .map_err(|e| failed(e.to_string()))?;
+    let entries = !ids.is_empty();
     if entries
         && log
             .store()
@@ -207,17 +402,71 @@ pub async fn ensure(log: &CheckpointLog, topic: &str, now: &Shape) -> Result<(),
             job: job.to_string(),
         });
     }
-    let recorded = match log
+    let created = match log
         .store()
         .create(&path, Bytes::from(bytes))
         .await
         .map_err(|e| failed(e.to_string()))?
     {
-        Created::Created => return Ok(()),
+        Created::Created => now.clone(),
         Created::AlreadyExists(theirs) => serde_json::from_slice::<Shape>(&theirs)
             .map_err(|e| unreadable(format!("does not parse: {e}")))?,
     };
-    judge(job, topic, &recorded, now)
+    let current = after_reshards(log, created).await?;
+    interrupted(log, ids.last().copied(), &current).await?;
+    judge(job, topic, &current.shape, now)?;
+    Ok(current)
+}
+
+/// Refuses when the committer's newest record is a reshard the shape records do not hold yet
+/// (the command stopped between the two writes), or when the log ends before the recorded
+/// reshard (an older copy of the store restored).
+async fn interrupted(
+    log: &CheckpointLog,
+    head: Option<crate::ids::CheckpointId>,
+    current: &Current,
+) -> Result<(), ShapeRefusal> {
+    if let Some(r) = &current.reshard
+        && head.map_or(0, |h| h.0) < r.sequence
+    {
+        return Err(ShapeRefusal::LogBeforeReshard {
+            job: log.job().to_string(),
+            head: head.map_or(0, |h| h.0),
+            tasks: r.shape.tasks,
+            sequence: r.sequence,
+        });
+    }
+    let Some(head) = head else {
+        return Ok(());
+    };
+    let failed = |e: crate::checkpoint::log::LogError| ShapeRefusal::StoreFailed {
+        path: log.path_of("log"),
+        message: e.to_string(),
+    };
+    if let Some(e) = log.entry(head).await.map_err(failed)?
+        && let crate::checkpoint::manifest::EntryKind::Reshard { to_tasks, .. } = e.kind
+        && current.sequence() != head.0
+    {
+        return Err(ShapeRefusal::ReshardInterrupted {
+            job: log.job().to_string(),
+            tasks: to_tasks,
+            sequence: head.0,
+        });
+    }
+    Ok(())
+}
+
+/// Judges, before a task's claim or a committer's round, that the job was not resharded
+/// since `started` was read.
+pub async fn still(log: &CheckpointLog, started: &Current) -> Result<(), ShapeRefusal> {
+    match newest_reshard(log).await? {
+        Some(r) if Some(&r) != started.reshard.as_ref() => Err(ShapeRefusal::Resharded {
+            job: log.job().to_string(),
+            tasks: r.shape.tasks,
+            sequence: r.sequence,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// For an operator command on a fleet: the checkpoint store, its prefix and the topic's
@@ -229,6 +478,7 @@ pub async fn for_command(
     std::sync::Arc<dyn crate::checkpoint::store::CheckpointStore>,
     String,
     Vec<PartitionId>,
+    Current,
 )> {
     let (store, prefix) = crate::checkpoint::store::open(cfg)?;
     let source_cfg = cfg.source.clone();
@@ -239,118 +489,10 @@ pub async fn for_command(
         tasks: cfg.fleet.tasks,
         partitions: all.len() as u32,
     };
-    ensure(&committer_log, &cfg.source.topic, &shape).await?;
-    Ok((store, prefix, all))
+    let current = ensure(&committer_log, &cfg.source.topic, &shape).await?;
+    Ok((store, prefix, all, current))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_partition_has_exactly_one_task() {
-        let all: Vec<_> = (0..16).map(PartitionId).collect();
-        let mut seen = Vec::new();
-        for t in 0..8 {
-            let mine = partitions_of(t, 8, &all);
-            assert_eq!(mine.len(), 2, "task {t}");
-            seen.extend(mine);
-        }
-        seen.sort();
-        assert_eq!(seen, all);
-        assert_eq!(task_of(PartitionId(13), 8), 5);
-    }
-
-    #[test]
-    fn a_changed_shape_is_refused() {
-        let job = JobId::new("j").unwrap();
-        let rec = Shape {
-            tasks: 8,
-            partitions: 16,
-        };
-        assert!(judge(&job, "t", &rec, &rec.clone()).is_ok());
-        let k = Shape {
-            tasks: 4,
-            ..rec.clone()
-        };
-        assert!(matches!(
-            judge(&job, "t", &rec, &k),
-            Err(ShapeRefusal::TasksChanged {
-                recorded: 8,
-                configured: 4,
-                ..
-            })
-        ));
-        let p = Shape {
-            partitions: 32,
-            ..rec.clone()
-        };
-        let e = judge(&job, "t", &rec, &p).unwrap_err();
-        assert!(e.to_string().contains("32 partitions"), "{e}");
-    }
-
-    #[tokio::test]
-    async fn the_first_start_records_and_later_ones_compare() {
-        let store: std::sync::Arc<dyn crate::checkpoint::store::CheckpointStore> =
-            std::sync::Arc::new(crate::checkpoint::store::ObjectCheckpointStore::new(
-                std::sync::Arc::new(object_store::memory::InMemory::new()),
-            ));
-        let log = CheckpointLog::new(store, "p", JobId::new("j").unwrap());
-        let s = Shape {
-            tasks: 4,
-            partitions: 8,
-        };
-        ensure(&log, "t", &s).await.unwrap();
-        ensure(&log, "t", &s).await.unwrap();
-        let other = Shape {
-            tasks: 2,
-            ..s.clone()
-        };
-        assert!(ensure(&log, "t", &other).await.is_err());
-        let many = Shape {
-            tasks: 9,
-            partitions: 8,
-        };
-        assert!(matches!(
-            ensure(&log, "t", &many).await,
-            Err(ShapeRefusal::TooManyTasks { .. })
-        ));
-        // A single process refuses the fleet's job.
-        assert!(matches!(
-            refuse_if_fleet(&log).await,
-            Err(ShapeRefusal::WasFleet { tasks: 4, .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_single_process_job_is_not_switched_to_a_fleet_in_place() {
-        let store: std::sync::Arc<dyn crate::checkpoint::store::CheckpointStore> =
-            std::sync::Arc::new(crate::checkpoint::store::ObjectCheckpointStore::new(
-                std::sync::Arc::new(object_store::memory::InMemory::new()),
-            ));
-        let job = JobId::new("j").unwrap();
-        let log = CheckpointLog::new(store, "p", job.clone());
-        refuse_if_fleet(&log).await.unwrap();
-        let m = crate::checkpoint::manifest::Manifest::empty(
-            job,
-            crate::ids::CheckpointId(1),
-            crate::ids::Generation(1),
-        );
-        let e = log
-            .write_manifest(&m, crate::checkpoint::manifest::EntryKind::Checkpoint)
-            .await
-            .unwrap();
-        log.complete(&e).await.unwrap();
-        let s = Shape {
-            tasks: 2,
-            partitions: 4,
-        };
-        let refused = ensure(&log, "t", &s).await.unwrap_err();
-        assert!(
-            matches!(refused, ShapeRefusal::WasSingle { .. }),
-            "{refused}"
-        );
-        // Nothing was recorded: the single process still starts.
-        refuse_if_fleet(&log).await.unwrap();
-    }
-}
+#[path = "layout_tests.rs"]
+mod tests;

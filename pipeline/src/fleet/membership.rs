@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::config::fleet::GroupProtocol;
 
 use super::FleetError;
+use super::layout::Current;
 
 /// A change of this worker's tasks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,12 +51,13 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// Time allowed for creating or describing the tasks topic.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The tasks topic of `cfg`.
-pub fn tasks_topic(cfg: &Config) -> String {
+/// The tasks topic of `cfg` in the job's shape: after a reshard, a topic of its own (one
+/// partition per task of the new K), named with the reshard's suffix.
+pub fn tasks_topic(cfg: &Config, shape: &Current) -> String {
     if cfg.fleet.tasks_topic.is_empty() {
-        format!("recon-tasks.{}", cfg.job_id)
+        format!("recon-tasks.{}{}", cfg.job_id, shape.suffix())
     } else {
-        cfg.fleet.tasks_topic.clone()
+        format!("{}{}", cfg.fleet.tasks_topic, shape.suffix())
     }
 }
 
@@ -145,13 +147,17 @@ impl Membership {
     /// Makes sure the tasks topic has K partitions, joins the group, and posts changes to `tx`.
     pub async fn start(
         cfg: &Config,
+        shape: &Current,
         tx: UnboundedSender<Change>,
     ) -> Result<Membership, FleetError> {
-        let topic = tasks_topic(cfg);
+        let topic = tasks_topic(cfg, shape);
         ensure_topic(cfg, &topic).await?;
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &cfg.source.brokers)
-            .set("group.id", format!("recon-fleet.{}", cfg.job_id))
+            .set(
+                "group.id",
+                format!("recon-fleet.{}{}", cfg.job_id, shape.suffix()),
+            )
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest");
         match cfg.fleet.group_protocol {

@@ -21,6 +21,7 @@ pub mod gather;
 pub mod layout;
 pub mod membership;
 pub mod progress;
+pub mod reshard;
 pub mod rewind;
 pub mod topic_reset;
 pub mod worker;
@@ -38,6 +39,8 @@ pub struct FleetTask {
     pub task: u32,
     /// K.
     pub tasks: u32,
+    /// The job's shape when this worker started (a reshard since stops the task's start).
+    pub shape: layout::Current,
     /// When the group coordinator gave this worker the task (for the handover time).
     pub assigned_at: std::time::Instant,
 }

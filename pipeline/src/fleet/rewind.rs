@@ -42,7 +42,15 @@ pub async fn run(
         crate::refuse!("--reason must say why");
     }
     let k = cfg.fleet.tasks;
-    let (store, prefix, all) = layout::for_command(cfg).await?;
+    let (store, prefix, all, shape) = layout::for_command(cfg).await?;
+    if sequence.0 < shape.sequence() {
+        crate::refuse!(
+            "commit sequence {sequence} is before the reshard to {} tasks (commit sequence {}): the tasks it names are not the job's any more. Rewind to commit sequence {} or later. Nothing was written",
+            shape.shape.tasks,
+            shape.sequence(),
+            shape.sequence()
+        );
+    }
     let committer_log = CheckpointLog::new(store.clone(), &prefix, cfg.job_id.clone());
     let Some(record) = committer_log.completed(sequence).await? else {
         crate::refuse!(
@@ -56,7 +64,7 @@ pub async fn run(
     );
     let mut todo = Vec::new();
     for t in 0..k {
-        let tc = task_config(cfg, t, &all);
+        let tc = task_config(cfg, &shape, t, &all);
         let log = CheckpointLog::new(store.clone(), &prefix, tc.job_id.clone());
         let Some(&to) = record.manifest.fleet_tasks.get(&t) else {
             crate::refuse!(

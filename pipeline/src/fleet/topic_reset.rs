@@ -38,10 +38,10 @@ struct TaskReset {
 /// with `yes`, writes a `topic_reset` entry into each task log still in the old epoch.
 pub async fn run(cfg: &Config, reason: &str, yes: bool) -> anyhow::Result<()> {
     let k = cfg.fleet.tasks;
-    let (store, prefix, all) = layout::for_command(cfg).await?;
+    let (store, prefix, all, shape) = layout::for_command(cfg).await?;
     let mut heads = Vec::with_capacity(k as usize);
     for t in 0..k {
-        let tc = task_config(cfg, t, &all);
+        let tc = task_config(cfg, &shape, t, &all);
         let log = CheckpointLog::new(store.clone(), &prefix, tc.job_id.clone());
         let Some(head) = log.head().await? else {
             crate::refuse!(

@@ -50,6 +50,9 @@ impl WorkerReport {
 /// it (an older copy of the task's log would re-read and re-commit what the tables hold).
 pub async fn before_claim(task: &FleetTask, log: &CheckpointLog) -> Result<(), JobError> {
     let committer = task.log(log);
+    layout::still(&committer, &task.shape)
+        .await
+        .map_err(FleetError::from)?;
     let recorded = match committer.head().await? {
         Some(h) => h.manifest.fleet_tasks.get(&task.task).copied(),
         None => None,
@@ -181,7 +184,7 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<WorkerReport, JobError
     let k = cfg.fleet.tasks;
     let all = crate::source::topic_partitions(&cfg.source)?;
     let fleet_log = CheckpointLog::new(env.store.clone(), &env.store_prefix, cfg.job_id.clone());
-    layout::ensure(
+    let shape = layout::ensure(
         &fleet_log,
         &cfg.source.topic,
         &Shape {
@@ -193,7 +196,7 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<WorkerReport, JobError
     .map_err(FleetError::from)?;
     crate::lakehouse::ensure_tables(env.catalog.as_ref(), &cfg.catalog.namespace).await?;
     let (tx, mut changes) = mpsc::unbounded_channel();
-    let mut membership = Membership::start(cfg, tx).await?;
+    let mut membership = Membership::start(cfg, &shape, tx).await?;
     tracing::info!(tasks = k, partitions = all.len(), protocol = ?cfg.fleet.group_protocol, "worker joined the fleet");
     let mut owned: BTreeSet<u32> = BTreeSet::new();
     let mut running: BTreeMap<u32, Running> = BTreeMap::new();
@@ -217,13 +220,14 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<WorkerReport, JobError
                 job: cfg.job_id.clone(),
                 task: t,
                 tasks: k,
+                shape: shape.clone(),
                 assigned_at: assigned.get(&t).copied().unwrap_or_else(Instant::now),
             };
             runs += 1;
             let abort = spawn_task(
                 t,
                 runs,
-                task_config(cfg, t, &all),
+                task_config(cfg, &shape, t, &all),
                 fleet,
                 env.crash.clone(),
                 stop_rx,
@@ -337,17 +341,21 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<WorkerReport, JobError
 
 /// The configuration of task `t`'s run: its own job id (log, data file names, consumer group)
 /// and its partitions.
-pub fn task_config(cfg: &Config, t: u32, all: &[crate::ids::PartitionId]) -> Config {
+pub fn task_config(
+    cfg: &Config,
+    shape: &layout::Current,
+    t: u32,
+    all: &[crate::ids::PartitionId],
+) -> Config {
     let mut c = cfg.clone();
-    c.job_id = cfg
-        .job_id
-        .task(t)
-        .expect("the configuration bounds the job id");
+    c.job_id = shape
+        .task_job(&cfg.job_id, t)
+        .expect("the configuration and the reshard command bound the job id");
     // Each task fences its own alerts producers: a transactional id per task.
     if !c.alerts.transactional_id.trim().is_empty() {
         c.alerts.transactional_id = format!("{}.t{t:04}", c.alerts.transactional_id.trim());
     }
-    c.source.partitions = layout::partitions_of(t, cfg.fleet.tasks, all)
+    c.source.partitions = layout::partitions_of(t, shape.shape.tasks, all)
         .into_iter()
         .map(|p| p.0)
         .collect();
@@ -399,6 +407,13 @@ mod tests {
             job: job.clone(),
             task: 3,
             tasks: 8,
+            shape: layout::Current {
+                shape: Shape {
+                    tasks: 8,
+                    partitions: 16,
+                },
+                reshard: None,
+            },
             assigned_at: Instant::now(),
         };
         // Nothing in the task's log (deleted, or an empty copy restored).
@@ -435,7 +450,14 @@ mod tests {
         raw.fleet.tasks = 4;
         let cfg = Config::resolve(raw).unwrap();
         let all: Vec<_> = (0..10).map(crate::ids::PartitionId).collect();
-        let t = task_config(&cfg, 1, &all);
+        let shape = layout::Current {
+            shape: Shape {
+                tasks: 4,
+                partitions: 10,
+            },
+            reshard: None,
+        };
+        let t = task_config(&cfg, &shape, 1, &all);
         assert_eq!(t.job_id.as_str(), "pay.t0001");
         assert_eq!(t.source.partitions, vec![1, 5, 9]);
         assert_eq!(t.source.properties["queued.max.messages.kbytes"], "65536");
@@ -447,7 +469,26 @@ mod tests {
         );
         let mut named = cfg.clone();
         named.alerts.transactional_id = "payments-alerts".into();
-        let t = task_config(&named, 3, &all);
+        let t = task_config(&named, &shape, 3, &all);
         assert_eq!(t.alerts.transactional_id, "payments-alerts.t0003");
+        // After a reshard to 3 tasks recorded by commit sequence 42: new logs, new partitions.
+        let resharded = layout::Current {
+            shape: Shape {
+                tasks: 3,
+                partitions: 10,
+            },
+            reshard: Some(layout::Reshard {
+                sequence: 42,
+                from_tasks: 4,
+                shape: Shape {
+                    tasks: 3,
+                    partitions: 10,
+                },
+                reason: "r".into(),
+            }),
+        };
+        let t = task_config(&cfg, &resharded, 1, &all);
+        assert_eq!(t.job_id.as_str(), "pay.r42-3.t0001");
+        assert_eq!(t.source.partitions, vec![1, 4, 7]);
     }
 }

@@ -211,6 +211,16 @@ impl ChaosJob {
         args: &[&str],
         deadline: Duration,
     ) -> anyhow::Result<(ExitStatus, String)> {
+        self.operator_env(args, &[], deadline)
+    }
+
+    /// [`Job::operator`] with more environment (e.g. `RECON_CRASH_AT`).
+    pub fn operator_env(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        deadline: Duration,
+    ) -> anyhow::Result<(ExitStatus, String)> {
         let log = self.dir.join(format!(
             "operator-{}.log",
             args.first().copied().unwrap_or("cmd")
@@ -222,6 +232,7 @@ impl ChaosJob {
             .arg("--config")
             .arg(&self.config)
             .env("RECON_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))

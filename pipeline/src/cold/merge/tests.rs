@@ -12,11 +12,16 @@ use crate::state::evict::{EvictPolicy, trip_key};
 use crate::state::{State, event_key};
 
 fn event(trip: u32, id: u128) -> recon_schemas::event::Event {
+    charge(trip, id, 1_234)
+}
+
+/// A `trip_charge` of `cents` on `trip-<trip>` with event id `id` (tests of the cold tier).
+pub(crate) fn charge(trip: u32, id: u128, cents: i64) -> recon_schemas::event::Event {
     recon_schemas::event::Event {
         event_id: uuid::Uuid::from_u128(id),
         event_type: recon_schemas::event::EventType::TripCharge,
         trip_id: format!("trip-{trip}"),
-        amount: rust_decimal::Decimal::new(1_234, 2),
+        amount: rust_decimal::Decimal::new(cents, 2),
         currency: recon_schemas::currency::Currency::USD,
         occurred_at: chrono::DateTime::from_timestamp(1_764_000_000, 0).unwrap(),
         rider_id: None,
@@ -25,6 +30,18 @@ fn event(trip: u32, id: u128) -> recon_schemas::event::Event {
         payout_id: None,
         schema_version: 1,
     }
+}
+
+/// A cold tier with no run, on a local checkpoint store in a temporary directory.
+async fn empty_tier(job: &str) -> (tempfile::TempDir, CheckpointLog, ColdTier) {
+    let root = tempfile::tempdir().unwrap();
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(root.path()).unwrap();
+    let store = Arc::new(ObjectCheckpointStore::new(Arc::new(fs)));
+    let log = CheckpointLog::new(store, "", JobId::new(job).unwrap());
+    let tier = ColdTier::open(&log, &root.path().join("local"), &[], &[], 1 << 30)
+        .await
+        .unwrap();
+    (root, log, tier)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,13 +142,7 @@ async fn merged_runs_keep_every_trip_and_are_deleted_only_when_unlisted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_beyond_the_horizon_is_rewritten_without_event_ids() {
-    let root = tempfile::tempdir().unwrap();
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(root.path()).unwrap();
-    let store = Arc::new(ObjectCheckpointStore::new(Arc::new(fs)));
-    let log = CheckpointLog::new(store, "", JobId::new("expire").unwrap());
-    let mut tier = ColdTier::open(&log, &root.path().join("local"), &[], &[], 1 << 30)
-        .await
-        .unwrap();
+    let (_root, log, mut tier) = empty_tier("expire").await;
     let mut state = State::default();
     for t in 0..40u32 {
         state.apply(&event(t, u128::from(t) + 1), 0).unwrap();
@@ -183,4 +194,44 @@ async fn a_run_beyond_the_horizon_is_rewritten_without_event_ids() {
                 .is_empty()
         );
     }
+}
+
+/// What left memory after a checkpoint: the trips of the runs written since, newest record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trips_written_after_a_checkpoint_are_listed_newest_first() {
+    let (_root, log, mut tier) = empty_tier("after").await;
+    let policy = EvictPolicy {
+        settled_after_us: None,
+        idle_after_us: Some(0),
+        horizon_us: None,
+        scan_per_barrier: 1_000,
+    };
+    let mut state = State::default();
+    // Checkpoint 1: trips 0-9 leave; checkpoint 2: trips 5-14 (5-9 again, newer).
+    for (id, trips, cents) in [(1u64, 0..10u32, 100i64), (2, 5..15, 700)] {
+        for t in trips {
+            state
+                .apply(&charge(t, u128::from(t) * 10 + u128::from(id), cents), 0)
+                .unwrap();
+        }
+        state.take_changed();
+        let out = state.evict(i64::MAX, &policy);
+        tier.add(&log, CheckpointId(id), Generation(1), &out)
+            .await
+            .unwrap();
+    }
+    let all = tier.trips_written_after(None).unwrap();
+    assert_eq!(all.len(), 15);
+    let newest = all.iter().find(|(id, ..)| id == "trip-7").unwrap();
+    assert_eq!(newest.1.charged, rust_decimal::Decimal::new(700, 2));
+    let since = tier.trips_written_after(Some(CheckpointId(1))).unwrap();
+    let mut ids: Vec<&str> = since.iter().map(|(id, ..)| id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids.len(), 10, "{ids:?}");
+    assert!(!ids.contains(&"trip-0") && ids.contains(&"trip-14"));
+    assert!(
+        tier.trips_written_after(Some(CheckpointId(2)))
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -62,6 +62,14 @@ pub enum FleetFault {
     /// its newest, during a load: every task's rewind entry fences its running owner, whose
     /// worker restarts it from the entry (records since replayed into state only).
     Rewind { back: u64 },
+    /// The operator reshards the fleet offline to `to` tasks: SIGTERM every worker, then the
+    /// committer (everything committed), `reshard --tasks <to> --yes` (first killed at
+    /// `crash`, when set, then run again to finish), K = `to` in the configuration, and the
+    /// same number of workers and a committer started again.
+    Reshard {
+        to: u32,
+        crash: Option<&'static str>,
+    },
 }
 
 impl FleetFault {
@@ -83,6 +91,7 @@ impl FleetFault {
             }
             FleetFault::BrokerRestart { hard: false, .. } => "fleet_kafka_broker_stop_start".into(),
             FleetFault::Rewind { .. } => "fleet_rewind_while_running".into(),
+            FleetFault::Reshard { .. } => "fleet_reshard_offline".into(),
         }
     }
 }
@@ -142,6 +151,7 @@ pub fn kinds() -> Vec<String> {
             down_ms: 0,
         },
         FleetFault::Rewind { back: 0 },
+        FleetFault::Reshard { to: 0, crash: None },
     ]
     .iter()
     .map(FleetFault::kind)
@@ -246,6 +256,21 @@ pub fn random(index: u32, seed: u64, scale: Scale, controllable: bool, filter: &
         let at = extra.random_range(0..=faults.len());
         faults.insert(at, rewind);
     }
+    // A reshard (25 %; every scenario when asked for by name), from a stream of its own too.
+    let mut more = ChaCha8Rng::seed_from_u64(seed ^ 0x7265_7368_6172_6401);
+    let reshard = FleetFault::Reshard {
+        to: [2, 3, 4, 5, 6, 12, 16][more.random_range(0..7)],
+        crash: [
+            None,
+            Some(CrashPoint::ReshardAfterShares.name()),
+            Some(CrashPoint::ReshardAfterRecord.name()),
+        ][more.random_range(0..3)],
+    };
+    let asked = filter.only.iter().any(|o| *o == reshard.kind());
+    if (more.random_bool(0.25) || asked) && filter.allows(&reshard.kind()) {
+        let at = more.random_range(0..=faults.len());
+        faults.insert(at, reshard);
+    }
     let mut hostile = Vec::new();
     let k = rng.random_range(0..=2);
     while hostile.len() < k {
@@ -306,7 +331,7 @@ mod tests {
             assert_eq!(p.partitions, PARTITIONS);
             assert!(p.faults.is_empty() && p.terminal.is_none() && p.operator.is_none());
             let f = p.fleet.expect("a fleet plan");
-            assert!((3..=7).contains(&f.faults.len()), "{f:?}");
+            assert!((3..=8).contains(&f.faults.len()), "{f:?}");
             let mut workers = f.workers;
             for x in &f.faults {
                 match x {

@@ -253,13 +253,15 @@ impl Scenario<'_> {
             }
             FleetFault::SecondCommitter => {
                 let c1 = self.committer(f)?;
+                // Expected before the second starts: the first can be fenced (its next record
+                // after the second's claim) before the claim shows in the second's log.
+                f.slots[c1].end = Some(End::Fenced);
                 let c2 = self.add_slot(f, Role::Committer)?;
                 self.poll_until(f, "the second committer's claim", |f| {
                     let r = f.slots[c2].run.as_ref()?;
                     let epoch = DateTime::<Utc>::from(r.started_at);
                     (!r.find(CLAIMED, epoch).is_empty()).then_some(())
                 })?;
-                f.slots[c1].end = Some(End::Fenced);
                 publisher = Some(self.publish_bg(load, 6));
                 self.poll_until(f, "the first committer stopping fenced", |f| {
                     f.slots[c1].retired.then_some(())
@@ -275,6 +277,14 @@ impl Scenario<'_> {
                 if self.fleet_rewind(*back, out)? {
                     handover = Some(None);
                 }
+                t
+            }
+            FleetFault::Reshard { to, crash } => {
+                publisher = Some(self.publish_bg(load, 4));
+                self.supervise_for(f, Duration::from_millis(1_500))?;
+                let t = Utc::now();
+                self.fleet_reshard(f, *to, *crash, out)?;
+                handover = Some(None);
                 t
             }
             FleetFault::BrokerRestart {

@@ -17,6 +17,7 @@ mod faults;
 mod finish;
 mod fleet;
 mod fleet_procs;
+mod fleet_reshard;
 mod operator;
 mod operator_conditions;
 mod orch;
