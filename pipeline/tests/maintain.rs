@@ -4,33 +4,26 @@
 //! (The same against PostgreSQL + S3 + Kafka, and concurrently with a running job, is in
 //! `tests/tests/maintain.rs`.)
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use clap::Parser;
 use iceberg::Catalog;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use rdkafka::mocking::MockCluster;
 use recon_pipeline::checkpoint::commit::marks_of;
 use recon_pipeline::checkpoint::log::CheckpointLog;
 use recon_pipeline::config::{
     Config, RawCatalog, RawCheckpoint, RawConfig, RawSource, StoreLocation,
 };
 use recon_pipeline::crash::CrashPoint;
-use recon_pipeline::generate::GenerateArgs;
 use recon_pipeline::job::{self, CrashPlan, JobEnv, JobError};
 use recon_pipeline::maintain::{self, Options};
 use recon_pipeline::reconcile::{self, Expected};
-use recon_pipeline::{checkpoint, demo, generate, lakehouse};
-
-#[derive(Parser)]
-struct Wrap {
-    #[command(flatten)]
-    args: GenerateArgs,
-}
+use recon_pipeline::{checkpoint, demo, lakehouse};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -80,23 +73,8 @@ async fn snapshots(catalog: &dyn Catalog, cfg: &Config, table: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintain_keeps_markers_and_pending_files_and_the_restart_reconciles() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = MockCluster::new(1).unwrap();
+    let (cluster, records) = support::mock_topic("mt", 2, 1500, 5);
     let brokers = cluster.bootstrap_servers();
-    cluster.create_topic("mt", 2, 1).unwrap();
-    let args = Wrap::parse_from([
-        "g",
-        "--topic",
-        "mt",
-        "--trips",
-        "1500",
-        "--partitions",
-        "2",
-        "--seed",
-        "5",
-    ])
-    .args;
-    let (traffic, _, _) = args.resolve().unwrap();
-    let records: Vec<generate::Record> = generate::plan(&traffic).collect();
     let third = records.len() / 3;
     let mut expected = Expected::default();
 

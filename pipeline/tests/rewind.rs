@@ -6,7 +6,6 @@ mod support;
 
 use std::str::FromStr;
 
-use clap::Parser;
 use rdkafka::mocking::MockCluster;
 use recon_pipeline::checkpoint::log::CheckpointLog;
 use recon_pipeline::checkpoint::manifest::EntryKind;
@@ -17,7 +16,7 @@ use recon_pipeline::{checkpoint, demo, generate, lakehouse};
 use recon_schemas::currency::Currency;
 use recon_schemas::event::{Event, EventType, SCHEMA_VERSION};
 use rust_decimal::Decimal;
-use support::{Wrap, run_until_idle};
+use support::run_until_idle;
 
 /// A job on `topic` of the mock cluster, its catalog and checkpoints under `dir`.
 fn config(brokers: &str, topic: &str, dir: &std::path::Path) -> Config {
@@ -50,23 +49,8 @@ fn config(brokers: &str, topic: &str, dir: &std::path::Path) -> Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewind_replays_state_without_duplicates() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = MockCluster::new(1).unwrap();
+    let (cluster, records) = support::mock_topic("rw", 2, 1500, 3);
     let brokers = cluster.bootstrap_servers();
-    cluster.create_topic("rw", 2, 1).unwrap();
-    let args = Wrap::parse_from([
-        "g",
-        "--topic",
-        "rw",
-        "--trips",
-        "1500",
-        "--partitions",
-        "2",
-        "--seed",
-        "3",
-    ])
-    .args;
-    let (traffic, _, _) = args.resolve().unwrap();
-    let records: Vec<generate::Record> = generate::plan(&traffic).collect();
     let (first, second) = records.split_at(records.len() / 2);
     // Two runs over the first half, so the rewind target (the head after the first run) is
     // behind the head whatever the checkpoint timing: one run can read a half in one interval.

@@ -5,6 +5,7 @@
 //! [`CheckpointLog::complete`]. Only a completed entry counts; everything else is garbage that
 //! [`CheckpointLog::prune`] may remove once nothing refers to it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -538,7 +539,20 @@ impl CheckpointLog {
 
     /// Deletes the files and entries of `ids` (as decided by [`protocol::prunable`]).
     pub async fn prune(&self, ids: &[CheckpointId]) -> Result<usize, LogError> {
+        Ok(self.prune_keeping(ids, &HashSet::new()).await?.0)
+    }
+
+    /// [`CheckpointLog::prune`], leaving in place the files of `keep` (state files a kept
+    /// checkpoint's chain reads from a pruned checkpoint's directory: a fold's base, an older
+    /// delta). Returns how many checkpoints went and the files left for the caller to delete
+    /// once nothing reads them.
+    pub async fn prune_keeping(
+        &self,
+        ids: &[CheckpointId],
+        keep: &HashSet<String>,
+    ) -> Result<(usize, Vec<String>), LogError> {
         let mut removed = 0;
+        let mut left = Vec::new();
         for id in ids {
             let Some(entry) = self.entry(*id).await? else {
                 continue;
@@ -548,16 +562,29 @@ impl CheckpointLog {
             // checkpoint can have, and the next prune finishes it.
             let dir = checkpoint_dir(entry.checkpoint_id, entry.generation);
             for name in ["state.bin", STATE_BASE_FILE, "alerts.jsonl"] {
-                self.store
-                    .delete(&self.path(&format!("{dir}/{name}")))
-                    .await?;
+                let rel = format!("{dir}/{name}");
+                if still_read(keep, &rel) {
+                    left.push(rel);
+                    continue;
+                }
+                self.store.delete(&self.path(&rel)).await?;
             }
             self.store.delete(&self.path(&entry.manifest)).await?;
             self.store.delete(&self.path(&log_path(*id))).await?;
             removed += 1;
         }
-        Ok(removed)
+        Ok((removed, left))
     }
+}
+
+/// Whether a state file must stay, given the files kept chains `read`: one they read, or the
+/// base beside a delta one reads (a background fold writes its base beside the last delta it
+/// folds, and the next barrier takes it in: until then no chain lists it).
+pub fn still_read(read: &HashSet<String>, path: &str) -> bool {
+    read.contains(path)
+        || path
+            .strip_suffix(STATE_BASE_FILE)
+            .is_some_and(|dir| read.contains(&format!("{dir}state.bin")))
 }
 
 /// The name of a compacted state chain (`crate::job::compaction`), written in the directory of

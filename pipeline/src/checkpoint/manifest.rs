@@ -38,6 +38,22 @@ pub enum EntryKind {
         /// Why, as the operator said it.
         reason: String,
     },
+    /// An operator changed a fleet's number of tasks (`recon-pipeline reshard`). In a new task
+    /// log it is the first entry: the task's share of the old tasks' state and offsets. In the
+    /// committer's log it is the record that makes the new shape the job's: its `fleet_tasks`
+    /// name the new task logs' first entries, and nothing of the old tasks is left to commit.
+    Reshard {
+        /// K before.
+        from_tasks: u32,
+        /// K after.
+        to_tasks: u32,
+        /// Per old task, the checkpoint its share was taken from (every one committed); a
+        /// list of pairs, not a map: the entry's kind is flattened, and serde reads a
+        /// flattened map's integer keys back as strings.
+        sources: Vec<(u32, CheckpointId)>,
+        /// Why, as the operator said it.
+        reason: String,
+    },
     /// An operator rewound the job on purpose to an older checkpoint.
     Rewind {
         /// The checkpoint whose state and offsets the job restarts from.
@@ -358,16 +374,6 @@ pub fn parse_checkpoint_dir(rel: &str) -> Option<(CheckpointId, Generation)> {
     ))
 }
 
-/// The checkpoints whose directories a state chain reads (paths `ckpt/<id>-g<gen>/...`), or
-/// `None` if a path is not in a checkpoint directory: a caller deciding what to delete must
-/// then delete nothing, never guess.
-pub fn chain_ids(chain: &[String]) -> Option<Vec<CheckpointId>> {
-    chain
-        .iter()
-        .map(|p| parse_checkpoint_dir(p).map(|(id, _)| id))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,18 +386,6 @@ mod tests {
             assert_eq!(parse_checkpoint_dir(&format!("{dir}/state.bin")), want);
             assert_eq!(parse_checkpoint_dir(&dir), want);
         }
-        let chain = [
-            format!(
-                "{}/state-base.bin",
-                checkpoint_dir(CheckpointId(3), Generation(1))
-            ),
-            format!(
-                "{}/state.bin",
-                checkpoint_dir(CheckpointId(5), Generation(2))
-            ),
-        ];
-        let ids = Some(vec![CheckpointId(3), CheckpointId(5)]);
-        assert_eq!(chain_ids(&chain), ids);
         for other in [
             "log/00000000000000000001.json",
             "ckpt/1-g1/state.bin",
@@ -401,13 +395,6 @@ mod tests {
             "x/ckpt/00000000000000000001-g1/state.bin",
         ] {
             assert_eq!(parse_checkpoint_dir(other), None, "{other}");
-            assert_eq!(
-                chain_ids(&[
-                    "ckpt/00000000000000000003-g1/state.bin".into(),
-                    other.into()
-                ]),
-                None
-            );
         }
     }
 

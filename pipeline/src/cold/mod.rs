@@ -13,6 +13,7 @@
 pub mod memory;
 pub mod merge;
 pub mod runs;
+pub mod split;
 
 use recon_schemas::event::Event;
 

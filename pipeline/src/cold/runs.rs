@@ -205,6 +205,35 @@ impl ColdTier {
         Ok(())
     }
 
+    /// The trips of the runs written after checkpoint `after` (every run when `None`), the
+    /// newest record of each: the trips that left memory since. A merged run counts as written
+    /// at its merge (it may hold older trips too: their records are their newest as well).
+    pub fn trips_written_after(
+        &self,
+        after: Option<CheckpointId>,
+    ) -> Result<Vec<crate::state::codec::Restored>, ColdError> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for run in self.runs.iter().rev() {
+            let written = crate::checkpoint::manifest::parse_checkpoint_dir(&run.r.path)
+                .map(|(id, _)| id)
+                .ok_or_else(|| corrupt(format!("run {} is outside a checkpoint", run.r.path)))?;
+            if after.is_some_and(|a| written <= a) {
+                continue;
+            }
+            for range in run.index.trip_blocks() {
+                let block = ColdTier::read(run, range)?;
+                for (_, rec) in run::block_trips(&run.r.path, &block).map_err(corrupt)? {
+                    let restored = crate::state::codec::decode_trip(&run.r.path, &rec)?;
+                    if seen.insert(restored.0.clone()) {
+                        out.push(restored);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) fn read(run: &OpenRun, range: std::ops::Range<u64>) -> Result<Vec<u8>, ColdError> {
         let mut buf = vec![0u8; (range.end - range.start) as usize];
         run.file

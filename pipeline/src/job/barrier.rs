@@ -55,18 +55,20 @@ impl Job {
             _ => Vec::new(),
         };
         // Balance changelog rows for every trip changed since the last cut.
+        let changed = self.state.take_changed();
+        for t in changed.iter().map(|c| self.state.trip(*c)) {
+            self.sink
+                .balances
+                .push(t.trip_id().to_string(), t.balance(), t.partition);
+            self.outputs.push_row(|| BalanceRow {
+                trip_id: t.trip_id().to_string(),
+                balance: t.balance(),
+                partition: t.partition,
+            });
+        }
+        // The writers encode the last batches on their tasks while the delta is encoded here.
+        self.sink.flush_all(id).await?;
         let (bytes, changed_trips) = {
-            let changed = self.state.take_changed();
-            for t in changed.iter().map(|c| self.state.trip(*c)) {
-                self.sink
-                    .balances
-                    .push(t.trip_id().to_string(), t.balance(), t.partition);
-                self.outputs.push_row(|| BalanceRow {
-                    trip_id: t.trip_id().to_string(),
-                    balance: t.balance(),
-                    partition: t.partition,
-                });
-            }
             let bytes = if full {
                 codec::encode_full(&self.state)
             } else {
@@ -236,13 +238,18 @@ impl Job {
             self.since_commit += 1;
             self.oldest_uncommitted.get_or_insert_with(Instant::now);
             if self.commit_due() {
-                self.publish().await?;
+                if self.fleet.is_some() {
+                    self.publish().await?;
+                } else {
+                    // Beside the input: the next interval reads while the tables commit.
+                    self.start_publish();
+                }
             }
         }
         Ok(())
     }
 
-    fn commit_due(&self) -> bool {
+    pub(super) fn commit_due(&self) -> bool {
         let c = &self.cfg.commit;
         let bytes: u64 = self
             .uncommitted

@@ -68,6 +68,12 @@ impl CrashPlan {
         }
     }
 
+    /// Takes in the visits a copy counted (a publish runs on a copy beside the input; one
+    /// point is armed, visited by one side only).
+    pub(crate) fn take_visits(&mut self, copy: &CrashPlan) {
+        self.hits = self.hits.max(copy.hits);
+    }
+
     pub(crate) fn hit(&mut self, point: CrashPoint) -> Result<(), JobError> {
         crash::maybe_crash(point);
         if let Some((p, nth)) = self.at
@@ -184,13 +190,18 @@ pub(crate) struct Job {
     fleet: Option<crate::fleet::FleetTask>,
     /// The background fold of the state chain.
     compaction: crate::checkpoint::fold::ChainFold,
-    /// The checkpoints each checkpoint's state chain reads (for pruning).
-    chains: BTreeMap<CheckpointId, Vec<CheckpointId>>,
+    /// The state files each kept checkpoint's chain reads (for pruning).
+    chains: BTreeMap<CheckpointId, Vec<String>>,
+    /// State files left in pruned checkpoints' directories because a kept chain read them;
+    /// deleted once none does (after a restart, the start's sweep does).
+    lingering: std::collections::BTreeSet<String>,
     since_commit: u32,
     oldest_uncommitted: Option<Instant>,
     started: Instant,
     /// When the newest checkpoint completed (an idle fleet task skips barriers until long).
     checkpointed_at: Instant,
+    /// The publish running beside the input (exactly-once, one process).
+    publishing: Option<publish::Publishing>,
 }
 
 /// Runs the job until shutdown, idle exit, or an error.
@@ -294,6 +305,8 @@ impl Job {
                     self.barrier(&guard, received).await?;
                     next_barrier = tokio::time::Instant::now() + interval;
                 }
+                // The publish beside the input landed (or failed: the job stops).
+                ended = self.published() => self.land(ended).await?,
                 batch = source.next() => {
                     match batch {
                         Some(Ok(records)) => {

@@ -24,7 +24,10 @@ use super::{Job, JobError};
 /// group's committed progress never ages out (`offsets.retention.minutes`).
 const ALERTS_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// The alerts output of a running job.
+/// The alerts output of a running job, pipelined with the next interval like the current
+/// balances: once a checkpoint is durable its alerts join a backlog, and one Kafka transaction
+/// at a time (on a blocking thread) produces the backlog with the progress of its newest
+/// checkpoint while the job reads on.
 pub(super) struct AlertsOut {
     producer: Arc<AlertsProducer>,
     /// The job the alerts belong to (a fleet's, not the task's): part of each alert's id.
@@ -32,8 +35,19 @@ pub(super) struct AlertsOut {
     watch: Watch,
     /// Alerts raised since the last barrier.
     pending: Vec<Alert>,
+    /// When the last transaction was sent (the keepalive's clock).
     last_txn: Instant,
+    /// Durable checkpoints' alerts not yet sent.
+    backlog: Vec<Alert>,
+    /// The newest durable checkpoint in `backlog`, with its offsets.
+    backlog_at: Option<(CheckpointId, BTreeMap<PartitionId, Offset>)>,
+    /// The transaction producing an earlier backlog.
+    in_flight: Option<tokio::task::JoinHandle<Result<(), JobError>>>,
 }
+
+/// Alerts of durable checkpoints waiting for the transaction in flight, above which the
+/// barrier waits for it.
+const ALERTS_BACKLOG_MAX: usize = 65_536;
 
 /// Rows of durable checkpoints waiting for the transaction in flight, above which the barrier
 /// waits for it (backpressure: ~300 B a row, so ~80 MB).
@@ -129,6 +143,9 @@ impl Job {
                 watch: Watch::new(watch),
                 pending: Vec::new(),
                 last_txn: Instant::now(),
+                backlog: Vec::new(),
+                backlog_at: None,
+                in_flight: None,
             });
             self.recover_alerts().await?;
         }
@@ -226,8 +243,10 @@ impl Job {
             }
             OutputPlan::Behind { .. } => {}
         }
-        // Behind: the restored state is every trip's balance as of the head.
-        let rows: Vec<BalanceRow> = self
+        // Behind: the restored state is every trip's balance as of the head: the trips in
+        // memory, and those that left it since what the table holds (a trip whose row was
+        // still in the backlog when a crash came may have left memory at the next barrier).
+        let mut rows: Vec<BalanceRow> = self
             .state
             .iter()
             .map(|t| BalanceRow {
@@ -236,6 +255,19 @@ impl Job {
                 partition: t.partition,
             })
             .collect();
+        if let Some(cold) = self.cold.as_ref() {
+            let hot: std::collections::HashSet<String> =
+                rows.iter().map(|r| r.trip_id.clone()).collect();
+            let gone = cold.trips_written_after(held).map_err(JobError::from)?;
+            tracing::info!(held = ?held.map(|h| h.0), trips = gone.len(), "current balances: trips that left memory since are upserted too");
+            rows.extend(gone.into_iter().filter(|(id, ..)| !hot.contains(id)).map(
+                |(trip_id, balance, _, partition)| BalanceRow {
+                    trip_id,
+                    balance,
+                    partition,
+                },
+            ));
+        }
         tracing::info!(held = ?held.map(|h| h.0), head = %head, trips = rows.len(), "current balances behind the head: upserting the restored state");
         let Some(out) = self.outputs.balances.as_ref() else {
             return Ok(());
@@ -270,16 +302,21 @@ impl Job {
     /// Once checkpoint `id` is durable: emits its alerts and current balances.
     pub(super) async fn emit_outputs(&mut self, manifest: &Manifest) -> Result<(), JobError> {
         let id = manifest.checkpoint_id;
+        let offsets = self.offsets();
         if let Some(out) = self.outputs.alerts.as_mut() {
             let pending = std::mem::take(&mut out.pending);
-            if !pending.is_empty() || out.last_txn.elapsed() >= ALERTS_KEEPALIVE {
-                self.emit_alerts(id, pending).await?;
-            } else {
+            // Nothing read yet: nothing raised and no progress to record.
+            let due = !pending.is_empty() || out.last_txn.elapsed() >= ALERTS_KEEPALIVE;
+            if due && !offsets.is_empty() {
+                out.backlog.extend(pending);
+                out.backlog_at = Some((id, offsets.clone()));
+                out.last_txn = Instant::now();
+            } else if out.in_flight.is_none() && out.backlog_at.is_none() {
                 // Nothing to send: the topic holds everything up to this checkpoint.
                 metrics::gauge!("recon_output_checkpoint", "output" => "alerts").set(id.0 as f64);
             }
+            pump_alerts(out, false).await?;
         }
-        let offsets = self.offsets();
         if let Some(out) = self.outputs.balances.as_mut() {
             for row in std::mem::take(&mut out.rows) {
                 out.backlog.insert(row.trip_id.clone(), row);
@@ -290,8 +327,11 @@ impl Job {
         Ok(())
     }
 
-    /// At a graceful stop: waits until the current balances hold the newest checkpoint.
+    /// At a graceful stop: waits until the outputs hold the newest checkpoint.
     pub(super) async fn flush_outputs(&mut self) -> Result<(), JobError> {
+        if let Some(out) = self.outputs.alerts.as_mut() {
+            pump_alerts(out, true).await?;
+        }
         if let Some(out) = self.outputs.balances.as_mut() {
             pump_balances(out, true).await?;
         }
@@ -303,7 +343,8 @@ impl Job {
         self.cuts.iter().map(|(p, c)| (*p, c.end)).collect()
     }
 
-    /// One Kafka transaction: `alerts` plus the progress "through checkpoint `id`".
+    /// Recovery: one Kafka transaction of `alerts` plus the progress "through checkpoint `id`",
+    /// waited for.
     async fn emit_alerts(&mut self, id: CheckpointId, alerts: Vec<Alert>) -> Result<(), JobError> {
         let offsets = self.offsets();
         let Some(out) = self.outputs.alerts.as_mut() else {
@@ -313,29 +354,60 @@ impl Job {
             // Nothing read yet, so nothing raised and no progress to record.
             return Ok(());
         }
-        let started = Instant::now();
-        let n = alerts.len() as u64;
         let p = out.producer.clone();
-        tokio::task::spawn_blocking(move || p.stage(&alerts, id, &offsets))
+        tokio::task::spawn_blocking(move || produce_alerts(&p, id, &alerts, &offsets))
             .await
             .map_err(blocking_err)??;
-        self.crash.hit(CrashPoint::BeforeAlertsCommit)?;
-        let p = out.producer.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || p.commit())
-            .await
-            .map_err(blocking_err)?
-        {
-            metrics::counter!("recon_alerts_transactions_total", "outcome" => "failed")
-                .increment(1);
-            return Err(e.into());
-        }
         out.last_txn = Instant::now();
-        metrics::counter!("recon_alerts_transactions_total", "outcome" => "committed").increment(1);
-        metrics::counter!("recon_alerts_produced_total").increment(n);
-        metrics::gauge!("recon_output_checkpoint", "output" => "alerts").set(id.0 as f64);
-        tracing::info!(checkpoint = %id, alerts = n, duration_ms = started.elapsed().as_millis() as u64, "alerts committed");
         Ok(())
     }
+}
+
+/// [`pump_balances`] for the alerts: collects the transaction in flight when done (or waits,
+/// with `wait` or the backlog over its bound), then sends the backlog as the next one.
+async fn pump_alerts(out: &mut AlertsOut, wait: bool) -> Result<(), JobError> {
+    loop {
+        if let Some(h) = out.in_flight.as_ref() {
+            if !(wait || h.is_finished() || out.backlog.len() > ALERTS_BACKLOG_MAX) {
+                return Ok(());
+            }
+            let h = out.in_flight.take().expect("checked above");
+            h.await.map_err(blocking_err)??;
+        }
+        let Some((id, offsets)) = out.backlog_at.take() else {
+            return Ok(());
+        };
+        let alerts = std::mem::take(&mut out.backlog);
+        let p = out.producer.clone();
+        out.in_flight = Some(tokio::task::spawn_blocking(move || {
+            produce_alerts(&p, id, &alerts, &offsets)
+        }));
+        if !wait {
+            return Ok(());
+        }
+    }
+}
+
+/// One Kafka transaction (blocking): `alerts` plus the progress "through checkpoint `id`".
+fn produce_alerts(
+    p: &AlertsProducer,
+    id: CheckpointId,
+    alerts: &[Alert],
+    offsets: &BTreeMap<PartitionId, Offset>,
+) -> Result<(), JobError> {
+    let started = Instant::now();
+    p.stage(alerts, id, offsets)?;
+    crate::crash::maybe_crash(CrashPoint::BeforeAlertsCommit);
+    if let Err(e) = p.commit() {
+        metrics::counter!("recon_alerts_transactions_total", "outcome" => "failed").increment(1);
+        return Err(e.into());
+    }
+    let n = alerts.len() as u64;
+    metrics::counter!("recon_alerts_transactions_total", "outcome" => "committed").increment(1);
+    metrics::counter!("recon_alerts_produced_total").increment(n);
+    metrics::gauge!("recon_output_checkpoint", "output" => "alerts").set(id.0 as f64);
+    tracing::info!(checkpoint = %id, alerts = n, duration_ms = started.elapsed().as_millis() as u64, "alerts committed");
+    Ok(())
 }
 
 /// Collects the transaction in flight when it is done (or, with `wait`, or with the backlog

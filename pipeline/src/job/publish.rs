@@ -1,11 +1,10 @@
 //! Publishing: committing completed checkpoints to the tables, then recording and pruning.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use iceberg::spec::DataFile;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 
-use crate::checkpoint::manifest::chain_ids;
 use crate::checkpoint::protocol;
 use crate::checkpoint::publish::{Published, Publisher};
 use crate::crash::CrashPoint;
@@ -15,12 +14,122 @@ use crate::sink::Output;
 
 use super::{Job, JobError};
 
+/// A publish running beside the input: every completed checkpoint up to `through` to every
+/// table that lacks it, then the informative commit record. One at a time; what it commits is
+/// durable in the log already, so a crash during it is what a crash during a synchronous
+/// publish is (recovery publishes), and the crash points fire inside it as before.
+///
+/// It is a future of the job's own task, polled by the main loop between batches (the job's
+/// futures are not `Send` for every lifetime, a compiler limitation, so it is not spawned):
+/// its I/O proceeds on the runtime meanwhile, and each step continues at the next poll.
+pub(super) struct Publishing {
+    through: CheckpointId,
+    started: std::time::Instant,
+    run: std::pin::Pin<Box<dyn Future<Output = PublishEnd>>>,
+}
+
+/// What a publish beside the input returns: appends that landed, and its copy of the crash
+/// plan (the visits it counted).
+pub(super) type PublishEnd = Result<(u64, super::CrashPlan), JobError>;
+
 impl Job {
+    /// Exactly-once, one process: starts publishing up to `self.last` beside the input, unless
+    /// a publish is running (the next barrier, or its end, starts the next one).
+    pub(super) fn start_publish(&mut self) {
+        if self.publishing.is_some() {
+            return;
+        }
+        let through = self.last;
+        let committer = self.committer.clone();
+        let log = self.log.clone();
+        let uncommitted: BTreeMap<CheckpointId, crate::checkpoint::manifest::Manifest> = self
+            .uncommitted
+            .range(..=through)
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        let files = self.files.clone();
+        let tables: Vec<_> = Output::ALL
+            .into_iter()
+            .map(|o| self.sink.table(o).clone())
+            .collect();
+        let mut crash = self.crash.clone();
+        let generation = self.generation;
+        let run = Box::pin(async move {
+            let publisher = Publisher::new(&committer, &log, &uncommitted, Some(files.as_ref()));
+            let landed = publish_tables(
+                &publisher,
+                &tables,
+                through,
+                &mut crash,
+                CrashPoint::DuringCommit,
+            )
+            .await?;
+            crash.hit(CrashPoint::AfterCommitBeforeRecord)?;
+            log.record_commit(through, generation).await?;
+            Ok((landed, crash))
+        });
+        self.publishing = Some(Publishing {
+            through,
+            started: std::time::Instant::now(),
+            run,
+        });
+    }
+
+    /// Waits for the publish beside the input to end (never, when none runs: a branch of the
+    /// main loop). Cancel-safe: dropped before it ends, the publish stays in `self`; what it
+    /// returns goes to [`Job::land`], which is not cancelled (a prune cut short at every
+    /// batch would never prune).
+    pub(super) async fn published(&mut self) -> (Publishing, PublishEnd) {
+        let Some(p) = self.publishing.as_mut() else {
+            return std::future::pending().await;
+        };
+        let ended = (&mut p.run).await;
+        (
+            self.publishing.take().expect("a publish was running"),
+            ended,
+        )
+    }
+
+    /// A publish beside the input ended: forgets and prunes what it committed, and starts the
+    /// next one if due; its error stops the job.
+    pub(super) async fn land(
+        &mut self,
+        (p, ended): (Publishing, PublishEnd),
+    ) -> Result<(), JobError> {
+        let (landed, crash) = ended?;
+        self.crash.take_visits(&crash);
+        self.committed(p.through, landed, p.started.elapsed());
+        self.uncommitted.retain(|id, _| *id > p.through);
+        // Checkpoints completed while it ran wait for the next publish.
+        self.since_commit = self.uncommitted.len() as u32;
+        self.oldest_uncommitted = (!self.uncommitted.is_empty()).then_some(p.started);
+        self.prune(p.through).await?;
+        if self.commit_due() {
+            self.start_publish();
+        }
+        Ok(())
+    }
+
+    /// Counts a publish that landed `landed` appends through `through`.
+    fn committed(&mut self, through: CheckpointId, landed: u64, took: std::time::Duration) {
+        self.report.commits += landed;
+        self.report.commit_durations.push(took);
+        crate::telemetry::committed(through.0, took, landed.min(1));
+        if landed > 0 && self.report.first_data_commit.is_none() && self.report.counts.events > 0 {
+            self.report.first_data_commit = Some(self.started.elapsed());
+        }
+    }
+
     /// Commits every completed checkpoint up to `self.last` to every table that lacks it (a
-    /// fleet task only follows what its committer committed).
+    /// fleet task only follows what its committer committed), after the publish running
+    /// beside the input, if any.
     pub(super) async fn publish(&mut self) -> Result<(), JobError> {
         if self.fleet.is_some() {
             return self.follow_committer().await;
+        }
+        if self.publishing.is_some() {
+            let ended = self.published().await;
+            self.land(ended).await?;
         }
         let through = self.last;
         let started = std::time::Instant::now();
@@ -42,12 +151,7 @@ impl Job {
             CrashPoint::DuringCommit,
         )
         .await?;
-        self.report.commits += landed;
-        self.report.commit_durations.push(started.elapsed());
-        crate::telemetry::committed(through.0, started.elapsed(), landed.min(1));
-        if landed > 0 && self.report.first_data_commit.is_none() && self.report.counts.events > 0 {
-            self.report.first_data_commit = Some(self.started.elapsed());
-        }
+        self.committed(through, landed, started.elapsed());
         self.crash.hit(CrashPoint::AfterCommitBeforeRecord)?;
         self.log.record_commit(through, self.generation).await?;
         self.uncommitted.retain(|id, _| *id > through);
@@ -71,44 +175,41 @@ impl Job {
         self.prune(through).await
     }
 
-    /// Deletes checkpoints nothing needs any more.
+    /// Deletes the checkpoints nothing needs any more: committed everywhere, older than the
+    /// head and outside the newest `checkpoint.keep_last`. Every checkpoint that stays can be
+    /// restored (a rewind reads its chain): the files its chain reads stay wherever they are,
+    /// also in a pruned checkpoint's directory (a fold's base sits in the directory of the
+    /// checkpoint whose chain it folds, a delta in an older one's), and are deleted by a later
+    /// prune once no kept chain reads them. (Keeping those directories' checkpoints instead
+    /// kept their own chains, and so on back to the first: nothing was pruned in a long run.)
     async fn prune(&mut self, committed_everywhere: CheckpointId) -> Result<(), JobError> {
         let present = self.log.ids_after(None).await?;
-        // Every checkpoint that stays keeps the directories its own state chain reads (a
-        // rewind reads them), not only the head's: a fold's base sits in an older directory.
-        // Grown until nothing changes: at most one round per checkpoint present.
-        let Some(mut chain) = chain_ids(&self.state_chain) else {
-            tracing::warn!(chain = ?self.state_chain, "the state chain names a file outside a checkpoint directory; nothing is pruned");
-            return Ok(());
-        };
-        let mut doomed = Vec::new();
-        for _ in 0..=present.len() {
-            doomed = protocol::prunable(
-                &present,
-                self.last,
-                &chain,
-                Some(committed_everywhere),
-                self.cfg.keep_last,
-            );
-            let before = chain.len();
-            for id in present.iter().filter(|id| !doomed.contains(id)) {
-                let Some(ids) = self.chain_of(*id).await else {
-                    // Unknown: delete nothing this time; the next commit prunes.
-                    return Ok(());
-                };
-                for c in ids {
-                    if !chain.contains(&c) {
-                        chain.push(c);
-                    }
-                }
-            }
-            if chain.len() == before {
-                break;
-            }
+        let doomed = protocol::prunable(
+            &present,
+            self.last,
+            &[],
+            Some(committed_everywhere),
+            self.cfg.keep_last,
+        );
+        let mut read: HashSet<String> = self.state_chain.iter().cloned().collect();
+        for id in present.iter().filter(|id| !doomed.contains(id)) {
+            let Some(chain) = self.chain_of(*id).await else {
+                // Unknown: delete nothing this time; the next commit prunes.
+                return Ok(());
+            };
+            read.extend(chain);
         }
         if !doomed.is_empty() {
-            let n = self.log.prune(&doomed).await?;
+            let (n, left) = self.log.prune_keeping(&doomed, &read).await?;
+            self.lingering.extend(left);
             tracing::debug!(pruned = n, "old checkpoints pruned");
+        }
+        // Files left in pruned directories that no kept chain reads any more.
+        for f in self.lingering.clone() {
+            if !crate::checkpoint::log::still_read(&read, &f) {
+                self.log.delete_file(&f).await?;
+                self.lingering.remove(&f);
+            }
         }
         self.chains
             .retain(|id, _| present.contains(id) && !doomed.contains(id));
@@ -126,21 +227,15 @@ impl Job {
         Ok(())
     }
 
-    /// The checkpoints whose directories a checkpoint's state chain reads (manifests never
-    /// change: remembered). A checkpoint without an entry or with a broken manifest (a prune cut
-    /// short) reads none; `None` when the store did not answer.
-    async fn chain_of(&mut self, id: CheckpointId) -> Option<Vec<CheckpointId>> {
+    /// The state files a checkpoint's chain reads (manifests never change: remembered). A
+    /// checkpoint without an entry or with a broken manifest (a prune cut short) reads none;
+    /// `None` when the store did not answer.
+    async fn chain_of(&mut self, id: CheckpointId) -> Option<Vec<String>> {
         if let Some(c) = self.chains.get(&id) {
             return Some(c.clone());
         }
         let chain = match self.log.completed(id).await {
-            Ok(Some(c)) => match chain_ids(&c.manifest.state_chain) {
-                Some(ids) => ids,
-                None => {
-                    tracing::warn!(checkpoint = %id, chain = ?c.manifest.state_chain, "a kept checkpoint's state chain names a file outside a checkpoint directory; pruning waits");
-                    return None;
-                }
-            },
+            Ok(Some(c)) => c.manifest.state_chain,
             Ok(None) | Err(crate::checkpoint::log::LogError::Corrupt { .. }) => Vec::new(),
             Err(e) => {
                 tracing::debug!(checkpoint = %id, error = %e, "cannot read a kept checkpoint's manifest; pruning waits");

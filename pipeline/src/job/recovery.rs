@@ -352,6 +352,8 @@ pub(super) async fn recover(
         oldest_uncommitted: None,
         started: std::time::Instant::now(),
         checkpointed_at: std::time::Instant::now(),
+        publishing: None,
+        lingering: Default::default(),
     };
     // Whatever the previous generation completed but did not publish, publish now.
     job.publish().await?;

@@ -128,6 +128,16 @@ impl Sink {
         Ok(())
     }
 
+    /// Writes whatever every output has buffered, one batch each, for checkpoint `id`: the
+    /// writers encode them on their tasks while the caller goes on (the barrier encodes the
+    /// state delta meanwhile).
+    pub async fn flush_all(&mut self, id: CheckpointId) -> Result<(), SinkError> {
+        for o in Output::ALL {
+            self.flush(o, id).await?;
+        }
+        Ok(())
+    }
+
     /// Writes whatever an output has buffered as one batch for checkpoint `id`.
     pub async fn flush(&mut self, output: Output, id: CheckpointId) -> Result<(), SinkError> {
         let now: DateTime<Utc> = Utc::now();
@@ -166,18 +176,19 @@ impl Sink {
         &mut self,
         id: CheckpointId,
     ) -> Result<BTreeMap<String, (PendingFiles, Vec<DataFile>)>, SinkError> {
-        for o in Output::ALL {
-            self.flush(o, id).await?;
-        }
+        self.flush_all(id).await?;
+        // Every table's writer closes at once (each on its own task): the barrier waits for
+        // the slowest, not for the sum.
+        let closed = futures::future::join_all(self.slots.values().map(|s| s.writer.close())).await;
         let mut out = BTreeMap::new();
-        for slot in self.slots.values_mut() {
+        for (slot, files) in self.slots.values_mut().zip(closed) {
             let table = slot.target.name().to_string();
             let werr = |source| SinkError::Write {
                 table: table.clone(),
                 source,
             };
             slot.prefix = None;
-            let files = slot.writer.close().await.map_err(werr)?;
+            let files = files.map_err(werr)?;
             let partition_type = slot
                 .target
                 .spec

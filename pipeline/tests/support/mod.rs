@@ -16,7 +16,46 @@ pub struct Wrap {
     pub args: GenerateArgs,
 }
 
+/// A mock cluster holding `topic` (`partitions` partitions, nothing published yet) and the
+/// generator's default traffic of `trips` trips for it (`seed`).
+#[allow(
+    dead_code,
+    reason = "each test crate includes this module; not all of them use it"
+)]
+pub fn mock_topic(
+    topic: &str,
+    partitions: i32,
+    trips: u64,
+    seed: u64,
+) -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    Vec<recon_pipeline::generate::Record>,
+) {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic(topic, partitions, 1).unwrap();
+    let (trips, partitions, seed) = (trips.to_string(), partitions.to_string(), seed.to_string());
+    let args = Wrap::parse_from([
+        "g",
+        "--topic",
+        topic,
+        "--trips",
+        &trips,
+        "--partitions",
+        &partitions,
+        "--seed",
+        &seed,
+    ])
+    .args;
+    let (traffic, _, _) = args.resolve().unwrap();
+    let records = recon_pipeline::generate::plan(&traffic).collect();
+    (cluster, records)
+}
+
 /// Runs the job until 1.5 s without input (its idle exit).
+#[allow(
+    dead_code,
+    reason = "each test crate includes this module; not all of them use it"
+)]
 pub async fn run_until_idle(
     cfg: &Config,
     catalog: std::sync::Arc<dyn iceberg::Catalog>,
