@@ -211,14 +211,21 @@ impl BackgroundWriter {
                             failed = Some(e);
                         }
                     }
-                    Cmd::Close { reply } => {
-                        let result = match (failed.take(), open.take()) {
-                            (Some(e), _) => Err(e),
-                            (None, Some(w)) => w.close().await,
-                            (None, None) => Ok(Vec::new()),
-                        };
-                        let _ = reply.send(result);
-                    }
+                    Cmd::Close { reply } => match (failed.take(), open.take()) {
+                        (Some(e), _) => {
+                            let _ = reply.send(Err(e));
+                        }
+                        // The files close on a task of their own: the next checkpoint's
+                        // batches open new files meanwhile (an asynchronous barrier).
+                        (None, Some(w)) => {
+                            tokio::spawn(async move {
+                                let _ = reply.send(w.close().await);
+                            });
+                        }
+                        (None, None) => {
+                            let _ = reply.send(Ok(Vec::new()));
+                        }
+                    },
                 }
             }
         });
@@ -245,11 +252,41 @@ impl BackgroundWriter {
 
     /// Closes the files written since the last close.
     pub async fn close(&self) -> iceberg::Result<Vec<DataFile>> {
+        self.close_later().await?.files().await
+    }
+
+    /// Asks for the files written since the last close to be closed and returns at once:
+    /// batches written after this call go into new files, and [`Closing::files`] waits for
+    /// the closed ones.
+    pub async fn close_later(&self) -> iceberg::Result<Closing> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
             .send(Cmd::Close { reply })
             .await
             .map_err(|_| self.gone())?;
-        rx.await.map_err(|_| self.gone())?
+        Ok(Closing {
+            rx,
+            table: self.table.clone(),
+        })
+    }
+}
+
+/// Files of one table being closed (see [`BackgroundWriter::close_later`]).
+pub struct Closing {
+    rx: tokio::sync::oneshot::Receiver<iceberg::Result<Vec<DataFile>>>,
+    table: String,
+}
+
+impl Closing {
+    /// The closed files' `DataFile`s (pre-committed, not yet visible), or the first error
+    /// since they were opened.
+    pub async fn files(self) -> iceberg::Result<Vec<DataFile>> {
+        let table = self.table;
+        self.rx.await.map_err(|_| {
+            iceberg::Error::new(
+                iceberg::ErrorKind::Unexpected,
+                format!("the writer task of {table} stopped while closing its files"),
+            )
+        })?
     }
 }

@@ -156,6 +156,11 @@ pub fn checkpoint(
     READY.store(true, Ordering::Relaxed);
 }
 
+/// The input stood still for `took` to cut a checkpoint.
+pub fn checkpoint_pause(took: Duration) {
+    histogram!("recon_checkpoint_pause_seconds").record(took.as_secs_f64());
+}
+
 /// Every table holds the checkpoints through `id`.
 pub fn committed(id: u64, took: Duration, tables_landed: u64) {
     histogram!("recon_commit_duration_seconds").record(took.as_secs_f64());

@@ -215,6 +215,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
                     "checkpoints": report.checkpoints,
                     "checkpoint_ms_p50": percentile(report.checkpoint_durations.clone(), 0.5),
                     "checkpoint_ms_p99": percentile(report.checkpoint_durations.clone(), 0.99),
+                    "pause_ms_p50": percentile(report.checkpoint_pauses.clone(), 0.5),
+                    "pause_ms_p99": percentile(report.checkpoint_pauses.clone(), 0.99),
                     "commit_ms_p50": percentile(report.commit_durations.clone(), 0.5),
                     "commit_ms_p99": percentile(report.commit_durations.clone(), 0.99),
                     "trips_at_end": report.trips,

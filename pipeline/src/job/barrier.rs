@@ -1,16 +1,16 @@
 //! The barrier: turn what the job has consumed since the last cut into a complete checkpoint.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::checkpoint::manifest::{Counts, EntryKind, FORMAT_VERSION, Manifest};
+use crate::checkpoint::manifest::{Counts, FORMAT_VERSION, Manifest};
 use crate::config::DeliveryMode;
 use crate::crash::CrashPoint;
 use crate::outputs::balances_pg::BalanceRow;
 use crate::source::InputGuard;
 use crate::state::codec;
 
-use super::{Job, JobError};
+use super::{Job, JobError, completing};
 
 /// An idle fleet task checkpoints at least this often (the checkpoint-age alert waits 120 s).
 const IDLE_TASK_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
@@ -32,12 +32,14 @@ impl Job {
         // tasks would each write a checkpoint per interval for the committer to read), except
         // its first one on this worker and one per [`IDLE_TASK_CHECKPOINT_EVERY`] (liveness).
         if self.fleet.is_some()
-            && self.report.checkpoints > 0
+            && self.report.checkpoints + u64::from(self.completing.is_some()) > 0
             && self.counts.records == 0
             && self.checkpointed_at.elapsed() < IDLE_TASK_CHECKPOINT_EVERY
         {
             return Ok(());
         }
+        // One checkpoint completes at a time.
+        self.settle().await?;
         let id = self.last.next();
         // A fold of the chain finished in the background: its full file starts the chain.
         self.take_compaction().await;
@@ -66,23 +68,22 @@ impl Job {
                 partition: t.partition,
             });
         }
-        // The writers encode the last batches on their tasks while the delta is encoded here.
+        // The writers encode the last batches on their tasks while the delta is encoded here,
+        // then close the files on tasks of their own while the next interval is read.
         self.sink.flush_all(id).await?;
-        let (bytes, changed_trips) = {
-            let bytes = if full {
-                codec::encode_full(&self.state)
-            } else {
-                codec::encode_delta(
-                    changed.iter().map(|c| self.state.trip(*c)),
-                    evicted.iter().map(|e| e.trip_id.as_str()),
-                )
-            };
-            (bytes, changed.len())
+        let bytes = if full {
+            codec::encode_full(&self.state)
+        } else {
+            codec::encode_delta(
+                changed.iter().map(|c| self.state.trip(*c)),
+                evicted.iter().map(|e| e.trip_id.as_str()),
+            )
         };
-        self.counts.balance_rows = changed_trips as u64;
-        let closed = self.sink.close(id).await?;
-        self.crash.hit(CrashPoint::AfterFilesWritten)?;
+        self.counts.balance_rows = changed.len() as u64;
+        let closing = self.sink.close_later(id).await?;
 
+        // The cold tier changes here, in the cut (trips brought back while the next interval
+        // is read must find what this checkpoint evicted): only when trips left memory.
         if let Some(cold) = self.cold.as_mut() {
             if !evicted.is_empty() {
                 cold.add(&self.log, id, self.generation, &evicted).await?;
@@ -97,54 +98,26 @@ impl Job {
             )
             .await?;
         }
-        let state_bytes = bytes.len();
-        let checksum = crate::checkpoint::manifest::state_checksum(&bytes);
-        let path = self.log.write_state(id, self.generation, bytes).await?;
         let chain = if full {
-            vec![path.clone()]
+            Vec::new()
         } else {
-            let mut c = self.state_chain.clone();
-            c.push(path.clone());
-            c
+            self.state_chain.clone()
         };
         // A file of an older manifest without checksums stays unchecked (None): never invented.
-        let mut sums: BTreeMap<String, String> = chain
+        let sums: BTreeMap<String, String> = chain
             .iter()
             .filter_map(|p| Some((p.clone(), self.state_sha256.get(p)?.clone())))
             .collect();
-        sums.insert(path, checksum);
-
-        let mut pending = BTreeMap::new();
-        let mut files = BTreeMap::new();
-        let mut pending_bytes = 0;
-        for (table, (p, data_files)) in closed {
-            pending_bytes += p.bytes;
-            pending.insert(table.clone(), p);
-            files.insert(table, data_files);
-        }
-        let confirming = Instant::now();
-        input.confirm(received).await?;
-        let input_confirm_us = confirming.elapsed().as_micros() as u64;
-        let alerts = self.stage_alerts(id).await?;
-        let exactly_once = self.cfg.delivery == DeliveryMode::ExactlyOnce;
-        if self.cfg.delivery == DeliveryMode::AtLeastOnce {
-            // Files first, offsets after: a crash in between replays the interval (duplicates).
-            self.publish_plain(id, files.clone()).await?;
-        }
+        let alerts = self.take_alerts(id);
         let manifest = Manifest {
             format: FORMAT_VERSION,
             job_id: self.cfg.job_id.clone(),
             checkpoint_id: id,
             generation: self.generation,
             partitions: self.cuts.clone(),
-            // Only exactly-once keeps files pending for the marker-guarded commit.
-            pending: if exactly_once {
-                pending
-            } else {
-                BTreeMap::new()
-            },
-            state_chain: chain.clone(),
-            state_sha256: sums.clone(),
+            pending: BTreeMap::new(),
+            state_chain: Vec::new(),
+            state_sha256: BTreeMap::new(),
             cold_runs: self.cold.as_ref().map(|c| c.refs()).unwrap_or_default(),
             cold_retired: self
                 .cold
@@ -156,45 +129,97 @@ impl Job {
             watermark_us: self.state.watermark_us(),
             counts: self.counts,
             replay_until: self.replay_until.clone(),
-            alerts,
+            alerts: None,
             input_epoch: self.input_epoch,
             topic_id: input.topic_id(),
             fleet_tasks: BTreeMap::new(),
         };
-        let entry = self
-            .log
-            .write_manifest(&manifest, EntryKind::Checkpoint)
-            .await?;
+        let cut = completing::Cut {
+            id,
+            started,
+            paused: Duration::ZERO,
+            full,
+            changed_trips: changed.len(),
+            counts: self.counts,
+            offsets: self.cuts.iter().map(|(p, c)| (*p, c.end)).collect(),
+            alerts: alerts.clone(),
+        };
+        // The next interval starts here.
         // A partition whose replay is over carries no replay bound into the next checkpoint.
         let cuts = &self.cuts;
         self.replay_until
             .retain(|p, u| cuts.get(p).is_none_or(|c| c.end < *u));
-        self.crash.hit(CrashPoint::BeforeCheckpointComplete)?;
-        self.log.complete(&entry).await?;
-        self.crash.hit(CrashPoint::AfterCheckpointDurable)?;
+        self.counts = Counts::default();
+        for c in self.cuts.values_mut() {
+            *c = c.continued();
+        }
+        let work = completing::Work {
+            closing,
+            state: bytes,
+            chain,
+            sums,
+            log: self.log.clone(),
+            generation: self.generation,
+            input: input.clone(),
+            received,
+            manifest,
+            alerts,
+            delivery: self.cfg.delivery,
+            crash: self.crash.clone(),
+        };
+        let cut = completing::Cut {
+            paused: started.elapsed(),
+            ..cut
+        };
+        self.completing = Some(completing::Completing::start(cut, work));
+        if self.cfg.delivery != DeliveryMode::ExactlyOnce {
+            // Other modes append or record their offsets around the entry: in the cut.
+            self.settle().await?;
+        }
+        Ok(())
+    }
 
-        self.report.checkpoint_durations.push(started.elapsed());
+    /// A completion ended: the checkpoint counts from here on (other modes write its entry
+    /// here), its outputs are emitted and a publish starts when due; its error stops the job.
+    pub(super) async fn land_checkpoint(
+        &mut self,
+        (cut, ended): (completing::Cut, Result<completing::Completed, JobError>),
+    ) -> Result<(), JobError> {
+        let done = ended?;
+        self.crash.take_visits(&done.crash);
+        let (id, manifest, files) = (cut.id, done.manifest, done.files);
+        if self.cfg.delivery == DeliveryMode::AtLeastOnce {
+            // Files first, offsets after: a crash in between replays the interval (duplicates).
+            self.publish_plain(id, files.clone()).await?;
+        }
+        if self.cfg.delivery != DeliveryMode::ExactlyOnce {
+            completing::write_entry(&self.log, &manifest, &mut self.crash).await?;
+        }
+        let took = cut.started.elapsed();
+        // Other modes complete inside the barrier: the input stood still throughout.
+        let paused = match self.cfg.delivery {
+            DeliveryMode::ExactlyOnce => cut.paused,
+            _ => took,
+        };
+        self.report.checkpoint_durations.push(took);
+        self.report.checkpoint_pauses.push(paused);
+        crate::telemetry::checkpoint_pause(paused);
         crate::telemetry::checkpoint(
             id.0,
-            started.elapsed(),
-            state_bytes,
+            took,
+            done.state_bytes,
             self.uncommitted
                 .values()
+                .chain(std::iter::once(&manifest))
                 .map(|m| m.pending.values().map(|p| p.files.len()).sum::<usize>())
-                .sum::<usize>()
-                + manifest
-                    .pending
-                    .values()
-                    .map(|p| p.files.len())
-                    .sum::<usize>(),
-            pending_bytes,
+                .sum::<usize>(),
+            done.pending_bytes,
             self.state.trips(),
         );
-        // The checkpoint counts from here on.
         self.last = id;
         self.checkpointed_at = Instant::now();
-        self.state_chain = chain;
-        self.state_sha256 = sums;
+        self.state_chain = manifest.state_chain.clone();
+        self.state_sha256 = manifest.state_sha256.clone();
         self.start_compaction();
         self.report.checkpoints += 1;
         if self.report.checkpoints == 1
@@ -208,45 +233,44 @@ impl Job {
                 "task's first checkpoint on this worker"
             );
         }
-        add_counts(&mut self.report.counts, &self.counts);
+        add_counts(&mut self.report.counts, &cut.counts);
         tracing::info!(
             checkpoint = %id,
             generation = %self.generation,
-            records = self.counts.records,
-            events = self.counts.events,
-            rejected = self.counts.rejected,
-            duplicates = self.counts.duplicates,
-            changed_trips,
-            state_bytes,
-            full_state = full,
-            pending_bytes,
-            input_confirm_us,
-            duration_ms = started.elapsed().as_millis() as u64,
+            records = cut.counts.records,
+            events = cut.counts.events,
+            rejected = cut.counts.rejected,
+            duplicates = cut.counts.duplicates,
+            changed_trips = cut.changed_trips,
+            state_bytes = done.state_bytes,
+            full_state = cut.full,
+            pending_bytes = done.pending_bytes,
+            input_confirm_us = done.input_confirm_us,
+            pause_ms = paused.as_millis() as u64,
+            duration_ms = took.as_millis() as u64,
             "checkpoint complete"
         );
-        self.counts = Counts::default();
-        for cut in self.cuts.values_mut() {
-            *cut = cut.continued();
-        }
-        if self.cfg.delivery == DeliveryMode::AtMostOnce {
+        match self.cfg.delivery {
             // Offsets first, files after: a crash in between loses the interval.
-            return self.publish_plain(id, files).await;
-        }
-        if exactly_once {
-            self.emit_outputs(&manifest).await?;
-            self.uncommitted.insert(id, manifest);
-            self.since_commit += 1;
-            self.oldest_uncommitted.get_or_insert_with(Instant::now);
-            if self.commit_due() {
-                if self.fleet.is_some() {
-                    self.publish().await?;
-                } else {
-                    // Beside the input: the next interval reads while the tables commit.
-                    self.start_publish();
+            DeliveryMode::AtMostOnce => self.publish_plain(id, files).await,
+            DeliveryMode::AtLeastOnce => Ok(()),
+            DeliveryMode::ExactlyOnce => {
+                self.emit_outputs(&manifest, cut.alerts, cut.offsets)
+                    .await?;
+                self.uncommitted.insert(id, manifest);
+                self.since_commit += 1;
+                self.oldest_uncommitted.get_or_insert_with(Instant::now);
+                if self.commit_due() {
+                    if self.fleet.is_some() {
+                        self.publish().await?;
+                    } else {
+                        // Beside the input: the next interval reads while the tables commit.
+                        self.start_publish();
+                    }
                 }
+                Ok(())
             }
         }
-        Ok(())
     }
 
     pub(super) fn commit_due(&self) -> bool {

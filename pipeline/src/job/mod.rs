@@ -19,6 +19,7 @@
 
 mod barrier;
 mod compaction;
+mod completing;
 mod error;
 mod input;
 mod outputs;
@@ -107,8 +108,12 @@ pub struct RunReport {
     pub last_checkpoint: CheckpointId,
     /// Time from start to the end of recovery (claim, publish of pending, state restore).
     pub recovery: Duration,
-    /// Duration of every barrier of this run (files closed -> checkpoint complete).
+    /// Duration of every checkpoint of this run, from its cut until it is durable (files
+    /// closed, state and manifest written, log entry created).
     pub checkpoint_durations: Vec<Duration>,
+    /// How long the input stood still for each checkpoint: the cut only, exactly-once (the
+    /// rest completes beside the next interval); the whole checkpoint in other modes.
+    pub checkpoint_pauses: Vec<Duration>,
     /// Duration of every publish (all tables) of this run.
     pub commit_durations: Vec<Duration>,
     /// Time from start to the first commit that carried new data.
@@ -202,6 +207,8 @@ pub(crate) struct Job {
     checkpointed_at: Instant,
     /// The publish running beside the input (exactly-once, one process).
     publishing: Option<publish::Publishing>,
+    /// The checkpoint completing beside the input (its cut is taken).
+    completing: Option<completing::Completing>,
 }
 
 /// Runs the job until shutdown, idle exit, or an error.
@@ -305,8 +312,11 @@ impl Job {
                     self.barrier(&guard, received).await?;
                     next_barrier = tokio::time::Instant::now() + interval;
                 }
+                // The checkpoint completing beside the input is durable (or failed: the job
+                // stops).
+                done = completing::running(&mut self.completing) => self.land_checkpoint(done).await?,
                 // The publish beside the input landed (or failed: the job stops).
-                ended = self.published() => self.land(ended).await?,
+                ended = publish::running(&mut self.publishing) => self.land(ended).await?,
                 batch = source.next() => {
                     match batch {
                         Some(Ok(records)) => {
@@ -341,6 +351,7 @@ impl Job {
     ) -> Result<(), JobError> {
         let stopping = Instant::now();
         self.barrier(guard, received).await?;
+        self.settle().await?;
         self.publish().await?;
         self.flush_outputs().await?;
         self.report.stop = stopping.elapsed();
@@ -349,7 +360,7 @@ impl Job {
 
     /// Decodes and applies a batch of records; routes each to a table or the dead-letter table.
     async fn process(&mut self, records: Vec<Record>) -> Result<(), JobError> {
-        let next_id = self.last.next();
+        let next_id = self.filling();
         let half = records.len() / 2;
         // The horizon's high-water mark is clamped to the wall clock, read once per batch.
         self.state.set_clock(chrono::Utc::now().timestamp_micros());

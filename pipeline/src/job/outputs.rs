@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use recon_schemas::balance::TripStatus;
 use recon_schemas::event::Event;
 
-use crate::checkpoint::manifest::{AlertsFile, Manifest};
+use crate::checkpoint::manifest::Manifest;
 use crate::checkpoint::protocol::{OutputPlan, plan_output};
 use crate::crash::CrashPoint;
 use crate::ids::{CheckpointId, JobId, Offset, PartitionId};
@@ -276,35 +276,28 @@ impl Job {
         Ok(())
     }
 
-    /// At the barrier, before the manifest: writes the checkpoint's alerts beside its state.
-    pub(super) async fn stage_alerts(
-        &mut self,
-        id: CheckpointId,
-    ) -> Result<Option<AlertsFile>, JobError> {
+    /// At the cut of checkpoint `id`: takes the alerts its interval raised.
+    pub(super) fn take_alerts(&mut self, id: CheckpointId) -> Vec<Alert> {
         let Some(out) = self.outputs.alerts.as_mut() else {
-            return Ok(None);
+            return Vec::new();
         };
-        if out.pending.is_empty() {
-            return Ok(None);
-        }
-        for a in &mut out.pending {
+        let mut taken = std::mem::take(&mut out.pending);
+        for a in &mut taken {
             a.checkpoint_id = id.0;
         }
-        let bytes = alerts::encode(&out.pending);
-        let count = out.pending.len() as u64;
-        let path = self
-            .log
-            .write_file(id, self.generation, "alerts.jsonl", bytes)
-            .await?;
-        Ok(Some(AlertsFile { path, count }))
+        taken
     }
 
     /// Once checkpoint `id` is durable: emits its alerts and current balances.
-    pub(super) async fn emit_outputs(&mut self, manifest: &Manifest) -> Result<(), JobError> {
+    /// `alerts` are its interval's, `offsets` each read partition's next offset at its cut.
+    pub(super) async fn emit_outputs(
+        &mut self,
+        manifest: &Manifest,
+        pending: Vec<Alert>,
+        offsets: BTreeMap<PartitionId, Offset>,
+    ) -> Result<(), JobError> {
         let id = manifest.checkpoint_id;
-        let offsets = self.offsets();
         if let Some(out) = self.outputs.alerts.as_mut() {
-            let pending = std::mem::take(&mut out.pending);
             // Nothing read yet: nothing raised and no progress to record.
             let due = !pending.is_empty() || out.last_txn.elapsed() >= ALERTS_KEEPALIVE;
             if due && !offsets.is_empty() {

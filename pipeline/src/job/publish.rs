@@ -28,6 +28,17 @@ pub(super) struct Publishing {
     run: std::pin::Pin<Box<dyn Future<Output = PublishEnd>>>,
 }
 
+/// Waits for the publish in `slot` to end (never, when none runs: a branch of the main loop).
+/// Cancel-safe: dropped before it ends, the publish stays in `slot`; what it returns goes to
+/// [`Job::land`], which is not cancelled (a prune cut short at every batch would never prune).
+pub(super) async fn running(slot: &mut Option<Publishing>) -> (Publishing, PublishEnd) {
+    let Some(p) = slot.as_mut() else {
+        return std::future::pending().await;
+    };
+    let ended = (&mut p.run).await;
+    (slot.take().expect("a publish was running"), ended)
+}
+
 /// What a publish beside the input returns: appends that landed, and its copy of the crash
 /// plan (the visits it counted).
 pub(super) type PublishEnd = Result<(u64, super::CrashPlan), JobError>;
@@ -75,19 +86,9 @@ impl Job {
         });
     }
 
-    /// Waits for the publish beside the input to end (never, when none runs: a branch of the
-    /// main loop). Cancel-safe: dropped before it ends, the publish stays in `self`; what it
-    /// returns goes to [`Job::land`], which is not cancelled (a prune cut short at every
-    /// batch would never prune).
+    /// Waits for the publish beside the input to end. Cancel-safe (see [`running`]).
     pub(super) async fn published(&mut self) -> (Publishing, PublishEnd) {
-        let Some(p) = self.publishing.as_mut() else {
-            return std::future::pending().await;
-        };
-        let ended = (&mut p.run).await;
-        (
-            self.publishing.take().expect("a publish was running"),
-            ended,
-        )
+        running(&mut self.publishing).await
     }
 
     /// A publish beside the input ended: forgets and prunes what it committed, and starts the

@@ -353,6 +353,7 @@ pub(super) async fn recover(
         started: std::time::Instant::now(),
         checkpointed_at: std::time::Instant::now(),
         publishing: None,
+        completing: None,
         lingering: Default::default(),
     };
     // Whatever the previous generation completed but did not publish, publish now.

@@ -8,14 +8,14 @@ pub use recon_common::writer;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use iceberg::spec::{DataFile, FormatVersion, serialize_data_file_to_json};
+use iceberg::spec::{DataFile, FormatVersion, StructType, serialize_data_file_to_json};
 use iceberg::table::Table;
 
 use crate::checkpoint::manifest::PendingFiles;
 use crate::ids::{CheckpointId, Generation, JobId};
 use recon_schemas::tables::TableName;
 use rows::{BalanceRows, LedgerRows, RejectedRows};
-use writer::{BackgroundWriter, TableTarget};
+use writer::{BackgroundWriter, Closing, TableTarget};
 
 /// Errors of the sink.
 #[derive(Debug, thiserror::Error)]
@@ -172,33 +172,65 @@ impl Sink {
 
     /// Flushes every buffer and closes every file of checkpoint `id`; returns the pending
     /// files per table name (empty tables included, with no files).
-    pub async fn close(
-        &mut self,
-        id: CheckpointId,
-    ) -> Result<BTreeMap<String, (PendingFiles, Vec<DataFile>)>, SinkError> {
+    pub async fn close(&mut self, id: CheckpointId) -> Result<ClosedFiles, SinkError> {
+        self.close_later(id).await?.finish().await
+    }
+
+    /// Flushes every buffer and asks every writer to close checkpoint `id`'s files, without
+    /// waiting for them: rows pushed after this call go into the next checkpoint's files
+    /// (each writer closes on a task of its own), and [`SinkClosing::finish`] waits.
+    pub async fn close_later(&mut self, id: CheckpointId) -> Result<SinkClosing, SinkError> {
         self.flush_all(id).await?;
-        // Every table's writer closes at once (each on its own task): the barrier waits for
-        // the slowest, not for the sum.
-        let closed = futures::future::join_all(self.slots.values().map(|s| s.writer.close())).await;
-        let mut out = BTreeMap::new();
-        for (slot, files) in self.slots.values_mut().zip(closed) {
+        let mut tables = Vec::with_capacity(self.slots.len());
+        for slot in self.slots.values_mut() {
             let table = slot.target.name().to_string();
             let werr = |source| SinkError::Write {
                 table: table.clone(),
                 source,
             };
             slot.prefix = None;
-            let files = files.map_err(werr)?;
             let partition_type = slot
                 .target
                 .spec
                 .partition_type(&slot.target.schema)
                 .map_err(werr)?;
-            let mut pending = PendingFiles {
+            let closing = slot.writer.close_later().await.map_err(werr)?;
+            let pending = PendingFiles {
                 spec_id: slot.target.spec.spec_id(),
                 schema_id: slot.target.schema.schema_id(),
                 ..PendingFiles::default()
             };
+            tables.push((table, partition_type, pending, closing));
+        }
+        Ok(SinkClosing { tables })
+    }
+}
+
+/// Pending files per table name, serialized for the manifest and as `DataFile`s.
+pub type ClosedFiles = BTreeMap<String, (PendingFiles, Vec<DataFile>)>;
+
+/// One checkpoint's files being closed by every table's writer (see [`Sink::close_later`]).
+pub struct SinkClosing {
+    tables: Vec<(String, StructType, PendingFiles, Closing)>,
+}
+
+impl SinkClosing {
+    /// Waits for every table's files (each writer closes on its own task: the wait is the
+    /// slowest, not the sum) and returns them per table name, empty tables included.
+    pub async fn finish(self) -> Result<ClosedFiles, SinkError> {
+        let (meta, closing): (Vec<_>, Vec<_>) = self
+            .tables
+            .into_iter()
+            .map(|(t, ty, p, c)| ((t, ty, p), c))
+            .unzip();
+        let closed = futures::future::join_all(closing.into_iter().map(Closing::files)).await;
+        let mut out = BTreeMap::new();
+        for ((table, partition_type, mut pending), files) in meta.into_iter().zip(closed) {
+            let werr = |source| SinkError::Write {
+                table: table.clone(),
+                source,
+            };
+            let files = files.map_err(werr)?;
             for f in &files {
                 pending.rows += f.record_count();
                 pending.bytes += f.file_size_in_bytes();
