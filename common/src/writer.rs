@@ -163,36 +163,51 @@ impl TableWriter {
 
 /// What the writer task is asked to do.
 enum Cmd {
-    /// Write a batch into the files of the attempt named by `prefix` (opened on first use).
-    Write { prefix: String, batch: RecordBatch },
+    /// Write a batch into the files of the attempt named by `prefix` (opened on first use);
+    /// the permit (back-pressure) is released once it is written.
+    Write {
+        prefix: String,
+        batch: RecordBatch,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    },
     /// Close the open files and answer with their `DataFile`s (or the first error since open).
     Close {
         reply: tokio::sync::oneshot::Sender<iceberg::Result<Vec<DataFile>>>,
     },
 }
 
-/// Batches queued to a writer task before the job waits (back-pressure bound).
+/// Batches queued to a writer task before the job waits (back-pressure bound). A barrier's
+/// last batch and close request do not wait: at most one more batch per checkpoint.
 pub const WRITER_QUEUE_BATCHES_MAX: usize = 4;
 
 /// A [`TableWriter`] on its own task, so Parquet encoding runs beside decoding and state
 /// updates instead of after them. A write error is kept and reported at the next `close`: the
 /// checkpoint then fails, which is the only place a write error can be acted on safely.
+/// A clone talks to the same task.
+#[derive(Clone)]
 pub struct BackgroundWriter {
-    tx: tokio::sync::mpsc::Sender<Cmd>,
+    tx: tokio::sync::mpsc::UnboundedSender<Cmd>,
+    /// One permit per batch queued by [`BackgroundWriter::write`].
+    queued: std::sync::Arc<tokio::sync::Semaphore>,
     table: String,
 }
 
 impl BackgroundWriter {
     /// Spawns the writer task for `target`.
     pub fn spawn(target: TableTarget) -> BackgroundWriter {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Cmd>(WRITER_QUEUE_BATCHES_MAX);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
         let table = target.name().to_string();
         tokio::spawn(async move {
             let mut open: Option<TableWriter> = None;
             let mut failed: Option<iceberg::Error> = None;
             while let Some(cmd) = rx.recv().await {
                 match cmd {
-                    Cmd::Write { prefix, batch } => {
+                    Cmd::Write {
+                        prefix,
+                        batch,
+                        permit,
+                    } => {
+                        let _permit = permit;
                         if failed.is_some() {
                             continue;
                         }
@@ -229,7 +244,11 @@ impl BackgroundWriter {
                 }
             }
         });
-        BackgroundWriter { tx, table }
+        BackgroundWriter {
+            tx,
+            queued: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITER_QUEUE_BATCHES_MAX)),
+            table,
+        }
     }
 
     fn gone(&self) -> iceberg::Error {
@@ -239,30 +258,49 @@ impl BackgroundWriter {
         )
     }
 
-    /// Queues a batch (waits while the queue is full).
+    /// Queues a batch (waits while [`WRITER_QUEUE_BATCHES_MAX`] are queued).
     pub async fn write(&self, prefix: &str, batch: RecordBatch) -> iceberg::Result<()> {
+        let permit = self
+            .queued
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| self.gone())?;
+        self.send(prefix, batch, Some(permit))
+    }
+
+    /// Queues a barrier's last batch without waiting for the queue (it is followed by a close).
+    pub fn write_now(&self, prefix: &str, batch: RecordBatch) -> iceberg::Result<()> {
+        self.send(prefix, batch, None)
+    }
+
+    fn send(
+        &self,
+        prefix: &str,
+        batch: RecordBatch,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> iceberg::Result<()> {
         self.tx
             .send(Cmd::Write {
                 prefix: prefix.to_string(),
                 batch,
+                permit,
             })
-            .await
             .map_err(|_| self.gone())
     }
 
     /// Closes the files written since the last close.
     pub async fn close(&self) -> iceberg::Result<Vec<DataFile>> {
-        self.close_later().await?.files().await
+        self.close_later()?.files().await
     }
 
     /// Asks for the files written since the last close to be closed and returns at once:
     /// batches written after this call go into new files, and [`Closing::files`] waits for
     /// the closed ones.
-    pub async fn close_later(&self) -> iceberg::Result<Closing> {
+    pub fn close_later(&self) -> iceberg::Result<Closing> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
             .send(Cmd::Close { reply })
-            .await
             .map_err(|_| self.gone())?;
         Ok(Closing {
             rx,

@@ -84,6 +84,10 @@ pub struct BenchArgs {
     /// count in `--scaling-partitions`.
     #[arg(long)]
     pub partition_scaling: bool,
+    /// Publish the generator's default noise (1 % exact re-sends, 0.1 % conflicting ones, 0.1 %
+    /// poison records) instead of none; out-of-order and late events are on either way.
+    #[arg(long)]
+    pub noisy: bool,
     /// Partition counts of `--partition-scaling`, fewest first.
     #[arg(long, value_delimiter = ',', default_values_t = [12, 1000])]
     pub scaling_partitions: Vec<i32>,
@@ -120,7 +124,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
     let dir = std::fs::canonicalize(&dir)?;
-    let mut result = json!({ "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } });
+    let mut result = json!({ "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }, "noisy": args.noisy });
 
     if let Some(trips) = args.bounded_trips {
         result["bounded_state"] =
@@ -145,27 +149,36 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     if !args.state_only {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let topic = format!("recon.bench.{run_id}");
-        let generator = GenWrap::parse_from([
+        let (partitions, trips, events) = (
+            args.partitions.to_string(),
+            (args.events / 3).max(1).to_string(),
+            args.events.to_string(),
+        );
+        let mut gen_args = vec![
             "generate",
             "--brokers",
             &args.brokers,
             "--topic",
             &topic,
             "--partitions",
-            &args.partitions.to_string(),
+            &partitions,
             "--trips",
-            &(args.events / 3).max(1).to_string(),
+            &trips,
             "--events-max",
-            &args.events.to_string(),
-            "--duplicate-rate",
-            "0",
-            "--conflict-rate",
-            "0",
-            "--poison-rate",
-            "0",
+            &events,
             "--no-progress",
-        ])
-        .args;
+        ];
+        if !args.noisy {
+            gen_args.extend([
+                "--duplicate-rate",
+                "0",
+                "--conflict-rate",
+                "0",
+                "--poison-rate",
+                "0",
+            ]);
+        }
+        let generator = GenWrap::parse_from(gen_args).args;
         let t = Instant::now();
         let summary = generate::run(generator)
             .await

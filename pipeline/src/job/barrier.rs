@@ -8,7 +8,7 @@ use crate::config::DeliveryMode;
 use crate::crash::CrashPoint;
 use crate::outputs::balances_pg::BalanceRow;
 use crate::source::InputGuard;
-use crate::state::codec;
+use crate::state::{TripState, codec};
 
 use super::{Job, JobError, completing};
 
@@ -56,31 +56,38 @@ impl Job {
             }
             _ => Vec::new(),
         };
-        // Balance changelog rows for every trip changed since the last cut.
+        let mut phases = Phases::new(started);
+        // The trips changed since the last cut, copied: their balance rows and state delta
+        // are built off the job's thread while the next interval is read (a full file, the
+        // job's first checkpoint, is encoded here: it reads every trip).
         let changed = self.state.take_changed();
-        for t in changed.iter().map(|c| self.state.trip(*c)) {
-            self.sink
-                .balances
-                .push(t.trip_id().to_string(), t.balance(), t.partition);
-            self.outputs.push_row(|| BalanceRow {
-                trip_id: t.trip_id().to_string(),
-                balance: t.balance(),
-                partition: t.partition,
-            });
-        }
-        // The writers encode the last batches on their tasks while the delta is encoded here,
-        // then close the files on tasks of their own while the next interval is read.
-        self.sink.flush_all(id).await?;
-        let bytes = if full {
-            codec::encode_full(&self.state)
-        } else {
-            codec::encode_delta(
-                changed.iter().map(|c| self.state.trip(*c)),
-                evicted.iter().map(|e| e.trip_id.as_str()),
-            )
-        };
+        let trips: Vec<TripState> = changed
+            .iter()
+            .map(|c| {
+                let t = self.state.trip(*c);
+                self.outputs.push_row(|| BalanceRow {
+                    trip_id: t.trip_id().to_string(),
+                    balance: t.balance(),
+                    partition: t.partition,
+                });
+                t.clone()
+            })
+            .collect();
+        phases.mark("copy");
+        let encoded = full.then(|| codec::encode_full(&self.state));
         self.counts.balance_rows = changed.len() as u64;
-        let closing = self.sink.close_later(id).await?;
+        phases.mark("full");
+        // The writers get the interval's last batches and close their files on tasks of their
+        // own; the balances writer gets its batch from the completion.
+        let closing = self.sink.close_later(id)?;
+        phases.mark("close");
+        let rows = completing::Rows {
+            trips,
+            evicted: evicted.iter().map(|e| e.trip_id.to_string()).collect(),
+            encoded,
+            schema: self.sink.balances_schema(),
+            at: chrono::Utc::now(),
+        };
 
         // The cold tier changes here, in the cut (trips brought back while the next interval
         // is read must find what this checkpoint evicted): only when trips left memory.
@@ -98,6 +105,7 @@ impl Job {
             )
             .await?;
         }
+        phases.mark("cold");
         let chain = if full {
             Vec::new()
         } else {
@@ -155,7 +163,7 @@ impl Job {
         }
         let work = completing::Work {
             closing,
-            state: bytes,
+            rows,
             chain,
             sums,
             log: self.log.clone(),
@@ -171,6 +179,8 @@ impl Job {
             paused: started.elapsed(),
             ..cut
         };
+        phases.mark("rest");
+        tracing::debug!(checkpoint = %id, phases = %phases, "checkpoint cut");
         self.completing = Some(completing::Completing::start(cut, work));
         if self.cfg.delivery != DeliveryMode::ExactlyOnce {
             // Other modes append or record their offsets around the entry: in the cut.
@@ -291,6 +301,38 @@ impl Job {
             return aged;
         }
         self.since_commit >= c.every_checkpoints || bytes >= c.pending_bytes_max || aged
+    }
+}
+
+/// Where a cut's time went, for the debug log.
+struct Phases {
+    at: Instant,
+    took: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new(at: Instant) -> Phases {
+        Phases {
+            at,
+            took: Vec::new(),
+        }
+    }
+
+    /// Ends phase `name` now.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.took.push((name, now - self.at));
+        self.at = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, d)) in self.took.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{name}={:.1}ms", d.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
     }
 }
 

@@ -19,8 +19,11 @@ use crate::config::DeliveryMode;
 use crate::crash::CrashPoint;
 use crate::ids::{CheckpointId, Generation, Offset, PartitionId};
 use crate::outputs::alerts::{self as alerts_file, Alert};
-use crate::sink::SinkClosing;
+use crate::sink::rows::BalanceRows;
+use crate::sink::{SinkClosing, SinkError};
 use crate::source::InputGuard;
+use crate::state::{TripState, codec};
+use arrow_array::RecordBatch;
 
 use super::{CrashPlan, Job, JobError};
 
@@ -44,10 +47,49 @@ pub(super) struct Cut {
     pub alerts: Vec<Alert>,
 }
 
+/// What the balance rows and the state file are built from, off the job's thread.
+pub(super) struct Rows {
+    /// Copies of the trips the interval changed.
+    pub trips: Vec<TripState>,
+    /// Ids of the trips that left memory at the cut (the delta's tombstones).
+    pub evicted: Vec<String>,
+    /// The state file when the cut encoded it (a full file).
+    pub encoded: Option<Vec<u8>>,
+    /// Arrow schema of `trip_balances`.
+    pub schema: arrow_schema::SchemaRef,
+    /// The rows' `updated_at`.
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Rows {
+    /// The `trip_balances` batch of checkpoint `id` (`None`: no trip changed) and the state
+    /// file (the full one given, else the delta of the changed trips and tombstones).
+    fn build(self, id: CheckpointId) -> Result<(Option<RecordBatch>, Vec<u8>), JobError> {
+        let mut rows = BalanceRows::default();
+        for t in &self.trips {
+            rows.push(t.trip_id().to_string(), t.balance(), t.partition);
+        }
+        let batch = if rows.is_empty() {
+            None
+        } else {
+            let cid = i64::try_from(id.0).expect("checkpoint id fits i64");
+            Some(
+                rows.take_batch(&self.schema, cid, self.at)
+                    .map_err(SinkError::from)?,
+            )
+        };
+        let bytes = match self.encoded {
+            Some(b) => b,
+            None => codec::encode_delta(&self.trips, self.evicted.iter().map(String::as_str)),
+        };
+        Ok((batch, bytes))
+    }
+}
+
 /// What a completion needs, owned: it runs beside the job.
 pub(super) struct Work {
     pub closing: SinkClosing,
-    pub state: Vec<u8>,
+    pub rows: Rows,
     /// The chain the new state file extends (empty for a full file).
     pub chain: Vec<String>,
     pub sums: BTreeMap<String, String>,
@@ -109,7 +151,7 @@ pub(super) async fn running(slot: &mut Option<Completing>) -> (Cut, Result<Compl
 async fn complete(id: CheckpointId, w: Work) -> Result<Completed, JobError> {
     let Work {
         closing,
-        state,
+        rows,
         mut chain,
         mut sums,
         log,
@@ -121,7 +163,13 @@ async fn complete(id: CheckpointId, w: Work) -> Result<Completed, JobError> {
         delivery,
         mut crash,
     } = w;
-    let closed = closing.finish().await?;
+    let (batch, state) = tokio::task::spawn_blocking(move || rows.build(id))
+        .await
+        .map_err(|e| JobError::Panicked {
+            what: "building a checkpoint's balance rows and state file",
+            message: e.to_string(),
+        })??;
+    let closed = closing.finish(batch).await?;
     crash.hit(CrashPoint::AfterFilesWritten)?;
     let state_bytes = state.len();
     let checksum = crate::checkpoint::manifest::state_checksum(&state);

@@ -71,6 +71,14 @@ pub enum JobError {
     /// The protocol refuses to continue; the message says why and what to do.
     #[error("{0}")]
     Protocol(String),
+    /// A task of the job panicked (a bug: report it with the log).
+    #[error("{what} panicked: {message}; this is a bug, please report it with the log")]
+    Panicked {
+        /// What was running.
+        what: &'static str,
+        /// The panic's message.
+        message: String,
+    },
     /// A simulated crash (tests and demo only).
     #[error("simulated crash at {}", .0.name())]
     SimulatedCrash(CrashPoint),

@@ -109,7 +109,7 @@ impl JobError {
             JobError::Cold(crate::cold::ColdError::Corrupt(_)) => StopClass::OperatorNeeded,
             JobError::State(_) | JobError::OffsetsBackwards { .. } => StopClass::OperatorNeeded,
             JobError::Fleet(e) => e.class(),
-            JobError::Protocol(_) => StopClass::OperatorNeeded,
+            JobError::Protocol(_) | JobError::Panicked { .. } => StopClass::OperatorNeeded,
             JobError::SimulatedCrash(_) => StopClass::Transient,
         }
     }

@@ -7,6 +7,7 @@ pub use recon_common::writer;
 
 use std::collections::BTreeMap;
 
+use arrow_array::RecordBatch;
 use chrono::{DateTime, Utc};
 use iceberg::spec::{DataFile, FormatVersion, StructType, serialize_data_file_to_json};
 use iceberg::table::Table;
@@ -14,7 +15,7 @@ use iceberg::table::Table;
 use crate::checkpoint::manifest::PendingFiles;
 use crate::ids::{CheckpointId, Generation, JobId};
 use recon_schemas::tables::TableName;
-use rows::{BalanceRows, LedgerRows, RejectedRows};
+use rows::{LedgerRows, RejectedRows};
 use writer::{BackgroundWriter, Closing, TableTarget};
 
 /// Errors of the sink.
@@ -76,8 +77,6 @@ pub struct Sink {
     pub ledger: LedgerRows,
     /// Dead-lettered records waiting for a batch.
     pub rejected: RejectedRows,
-    /// Balance changelog rows waiting for a batch.
-    pub balances: BalanceRows,
 }
 
 impl Sink {
@@ -108,7 +107,6 @@ impl Sink {
             slots,
             ledger: LedgerRows::default(),
             rejected: RejectedRows::default(),
-            balances: BalanceRows::default(),
         }
     }
 
@@ -128,18 +126,43 @@ impl Sink {
         Ok(())
     }
 
-    /// Writes whatever every output has buffered, one batch each, for checkpoint `id`: the
-    /// writers encode them on their tasks while the caller goes on (the barrier encodes the
-    /// state delta meanwhile).
-    pub async fn flush_all(&mut self, id: CheckpointId) -> Result<(), SinkError> {
-        for o in Output::ALL {
-            self.flush(o, id).await?;
+    /// Writes what the ledger and dead-letter buffers hold, without waiting for the writers'
+    /// queues: a barrier's last batches, each followed by a close.
+    fn flush_all_now(&mut self, id: CheckpointId) -> Result<(), SinkError> {
+        for o in [Output::Ledger, Output::Rejected] {
+            if let Some((slot, prefix, batch)) = self.take(o, id)? {
+                slot.writer
+                    .write_now(&prefix, batch)
+                    .map_err(|source| SinkError::Write {
+                        table: slot.target.name().to_string(),
+                        source,
+                    })?;
+            }
         }
         Ok(())
     }
 
     /// Writes whatever an output has buffered as one batch for checkpoint `id`.
-    pub async fn flush(&mut self, output: Output, id: CheckpointId) -> Result<(), SinkError> {
+    async fn flush(&mut self, output: Output, id: CheckpointId) -> Result<(), SinkError> {
+        if let Some((slot, prefix, batch)) = self.take(output, id)? {
+            slot.writer
+                .write(&prefix, batch)
+                .await
+                .map_err(|source| SinkError::Write {
+                    table: slot.target.name().to_string(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Takes what an output has buffered as one batch for checkpoint `id`, with its slot and
+    /// the attempt's file-name prefix (`None`: nothing buffered).
+    fn take(
+        &mut self,
+        output: Output,
+        id: CheckpointId,
+    ) -> Result<Option<(&Slot, String, RecordBatch)>, SinkError> {
         let now: DateTime<Utc> = Utc::now();
         let slot = self
             .slots
@@ -153,36 +176,29 @@ impl Sink {
             Output::Rejected if !self.rejected.is_empty() => {
                 self.rejected.take_batch(&slot.target.arrow, cid, now)?
             }
-            Output::Balances if !self.balances.is_empty() => {
-                self.balances.take_batch(&slot.target.arrow, cid, now)?
-            }
-            _ => return Ok(()),
-        };
-        let table = slot.target.name().to_string();
-        let werr = |source| SinkError::Write {
-            table: table.clone(),
-            source,
+            _ => return Ok(None),
         };
         let (job, generation) = (&self.job, self.generation);
-        let prefix = slot.prefix.get_or_insert_with(|| {
-            crate::orphans::data_file_prefix(job, generation, id, uuid::Uuid::new_v4())
-        });
-        slot.writer.write(prefix, batch).await.map_err(werr)
+        let prefix = slot
+            .prefix
+            .get_or_insert_with(|| {
+                crate::orphans::data_file_prefix(job, generation, id, uuid::Uuid::new_v4())
+            })
+            .clone();
+        Ok(Some((slot, prefix, batch)))
     }
 
-    /// Flushes every buffer and closes every file of checkpoint `id`; returns the pending
-    /// files per table name (empty tables included, with no files).
-    pub async fn close(&mut self, id: CheckpointId) -> Result<ClosedFiles, SinkError> {
-        self.close_later(id).await?.finish().await
-    }
-
-    /// Flushes every buffer and asks every writer to close checkpoint `id`'s files, without
-    /// waiting for them: rows pushed after this call go into the next checkpoint's files
-    /// (each writer closes on a task of its own), and [`SinkClosing::finish`] waits.
-    pub async fn close_later(&mut self, id: CheckpointId) -> Result<SinkClosing, SinkError> {
-        self.flush_all(id).await?;
+    /// Flushes the ledger and dead-letter buffers and asks their writers to close checkpoint
+    /// `id`'s files, without waiting for them or for their queues: rows pushed after this call
+    /// go into the next checkpoint's files (each writer closes on a task of its own), and
+    /// [`SinkClosing::finish`] waits. The balances writer gets its batch (built off the job's
+    /// thread from the changed trips) and its close request from [`SinkClosing::finish`]:
+    /// nothing else writes balances between two cuts.
+    pub fn close_later(&mut self, id: CheckpointId) -> Result<SinkClosing, SinkError> {
+        self.flush_all_now(id)?;
         let mut tables = Vec::with_capacity(self.slots.len());
-        for slot in self.slots.values_mut() {
+        let mut deferred = None;
+        for (output, slot) in self.slots.iter_mut() {
             let table = slot.target.name().to_string();
             let werr = |source| SinkError::Write {
                 table: table.clone(),
@@ -194,15 +210,34 @@ impl Sink {
                 .spec
                 .partition_type(&slot.target.schema)
                 .map_err(werr)?;
-            let closing = slot.writer.close_later().await.map_err(werr)?;
             let pending = PendingFiles {
                 spec_id: slot.target.spec.spec_id(),
                 schema_id: slot.target.schema.schema_id(),
                 ..PendingFiles::default()
             };
+            if *output == Output::Balances {
+                let (job, generation) = (&self.job, self.generation);
+                deferred = Some(Deferred {
+                    writer: slot.writer.clone(),
+                    prefix: crate::orphans::data_file_prefix(
+                        job,
+                        generation,
+                        id,
+                        uuid::Uuid::new_v4(),
+                    ),
+                    meta: (table, partition_type, pending),
+                });
+                continue;
+            }
+            let closing = slot.writer.close_later().map_err(werr)?;
             tables.push((table, partition_type, pending, closing));
         }
-        Ok(SinkClosing { tables })
+        Ok(SinkClosing { tables, deferred })
+    }
+
+    /// The Arrow schema `trip_balances` batches are built with.
+    pub fn balances_schema(&self) -> arrow_schema::SchemaRef {
+        self.slots[&Output::Balances].target.arrow.clone()
     }
 }
 
@@ -212,17 +247,38 @@ pub type ClosedFiles = BTreeMap<String, (PendingFiles, Vec<DataFile>)>;
 /// One checkpoint's files being closed by every table's writer (see [`Sink::close_later`]).
 pub struct SinkClosing {
     tables: Vec<(String, StructType, PendingFiles, Closing)>,
+    /// The balances writer, when its last batch comes with [`SinkClosing::finish`].
+    deferred: Option<Deferred>,
+}
+
+/// A writer whose last batch and close request are sent by [`SinkClosing::finish`].
+struct Deferred {
+    writer: BackgroundWriter,
+    prefix: String,
+    meta: (String, StructType, PendingFiles),
 }
 
 impl SinkClosing {
     /// Waits for every table's files (each writer closes on its own task: the wait is the
-    /// slowest, not the sum) and returns them per table name, empty tables included.
-    pub async fn finish(self) -> Result<ClosedFiles, SinkError> {
-        let (meta, closing): (Vec<_>, Vec<_>) = self
+    /// slowest, not the sum) and returns them per table name, empty tables included. A
+    /// deferred writer first gets `last` (if any) and its close request.
+    pub async fn finish(self, last: Option<RecordBatch>) -> Result<ClosedFiles, SinkError> {
+        let (mut meta, mut closing): (Vec<_>, Vec<_>) = self
             .tables
             .into_iter()
             .map(|(t, ty, p, c)| ((t, ty, p), c))
             .unzip();
+        if let Some(d) = self.deferred {
+            let werr = |source| SinkError::Write {
+                table: d.meta.0.clone(),
+                source,
+            };
+            if let Some(batch) = last.filter(|b| b.num_rows() > 0) {
+                d.writer.write_now(&d.prefix, batch).map_err(werr)?;
+            }
+            closing.push(d.writer.close_later().map_err(werr)?);
+            meta.push(d.meta);
+        }
         let closed = futures::future::join_all(closing.into_iter().map(Closing::files)).await;
         let mut out = BTreeMap::new();
         for ((table, partition_type, mut pending), files) in meta.into_iter().zip(closed) {

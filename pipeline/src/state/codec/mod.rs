@@ -74,13 +74,38 @@ struct TripRecord<S = String, V = Vec<(u64, u64)>> {
     partition: i32,
 }
 
+/// A state file; encoded from borrowed records (`TripRecord<&str, &[..]>`, `&str`: the
+/// barrier's cut allocates nothing per trip), decoded owned.
 #[derive(Serialize, Deserialize)]
-struct StateFile {
+struct StateFile<R = TripRecord, E = String> {
     format: u32,
     full: bool,
-    trips: Vec<TripRecord>,
+    trips: Vec<R>,
     /// Trips that left memory in this checkpoint (format 2).
-    evicted: Vec<String>,
+    evicted: Vec<E>,
+}
+
+/// A trip's record borrowing from memory, for encoding (the same bytes as [`record`]'s).
+type BorrowedRecord<'a> = TripRecord<&'a str, &'a [(u64, u64)]>;
+
+fn borrowed(t: &TripState) -> BorrowedRecord<'_> {
+    let b = t.balance();
+    TripRecord {
+        trip_id: t.trip_id(),
+        currency: b.currency.code(),
+        charged: b.charged,
+        collected: b.collected,
+        refunded: b.refunded,
+        paid_out: b.paid_out,
+        fees: b.fees,
+        adjusted: b.adjusted,
+        events: b.events,
+        last_occurred_at_us: b.last_occurred_at.map(|t| t.timestamp_micros()),
+        currency_mismatch: b.currency_mismatch,
+        conflicting_duplicate: b.conflicting_duplicate,
+        seen: &t.seen,
+        partition: t.partition,
+    }
 }
 
 /// Format 1: no tombstones.
@@ -116,8 +141,8 @@ fn record(t: &TripState) -> TripRecord {
 
 /// Encodes every trip in memory (a full file).
 pub fn encode_full(state: &State) -> Vec<u8> {
-    let trips = state.iter().map(record).collect();
-    postcard::to_stdvec(&StateFile {
+    let trips: Vec<BorrowedRecord<'_>> = state.iter().map(borrowed).collect();
+    postcard::to_stdvec(&StateFile::<_, &str> {
         format: STATE_FORMAT,
         full: true,
         trips,
@@ -131,12 +156,12 @@ pub fn encode_delta<'a>(
     changed: impl IntoIterator<Item = &'a TripState>,
     evicted: impl IntoIterator<Item = &'a str>,
 ) -> Vec<u8> {
-    let trips = changed.into_iter().map(record).collect();
+    let trips: Vec<BorrowedRecord<'a>> = changed.into_iter().map(borrowed).collect();
     postcard::to_stdvec(&StateFile {
         format: STATE_FORMAT,
         full: false,
         trips,
-        evicted: evicted.into_iter().map(str::to_string).collect(),
+        evicted: evicted.into_iter().collect::<Vec<&str>>(),
     })
     .expect("state encodes")
 }

@@ -177,7 +177,7 @@ fn a_full_file_folded_in_chunks_is_the_full_file_folded_whole() {
     for cut in [1, full.len() / 2, full.len() - 1] {
         assert!(chunked(&full[..cut], 5).is_err(), "truncated at {cut}");
     }
-    let with_tombstones = postcard::to_stdvec(&StateFile {
+    let with_tombstones = postcard::to_stdvec(&StateFile::<TripRecord, String> {
         format: STATE_FORMAT,
         full: true,
         trips: Vec::new(),
@@ -186,4 +186,34 @@ fn a_full_file_folded_in_chunks_is_the_full_file_folded_whole() {
     .unwrap();
     assert!(chunked(&with_tombstones, 3).is_err());
     assert!(chunked(&delta, 3).is_err(), "a delta is not a full file");
+}
+
+#[test]
+fn borrowed_records_encode_to_the_owned_records_bytes() {
+    let mut s = State::default();
+    for t in 0..9u128 {
+        // Up to 8 ids a trip: past the inline capacity of `Seen` too.
+        for k in 0..t {
+            s.apply(&ev(&format!("trip-{t}"), t * 100 + k, 100 + k as i64), 3)
+                .unwrap();
+        }
+    }
+    assert!(s.trips() > 0);
+    for t in s.iter() {
+        assert_eq!(
+            postcard::to_stdvec(&borrowed(t)).unwrap(),
+            postcard::to_stdvec(&record(t)).unwrap(),
+            "{}",
+            t.trip_id()
+        );
+    }
+    // A whole delta with tombstones, against the owned file.
+    let owned = postcard::to_stdvec(&StateFile::<TripRecord, String> {
+        format: STATE_FORMAT,
+        full: false,
+        trips: s.iter().map(record).collect(),
+        evicted: vec!["gone-1".into(), "gone-2".into()],
+    })
+    .unwrap();
+    assert_eq!(encode_delta(s.iter(), ["gone-1", "gone-2"]), owned);
 }
