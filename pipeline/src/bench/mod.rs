@@ -99,6 +99,41 @@ struct GenWrap {
     args: GenerateArgs,
 }
 
+/// The generator's arguments for a bench topic: `args.events` records of `args.events / 3`
+/// trips, with the generator's default noise under `--noisy`, else none.
+fn generator_args(args: &BenchArgs, topic: &str, partitions: i32) -> GenerateArgs {
+    let (partitions, trips, events) = (
+        partitions.to_string(),
+        (args.events / 3).max(1).to_string(),
+        args.events.to_string(),
+    );
+    let mut gen_args = vec![
+        "generate",
+        "--brokers",
+        &args.brokers,
+        "--topic",
+        topic,
+        "--partitions",
+        &partitions,
+        "--trips",
+        &trips,
+        "--events-max",
+        &events,
+        "--no-progress",
+    ];
+    if !args.noisy {
+        gen_args.extend([
+            "--duplicate-rate",
+            "0",
+            "--conflict-rate",
+            "0",
+            "--poison-rate",
+            "0",
+        ]);
+    }
+    GenWrap::parse_from(gen_args).args
+}
+
 fn percentile(mut v: Vec<Duration>, p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -149,36 +184,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
     if !args.state_only {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let topic = format!("recon.bench.{run_id}");
-        let (partitions, trips, events) = (
-            args.partitions.to_string(),
-            (args.events / 3).max(1).to_string(),
-            args.events.to_string(),
-        );
-        let mut gen_args = vec![
-            "generate",
-            "--brokers",
-            &args.brokers,
-            "--topic",
-            &topic,
-            "--partitions",
-            &partitions,
-            "--trips",
-            &trips,
-            "--events-max",
-            &events,
-            "--no-progress",
-        ];
-        if !args.noisy {
-            gen_args.extend([
-                "--duplicate-rate",
-                "0",
-                "--conflict-rate",
-                "0",
-                "--poison-rate",
-                "0",
-            ]);
-        }
-        let generator = GenWrap::parse_from(gen_args).args;
+        let generator = generator_args(&args, &topic, args.partitions);
         let t = Instant::now();
         let summary = generate::run(generator)
             .await

@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 
-use super::{BenchArgs, GenWrap, bench_config, run_job};
+use super::{BenchArgs, bench_config, generator_args, run_job};
 use crate::config::DeliveryMode;
 use crate::generate;
 use crate::job::CrashPlan;
@@ -28,27 +28,7 @@ pub async fn run(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<serd
     let mut rows = Vec::new();
     for &partitions in &args.scaling_partitions {
         let topic = format!("recon.bench.{run_id}.p{partitions}");
-        let generator = GenWrap::parse_from([
-            "generate",
-            "--brokers",
-            &args.brokers,
-            "--topic",
-            &topic,
-            "--partitions",
-            &partitions.to_string(),
-            "--trips",
-            &(args.events / 3).max(1).to_string(),
-            "--events-max",
-            &args.events.to_string(),
-            "--duplicate-rate",
-            "0",
-            "--conflict-rate",
-            "0",
-            "--poison-rate",
-            "0",
-            "--no-progress",
-        ])
-        .args;
+        let generator = generator_args(args, &topic, partitions);
         let t = Instant::now();
         let summary = generate::run(generator)
             .await

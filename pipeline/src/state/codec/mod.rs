@@ -85,7 +85,7 @@ struct StateFile<R = TripRecord, E = String> {
     evicted: Vec<E>,
 }
 
-/// A trip's record borrowing from memory, for encoding (the same bytes as [`record`]'s).
+/// A trip's record borrowing from memory, for encoding (decoded as the owned record).
 type BorrowedRecord<'a> = TripRecord<&'a str, &'a [(u64, u64)]>;
 
 fn borrowed(t: &TripState) -> BorrowedRecord<'_> {
@@ -119,26 +119,6 @@ struct StateFileV1 {
 /// A trip as restored: id, balance, seen ids, partition.
 pub type Restored = (String, TripBalance, super::Seen, i32);
 
-fn record(t: &TripState) -> TripRecord {
-    let b = t.balance();
-    TripRecord {
-        trip_id: t.trip_id().to_string(),
-        currency: b.currency.code().to_string(),
-        charged: b.charged,
-        collected: b.collected,
-        refunded: b.refunded,
-        paid_out: b.paid_out,
-        fees: b.fees,
-        adjusted: b.adjusted,
-        events: b.events,
-        last_occurred_at_us: b.last_occurred_at.map(|t| t.timestamp_micros()),
-        currency_mismatch: b.currency_mismatch,
-        conflicting_duplicate: b.conflicting_duplicate,
-        seen: t.seen.to_vec(),
-        partition: t.partition,
-    }
-}
-
 /// Encodes every trip in memory (a full file).
 pub fn encode_full(state: &State) -> Vec<u8> {
     let trips: Vec<BorrowedRecord<'_>> = state.iter().map(borrowed).collect();
@@ -168,7 +148,7 @@ pub fn encode_delta<'a>(
 
 /// Encodes one trip (the cold tier's record).
 pub fn encode_trip(t: &TripState) -> Vec<u8> {
-    postcard::to_stdvec(&record(t)).expect("trip encodes")
+    postcard::to_stdvec(&borrowed(t)).expect("trip encodes")
 }
 
 /// What the cold tier's merge needs of a record (`encode_trip`).
