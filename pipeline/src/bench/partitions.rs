@@ -11,7 +11,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
 use serde_json::json;
 
 use super::{BenchArgs, bench_config, generator_args, run_job};
