@@ -142,7 +142,7 @@ impl Job {
             topic_id: input.topic_id(),
             fleet_tasks: BTreeMap::new(),
         };
-        let cut = completing::Cut {
+        let mut cut = completing::Cut {
             id,
             started,
             paused: Duration::ZERO,
@@ -150,7 +150,6 @@ impl Job {
             changed_trips: changed.len(),
             counts: self.counts,
             offsets: self.cuts.iter().map(|(p, c)| (*p, c.end)).collect(),
-            alerts: alerts.clone(),
         };
         // The next interval starts here.
         // A partition whose replay is over carries no replay bound into the next checkpoint.
@@ -175,10 +174,7 @@ impl Job {
             delivery: self.cfg.delivery,
             crash: self.crash.clone(),
         };
-        let cut = completing::Cut {
-            paused: started.elapsed(),
-            ..cut
-        };
+        cut.paused = started.elapsed();
         phases.mark("rest");
         tracing::debug!(checkpoint = %id, phases = %phases, "checkpoint cut");
         self.completing = Some(completing::Completing::start(cut, work));
@@ -265,7 +261,7 @@ impl Job {
             DeliveryMode::AtMostOnce => self.publish_plain(id, files).await,
             DeliveryMode::AtLeastOnce => Ok(()),
             DeliveryMode::ExactlyOnce => {
-                self.emit_outputs(&manifest, cut.alerts, cut.offsets)
+                self.emit_outputs(&manifest, done.alerts, cut.offsets)
                     .await?;
                 self.uncommitted.insert(id, manifest);
                 self.since_commit += 1;

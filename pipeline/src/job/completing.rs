@@ -43,8 +43,6 @@ pub(super) struct Cut {
     pub counts: Counts,
     /// Each read partition's next offset at the cut (the outputs' progress).
     pub offsets: BTreeMap<PartitionId, Offset>,
-    /// Alerts raised in the interval (emitted once the checkpoint is durable).
-    pub alerts: Vec<Alert>,
 }
 
 /// What the balance rows and the state file are built from, off the job's thread.
@@ -113,6 +111,8 @@ pub(super) struct Completed {
     pub pending_bytes: u64,
     pub state_bytes: usize,
     pub input_confirm_us: u64,
+    /// The interval's alerts, written beside the manifest (emitted once it is durable).
+    pub alerts: Vec<Alert>,
     /// The completion's copy of the crash plan (the visits it counted).
     pub crash: CrashPlan,
 }
@@ -211,6 +211,7 @@ async fn complete(id: CheckpointId, w: Work) -> Result<Completed, JobError> {
         pending_bytes,
         state_bytes,
         input_confirm_us,
+        alerts,
         crash,
     })
 }
