@@ -143,25 +143,39 @@ impl Event {
     /// For an event that breaks the invariants (more decimals than the currency allows,
     /// sub-microsecond time), which the decoder never produces, the extra digits are rounded away.
     pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(320);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// A 64-bit FNV-1a hash of [`Event::to_json`]: the same on every run and platform, equal for
+    /// equal events, so the dedup state can compare a replayed event with the one it saw. The
+    /// canonical form is hashed as it is written, never held in memory.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = Fnv1a64::default();
+        self.write_json(&mut h);
+        h.0
+    }
+
+    /// Writes [`Event::to_json`]'s bytes to `out`, with no allocation of its own.
+    fn write_json(&self, out: &mut impl Sink) {
         let mut amount = self.amount;
         amount.rescale(self.currency.minor_units());
-        let mut out = String::with_capacity(320);
-        out.push('{');
-        push_field(
-            &mut out,
-            "event_id",
-            &self.event_id.hyphenated().to_string(),
-        );
-        push_field(&mut out, "event_type", self.event_type.as_str());
-        push_field(&mut out, "trip_id", &self.trip_id);
-        push_field(&mut out, "amount", &amount.to_string());
-        push_field(&mut out, "currency", self.currency.code());
-        push_field(
-            &mut out,
+        out.put(b"{");
+        let mut uuid = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let uuid = self.event_id.hyphenated().encode_lower(&mut uuid);
+        put_field(out, "event_id", uuid);
+        put_field(out, "event_type", self.event_type.as_str());
+        put_field(out, "trip_id", &self.trip_id);
+        // `Decimal`'s `Display` formats into a stack buffer.
+        let mut digits = Stack::<64>::default();
+        put_field(out, "amount", digits.format(format_args!("{amount}")));
+        put_field(out, "currency", self.currency.code());
+        let mut time = Stack::<64>::default();
+        put_field(
+            out,
             "occurred_at",
-            &self
-                .occurred_at
-                .to_rfc3339_opts(SecondsFormat::Micros, true),
+            rfc3339_micros(&self.occurred_at, &mut time),
         );
         for (name, value) in [
             ("rider_id", &self.rider_id),
@@ -170,38 +184,137 @@ impl Event {
             ("payout_id", &self.payout_id),
         ] {
             if let Some(v) = value {
-                push_field(&mut out, name, v);
+                put_field(out, name, v);
             }
         }
-        out.push_str(&format!("\"schema_version\":{}}}", self.schema_version));
-        out.into_bytes()
-    }
-
-    /// A 64-bit FNV-1a hash of [`Event::to_json`]: the same on every run and platform, equal for
-    /// equal events, so the dedup state can compare a replayed event with the one it saw.
-    pub fn fingerprint(&self) -> u64 {
-        fnv1a64(&self.to_json())
+        out.put(b"\"schema_version\":");
+        let mut version = Stack::<16>::default();
+        out.put(
+            version
+                .format(format_args!("{}", self.schema_version))
+                .as_bytes(),
+        );
+        out.put(b"}");
     }
 }
 
-/// Appends `"name":"value",` with JSON string escaping.
-fn push_field(out: &mut String, name: &str, value: &str) {
-    out.push('"');
-    out.push_str(name);
-    out.push_str("\":");
-    // Serializing a &str cannot fail.
-    out.push_str(&serde_json::to_string(value).unwrap_or_default());
-    out.push(',');
+/// Where the canonical form goes: a buffer, or a hash.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
 }
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// FNV-1a over the bytes put, in order ([`fnv1a64`] of their concatenation).
+struct Fnv1a64(u64);
+
+impl Default for Fnv1a64 {
+    fn default() -> Self {
+        Fnv1a64(FNV_OFFSET)
+    }
+}
+
+impl Sink for Fnv1a64 {
+    fn put(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(FNV_PRIME);
+        }
+    }
+}
+
+impl std::io::Write for &mut dyn Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.put(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A small formatting buffer on the stack (numbers and timestamps of the canonical form).
+struct Stack<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Default for Stack<N> {
+    fn default() -> Self {
+        Stack {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+}
+
+impl<const N: usize> fmt::Write for Stack<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let room = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl<const N: usize> Stack<N> {
+    /// Formats `args` into the buffer and returns the text. The values formatted here (a
+    /// 96-bit decimal, an `i32`, a timestamp) fit; should one not, it is cut short, which a
+    /// test would catch.
+    fn format(&mut self, args: fmt::Arguments<'_>) -> &str {
+        self.len = 0;
+        let _ = fmt::Write::write_fmt(self, args);
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+/// `t.to_rfc3339_opts(SecondsFormat::Micros, true)` without an allocation, for the years
+/// 0..=9999 and no leap second; other instants take chrono's own (allocating) path.
+fn rfc3339_micros<'a>(t: &DateTime<Utc>, buf: &'a mut Stack<64>) -> &'a str {
+    use chrono::{Datelike, Timelike};
+    let nanos = t.nanosecond();
+    if (0..=9999).contains(&t.year()) && nanos < 1_000_000_000 {
+        buf.format(format_args!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            nanos / 1_000
+        ))
+    } else {
+        let text = t.to_rfc3339_opts(SecondsFormat::Micros, true);
+        buf.format(format_args!("{text}"))
+    }
+}
+
+/// Puts `"name":"value",` with JSON string escaping (serde_json's, as before).
+fn put_field(out: &mut impl Sink, name: &str, value: &str) {
+    out.put(b"\"");
+    out.put(name.as_bytes());
+    out.put(b"\":");
+    let mut w: &mut dyn Sink = out;
+    // Writing a &str to a sink that cannot fail cannot fail.
+    let _ = serde_json::to_writer(&mut w, value);
+    out.put(b",");
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// FNV-1a, 64-bit (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
+    let mut h = Fnv1a64::default();
+    h.put(bytes);
+    h.0
 }
 
 #[cfg(test)]
@@ -234,6 +347,31 @@ mod tests {
             assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
         }
         assert_eq!(EventType::parse("TRIP_CHARGE"), None);
+    }
+
+    /// The allocation-free timestamp is chrono's RFC 3339 form, to the byte, at any instant
+    /// (leap seconds and years beyond 9999 included).
+    #[test]
+    fn timestamps_match_chrono() {
+        use proptest::prelude::*;
+        let check = |secs: i64, nanos: u32| {
+            let Some(t) = DateTime::<Utc>::from_timestamp(secs, nanos) else {
+                return;
+            };
+            let mut buf = Stack::<64>::default();
+            assert_eq!(
+                rfc3339_micros(&t, &mut buf),
+                t.to_rfc3339_opts(SecondsFormat::Micros, true)
+            );
+        };
+        check(0, 0);
+        check(1_714_564_800, 500_000_000);
+        check(1_714_564_799, 1_999_999_999); // a leap second
+        check(-62_135_596_800, 1); // 0001-01-01
+        check(253_402_300_800, 0); // year 10000
+        proptest!(|(secs in -70_000_000_000i64..300_000_000_000, nanos in 0u32..2_000_000_000)| {
+            check(secs, nanos);
+        });
     }
 
     #[test]

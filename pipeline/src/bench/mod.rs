@@ -239,6 +239,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<serde_json::Value> {
                     "commit_ms_p50": percentile(report.commit_durations.clone(), 0.5),
                     "commit_ms_p99": percentile(report.commit_durations.clone(), 0.99),
                     "trips_at_end": report.trips,
+                    "recovery_s": report.recovery.as_secs_f64(),
+                    "first_input_s": report.first_input.map(|d| d.as_secs_f64()),
+                    "last_input_s": report.last_input.map(|d| d.as_secs_f64()),
+                    "stop_s": report.stop.as_secs_f64(),
+                    "loop_s": {
+                        "process": report.loop_times.process.as_secs_f64(),
+                        "sink_wait": report.loop_times.sink_wait.as_secs_f64(),
+                        "barrier": report.loop_times.barrier.as_secs_f64(),
+                        "landing": report.loop_times.landing.as_secs_f64(),
+                        "source_blocked": report.loop_times.source_blocked.as_secs_f64(),
+                        "source_decode": report.loop_times.source_decode.as_secs_f64(),
+                        "batches": report.loop_times.batches as f64,
+                    },
                 }),
             );
         }

@@ -49,7 +49,7 @@ use crate::crash::{self, CrashPoint};
 use crate::ids::{CheckpointId, Generation, Offset, PartitionId};
 use crate::sink::rows::Rejected;
 use crate::sink::{Sink, SinkError};
-use crate::source::{InputGuard, Record, Source};
+use crate::source::{Decoded, Input, InputGuard, Record, Source};
 use crate::state::{Outcome, State};
 
 /// How a test or the demo injects a crash without killing the process.
@@ -130,9 +130,33 @@ pub struct RunReport {
     pub brought_back: u64,
     /// Time from start until the newest batch arrived (`None`: none did).
     pub last_input: Option<Duration>,
+    /// Time from start until the first batch arrived (`None`: none did).
+    pub first_input: Option<Duration>,
     /// Time from the stop decision (shutdown, idle) until `run` returned: final checkpoint,
     /// commit, and the consumer's close.
     pub stop: Duration,
+    /// Where the loop's wall time went (the bench reports it; the rest of the loop's time
+    /// waited for input).
+    pub loop_times: LoopTimes,
+}
+
+/// Where the job loop's wall time went: what it did and what it waited on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoopTimes {
+    /// Decoding, applying and buffering batches, the writers' back-pressure excluded.
+    pub process: Duration,
+    /// Waiting for a writer's queue to take a full batch (back-pressure).
+    pub sink_wait: Duration,
+    /// Barrier cuts (and whole checkpoints in the modes that complete inside the barrier).
+    pub barrier: Duration,
+    /// Landing completed checkpoints and publishes.
+    pub landing: Duration,
+    /// The source thread waiting for the loop to take a batch (the loop was the slow side).
+    pub source_blocked: Duration,
+    /// The source thread decoding records (beside the loop).
+    pub source_decode: Duration,
+    /// Batches the loop took from the source.
+    pub batches: u64,
 }
 
 /// External parts and knobs of one run.
@@ -268,7 +292,7 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
     );
     let saved: BTreeMap<PartitionId, Offset> = job.cuts.iter().map(|(p, c)| (*p, c.end)).collect();
     let group = format!("recon-{}", cfg.job_id);
-    source.start(&group, &saved)?;
+    source.start(&group, &saved, &job.limits)?;
     let result = match cleanup.as_mut() {
         None => job.main_loop(&mut source, &mut env).await,
         Some(c) => {
@@ -283,6 +307,8 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
             }
         }
     };
+    job.report.loop_times.source_blocked = source.blocked();
+    job.report.loop_times.source_decode = source.decoding();
     let stopping = Instant::now();
     source.stop();
     result?;
@@ -309,21 +335,36 @@ impl Job {
                     return self.finish(&guard, received).await;
                 }
                 _ = tokio::time::sleep_until(next_barrier) => {
+                    let t = Instant::now();
                     self.barrier(&guard, received).await?;
+                    self.report.loop_times.barrier += t.elapsed();
                     next_barrier = tokio::time::Instant::now() + interval;
                 }
                 // The checkpoint completing beside the input is durable (or failed: the job
                 // stops).
-                done = completing::running(&mut self.completing) => self.land_checkpoint(done).await?,
+                done = completing::running(&mut self.completing) => {
+                    let t = Instant::now();
+                    self.land_checkpoint(done).await?;
+                    self.report.loop_times.landing += t.elapsed();
+                }
                 // The publish beside the input landed (or failed: the job stops).
-                ended = publish::running(&mut self.publishing) => self.land(ended).await?,
+                ended = publish::running(&mut self.publishing) => {
+                    let t = Instant::now();
+                    self.land(ended).await?;
+                    self.report.loop_times.landing += t.elapsed();
+                }
                 batch = source.next() => {
                     match batch {
                         Some(Ok(records)) => {
                             last_input = Instant::now();
                             received = Some(last_input);
                             self.report.last_input = Some(self.started.elapsed());
+                            self.report.first_input = self.report.first_input.or(self.report.last_input);
+                            self.report.loop_times.batches += 1;
+                            let waited = self.report.loop_times.sink_wait;
                             self.process(records).await?;
+                            let waited = self.report.loop_times.sink_wait - waited;
+                            self.report.loop_times.process += last_input.elapsed().saturating_sub(waited);
                         }
                         Some(Err(e)) => return Err(e.into()),
                         None => return Err(JobError::ConsumerStopped),
@@ -359,7 +400,7 @@ impl Job {
     }
 
     /// Decodes and applies a batch of records; routes each to a table or the dead-letter table.
-    async fn process(&mut self, records: Vec<Record>) -> Result<(), JobError> {
+    async fn process(&mut self, records: Vec<Input>) -> Result<(), JobError> {
         let next_id = self.filling();
         let half = records.len() / 2;
         // The horizon's high-water mark is clamped to the wall clock, read once per batch.
@@ -368,13 +409,13 @@ impl Job {
         // The identity of the last record per partition, recorded in the checkpoint so that a
         // restart can tell the topic still holds it (one fingerprint per partition per batch).
         let mut lasts: BTreeMap<PartitionId, LastRecord> = BTreeMap::new();
-        for r in records.iter().rev() {
+        for Input { record: r, .. } in records.iter().rev() {
             lasts
                 .entry(PartitionId(r.partition))
                 .or_insert_with(|| r.identity());
         }
         let mut by_type = [0u64; 6];
-        for (i, r) in records.into_iter().enumerate() {
+        for (i, Input { record: r, decoded }) in records.into_iter().enumerate() {
             if i == half {
                 self.crash.hit(CrashPoint::MidBatch)?;
             }
@@ -399,23 +440,27 @@ impl Job {
             if self.replay_until.get(&pid).is_some_and(|u| r.offset < u.0) {
                 // Already in the tables (a rewind): rebuild state, write nothing.
                 // Each record gets the decision its checkpoint committed (`replay`).
-                if let Ok(ev) = decode::decode(r.key.as_deref(), payload, &self.limits)
-                    && !self.replay_skips.take(r.partition, r.offset, &ev.event_id)
+                if let Ok(d) = &decoded
+                    && !self
+                        .replay_skips
+                        .take(r.partition, r.offset, &d.event.event_id)
                 {
-                    self.bring_back(&ev).await?;
+                    self.bring_back(&d.event).await?;
                     self.state
-                        .apply_replayed(&ev, r.partition)
+                        .apply_replayed_known(&d.event, d.fingerprint, r.partition)
                         .map_err(|e| JobError::Protocol(e.to_string()))?;
                 }
                 self.report.replayed += 1;
                 continue;
             }
-            let decoded = decode::decode(r.key.as_deref(), payload, &self.limits);
-            if let Ok(ev) = &decoded {
-                self.bring_back(ev).await?;
+            if let Ok(d) = &decoded {
+                self.bring_back(&d.event).await?;
             }
             match decoded {
-                Ok(ev) => match self.apply_tracked(&ev, &r, next_id)? {
+                Ok(Decoded {
+                    event: ev,
+                    fingerprint,
+                }) => match self.apply_tracked(&ev, fingerprint, &r, next_id)? {
                     Outcome::Accepted => {
                         self.counts.events += 1;
                         by_type[event_type_index(ev.event_type)] += 1;
@@ -508,7 +553,9 @@ impl Job {
                 metrics::counter!("recon_events_total", "type" => t.as_str()).increment(n);
             }
         }
+        let t = Instant::now();
         self.sink.flush_full(next_id).await?;
+        self.report.loop_times.sink_wait += t.elapsed();
         Ok(())
     }
 }
@@ -552,6 +599,7 @@ impl Job {
     fn apply_tracked(
         &mut self,
         ev: &recon_schemas::event::Event,
+        fingerprint: u64,
         r: &Record,
         checkpoint: crate::ids::CheckpointId,
     ) -> Result<Outcome, JobError> {
@@ -563,7 +611,7 @@ impl Job {
         };
         let outcome = self
             .state
-            .apply(ev, r.partition)
+            .apply_known(ev, fingerprint, r.partition)
             .map_err(|e| JobError::Protocol(e.to_string()))?;
         // An exact duplicate or an id held by another trip changes no trip (the second may not
         // even have one).

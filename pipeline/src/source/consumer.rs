@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::monitor::{self, Identity, Shared};
 use super::security::{SECURITY_HINT, SecurityWatch, is_security_error};
 use super::topic_id::{self, Described, TopicId};
-use super::{Record, SourceError, client_config};
+use super::{Input, Record, SourceError, client_config};
 use crate::config::{RawSource, StartFrom};
 use crate::ids::{Offset, PartitionId};
 
@@ -144,7 +144,7 @@ pub struct Source {
     cfg: RawSource,
     shared: Arc<Shared>,
     client: Arc<BaseConsumer<SecurityWatch>>,
-    rx: Option<mpsc::Receiver<Result<Vec<Record>, SourceError>>>,
+    rx: Option<mpsc::Receiver<Result<Vec<Input>, SourceError>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -189,6 +189,7 @@ impl Source {
             positions: Mutex::new(BTreeMap::new()),
             at_end: Mutex::new(BTreeSet::new()),
             blocked_ms: AtomicU64::new(0),
+            decode_us: AtomicU64::new(0),
             fault: Mutex::new(None),
             recover: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -205,6 +206,16 @@ impl Source {
             rx: None,
             threads: Vec::new(),
         })
+    }
+
+    /// How long the consumer thread waited, in all, for the job to take a batch.
+    pub fn blocked(&self) -> Duration {
+        Duration::from_millis(self.shared.blocked_ms.load(Ordering::Relaxed))
+    }
+
+    /// How long the consumer thread spent decoding records, in all.
+    pub fn decoding(&self) -> Duration {
+        Duration::from_micros(self.shared.decode_us.load(Ordering::Relaxed))
     }
 
     /// The topic id found at [`Source::open`]; `None` when the broker reports none.
@@ -226,6 +237,7 @@ impl Source {
         &mut self,
         group: &str,
         saved: &BTreeMap<PartitionId, Offset>,
+        limits: &recon_schemas::decode::Limits,
     ) -> Result<(), SourceError> {
         let mut starts = BTreeMap::new();
         let mut positions = BTreeMap::new();
@@ -250,6 +262,7 @@ impl Source {
             group: group.to_string(),
             starts,
             shared: self.shared.clone(),
+            limits: limits.clone(),
         };
         let consumer = reader.connect()?;
         let (tx, rx) = mpsc::channel(self.cfg.queue_batches_max);
@@ -275,7 +288,7 @@ impl Source {
     }
 
     /// The next batch; `None` once the consumer thread has stopped.
-    pub async fn next(&mut self) -> Option<Result<Vec<Record>, SourceError>> {
+    pub async fn next(&mut self) -> Option<Result<Vec<Input>, SourceError>> {
         match &mut self.rx {
             Some(rx) => rx.recv().await,
             None => std::future::pending().await,
@@ -324,6 +337,8 @@ struct Reader {
     group: String,
     starts: BTreeMap<i32, KafkaOffset>,
     shared: Arc<Shared>,
+    /// Records are decoded here, beside the job's loop.
+    limits: recon_schemas::decode::Limits,
 }
 
 impl Reader {
@@ -352,14 +367,14 @@ impl Reader {
         Ok(consumer)
     }
 
-    fn fail(&self, tx: &mpsc::Sender<Result<Vec<Record>, SourceError>>, e: SourceError) {
+    fn fail(&self, tx: &mpsc::Sender<Result<Vec<Input>, SourceError>>, e: SourceError) {
         let _ = tx.blocking_send(Err(e));
     }
 
     fn run(
         self,
         mut consumer: BaseConsumer<SecurityWatch>,
-        tx: mpsc::Sender<Result<Vec<Record>, SourceError>>,
+        tx: mpsc::Sender<Result<Vec<Input>, SourceError>>,
     ) {
         let batch_max = self.cfg.poll_batch_records_max;
         let topic = self.cfg.topic.clone();
@@ -371,6 +386,7 @@ impl Reader {
         let mut at_end: BTreeSet<i32> = BTreeSet::new();
         let mut eof_seen: BTreeSet<i32> = BTreeSet::new();
         let mut published = Instant::now();
+        let mut decode_ns = 0u64;
         while !self.shared.stop.load(Ordering::Relaxed) {
             if published.elapsed() >= PUBLISH_EVERY {
                 published = Instant::now();
@@ -409,13 +425,16 @@ impl Reader {
                         if at_end.remove(&p) {
                             self.shared.not_at_end.fetch_add(1, Ordering::AcqRel);
                         }
-                        batch.push(Record {
+                        let record = Record {
                             partition: p,
                             offset: m.offset(),
                             key: m.key().map(<[u8]>::to_vec),
                             payload: m.payload().map(<[u8]>::to_vec),
                             timestamp_ms: m.timestamp().to_millis(),
-                        });
+                        };
+                        let decoding = Instant::now();
+                        batch.push(Input::decode(record, &self.limits));
+                        decode_ns += decoding.elapsed().as_nanos() as u64;
                     }
                     // The end of a partition: expected, not an error (issue 13, finding 9).
                     Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -428,6 +447,9 @@ impl Reader {
                 }
                 wait = Duration::ZERO;
             }
+            self.shared
+                .decode_us
+                .fetch_add(std::mem::take(&mut decode_ns) / 1000, Ordering::Relaxed);
             if !batch.is_empty() {
                 let out = std::mem::replace(&mut batch, Vec::with_capacity(batch_max));
                 let sending = Instant::now();

@@ -47,6 +47,41 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
 }
 
+/// One record as the job receives it: its bytes, and its value decoded by the consumer thread
+/// (beside the job's loop) or why it is not an event.
+#[derive(Clone, Debug)]
+pub struct Input {
+    /// The record.
+    pub record: Record,
+    /// Its event, or why it is none.
+    pub decoded: Result<Decoded, recon_schemas::decode::DecodeError>,
+}
+
+/// A record's event and its [`fingerprint`](recon_schemas::event::Event::fingerprint), both
+/// computed on the consumer thread.
+#[derive(Clone, Debug)]
+pub struct Decoded {
+    /// The event.
+    pub event: recon_schemas::event::Event,
+    /// Its fingerprint (the dedup state compares it).
+    pub fingerprint: u64,
+}
+
+impl Input {
+    /// A record as the consumer thread delivers it, its value decoded under `limits`.
+    pub fn decode(record: Record, limits: &recon_schemas::decode::Limits) -> Input {
+        let payload = record.payload.as_deref().unwrap_or(&[]);
+        let decoded =
+            recon_schemas::decode::decode(record.key.as_deref(), payload, limits).map(|event| {
+                Decoded {
+                    fingerprint: event.fingerprint(),
+                    event,
+                }
+            });
+        Input { record, decoded }
+    }
+}
+
 impl Record {
     /// Its identity for the checkpoint: offset and fingerprint of key, value and timestamp.
     pub fn identity(&self) -> crate::checkpoint::manifest::LastRecord {
@@ -139,7 +174,13 @@ fn client_config(cfg: &RawSource, group: &str) -> ClientConfig {
         .set("enable.partition.eof", "true")
         .set("fetch.min.bytes", "1")
         .set("fetch.wait.max.ms", "100")
-        .set("queued.max.messages.kbytes", "65536");
+        .set("queued.max.messages.kbytes", "65536")
+        // librdkafka 2.x postpones a partition's next fetch by `fetch.queue.backoff.ms`
+        // (default 1000 ms) whenever its pre-fetch queue is above a threshold. Draining a
+        // backlog, the job empties the queue long before that second is over and then waits:
+        // 110k events/s with the default, 230k with 10 ms (bench, 1M noisy records, 4
+        // partitions, docs/bench-2026-12-08-source-decode/).
+        .set("fetch.queue.backoff.ms", "10");
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }

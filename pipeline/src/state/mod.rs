@@ -234,7 +234,18 @@ pub struct State {
 impl State {
     /// Applies one decoded event read from `partition`.
     pub fn apply(&mut self, ev: &Event, partition: i32) -> Result<Outcome, Overflow> {
-        self.apply_with(ev, partition, true)
+        self.apply_with(ev, ev.fingerprint(), partition, true)
+    }
+
+    /// [`State::apply`] of an event whose [`Event::fingerprint`] the source already computed.
+    pub fn apply_known(
+        &mut self,
+        ev: &Event,
+        fingerprint: u64,
+        partition: i32,
+    ) -> Result<Outcome, Overflow> {
+        debug_assert_eq!(fingerprint, ev.fingerprint());
+        self.apply_with(ev, fingerprint, partition, true)
     }
 
     /// Applies a record a committed checkpoint already decided (a rewind's replay) that the
@@ -244,17 +255,28 @@ impl State {
     /// could give an id to the other trip (the copy's) and sum it there. The id's holder in the
     /// job-wide index stays the first trip that holds it.
     pub fn apply_replayed(&mut self, ev: &Event, partition: i32) -> Result<Outcome, Overflow> {
-        self.apply_with(ev, partition, false)
+        self.apply_with(ev, ev.fingerprint(), partition, false)
+    }
+
+    /// [`State::apply_replayed`] of an event whose fingerprint the source already computed.
+    pub fn apply_replayed_known(
+        &mut self,
+        ev: &Event,
+        fingerprint: u64,
+        partition: i32,
+    ) -> Result<Outcome, Overflow> {
+        debug_assert_eq!(fingerprint, ev.fingerprint());
+        self.apply_with(ev, fingerprint, partition, false)
     }
 
     fn apply_with(
         &mut self,
         ev: &Event,
+        fp: u64,
         partition: i32,
         id_rule: bool,
     ) -> Result<Outcome, Overflow> {
         let key = event_key(&ev.event_id);
-        let fp = ev.fingerprint();
         let existing = self.index.get(ev.trip_id.as_str()).copied();
         if self.clock_us.is_none() {
             // No batch clock (tests, tools): the watermark follows every event.
