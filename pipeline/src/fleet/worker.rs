@@ -119,8 +119,9 @@ fn spawn_task(
                     .thread_name(format!("recon-task-{t}-rt"))
                     .enable_all()
                     .build()
-                    .map_err(|e| {
-                        JobError::Protocol(format!("task {t}: cannot start a runtime: {e}"))
+                    .map_err(|e| JobError::Spawn {
+                        what: format!("task {t}'s runtime"),
+                        message: e.to_string(),
                     });
                 let rt = match rt {
                     Ok(rt) => rt,
@@ -141,13 +142,17 @@ fn spawn_task(
                     .cloned()
                     .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
-                Some(Err(JobError::Protocol(format!(
-                    "task {t} panicked (a bug): {what}"
-                ))))
+                Some(Err(JobError::Panicked {
+                    what: format!("fleet task {t}"),
+                    message: what,
+                }))
             });
             let _ = done.send((t, run, out));
         })
-        .map_err(|e| JobError::Protocol(format!("task {t}: cannot start its thread: {e}")))?;
+        .map_err(|e| JobError::Spawn {
+            what: format!("task {t}'s thread"),
+            message: e.to_string(),
+        })?;
     Ok(abort_tx)
 }
 

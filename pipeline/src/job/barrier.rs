@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::manifest::{Counts, FORMAT_VERSION, Manifest};
 use crate::config::DeliveryMode;
 use crate::crash::CrashPoint;
-use crate::outputs::balances_pg::BalanceRow;
 use crate::source::InputGuard;
 use crate::state::{TripState, codec};
 
@@ -58,23 +57,21 @@ impl Job {
         };
         let mut phases = Phases::new(started);
         // The trips changed since the last cut, copied: their balance rows and state delta
-        // are built off the job's thread while the next interval is read (a full file, the
-        // job's first checkpoint, is encoded here: it reads every trip).
+        // are built off the job's thread while the next interval is read. A full file (the
+        // job's first checkpoint) is built from the copies too when every trip changed (a new
+        // job); after a restore it reads every trip, so it is encoded here.
+        let all_changed = full && self.state.all_changed();
         let changed = self.state.take_changed();
         let trips: Vec<TripState> = changed
             .iter()
-            .map(|c| {
-                let t = self.state.trip(*c);
-                self.outputs.push_row(|| BalanceRow {
-                    trip_id: t.trip_id().to_string(),
-                    balance: t.balance(),
-                    partition: t.partition,
-                });
-                t.clone()
-            })
+            .map(|c| self.state.trip(*c).clone())
             .collect();
         phases.mark("copy");
-        let encoded = full.then(|| codec::encode_full(&self.state));
+        let file = match (full, all_changed) {
+            (false, _) => completing::StateFile::Delta,
+            (true, true) => completing::StateFile::FullOfCopies,
+            (true, false) => completing::StateFile::Encoded(codec::encode_full(&self.state)),
+        };
         self.counts.balance_rows = changed.len() as u64;
         phases.mark("full");
         // The writers get the interval's last batches and close their files on tasks of their
@@ -84,7 +81,8 @@ impl Job {
         let rows = completing::Rows {
             trips,
             evicted: evicted.iter().map(|e| e.trip_id.to_string()).collect(),
-            encoded,
+            file,
+            current_balances: self.outputs.current_balances_on(),
             schema: self.sink.balances_schema(),
             at: chrono::Utc::now(),
         };
@@ -261,7 +259,7 @@ impl Job {
             DeliveryMode::AtMostOnce => self.publish_plain(id, files).await,
             DeliveryMode::AtLeastOnce => Ok(()),
             DeliveryMode::ExactlyOnce => {
-                self.emit_outputs(&manifest, done.alerts, cut.offsets)
+                self.emit_outputs(&manifest, done.alerts, done.balance_rows, cut.offsets)
                     .await?;
                 self.uncommitted.insert(id, manifest);
                 self.since_commit += 1;

@@ -7,6 +7,7 @@
 //! entry run here, beside the input. One checkpoint completes at a time: the next cut waits for
 //! this one to land, and nothing of the next interval reaches the log before it.
 
+use crate::outputs::balances_pg::BalanceRow;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -45,14 +46,28 @@ pub(super) struct Cut {
     pub offsets: BTreeMap<PartitionId, Offset>,
 }
 
+/// The state file a checkpoint writes.
+pub(super) enum StateFile {
+    /// The changed trips and the tombstones, built from the copies.
+    Delta,
+    /// A full file built from the copies: every trip in memory changed (a new job's first
+    /// checkpoint), so they are the whole state.
+    FullOfCopies,
+    /// A full file the cut encoded (a first checkpoint after a restore: most trips did not
+    /// change, and the file reads them all).
+    Encoded(Vec<u8>),
+}
+
 /// What the balance rows and the state file are built from, off the job's thread.
 pub(super) struct Rows {
     /// Copies of the trips the interval changed.
     pub trips: Vec<TripState>,
     /// Ids of the trips that left memory at the cut (the delta's tombstones).
     pub evicted: Vec<String>,
-    /// The state file when the cut encoded it (a full file).
-    pub encoded: Option<Vec<u8>>,
+    /// Which state file the checkpoint writes.
+    pub file: StateFile,
+    /// Whether the current-balance output is on (its rows are built from the copies too).
+    pub current_balances: bool,
     /// Arrow schema of `trip_balances`.
     pub schema: arrow_schema::SchemaRef,
     /// The rows' `updated_at`.
@@ -60,9 +75,22 @@ pub(super) struct Rows {
 }
 
 impl Rows {
-    /// The `trip_balances` batch of checkpoint `id` (`None`: no trip changed) and the state
-    /// file (the full one given, else the delta of the changed trips and tombstones).
-    fn build(self, id: CheckpointId) -> Result<(Option<RecordBatch>, Vec<u8>), JobError> {
+    /// The `trip_balances` batch of checkpoint `id` (`None`: no trip changed), the state
+    /// file (the full one given, else the delta of the changed trips and tombstones) and, with
+    /// the output on, the current-balance rows.
+    fn build(self, id: CheckpointId) -> Result<Built, JobError> {
+        let current: Vec<BalanceRow> = if self.current_balances {
+            self.trips
+                .iter()
+                .map(|t| BalanceRow {
+                    trip_id: t.trip_id().to_string(),
+                    balance: t.balance(),
+                    partition: t.partition,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut rows = BalanceRows::default();
         for t in &self.trips {
             rows.push(t.trip_id().to_string(), t.balance(), t.partition);
@@ -76,13 +104,20 @@ impl Rows {
                     .map_err(SinkError::from)?,
             )
         };
-        let bytes = match self.encoded {
-            Some(b) => b,
-            None => codec::encode_delta(&self.trips, self.evicted.iter().map(String::as_str)),
+        let bytes = match self.file {
+            StateFile::Encoded(b) => b,
+            StateFile::FullOfCopies => codec::encode_full_of(&self.trips),
+            StateFile::Delta => {
+                codec::encode_delta(&self.trips, self.evicted.iter().map(String::as_str))
+            }
         };
-        Ok((batch, bytes))
+        Ok((batch, bytes, current))
     }
 }
+
+/// What [`Rows::build`] makes: the `trip_balances` batch, the state file, the current-balance
+/// rows.
+type Built = (Option<RecordBatch>, Vec<u8>, Vec<BalanceRow>);
 
 /// What a completion needs, owned: it runs beside the job.
 pub(super) struct Work {
@@ -113,6 +148,9 @@ pub(super) struct Completed {
     pub input_confirm_us: u64,
     /// The interval's alerts, written beside the manifest (emitted once it is durable).
     pub alerts: Vec<Alert>,
+    /// The changed trips' current-balance rows (emitted once it is durable; empty with the
+    /// output off).
+    pub balance_rows: Vec<BalanceRow>,
     /// The completion's copy of the crash plan (the visits it counted).
     pub crash: CrashPlan,
 }
@@ -163,12 +201,12 @@ async fn complete(id: CheckpointId, w: Work) -> Result<Completed, JobError> {
         delivery,
         mut crash,
     } = w;
-    let (batch, state) = tokio::task::spawn_blocking(move || rows.build(id))
+    let (batch, state, balance_rows) = tokio::task::spawn_blocking(move || rows.build(id))
         .await
         .map_err(|e| JobError::Panicked {
-            what: "building a checkpoint's balance rows and state file",
-            message: e.to_string(),
-        })??;
+        what: "building a checkpoint's balance rows and state file".into(),
+        message: e.to_string(),
+    })??;
     let closed = closing.finish(batch).await?;
     crash.hit(CrashPoint::AfterFilesWritten)?;
     let state_bytes = state.len();
@@ -212,6 +250,7 @@ async fn complete(id: CheckpointId, w: Work) -> Result<Completed, JobError> {
         state_bytes,
         input_confirm_us,
         alerts,
+        balance_rows,
         crash,
     })
 }

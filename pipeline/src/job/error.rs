@@ -68,14 +68,71 @@ pub enum JobError {
     /// A fleet's shape, membership or committer refused (see the message).
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
-    /// The protocol refuses to continue; the message says why and what to do.
-    #[error("{0}")]
-    Protocol(String),
+    /// A trip's sums no longer fit the state's exact integers (the fold refused before
+    /// state changed: a bug or state written by another build).
+    #[error("{0}; nothing was written for it: report it with the log")]
+    Overflow(#[from] crate::state::Overflow),
+    /// The topic identity check answered for fewer partitions than it was asked about (a bug).
+    #[error(
+        "the topic identity check returned nothing for partition {partition}; this is a bug, please report it with the log"
+    )]
+    IdentityIncomplete {
+        /// The partition without an answer.
+        partition: PartitionId,
+    },
+    /// The warehouse's object store could not be opened to check pending files.
+    #[error(
+        "cannot open the warehouse {warehouse} to check pending files: {message}; check catalog.warehouse and its credentials"
+    )]
+    Warehouse {
+        /// `catalog.warehouse`.
+        warehouse: String,
+        /// The object store's error.
+        message: String,
+    },
+    /// A rewind's replay range holds more dead letters to skip than memory allows.
+    #[error(
+        "{what}: more than {max} event_id_reused/beyond_horizon dead letters in the rewind's replay range; rewind to a newer checkpoint"
+    )]
+    ReplayTooLarge {
+        /// Which table and range.
+        what: String,
+        /// The limit.
+        max: usize,
+    },
+    /// A completed checkpoint's alerts file does not decode (operator needed).
+    #[error("alerts file {path} is unreadable: {message}; rewind to an older checkpoint")]
+    AlertsUnreadable {
+        /// The file.
+        path: String,
+        /// The decoder's error.
+        message: String,
+    },
+    /// A completed checkpoint's alerts file holds another count than its manifest records.
+    #[error(
+        "alerts file {path} holds {found} alerts, its manifest says {recorded}; rewind to an older checkpoint"
+    )]
+    AlertsCount {
+        /// The file.
+        path: String,
+        /// Alerts decoded.
+        found: u64,
+        /// Alerts the manifest records.
+        recorded: u64,
+    },
+    /// A thread or runtime could not be started (resources): restarting may help.
+    #[error("{what}: cannot start: {message}")]
+    Spawn {
+        /// What was starting.
+        what: String,
+        /// The system's error.
+        message: String,
+    },
     /// A task of the job panicked (a bug: report it with the log).
     #[error("{what} panicked: {message}; this is a bug, please report it with the log")]
     Panicked {
         /// What was running.
-        what: &'static str,
+        what: String,
         /// The panic's message.
         message: String,
     },

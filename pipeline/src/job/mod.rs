@@ -153,8 +153,8 @@ pub struct LoopTimes {
     pub landing: Duration,
     /// The source thread waiting for the loop to take a batch (the loop was the slow side).
     pub source_blocked: Duration,
-    /// The source thread decoding records (beside the loop).
-    pub source_decode: Duration,
+    /// The source thread taking and decoding records, beside the loop.
+    pub source_busy: Duration,
     /// Batches the loop took from the source.
     pub batches: u64,
 }
@@ -308,7 +308,7 @@ pub async fn run(cfg: &Config, mut env: JobEnv) -> Result<RunReport, JobError> {
         }
     };
     job.report.loop_times.source_blocked = source.blocked();
-    job.report.loop_times.source_decode = source.decoding();
+    job.report.loop_times.source_busy = source.busy();
     let stopping = Instant::now();
     source.stop();
     result?;
@@ -447,8 +447,7 @@ impl Job {
                 {
                     self.bring_back(&d.event).await?;
                     self.state
-                        .apply_replayed_known(&d.event, d.fingerprint, r.partition)
-                        .map_err(|e| JobError::Protocol(e.to_string()))?;
+                        .apply_replayed_known(&d.event, d.fingerprint, r.partition)?;
                 }
                 self.report.replayed += 1;
                 continue;
@@ -609,10 +608,7 @@ impl Job {
         } else {
             None
         };
-        let outcome = self
-            .state
-            .apply_known(ev, fingerprint, r.partition)
-            .map_err(|e| JobError::Protocol(e.to_string()))?;
+        let outcome = self.state.apply_known(ev, fingerprint, r.partition)?;
         // An exact duplicate or an id held by another trip changes no trip (the second may not
         // even have one).
         let changed = !matches!(

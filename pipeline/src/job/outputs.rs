@@ -61,10 +61,11 @@ const BALANCES_BACKLOG_ROWS_MAX: usize = 262_144;
 /// moves the progress rows with its rows, so the table is always exactly some checkpoint's).
 pub(super) struct BalancesOut {
     pg: Arc<BalancesPg>,
-    /// Rows of the trips the checkpoint being built changed.
-    rows: Vec<BalanceRow>,
-    /// Durable checkpoints' rows not yet sent, latest per trip.
-    backlog: HashMap<String, BalanceRow>,
+    /// Durable checkpoints' rows not yet sent, oldest first (the transaction keeps the latest
+    /// per trip, off the job's loop).
+    backlog: Vec<Vec<BalanceRow>>,
+    /// Rows in `backlog`.
+    backlog_rows: usize,
     /// The newest durable checkpoint in `backlog`, with its offsets.
     backlog_at: Option<(CheckpointId, BTreeMap<PartitionId, Offset>)>,
     /// The transaction applying an earlier backlog.
@@ -108,18 +109,17 @@ impl Outputs {
         }
     }
 
-    /// Adds a changed trip's row for the current-balance output.
-    pub(super) fn push_row(&mut self, row: impl FnOnce() -> BalanceRow) {
-        if let Some(b) = self.balances.as_mut() {
-            b.rows.push(row());
-        }
+    /// Whether the current-balance output is on: the completion builds its rows.
+    pub(super) fn current_balances_on(&self) -> bool {
+        self.balances.is_some()
     }
 }
 
 fn blocking_err(e: tokio::task::JoinError) -> JobError {
-    JobError::Output(OutputError::Protocol(format!(
-        "an alerts producer call panicked: {e}"
-    )))
+    JobError::Output(OutputError::Panicked {
+        what: "an alerts producer call",
+        message: e.to_string(),
+    })
 }
 
 impl Job {
@@ -162,8 +162,8 @@ impl Job {
             let held = pg.claim().await?;
             self.outputs.balances = Some(BalancesOut {
                 pg: Arc::new(pg),
-                rows: Vec::new(),
-                backlog: HashMap::new(),
+                backlog: Vec::new(),
+                backlog_rows: 0,
                 backlog_at: None,
                 in_flight: None,
             });
@@ -185,11 +185,12 @@ impl Job {
         .map_err(blocking_err)??;
         let head = self.last;
         if let OutputPlan::Ahead { held } = plan_output(done, head) {
-            return Err(JobError::Output(OutputError::Protocol(format!(
-                "the alerts topic's progress says checkpoint {held} of job {} was emitted, but the checkpoint log ends at {head}: \
-                 the log was lost or replaced; emitting now could duplicate alerts. Restore the checkpoint store or use a new job_id",
-                self.cfg.job_id
-            ))));
+            return Err(JobError::Output(OutputError::Ahead {
+                output: "the alerts topic".into(),
+                job: self.cfg.job_id.to_string(),
+                held,
+                head,
+            }));
         }
         let mut missing = Vec::new();
         for id in self.log.ids_after(done).await? {
@@ -201,16 +202,16 @@ impl Job {
             };
             if let Some(f) = &c.manifest.alerts {
                 let bytes = self.log.read_state(&f.path).await?;
-                let got = alerts::decode_lines(&bytes).map_err(|e| {
-                    JobError::Protocol(format!("alerts file {} is unreadable: {e}", f.path))
+                let got = alerts::decode_lines(&bytes).map_err(|e| JobError::AlertsUnreadable {
+                    path: f.path.clone(),
+                    message: e.to_string(),
                 })?;
                 if got.len() as u64 != f.count {
-                    return Err(JobError::Protocol(format!(
-                        "alerts file {} holds {} alerts, its manifest says {}",
-                        f.path,
-                        got.len(),
-                        f.count
-                    )));
+                    return Err(JobError::AlertsCount {
+                        path: f.path.clone(),
+                        found: got.len() as u64,
+                        recorded: f.count,
+                    });
                 }
                 missing.extend(got);
             }
@@ -231,11 +232,12 @@ impl Job {
         let head = self.last;
         match plan_output(held, head) {
             OutputPlan::Ahead { held } => {
-                return Err(JobError::Output(OutputError::Protocol(format!(
-                    "{} holds checkpoint {held} of job {} but the checkpoint log ends at {head}: the log was lost or replaced; \
-                     restore the checkpoint store or use a new job_id",
-                    self.cfg.current_balances.table, self.cfg.job_id
-                ))));
+                return Err(JobError::Output(OutputError::Ahead {
+                    output: self.cfg.current_balances.table.clone(),
+                    job: self.cfg.job_id.to_string(),
+                    held,
+                    head,
+                }));
             }
             OutputPlan::UpToDate => {
                 tracing::info!(checkpoint = %head, "current balances already hold the head");
@@ -294,6 +296,7 @@ impl Job {
         &mut self,
         manifest: &Manifest,
         pending: Vec<Alert>,
+        balance_rows: Vec<BalanceRow>,
         offsets: BTreeMap<PartitionId, Offset>,
     ) -> Result<(), JobError> {
         let id = manifest.checkpoint_id;
@@ -311,9 +314,8 @@ impl Job {
             pump_alerts(out, false).await?;
         }
         if let Some(out) = self.outputs.balances.as_mut() {
-            for row in std::mem::take(&mut out.rows) {
-                out.backlog.insert(row.trip_id.clone(), row);
-            }
+            out.backlog_rows += balance_rows.len();
+            out.backlog.push(balance_rows);
             out.backlog_at = Some((id, offsets));
             pump_balances(out, false).await?;
         }
@@ -410,30 +412,43 @@ fn produce_alerts(
 async fn pump_balances(out: &mut BalancesOut, wait: bool) -> Result<(), JobError> {
     loop {
         if let Some(h) = out.in_flight.as_ref() {
-            if !(wait || h.is_finished() || out.backlog.len() > BALANCES_BACKLOG_ROWS_MAX) {
+            if !(wait || h.is_finished() || out.backlog_rows > BALANCES_BACKLOG_ROWS_MAX) {
                 return Ok(());
             }
             let h = out.in_flight.take().expect("checked above");
             h.await.map_err(|e| {
-                JobError::Output(OutputError::Protocol(format!(
-                    "the current-balance transaction panicked: {e}"
-                )))
+                JobError::Output(OutputError::Panicked {
+                    what: "the current-balance transaction",
+                    message: e.to_string(),
+                })
             })??;
         }
         let Some((id, offsets)) = out.backlog_at.take() else {
             return Ok(());
         };
-        let rows: Vec<BalanceRow> = std::mem::take(&mut out.backlog).into_values().collect();
-        out.in_flight = Some(tokio::spawn(apply_balances(
-            out.pg.clone(),
-            id,
-            rows,
-            offsets,
-        )));
+        let checkpoints = std::mem::take(&mut out.backlog);
+        out.backlog_rows = 0;
+        let pg = out.pg.clone();
+        out.in_flight = Some(tokio::spawn(async move {
+            apply_balances(pg, id, latest_per_trip(checkpoints), offsets).await
+        }));
         if !wait {
             return Ok(());
         }
     }
+}
+
+/// The rows of several durable checkpoints (oldest first) as one row per trip, the newest.
+fn latest_per_trip(mut checkpoints: Vec<Vec<BalanceRow>>) -> Vec<BalanceRow> {
+    if checkpoints.len() == 1 {
+        // One checkpoint's rows name each changed trip once.
+        return checkpoints.pop().unwrap_or_default();
+    }
+    let mut latest: HashMap<String, BalanceRow> = HashMap::new();
+    for row in checkpoints.into_iter().flatten() {
+        latest.insert(row.trip_id.clone(), row);
+    }
+    latest.into_values().collect()
 }
 
 /// One PostgreSQL transaction: `rows` plus the progress rows at checkpoint `id`.

@@ -101,14 +101,15 @@ pub(super) async fn verify_input(
     let probe_saved = saved.clone();
     let seen = tokio::task::spawn_blocking(move || probe::observe(&source, &group, &probe_saved))
         .await
-        .map_err(|e| JobError::Protocol(format!("the topic identity check panicked: {e}")))??;
+        .map_err(|e| JobError::Panicked {
+            what: "the topic identity check".into(),
+            message: e.to_string(),
+        })??;
     let mut stops = Vec::new();
     let (mut verified, mut unverified) = (0u32, 0u32);
     for (p, cut) in &saved {
         let Some(s) = seen.get(p) else {
-            return Err(JobError::Protocol(format!(
-                "the topic identity check returned nothing for partition {p} (a bug)"
-            )));
+            return Err(JobError::IdentityIncomplete { partition: *p });
         };
         match identity::judge(cut, s) {
             Verdict::NothingConsumed => {}
@@ -167,11 +168,9 @@ pub(crate) async fn verify_pending_files(cfg: &Config, env: &JobEnv) -> Result<(
     let Some(head) = log.head().await? else {
         return Ok(());
     };
-    let warehouse = orphans::warehouse_store(cfg).map_err(|e| {
-        JobError::Protocol(format!(
-            "cannot open the warehouse {} to check pending files: {e}",
-            cfg.catalog.warehouse
-        ))
+    let warehouse = orphans::warehouse_store(cfg).map_err(|e| JobError::Warehouse {
+        warehouse: cfg.catalog.warehouse.clone(),
+        message: e.to_string(),
     })?;
     // The generation a claim would take: only compared with the tables' stamps, never written.
     let (_, generation) = crate::checkpoint::protocol::claim(Some(&head.entry));
@@ -270,11 +269,9 @@ pub(super) async fn recover(
     let sink = Sink::new(cfg.job_id.clone(), generation, cfg.sink.batch_rows, targets);
 
     // Pending files are checked against the warehouse before every commit.
-    let warehouse = orphans::warehouse_store(cfg).map_err(|e| {
-        JobError::Protocol(format!(
-            "cannot open the warehouse {} to check pending files: {e}",
-            cfg.catalog.warehouse
-        ))
+    let warehouse = orphans::warehouse_store(cfg).map_err(|e| JobError::Warehouse {
+        warehouse: cfg.catalog.warehouse.clone(),
+        message: e.to_string(),
     })?;
     let mut state = State::default();
     // Each file checked against the checksum its checkpoint recorded (LogError::StateChecksum).
@@ -308,8 +305,7 @@ pub(super) async fn recover(
             &claimed.manifest.cold_retired,
             cfg.state.cold_merge_bytes_max,
         )
-        .await
-        .map_err(|e| JobError::Protocol(e.to_string()))?;
+        .await?;
         tracing::info!(runs = claimed.manifest.cold_runs.len(), records = tier.records(), index_bytes = tier.memory_bytes(), dir = %dir.display(), "cold tier opened");
         Some(tier)
     } else {

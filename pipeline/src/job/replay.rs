@@ -91,9 +91,10 @@ impl ReplaySkips {
                     continue;
                 };
                 if skips.0.len() >= SKIPS_MAX {
-                    return Err(JobError::Protocol(format!(
-                        "{what}: more than {SKIPS_MAX} event_id_reused/beyond_horizon dead letters in the rewind's replay range; rewind to a newer checkpoint"
-                    )));
+                    return Err(JobError::ReplayTooLarge {
+                        what: what.to_string(),
+                        max: SKIPS_MAX,
+                    });
                 }
                 skips.0.insert((p, o), id);
             }

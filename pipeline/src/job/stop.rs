@@ -109,7 +109,14 @@ impl JobError {
             JobError::Cold(crate::cold::ColdError::Corrupt(_)) => StopClass::OperatorNeeded,
             JobError::State(_) | JobError::OffsetsBackwards { .. } => StopClass::OperatorNeeded,
             JobError::Fleet(e) => e.class(),
-            JobError::Protocol(_) | JobError::Panicked { .. } => StopClass::OperatorNeeded,
+            JobError::Overflow(_)
+            | JobError::IdentityIncomplete { .. }
+            | JobError::ReplayTooLarge { .. }
+            | JobError::AlertsUnreadable { .. }
+            | JobError::AlertsCount { .. }
+            | JobError::Panicked { .. } => StopClass::OperatorNeeded,
+            JobError::Warehouse { .. } => StopClass::Config,
+            JobError::Spawn { .. } => StopClass::Transient,
             JobError::SimulatedCrash(_) => StopClass::Transient,
         }
     }
@@ -212,7 +219,11 @@ fn output_class(e: &OutputError) -> StopClass {
     match e {
         OutputError::Kafka { .. } | OutputError::Postgres { .. } => StopClass::Transient,
         OutputError::Fenced { .. } => StopClass::Fenced,
-        OutputError::Protocol(_) => StopClass::OperatorNeeded,
+        // The upsert's count: rolled back, but a table that answers otherwise than staged (a
+        // trigger, a rule) needs a look before anything is emitted again.
+        OutputError::Ahead { .. }
+        | OutputError::UpsertCount { .. }
+        | OutputError::Panicked { .. } => StopClass::OperatorNeeded,
     }
 }
 
@@ -306,6 +317,38 @@ mod tests {
         );
         let io = crate::cold::ColdError::Io("store down".into());
         check(io.into(), StopClass::Transient);
+        // What used to be an untyped protocol error, each in its own class.
+        check(
+            JobError::Warehouse {
+                warehouse: "s3x://w".into(),
+                message: "unknown scheme".into(),
+            },
+            StopClass::Config,
+        );
+        check(
+            JobError::Spawn {
+                what: "task 3's thread".into(),
+                message: "Resource temporarily unavailable".into(),
+            },
+            StopClass::Transient,
+        );
+        for e in [
+            JobError::IdentityIncomplete {
+                partition: crate::ids::PartitionId(2),
+            },
+            JobError::ReplayTooLarge {
+                what: "rejected_events".into(),
+                max: 10,
+            },
+            JobError::AlertsCount {
+                path: "a".into(),
+                found: 1,
+                recorded: 2,
+            },
+            crate::state::Overflow { trip: "t".into() }.into(),
+        ] {
+            check(e, StopClass::OperatorNeeded);
+        }
         let corrupt = crate::cold::ColdError::Corrupt("run x: CRC".into());
         check(corrupt.into(), StopClass::OperatorNeeded);
         let gone = PublishError::CheckpointGone {

@@ -122,7 +122,10 @@ impl AlertsProducer {
             )
         })
         .await
-        .map_err(|e| OutputError::Protocol(format!("alerts producer start panicked: {e}")))?
+        .map_err(|e| OutputError::Panicked {
+            what: "the alerts producer's start",
+            message: e.to_string(),
+        })?
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -337,9 +337,7 @@ fn upserted_all(affected: u64, staged: usize) -> Result<(), OutputError> {
     if affected == staged as u64 {
         return Ok(());
     }
-    Err(OutputError::Protocol(format!(
-        "the current-balance upsert touched {affected} rows for {staged} staged trips; nothing of this checkpoint was committed"
-    )))
+    Err(OutputError::UpsertCount { affected, staged })
 }
 
 /// Appends one row in `COPY ... FROM STDIN` text format (tab-separated, `\N` = NULL).

@@ -44,7 +44,38 @@ pub enum OutputError {
         /// Details.
         message: String,
     },
-    /// The output is ahead of the checkpoint log, or another protocol violation.
-    #[error("{0}")]
-    Protocol(String),
+    /// The output holds a checkpoint the log does not (the log was lost or replaced):
+    /// emitting now could emit twice.
+    #[error(
+        "{output} holds checkpoint {held} of job {job} but the checkpoint log ends at {head}: the log was lost or replaced; emitting now could duplicate its rows. Restore the checkpoint store or use a new job_id"
+    )]
+    Ahead {
+        /// The alerts topic or the current-balance table.
+        output: String,
+        /// The job.
+        job: String,
+        /// The newest checkpoint the output holds.
+        held: crate::ids::CheckpointId,
+        /// The log's head.
+        head: crate::ids::CheckpointId,
+    },
+    /// The current-balance upsert touched another number of rows than it staged (its
+    /// transaction is rolled back).
+    #[error(
+        "the current-balance upsert touched {affected} rows for {staged} staged trips; nothing of this checkpoint was committed"
+    )]
+    UpsertCount {
+        /// Rows the statement reported.
+        affected: u64,
+        /// Rows staged.
+        staged: usize,
+    },
+    /// A call of the output panicked (a bug: report it with the log).
+    #[error("{what} panicked: {message}; this is a bug, please report it with the log")]
+    Panicked {
+        /// The call.
+        what: &'static str,
+        /// The panic's message.
+        message: String,
+    },
 }

@@ -189,7 +189,7 @@ impl Source {
             positions: Mutex::new(BTreeMap::new()),
             at_end: Mutex::new(BTreeSet::new()),
             blocked_ms: AtomicU64::new(0),
-            decode_us: AtomicU64::new(0),
+            busy_us: AtomicU64::new(0),
             fault: Mutex::new(None),
             recover: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -213,9 +213,10 @@ impl Source {
         Duration::from_millis(self.shared.blocked_ms.load(Ordering::Relaxed))
     }
 
-    /// How long the consumer thread spent decoding records, in all.
-    pub fn decoding(&self) -> Duration {
-        Duration::from_micros(self.shared.decode_us.load(Ordering::Relaxed))
+    /// How long the consumer thread spent taking and decoding records, in all (from each
+    /// batch's first record until the batch is complete).
+    pub fn busy(&self) -> Duration {
+        Duration::from_micros(self.shared.busy_us.load(Ordering::Relaxed))
     }
 
     /// The topic id found at [`Source::open`]; `None` when the broker reports none.
@@ -386,7 +387,6 @@ impl Reader {
         let mut at_end: BTreeSet<i32> = BTreeSet::new();
         let mut eof_seen: BTreeSet<i32> = BTreeSet::new();
         let mut published = Instant::now();
-        let mut decode_ns = 0u64;
         while !self.shared.stop.load(Ordering::Relaxed) {
             if published.elapsed() >= PUBLISH_EVERY {
                 published = Instant::now();
@@ -415,10 +415,14 @@ impl Reader {
             }
             // Block briefly for the first record, then drain what is already fetched.
             let mut wait = Duration::from_millis(50);
+            let mut decoding: Option<Instant> = None;
             while batch.len() < batch_max {
                 match consumer.poll(wait) {
                     None => break,
                     Some(Ok(m)) => {
+                        // Decoding is timed from the first record on (the wait before it is
+                        // the fetch's).
+                        decoding.get_or_insert_with(Instant::now);
                         let p = m.partition();
                         next.insert(p, m.offset() + 1);
                         eof_seen.remove(&p);
@@ -432,9 +436,7 @@ impl Reader {
                             payload: m.payload().map(<[u8]>::to_vec),
                             timestamp_ms: m.timestamp().to_millis(),
                         };
-                        let decoding = Instant::now();
                         batch.push(Input::decode(record, &self.limits));
-                        decode_ns += decoding.elapsed().as_nanos() as u64;
                     }
                     // The end of a partition: expected, not an error (issue 13, finding 9).
                     Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -447,9 +449,11 @@ impl Reader {
                 }
                 wait = Duration::ZERO;
             }
-            self.shared
-                .decode_us
-                .fetch_add(std::mem::take(&mut decode_ns) / 1000, Ordering::Relaxed);
+            if let Some(t) = decoding {
+                self.shared
+                    .busy_us
+                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
             if !batch.is_empty() {
                 let out = std::mem::replace(&mut batch, Vec::with_capacity(batch_max));
                 let sending = Instant::now();

@@ -67,8 +67,9 @@ pub(super) struct Shared {
     pub not_at_end: AtomicUsize,
     /// Total time the consumer thread spent waiting for room in the queue to the job, ms.
     pub blocked_ms: AtomicU64,
-    /// Total time the consumer thread spent decoding records, µs (for the bench's profile).
-    pub decode_us: AtomicU64,
+    /// Total time the consumer thread spent taking and decoding records, µs (the bench reports
+    /// it).
+    pub busy_us: AtomicU64,
     /// A reason to stop, for the consumer thread to hand to the job.
     pub fault: Mutex<Option<SourceError>>,
     /// Set by the watchdog: recreate the client at the current positions.

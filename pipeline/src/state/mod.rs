@@ -364,6 +364,12 @@ impl State {
         Ok(outcome)
     }
 
+    /// Whether every trip in memory changed since the last [`State::take_changed`] (a new
+    /// job's first interval): their copies are then the whole state.
+    pub fn all_changed(&self) -> bool {
+        self.iter().all(|t| t.dirty)
+    }
+
     /// Takes the trips changed since the last call, clearing their marks; read them with
     /// [`State::trip`].
     pub fn take_changed(&mut self) -> Vec<TripSlot> {

@@ -121,7 +121,13 @@ pub type Restored = (String, TripBalance, super::Seen, i32);
 
 /// Encodes every trip in memory (a full file).
 pub fn encode_full(state: &State) -> Vec<u8> {
-    let trips: Vec<BorrowedRecord<'_>> = state.iter().map(borrowed).collect();
+    encode_full_of(state.iter())
+}
+
+/// Encodes a full state file of the given trips: the whole state when they are every trip in
+/// memory (the same bytes as [`encode_full`] when given in [`State::iter`]'s order).
+pub fn encode_full_of<'a>(trips: impl IntoIterator<Item = &'a TripState>) -> Vec<u8> {
+    let trips: Vec<BorrowedRecord<'a>> = trips.into_iter().map(borrowed).collect();
     postcard::to_stdvec(&StateFile::<_, &str> {
         format: STATE_FORMAT,
         full: true,

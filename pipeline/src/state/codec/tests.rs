@@ -214,3 +214,28 @@ fn borrowed_records_decode_as_owned_records() {
     let one: TripRecord = postcard::from_bytes(&encode_trip(s.iter().next().unwrap())).unwrap();
     assert_eq!(one.trip_id, file.trips[0].trip_id);
 }
+
+/// A new job's first checkpoint builds its full file from the copies of the changed trips:
+/// when every trip changed, those are the state, and the file is `encode_full`'s to the byte.
+#[test]
+fn a_full_file_of_the_copies_is_the_full_file_when_every_trip_changed() {
+    let mut s = State::default();
+    for t in 0..50u128 {
+        s.apply(
+            &ev(&format!("t{}", t % 17), t, 100 + t as i64),
+            (t % 3) as i32,
+        )
+        .unwrap();
+    }
+    assert!(s.all_changed());
+    let full = encode_full(&s);
+    let copies: Vec<TripState> = s
+        .take_changed()
+        .iter()
+        .map(|c| s.trip(*c).clone())
+        .collect();
+    assert_eq!(encode_full_of(&copies), full);
+    // Once a trip is unchanged, the copies are no longer the state.
+    s.apply(&ev("t1", 1000, 5), 1).unwrap();
+    assert!(!s.all_changed());
+}
