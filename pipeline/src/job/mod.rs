@@ -50,7 +50,7 @@ use crate::ids::{CheckpointId, Generation, Offset, PartitionId};
 use crate::sink::rows::Rejected;
 use crate::sink::{Sink, SinkError};
 use crate::source::{Decoded, Input, InputGuard, Record, Source};
-use crate::state::{Outcome, State};
+use crate::state::{Applying, Outcome, State};
 
 /// How a test or the demo injects a crash without killing the process.
 #[derive(Clone, Debug, Default)]
@@ -446,8 +446,12 @@ impl Job {
                         .take(r.partition, r.offset, &d.event.event_id)
                 {
                     self.bring_back(&d.event).await?;
-                    self.state
-                        .apply_replayed_known(&d.event, d.fingerprint, r.partition)?;
+                    self.state.apply_known(
+                        &d.event,
+                        d.fingerprint,
+                        r.partition,
+                        Applying::Replayed,
+                    )?;
                 }
                 self.report.replayed += 1;
                 continue;
@@ -608,7 +612,9 @@ impl Job {
         } else {
             None
         };
-        let outcome = self.state.apply_known(ev, fingerprint, r.partition)?;
+        let outcome = self
+            .state
+            .apply_known(ev, fingerprint, r.partition, Applying::New)?;
         // An exact duplicate or an id held by another trip changes no trip (the second may not
         // even have one).
         let changed = !matches!(

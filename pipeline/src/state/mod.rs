@@ -60,6 +60,15 @@ pub struct Overflow {
     pub trip: String,
 }
 
+/// How [`State::apply_known`] applies an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applying {
+    /// A record read for the first time: every rule decides ([`State::apply`]).
+    New,
+    /// A rewind's replay of a record a committed checkpoint decided ([`State::apply_replayed`]).
+    Replayed,
+}
+
 /// State of one trip, packed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TripState {
@@ -237,15 +246,17 @@ impl State {
         self.apply_with(ev, ev.fingerprint(), partition, true)
     }
 
-    /// [`State::apply`] of an event whose [`Event::fingerprint`] the source already computed.
+    /// [`State::apply`] (`Applying::New`) or [`State::apply_replayed`] (`Applying::Replayed`)
+    /// of an event whose [`Event::fingerprint`] the source already computed.
     pub fn apply_known(
         &mut self,
         ev: &Event,
         fingerprint: u64,
         partition: i32,
+        how: Applying,
     ) -> Result<Outcome, Overflow> {
         debug_assert_eq!(fingerprint, ev.fingerprint());
-        self.apply_with(ev, fingerprint, partition, true)
+        self.apply_with(ev, fingerprint, partition, how == Applying::New)
     }
 
     /// Applies a record a committed checkpoint already decided (a rewind's replay) that the
@@ -256,17 +267,6 @@ impl State {
     /// job-wide index stays the first trip that holds it.
     pub fn apply_replayed(&mut self, ev: &Event, partition: i32) -> Result<Outcome, Overflow> {
         self.apply_with(ev, ev.fingerprint(), partition, false)
-    }
-
-    /// [`State::apply_replayed`] of an event whose fingerprint the source already computed.
-    pub fn apply_replayed_known(
-        &mut self,
-        ev: &Event,
-        fingerprint: u64,
-        partition: i32,
-    ) -> Result<Outcome, Overflow> {
-        debug_assert_eq!(fingerprint, ev.fingerprint());
-        self.apply_with(ev, fingerprint, partition, false)
     }
 
     fn apply_with(
