@@ -301,9 +301,16 @@ fn put_field(out: &mut impl Sink, name: &str, value: &str) {
     out.put(b"\"");
     out.put(name.as_bytes());
     out.put(b"\":");
-    let mut w: &mut dyn Sink = out;
-    // Writing a &str to a sink that cannot fail cannot fail.
-    let _ = serde_json::to_writer(&mut w, value);
+    if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        let mut w: &mut dyn Sink = out;
+        // Writing a &str to a sink that cannot fail cannot fail.
+        let _ = serde_json::to_writer(&mut w, value);
+    } else {
+        // Nothing serde_json would escape: the text as it is, quoted.
+        out.put(b"\"");
+        out.put(value.as_bytes());
+        out.put(b"\"");
+    }
     out.put(b",");
 }
 
@@ -372,6 +379,27 @@ mod tests {
         proptest!(|(secs in -70_000_000_000i64..300_000_000_000, nanos in 0u32..2_000_000_000)| {
             check(secs, nanos);
         });
+    }
+
+    /// Text with nothing to escape is written as it is; anything else as serde_json escapes
+    /// it: both are serde_json's bytes.
+    #[test]
+    fn fields_are_serde_json_strings() {
+        for text in [
+            "trip-1",
+            "é ü ✓",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "\u{1}",
+            "/",
+            "",
+        ] {
+            let mut out = Vec::new();
+            put_field(&mut out, "f", text);
+            let expected = format!("\"f\":{},", serde_json::to_string(text).unwrap());
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{text:?}");
+        }
     }
 
     #[test]
