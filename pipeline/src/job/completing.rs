@@ -7,7 +7,6 @@
 //! entry run here, beside the input. One checkpoint completes at a time: the next cut waits for
 //! this one to land, and nothing of the next interval reaches the log before it.
 
-use crate::outputs::balances_pg::BalanceRow;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use crate::config::DeliveryMode;
 use crate::crash::CrashPoint;
 use crate::ids::{CheckpointId, Generation, Offset, PartitionId};
 use crate::outputs::alerts::{self as alerts_file, Alert};
+use crate::outputs::balances_pg::BalanceRow;
 use crate::sink::rows::BalanceRows;
 use crate::sink::{SinkClosing, SinkError};
 use crate::source::InputGuard;
@@ -79,21 +79,20 @@ impl Rows {
     /// file (the full one given, else the delta of the changed trips and tombstones) and, with
     /// the output on, the current-balance rows.
     fn build(self, id: CheckpointId) -> Result<Built, JobError> {
-        let current: Vec<BalanceRow> = if self.current_balances {
-            self.trips
-                .iter()
-                .map(|t| BalanceRow {
-                    trip_id: t.trip_id().to_string(),
-                    balance: t.balance(),
-                    partition: t.partition,
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        // Each trip's id and balance once, for the table's row and, with the output on, the
+        // current-balance row.
         let mut rows = BalanceRows::default();
+        let mut current: Vec<BalanceRow> = Vec::new();
         for t in &self.trips {
-            rows.push(t.trip_id().to_string(), t.balance(), t.partition);
+            let (trip_id, balance) = (t.trip_id().to_string(), t.balance());
+            if self.current_balances {
+                current.push(BalanceRow {
+                    trip_id: trip_id.clone(),
+                    balance: balance.clone(),
+                    partition: t.partition,
+                });
+            }
+            rows.push(trip_id, balance, t.partition);
         }
         let batch = if rows.is_empty() {
             None

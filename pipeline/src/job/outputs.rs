@@ -474,3 +474,30 @@ async fn apply_balances(
     metrics::gauge!("recon_output_checkpoint", "output" => "current_balances").set(id.0 as f64);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recon_schemas::balance::TripBalance;
+    use recon_schemas::currency::Currency;
+
+    fn row(trip: &str, partition: i32) -> BalanceRow {
+        BalanceRow {
+            trip_id: trip.into(),
+            balance: TripBalance::new(Currency::USD),
+            partition,
+        }
+    }
+
+    /// Several durable checkpoints in one transaction: one row per trip, the newest checkpoint's.
+    #[test]
+    fn the_newest_row_of_each_trip_wins() {
+        let older = vec![row("a", 1), row("b", 1)];
+        let newer = vec![row("b", 2), row("c", 2)];
+        let mut got = latest_per_trip(vec![older.clone(), newer]);
+        got.sort_by(|x, y| x.trip_id.cmp(&y.trip_id));
+        assert_eq!(got, vec![row("a", 1), row("b", 2), row("c", 2)]);
+        assert_eq!(latest_per_trip(vec![older.clone()]), older);
+        assert!(latest_per_trip(Vec::new()).is_empty());
+    }
+}

@@ -415,14 +415,14 @@ impl Reader {
             }
             // Block briefly for the first record, then drain what is already fetched.
             let mut wait = Duration::from_millis(50);
-            let mut decoding: Option<Instant> = None;
+            let mut busy_since: Option<Instant> = None;
             while batch.len() < batch_max {
                 match consumer.poll(wait) {
                     None => break,
                     Some(Ok(m)) => {
-                        // Decoding is timed from the first record on (the wait before it is
-                        // the fetch's).
-                        decoding.get_or_insert_with(Instant::now);
+                        // Busy from the batch's first record on (the wait before it is the
+                        // fetch's).
+                        busy_since.get_or_insert_with(Instant::now);
                         let p = m.partition();
                         next.insert(p, m.offset() + 1);
                         eof_seen.remove(&p);
@@ -449,7 +449,7 @@ impl Reader {
                 }
                 wait = Duration::ZERO;
             }
-            if let Some(t) = decoding {
+            if let Some(t) = busy_since {
                 self.shared
                     .busy_us
                     .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
